@@ -1,0 +1,190 @@
+"""Checkpoints with megatron-core ``dist_checkpointing`` (torch_dist format).
+
+Layout on disk::
+
+    <root>/step_0000010/        one checkpoint: dist-checkpoint files + flm_checkpoint.json
+    <root>/latest               text file naming the newest *complete* checkpoint directory
+
+Contracts:
+- A checkpoint saved under one TP/PP/DP layout loads under any other (dist_checkpointing reshards;
+  the distributed optimizer uses the ``fully_reshardable`` format).
+- Saves are atomic: files go to ``step_N.partial`` and the directory is renamed only after every
+  rank finished; ``latest`` is replaced atomically afterwards. A crash mid-save leaves the previous
+  checkpoint and ``latest`` untouched; stale ``.partial`` directories are removed by the next save.
+- An existing complete checkpoint is never overwritten.
+- ``flm_checkpoint.json`` holds what tools need without torch: step, consumed samples, the run
+  config, the layout it was saved under and the growth-mask state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+FORMAT_VERSION = 1
+META_FILE = "flm_checkpoint.json"
+LATEST_FILE = "latest"
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / META_FILE).is_file()
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project (no {META_FILE}); pass a step_N directory "
+            "or a checkpoint root that has a 'latest' file"
+        )
+    return json.loads(meta_path.read_text())
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory, or a root whose ``latest`` names one."""
+    path = Path(path)
+    if is_checkpoint(path):
+        return path
+    latest = path / LATEST_FILE
+    if latest.is_file():
+        target = path / latest.read_text().strip()
+        if is_checkpoint(target):
+            return target
+        raise CheckpointError(f"{latest} names {target}, which is not a complete checkpoint")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist")
+    raise CheckpointError(f"no checkpoint in {path}: neither {META_FILE} nor a '{LATEST_FILE}' file")
+
+
+def latest_in(root: str | Path) -> Optional[Path]:
+    try:
+        return resolve(root)
+    except CheckpointError:
+        return None
+
+
+def _rank0() -> bool:
+    return dist.get_rank() == 0
+
+
+def unwrap_ddp(chunk):
+    """megatron's DDP wrapper prefixes sharded keys with 'module.'; checkpoints use the model's own keys."""
+    from megatron.core.distributed import DistributedDataParallel
+
+    return chunk.module if isinstance(chunk, DistributedDataParallel) else chunk
+
+
+def model_sharded_state_dict(model_chunks) -> dict[str, Any]:
+    if len(model_chunks) == 1:
+        return {"model": unwrap_ddp(model_chunks[0]).sharded_state_dict()}
+    return {f"model{i}": unwrap_ddp(m).sharded_state_dict() for i, m in enumerate(model_chunks)}
+
+
+def _rng_object(layout) -> ShardedObject:
+    state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state["tracker"] = get_cuda_rng_tracker().get_states()
+    return ShardedObject(
+        "rng_state", state, (layout.pp, layout.tp, layout.dp), (layout.pp_rank, layout.tp_rank, layout.dp_rank),
+        replica_id=0,
+    )
+
+
+def save(root: str | Path, *, step: int, model_chunks, optimizer, scheduler, layout, meta: dict[str, Any],
+         keep_last: Optional[int] = None) -> Path:
+    """Save a complete checkpoint atomically; returns its directory. Collective over all ranks."""
+    root = Path(root)
+    final = root / step_dir_name(step)
+    partial = root / (final.name + ".partial")
+    if final.exists():
+        raise CheckpointError(f"refusing to overwrite the existing checkpoint {final}")
+    if _rank0():
+        root.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir()
+    dist.barrier()
+    state = model_sharded_state_dict(model_chunks)
+    model_sd = state["model"] if "model" in state else state
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIM_METADATA)
+    state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    state["rng_state"] = _rng_object(layout)
+    state["step"] = step
+    dist_checkpointing.save(state, str(partial))
+    dist.barrier()
+    if _rank0():
+        full_meta = dict(meta, format_version=FORMAT_VERSION, step=step,
+                         layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp},
+                         has_optimizer=optimizer is not None)
+        (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
+        os.replace(partial, final)
+        tmp = root / (LATEST_FILE + ".tmp")
+        tmp.write_text(final.name + "\n")
+        os.replace(tmp, root / LATEST_FILE)
+        if keep_last:
+            _prune(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and is_checkpoint(p))
+    for old in steps[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layout=None) -> dict[str, Any]:
+    """Load model (and optimizer/scheduler/RNG when given) from ``path``; returns the metadata.
+
+    RNG states are restored only when the layout is unchanged (they are per rank); after a layout
+    change the freshly seeded RNG is kept (this matters only with dropout on).
+    """
+    path = resolve(path)
+    meta = read_meta(path)
+    state = model_sharded_state_dict(model_chunks)
+    model_sd = state["model"] if "model" in state else state
+    if optimizer is not None:
+        if not meta.get("has_optimizer", True):
+            raise CheckpointError(f"{path} has no optimizer state; load it with --load-weights-only semantics")
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIM_METADATA)
+    same_layout = layout is not None and meta["layout"] == {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}
+    if same_layout:
+        state["rng_state"] = _rng_object(layout)
+    loaded = dist_checkpointing.load(state, str(path))
+    for i, chunk in enumerate(model_chunks):
+        key = "model" if len(model_chunks) == 1 else f"model{i}"
+        unwrap_ddp(chunk).load_state_dict(loaded[key], strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None and loaded.get("scheduler") is not None:
+        scheduler.load_state_dict(loaded["scheduler"])
+    if same_layout:
+        rng = loaded["rng_state"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        get_cuda_rng_tracker().set_states(rng["tracker"])
+    return meta

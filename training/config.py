@@ -1,0 +1,291 @@
+"""The run configuration: typed sections, their defaults, and the rules between fields.
+
+A run YAML has the sections below. A section may instead be a string naming another YAML file
+(``model: models/tiny.yaml``), resolved relative to the run file and then to ``configs/``; dotted
+overrides (``train.lr=3e-4 parallel.tp=2``) apply after that. ``load_run_config`` returns a
+validated ``RunConfig``; every error is a ``ConfigError`` naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from training.config_base import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from training.data.config import DataConfig
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _j(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass
+class ModelConfig:
+    """Shape and block variant of the decoder LM."""
+
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 256
+    num_attention_heads: int = 4
+    #: number of key/value heads (GQA); null means one per attention head (MHA)
+    num_query_groups: Optional[int] = None
+    #: head dimension; null means hidden_size / num_attention_heads
+    kv_channels: Optional[int] = None
+    #: size of the tokenizer's vocabulary (the embedding is padded, see padded_vocab_size)
+    vocab_size: int = 512
+    #: embedding rows are padded to a multiple of this times the TP size
+    make_vocab_size_divisible_by: int = 64
+    seq_length: int = 64
+    normalization: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
+    activation: Literal["gelu", "swiglu"] = "gelu"
+    position_embedding: Literal["rope", "xpos"] = "rope"
+    rotary_base: int = 10000
+    xpos_scale_base: float = 512.0
+    tie_embeddings: bool = True
+    #: biases in the linear layers (GPT-3/FLM style); Llama style has none
+    bias: bool = True
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    #: muP-style multipliers: embedding output x input_multiplier, logits x output_multiplier
+    input_multiplier: float = 1.0
+    output_multiplier: float = 1.0
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    def padded_vocab_size(self, tp: int) -> int:
+        multiple = self.make_vocab_size_divisible_by * tp
+        return int(math.ceil(self.vocab_size / multiple) * multiple)
+
+    def validate(self, path: str) -> None:
+        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                     "vocab_size", "seq_length", "make_vocab_size_divisible_by"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(_j(path, name), "must be a positive integer")
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                _j(path, "num_attention_heads"),
+                f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads; "
+                "choose a divisor of hidden_size or set kv_channels",
+            )
+        if self.num_attention_heads % self.query_groups:
+            raise ConfigError(
+                _j(path, "num_query_groups"),
+                f"{self.num_attention_heads} heads are not divisible into {self.query_groups} groups",
+            )
+        if self.head_dim % 2:
+            raise ConfigError(_j(path, "kv_channels"), f"head dim {self.head_dim} must be even for rotary embeddings")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(_j(path, name), "must be in [0, 1)")
+        if self.norm_eps <= 0 or self.init_std <= 0:
+            raise ConfigError(_j(path, "norm_eps" if self.norm_eps <= 0 else "init_std"), "must be > 0")
+
+
+@dataclass
+class ParallelConfig:
+    """Process layout. world size = tp x pp x dp; dp null means 'whatever is left'."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: Optional[int] = None
+    #: virtual pipeline stages per rank (interleaved 1F1B); null for plain 1F1B
+    virtual_pp: Optional[int] = None
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = False
+
+    def validate(self, path: str) -> None:
+        for name in ("tp", "pp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(_j(path, name), "must be >= 1")
+        if self.dp is not None and self.dp < 1:
+            raise ConfigError(_j(path, "dp"), "must be >= 1 or null")
+        if self.virtual_pp is not None and (self.virtual_pp < 2 or self.pp < 2):
+            raise ConfigError(_j(path, "virtual_pp"), "needs pp >= 2 and a value >= 2 (or null)")
+        if self.sequence_parallel and self.tp == 1:
+            raise ConfigError(_j(path, "sequence_parallel"), "needs tp >= 2; set it to false for tp=1")
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """DP size for ``world_size`` processes, or ConfigError if the layout does not fit."""
+        mp = self.tp * self.pp
+        if world_size % mp:
+            raise ConfigError(
+                "parallel",
+                f"world size {world_size} is not divisible by tp x pp = {self.tp} x {self.pp} = {mp}; "
+                f"use a process count that is a multiple of {mp}",
+            )
+        dp = world_size // mp
+        if self.dp is not None and self.dp != dp:
+            raise ConfigError(
+                "parallel.dp",
+                f"tp x pp x dp = {self.tp} x {self.pp} x {self.dp} = {mp * self.dp} but "
+                f"{world_size} processes were launched; set parallel.dp={dp} or null",
+            )
+        return dp
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW, warmup + cosine to a floor, clipping, batch sizes, precision."""
+
+    steps: int = 20
+    global_batch_size: int = 8
+    micro_batch_size: int = 2
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 2
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    #: steps over which the LR decays to min_lr; null means train.steps
+    lr_decay_steps: Optional[int] = None
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    seed: int = 1234
+    #: auto = bf16 on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    eval_interval: int = 10
+    eval_batches: int = 2
+    log_interval: int = 1
+    #: what to do when the loss is NaN/inf: stop with an error, or skip the step
+    on_nan: Literal["raise", "skip"] = "raise"
+
+    def validate(self, path: str) -> None:
+        for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval", "eval_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(_j(path, name), "must be a positive integer")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                _j(path, "global_batch_size"),
+                f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}",
+            )
+        if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(_j(path, "min_lr"), f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+        if self.warmup_steps < 0:
+            raise ConfigError(_j(path, "warmup_steps"), "must be >= 0")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ConfigError(_j(path, "adam_beta1"), "Adam betas must be in [0, 1)")
+        if self.clip_grad < 0:
+            raise ConfigError(_j(path, "clip_grad"), "must be >= 0 (0 disables clipping)")
+
+    def micro_batches(self, dp: int) -> int:
+        per_rank = self.global_batch_size // dp if self.global_batch_size % dp == 0 else None
+        if per_rank is None or per_rank % self.micro_batch_size:
+            raise ConfigError(
+                "train.global_batch_size",
+                f"{self.global_batch_size} is not divisible by micro_batch_size x dp = "
+                f"{self.micro_batch_size} x {dp}; choose a multiple of {self.micro_batch_size * dp}",
+            )
+        return per_rank // self.micro_batch_size
+
+
+@dataclass
+class CheckpointConfig:
+    #: where checkpoints go; null means <output_dir>/checkpoints
+    dir: Optional[str] = None
+    #: save every N steps (0: only at the end)
+    save_interval: int = 0
+    #: how many step checkpoints to keep (older ones are deleted after a successful save)
+    keep_last: int = 2
+
+    def validate(self, path: str) -> None:
+        if self.save_interval < 0:
+            raise ConfigError(_j(path, "save_interval"), "must be >= 0")
+        if self.keep_last < 1:
+            raise ConfigError(_j(path, "keep_last"), "must be >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress_bar: bool = True
+    #: peak TFLOP/s of one device for MFU; null = known GPUs are detected, CPUs report no MFU
+    peak_tflops: Optional[float] = None
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, path: str) -> None:
+        m, p = self.model, self.parallel
+        for name, value in (("num_attention_heads", m.num_attention_heads),
+                            ("num_query_groups", m.query_groups),
+                            ("ffn_hidden_size", m.ffn_hidden_size)):
+            if value % p.tp:
+                raise ConfigError(
+                    _j(path, f"model.{name}"),
+                    f"{value} is not divisible by parallel.tp={p.tp}; allowed tp values: "
+                    f"{[d for d in range(1, value + 1) if value % d == 0]}",
+                )
+        layers_per_rank = p.pp * (p.virtual_pp or 1)
+        if m.num_layers % layers_per_rank:
+            raise ConfigError(
+                _j(path, "model.num_layers"),
+                f"{m.num_layers} layers cannot be split evenly over pp={p.pp}"
+                + (f" x virtual_pp={p.virtual_pp}" if p.virtual_pp else ""),
+            )
+        if p.sequence_parallel and m.seq_length % p.tp:
+            raise ConfigError(_j(path, "model.seq_length"), f"must be divisible by tp={p.tp} with sequence_parallel")
+        if p.virtual_pp and self.train.global_batch_size // self.train.micro_batch_size % p.pp:
+            raise ConfigError(
+                _j(path, "train.global_batch_size"),
+                "the interleaved schedule needs the number of micro-batches to be a multiple of pp",
+            )
+
+
+def _resolve_includes(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Replace section values that are strings (file names) by the YAML they name."""
+    out = dict(data)
+    for key in ("model", "parallel", "train", "data", "checkpoint", "logging"):
+        value = out.get(key)
+        if isinstance(value, str):
+            for candidate in (base / value, CONFIGS_DIR / value):
+                if candidate.is_file():
+                    out[key] = read_yaml(candidate)
+                    break
+            else:
+                raise ConfigError(key, f"included file {value!r} not found next to the run file or in {CONFIGS_DIR}")
+    return out
+
+
+def load_run_data(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Plain data of a run: YAML file (or defaults when None) with includes and overrides applied."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _resolve_includes(read_yaml(path), Path(path).resolve().parent)
+    return apply_overrides(data, overrides or [])
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load, resolve and validate a run config. Errors name the file and the key."""
+    data = load_run_data(path, overrides)
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as err:
+        if path is not None and err.source is None:
+            raise ConfigError(err.key, err.message, source=str(path)) from None
+        raise
+
+
+def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return to_dict(cfg)

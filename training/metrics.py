@@ -1,0 +1,110 @@
+"""Metrics: model FLOPs, MFU, and the sinks (JSONL, TensorBoard, progress bar) of the logging rank."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from training.config import ModelConfig
+
+#: dense bf16 peak TFLOP/s per device, for MFU; CPUs have no entry (MFU is then not reported
+#: unless logging.peak_tflops is set)
+PEAK_TFLOPS = {"A100": 312.0, "A800": 312.0, "H100": 989.0, "H800": 989.0, "H200": 989.0, "H20": 148.0}
+
+
+def matmul_params(model: ModelConfig) -> int:
+    """Weights that take part in matmuls per token: all linear layers plus the output projection.
+
+    (The embedding lookup is not a matmul; with tied embeddings the output projection still is.)
+    """
+    h, f, d = model.hidden_size, model.ffn_hidden_size, model.head_dim
+    qkv = h * (model.num_attention_heads + 2 * model.query_groups) * d
+    proj = model.num_attention_heads * d * h
+    fc1 = h * f * (2 if model.activation == "swiglu" else 1)
+    fc2 = f * h
+    return model.num_layers * (qkv + proj + fc1 + fc2) + model.vocab_size * h
+
+
+def total_params(model: ModelConfig, tp: int = 1) -> int:
+    """All parameters (padded embedding, untied output layer, norms, biases)."""
+    h, f, d, L = model.hidden_size, model.ffn_hidden_size, model.head_dim, model.num_layers
+    nq, ng = model.num_attention_heads, model.query_groups
+    v = model.padded_vocab_size(tp)
+    norm = h * (2 if model.normalization == "LayerNorm" else 1)
+    fc1_rows = f * (2 if model.activation == "swiglu" else 1)
+    layer = h * (nq + 2 * ng) * d + nq * d * h + h * fc1_rows + f * h + 2 * norm
+    if model.bias:
+        layer += (nq + 2 * ng) * d + h + fc1_rows + h
+    out = 0 if model.tie_embeddings else v * h
+    return L * layer + v * h + out + norm
+
+
+def flops_per_token(model: ModelConfig) -> float:
+    """Training FLOPs per token: 6 x matmul params + attention scores/values (12 x L x s x d x nq),
+    i.e. forward + backward, without activation recomputation (Megatron's formula without the
+    recompute term; causal masking is not discounted)."""
+    attn = 12 * model.num_layers * model.seq_length * model.head_dim * model.num_attention_heads
+    return 6.0 * matmul_params(model) + attn
+
+
+def device_peak_tflops(override: Optional[float]) -> Optional[float]:
+    if override:
+        return override
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, value in PEAK_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+class MetricsSink:
+    """Writes metrics on the logging rank only; other ranks get a no-op sink."""
+
+    def __init__(self, out_dir: Optional[Path], *, tensorboard: bool, progress_total: Optional[int],
+                 progress_initial: int = 0):
+        self.enabled = out_dir is not None
+        self._jsonl = None
+        self._tb = None
+        self._bar = None
+        if not self.enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(out_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        if progress_total is not None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=progress_total, initial=progress_initial, unit="step", dynamic_ncols=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        step = record.get("step", 0)
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+        if self._bar is not None and "loss" in record:
+            post = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record.get('tokens_per_s', 0):.0f}"}
+            if record.get("mfu") is not None:
+                post["mfu"] = f"{100 * record['mfu']:.1f}%"
+            self._bar.set_postfix(post, refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()

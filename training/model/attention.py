@@ -1,0 +1,70 @@
+"""Core attention: megatron's ``DotProductAttention`` plus xPos and growth head masks.
+
+Inputs (megatron layout, after RoPE): query ``[s, b, heads_local, d]``, key/value
+``[s, b, groups_local, d]``; output ``[s, b, heads_local * d]``.
+
+- xPos (Sun et al. 2022, as used by FLM-101B): after rotary embedding, query dims are scaled by
+  ``zeta ** (n / scale_base)`` and key dims by ``zeta ** (-n / scale_base)`` at position ``n``, with
+  ``zeta_i = (2i / d + 0.4) / 1.4`` for frequency index ``i`` (both halves of a rotary pair share
+  ``zeta_i``). Positions are centred (``n - floor(s / 2)``) as in torchscale; the scores depend only
+  on ``m - n``, so centring changes nothing but keeps the factors near 1.
+- Head masks (MSG head growth): ``head_mask[heads]`` and ``group_mask[groups]`` over the *logical*
+  heads/groups of the layer (1 = old, c = new); this rank's slice is taken by TP rank. Queries are
+  multiplied per head, keys and values per group; at c = 0 a new head contributes 0.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from megatron.core import parallel_state
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+
+def xpos_factors(seq_len: int, head_dim: int, scale_base: float, device, dtype) -> Tensor:
+    """``[s, 1, 1, d]`` factors for queries (keys use the reciprocal)."""
+    half = head_dim // 2
+    zeta = (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) + 0.4 * head_dim) / (1.4 * head_dim)
+    pos = torch.arange(seq_len, device=device, dtype=torch.float64) - (seq_len // 2)
+    scale = zeta[None, :] ** (pos[:, None] / scale_base)  # [s, d/2]
+    assert scale.shape[1] == half
+    return torch.cat([scale, scale], dim=-1)[:, None, None, :].to(dtype)
+
+
+def _local_slice(mask: Tensor) -> Tensor:
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    n = mask.shape[0] // tp
+    return mask[rank * n:(rank + 1) * n]
+
+
+class FLMCoreAttention(DotProductAttention):
+    def __init__(self, *args, xpos_scale_base: Optional[float] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.xpos_scale_base = xpos_scale_base
+        self.head_mask: Optional[Tensor] = None
+        self.group_mask: Optional[Tensor] = None
+        self._xpos_cache: dict = {}
+
+    def _xpos(self, seq_len: int, head_dim: int, device, dtype) -> Tensor:
+        key = (seq_len, head_dim, device, dtype)
+        if key not in self._xpos_cache:
+            self._xpos_cache = {key: xpos_factors(seq_len, head_dim, self.xpos_scale_base, device, dtype)}
+        return self._xpos_cache[key]
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        if self.xpos_scale_base is not None:
+            f = self._xpos(query.shape[0], query.shape[-1], query.device, query.dtype)
+            query = query * f
+            key = key / f
+        if self.head_mask is not None:
+            hm = _local_slice(self.head_mask).to(query.dtype)
+            gm = _local_slice(self.group_mask).to(query.dtype)
+            query = query * hm[None, None, :, None]
+            key = key * gm[None, None, :, None]
+            value = value * gm[None, None, :, None]
+        return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)

@@ -1,0 +1,76 @@
+"""Optimizer and LR schedule: megatron-core's optimizer (AdamW, clipping, distributed optimizer)
+and ``OptimizerParamScheduler`` (linear warmup, cosine/linear decay to a floor)."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from training.config import TrainConfig
+
+
+def build_optimizer(train: TrainConfig, model_chunks, *, bf16: bool, distributed: bool):
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=train.lr,
+        min_lr=train.min_lr,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_eps=train.adam_eps,
+        clip_grad=train.clip_grad,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=distributed,
+    )
+    optimizer = get_megatron_optimizer(config, model_chunks)
+    init_adam_state(optimizer)
+    return optimizer
+
+
+def inner_optimizers(optimizer):
+    """The torch optimizers inside a megatron (possibly chained) optimizer."""
+    chained = getattr(optimizer, "chained_optimizers", None)
+    return [o.optimizer for o in chained] if chained is not None else [optimizer.optimizer]
+
+
+def init_adam_state(optimizer) -> None:
+    """Give every parameter an explicit zero Adam state (step 0).
+
+    torch's AdamW creates its state lazily at the first step; megatron-core 0.16.1's checkpoint
+    loading (notably the distributed optimizer) assumes the state exists, and an explicit state
+    makes "fresh" and "loaded" optimizers have the same structure. Zero moments at step 0 are
+    exactly what AdamW would create.
+    """
+    for opt in inner_optimizers(optimizer):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p not in opt.state or not opt.state[p]:
+                    opt.state[p] = {
+                        "step": torch.tensor(0.0),
+                        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    }
+
+
+def build_scheduler(train: TrainConfig, optimizer) -> OptimizerParamScheduler:
+    """LR at optimizer step ``n`` (1-based): linear warmup to ``lr`` over ``warmup_steps``, then
+    decay (cosine/linear/constant) to ``min_lr`` at ``lr_decay_steps`` (default: ``steps``)."""
+    decay_steps = train.lr_decay_steps or train.steps
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=train.lr,
+        min_lr=train.min_lr,
+        lr_warmup_steps=train.warmup_steps,
+        lr_decay_steps=max(decay_steps, train.warmup_steps + 1),
+        lr_decay_style=train.lr_decay_style,
+        start_wd=train.weight_decay,
+        end_wd=train.weight_decay,
+        wd_incr_steps=max(decay_steps, 1),
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+    )

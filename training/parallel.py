@@ -1,0 +1,90 @@
+"""Process groups: torch.distributed + megatron-core ``parallel_state`` for a TP/PP/DP layout.
+
+gloo on CPU, NCCL on CUDA, from the same code. Works under torchrun (env:// rendezvous) and as a
+single plain process (world size 1, a free local port).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from training.config import ParallelConfig
+
+
+@dataclass(frozen=True)
+class Layout:
+    world_size: int
+    rank: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    backend: str
+
+    @property
+    def is_logging_rank(self) -> bool:
+        """The rank that prints and writes metrics: last pipeline stage, first TP and DP rank."""
+        return self.tp_rank == 0 and self.dp_rank == 0 and self.pp_rank == self.pp - 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group() -> None:
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:  # plain single process
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+
+
+def setup_layout(parallel: ParallelConfig, seed: int) -> Layout:
+    """(Re)initialise megatron's model-parallel groups for ``parallel`` and seed the RNGs."""
+    init_process_group()
+    world = dist.get_world_size()
+    dp = parallel.data_parallel_size(world)
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pp,
+    )
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+    return Layout(
+        world_size=world,
+        rank=dist.get_rank(),
+        tp=parallel.tp,
+        pp=parallel.pp,
+        dp=dp,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        backend=dist.get_backend(),
+    )
+
+
+def teardown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
