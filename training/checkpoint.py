@@ -154,6 +154,18 @@ def _prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _unshare_adam_steps(optimizer) -> None:
+    """megatron-core restores torch Adam's per-parameter ``step`` as ONE tensor shared by all
+    parameters; torch increments it in place per parameter, so bias correction would run ahead.
+    Give each parameter its own copy."""
+    from training.optim import inner_optimizers
+
+    for opt in inner_optimizers(optimizer):
+        for state in opt.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+
 def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layout=None) -> dict[str, Any]:
     """Load model (and optimizer/scheduler/RNG when given) from ``path``; returns the metadata.
 
@@ -177,6 +189,7 @@ def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layo
         unwrap_ddp(chunk).load_state_dict(loaded[key], strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_adam_steps(optimizer)
     if scheduler is not None and loaded.get("scheduler") is not None:
         scheduler.load_state_dict(loaded["scheduler"])
     if same_layout:

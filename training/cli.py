@@ -124,6 +124,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not hasattr(args, "overrides") or any(r.startswith("-") or "=" not in r for r in rest):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         args.overrides = list(args.overrides) + rest
+    resume = getattr(args, "resume", None)
+    if resume and resume != "latest" and "=" in resume and not os.path.exists(resume):
+        # `--resume key=value`: the optional CKPT of --resume swallowed an override
+        args.overrides = list(args.overrides) + [resume]
+        args.resume = "latest"
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:

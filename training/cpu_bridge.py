@@ -50,6 +50,14 @@ BF16_TYPE = Rewrite("'torch.cuda.BFloat16Tensor'", "'torch.BFloat16Tensor'")
 HALF_TYPE = Rewrite("'torch.cuda.HalfTensor'", "'torch.HalfTensor'")
 DOT_CUDA = Rewrite(".cuda()", ".cpu()")
 SYNC = Rewrite("torch.cuda.synchronize()", "None")
+# Not a CUDA idiom but a bug of the torch-Adam path (taken exactly when Apex/TE are absent, i.e.
+# on CPU): loading a fully_reshardable distributed-optimizer checkpoint copies every key of the
+# destination state, including torch Adam's 'step', which the source deliberately leaves out
+# (it is restored from param_groups) -> KeyError: 'step'. Copy the keys the source has.
+DISTOPT_STEP = Rewrite(
+    "            for key in dst_tensors:\n                dst_tensors[key].copy_(tensors[key])",
+    "            for key in tensors:\n                dst_tensors[key].copy_(tensors[key])",
+)
 
 #: module -> rewrites; every rewrite must match at least once in that module's source.
 MODULE_REWRITES: dict[str, tuple[Rewrite, ...]] = {
@@ -64,7 +72,8 @@ MODULE_REWRITES: dict[str, tuple[Rewrite, ...]] = {
     ),
     "megatron.core.optimizer.clip_grads": (DEVICE_STR_SQ, FLOAT_TYPE),
     "megatron.core.optimizer.optimizer": (DEVICE_STR_SQ, FLOAT_TYPE, BF16_TYPE, HALF_TYPE, DOT_CUDA),
-    "megatron.core.optimizer.distrib_optimizer": (DEVICE_CURRENT, FLOAT_TYPE, BF16_TYPE, HALF_TYPE, DOT_CUDA),
+    "megatron.core.optimizer.distrib_optimizer": (DEVICE_CURRENT, FLOAT_TYPE, BF16_TYPE, HALF_TYPE, DOT_CUDA,
+                                                  DISTOPT_STEP),
     "megatron.core.optimizer.grad_scaler": (DEVICE_STR_SQ,),
     "megatron.core.distributed.param_and_grad_buffer": (DEVICE_CURRENT, DEVICE_STR_DQ),
     "megatron.core.distributed.distributed_data_parallel": (DEVICE_CURRENT,),

@@ -1,0 +1,32 @@
+# The project's two entry points (see README): `make dryrun` and `make test`.
+# Both create .venv on first use. Machines without an NVIDIA GPU get the CPU build of torch
+# (constraints/cpu.txt); GPU machines keep the torch they bring or get a CUDA build from PyPI.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: dryrun test test-fast install clean-venv
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install -e '.[dev]'; \
+	else \
+		$(PY) -m pip install -c constraints/cpu.txt -e '.[dev]'; \
+	fi
+	touch $(STAMP)
+
+install: $(STAMP)
+
+dryrun: $(STAMP)
+	$(VENV)/bin/flm dryrun
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,75 @@
+"""Config loading: includes, overrides, and a clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO, flm
+from training.config import load_run_config
+from training.config_base import ConfigError
+
+TINY = REPO / "configs" / "runs" / "tiny.yaml"
+
+
+def test_includes_and_overrides_resolve():
+    cfg = load_run_config(TINY, ["train.lr=3e-4", "parallel.tp=2", "model.normalization=RMSNorm"])
+    assert cfg.train.lr == 3e-4 and cfg.parallel.tp == 2
+    assert cfg.model.hidden_size == 64 and cfg.model.normalization == "RMSNorm"
+
+
+@pytest.mark.parametrize("override, key, hint", [
+    (["model.hidden_sise=32"], "model.hidden_sise", "allowed keys here"),
+    (["model.normalization=BatchNorm"], "model.normalization", "allowed values: 'LayerNorm', 'RMSNorm'"),
+    (["model.hidden_size=abc"], "model.hidden_size", "expected an integer"),
+    (["train.lr=fast"], "train.lr", "expected a number"),
+    (["model.tie_embeddings=3"], "model.tie_embeddings", "true or false"),
+    (["parallel.tp=3"], "model.num_attention_heads", "allowed tp values: [1, 2, 4]"),
+    (["model.num_attention_heads=3"], "model.num_attention_heads", "not divisible"),
+    (["model.num_query_groups=3"], "model.num_query_groups", "not divisible into 3 groups"),
+    (["parallel.pp=3"], "model.num_layers", "pp=3"),
+    (["train.global_batch_size=7"], "train.global_batch_size", "multiple of micro_batch_size"),
+    (["train.min_lr=1.0"], "train.min_lr", "min_lr <= lr"),
+    (["parallel.sequence_parallel=true"], "parallel.sequence_parallel", "needs tp >= 2"),
+    (["train.steps=0"], "train.steps", "positive"),
+    (["model=3"], "model", "expected a mapping"),
+])
+def test_invalid_values_name_the_key(override, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(TINY, override)
+    assert info.value.key == key
+    assert hint in str(info.value)
+    assert str(TINY) in str(info.value)
+
+
+def test_layout_must_fit_the_world_size():
+    cfg = load_run_config(TINY, ["parallel.tp=2", "parallel.pp=2"])
+    with pytest.raises(ConfigError, match="world size 6 is not divisible by tp x pp = 2 x 2"):
+        cfg.parallel.data_parallel_size(6)
+    cfg = load_run_config(TINY, ["parallel.dp=2"])
+    with pytest.raises(ConfigError, match="set parallel.dp=4"):
+        cfg.parallel.data_parallel_size(4)
+    cfg = load_run_config(TINY, ["train.global_batch_size=6", "train.micro_batch_size=2"])
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        cfg.train.micro_batches(4)
+
+
+def test_missing_file_and_bad_include(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_run_config(tmp_path / "nope.yaml")
+    run = tmp_path / "run.yaml"
+    run.write_text("model: models/does-not-exist.yaml\n")
+    with pytest.raises(ConfigError, match="does-not-exist.yaml"):
+        load_run_config(run)
+    run.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_run_config(run)
+
+
+def test_config_show_cli_prints_resolved_config_and_fails_clearly():
+    out = flm("config", "show", str(TINY), "parallel.tp=2", "--world-size", "2")
+    assert "tp: 2" in out.stdout and "hidden_size: 64" in out.stdout
+    bad = flm("config", "show", str(TINY), "parallel.tp=3", check=False)
+    assert bad.returncode == 2
+    assert "model.num_attention_heads" in bad.stderr and "allowed tp values" in bad.stderr
+    bad = flm("config", "show", str(TINY), "--world-size", "3", "parallel.tp=2", check=False)
+    assert bad.returncode == 2 and "world size 3" in bad.stderr

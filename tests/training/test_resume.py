@@ -1,0 +1,58 @@
+"""Resume equality: a run stopped at step k and resumed (also under another layout, also with
+the distributed optimizer) logs the same losses for steps k+1..k+5 as the uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO, flm, losses
+
+TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
+COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000",
+          "checkpoint.save_interval=3", "checkpoint.keep_last=5"]
+
+CASES = {
+    "tp2-to-pp2": ((2, ["parallel.tp=2"]), (2, ["parallel.pp=2"])),
+    "pp2-to-tp2": ((2, ["parallel.pp=2"]), (2, ["parallel.tp=2"])),
+    "distopt-dp2-to-dp2": ((2, ["parallel.distributed_optimizer=true"]), (2, ["parallel.distributed_optimizer=true"])),
+    "distopt-dp2-to-tp2": ((2, ["parallel.distributed_optimizer=true"]),
+                           (2, ["parallel.tp=2", "parallel.distributed_optimizer=true"])),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_resume_under_other_layout_matches_uninterrupted(tmp_path, name):
+    (n1, first), (n2, second) = CASES[name]
+    full = tmp_path / "full"
+    flm("train", TINY, "train.steps=8", f"output_dir={full}", *COMMON, *first, nproc=n1)
+    step3 = full / "checkpoints" / "step_0000003"
+    assert step3.is_dir()
+    resumed = tmp_path / "resumed"
+    flm("train", TINY, "train.steps=8", f"output_dir={resumed}", "--resume", str(step3), *COMMON, *second, nproc=n2)
+    ref, got = losses(full), losses(resumed)
+    assert sorted(got) == [4, 5, 6, 7, 8]
+    for step in range(4, 9):
+        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), f"step {step}: {got[step]} vs {ref[step]}"
+
+
+@pytest.mark.slow
+def test_resume_latest_continues_and_completed_run_is_left_alone(tmp_path):
+    run = tmp_path / "run"
+    flm("train", TINY, "train.steps=3", f"output_dir={run}", *COMMON)
+    flm("train", TINY, "train.steps=6", f"output_dir={run}", "--resume", *COMMON)
+    steps = [s for s in losses(run)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    again = flm("train", TINY, "train.steps=6", f"output_dir={run}", "--resume", *COMMON)
+    assert "resumed from" in again.stderr and losses(run) and len(losses(run)) == 6
+
+
+def test_resume_into_other_model_shape_is_refused(tmp_path):
+    run = tmp_path / "run"
+    flm("train", TINY, "train.steps=1", f"output_dir={run}", *COMMON)
+    bad = flm("train", TINY, "train.steps=2", "model.hidden_size=128", f"output_dir={tmp_path / 'other'}",
+              "--resume", str(run / "checkpoints"), *COMMON, check=False)
+    assert bad.returncode == 2
+    assert "model.hidden_size=64" in bad.stderr and "128" in bad.stderr
+    missing = flm("train", TINY, "--resume", str(tmp_path / "nowhere"), *COMMON, check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
