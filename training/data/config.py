@@ -1,0 +1,85 @@
+"""The ``data:`` section of a run config.
+
+Examples::
+
+    data: {kind: mock, seed: 1234}                     # seeded random tokens (tests, benchmarks)
+
+    data: {kind: default}                              # the embedded default corpus (no network);
+                                                       # tokenizer trained to model.vocab_size
+    data:
+      kind: prepared                                   # datasets written by `flm data prepare`
+      seed: 1234
+      datasets:
+        - {path: data/web, weight: 0.7}
+        - {path: data/code, weight: 0.3}
+      tokenizer: data/tokenizer                        # optional: must match the datasets' tokenizer
+      validation_fraction: 0.01
+
+Relative paths are resolved against the working directory of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from training.config_base import ConfigError
+
+
+def _j(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass
+class DatasetConfig:
+    """One prepared dataset of a blend."""
+
+    #: directory written by `flm data prepare --out`
+    path: str = ""
+    #: relative share of the training samples (weights are normalised over all datasets)
+    weight: float = 1.0
+
+    def validate(self, path: str) -> None:
+        if not self.path:
+            raise ConfigError(_j(path, "path"), "must name a prepared dataset directory (flm data prepare --out DIR)")
+        if not self.weight > 0:
+            raise ConfigError(_j(path, "weight"), f"must be > 0, got {self.weight}")
+
+
+@dataclass
+class DataConfig:
+    #: mock: seeded random tokens; default: the embedded default corpus; prepared: `datasets` below
+    kind: Literal["mock", "default", "prepared"] = "mock"
+    #: seed of the sample order (independent of the model's init seed)
+    seed: int = 1234
+    #: kind=prepared: the datasets to blend, each {path, weight}
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    #: kind=prepared: tokenizer directory or .model file; null uses the copy inside the datasets
+    tokenizer: Optional[str] = None
+    #: share of each dataset's documents held out for validation (chosen from the dataset's fingerprint)
+    validation_fraction: float = 0.01
+    #: kind=default: where the default corpus, its tokenizer and shards are built and cached
+    default_dir: str = "~/.cache/flm/default-data"
+    #: kind=default: tokenizer worker processes used when the cache is built
+    workers: int = 2
+
+    def validate(self, path: str) -> None:
+        if self.seed < 0:
+            raise ConfigError(_j(path, "seed"), "must be >= 0")
+        if self.kind == "prepared" and not self.datasets:
+            raise ConfigError(
+                _j(path, "datasets"),
+                "kind 'prepared' needs at least one dataset, e.g. datasets: [{path: data/web, weight: 1.0}]",
+            )
+        seen: set[str] = set()
+        for i, entry in enumerate(self.datasets):
+            if entry.path in seen:
+                raise ConfigError(_j(path, f"datasets[{i}].path"),
+                                  f"{entry.path!r} is listed twice; give it once with the summed weight")
+            seen.add(entry.path)
+        if not 0.0 < self.validation_fraction <= 0.5:
+            raise ConfigError(_j(path, "validation_fraction"), f"must be in (0, 0.5], got {self.validation_fraction}")
+        if not self.default_dir:
+            raise ConfigError(_j(path, "default_dir"), "must be a directory path")
+        if self.workers < 1:
+            raise ConfigError(_j(path, "workers"), "must be >= 1")

@@ -1,0 +1,131 @@
+"""The embedded default corpus: text every Python installation carries, for runs without network.
+
+Contents, in this order (a fixed selection, so the corpus depends only on the Python version):
+
+1. prose: every topic of ``pydoc_data.topics`` (the interpreter's bundled language reference
+   pages used by ``help()``), one document per topic, topics sorted by name;
+2. code: the standard library's public top-level modules (``<stdlib>/*.py`` whose name does not
+   start with ``_``), each at most ``MAX_MODULE_BYTES`` bytes, sorted by file name, one document
+   per module, taken while the code total stays within ``CODE_BUDGET_CHARS`` characters.
+
+About 3 MB of text: it tokenizes in a few seconds on two cores. ``write_default_corpus`` writes
+it as ``corpus.jsonl`` (objects ``{"text": ..., "source": ...}``) plus ``manifest.json`` with the
+Python version, the per-document sources and hashes, and a fingerprint (SHA-256 of
+``corpus.jsonl``) so runs on the default corpus are comparable. Runs on different Python versions
+get different fingerprints, which is the honest answer: their corpora differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.data.errors import DataError
+from training.data.fsutil import output_lock, read_json, staging_dir, write_json
+
+CORPUS_FILE = "corpus.jsonl"
+MANIFEST_FILE = "manifest.json"
+MAX_MODULE_BYTES = 64 * 1024
+CODE_BUDGET_CHARS = 2_500_000
+SELECTION_VERSION = 1
+
+
+@dataclass
+class DefaultCorpus:
+    """The documents (``{"text", "source"}`` dicts, in corpus order) and their serialised form."""
+
+    documents: list[dict[str, str]]
+
+    def jsonl(self) -> bytes:
+        return "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in self.documents).encode("utf-8")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.jsonl()).hexdigest()
+
+
+def _topics() -> list[dict[str, str]]:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions package pydoc_data separately
+        return []
+    return [{"source": f"pydoc_data.topics:{name}", "text": topics[name]}
+            for name in sorted(topics) if topics[name].strip()]
+
+
+def _modules() -> list[dict[str, str]]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    documents = []
+    total = 0
+    for path in sorted(stdlib.glob("*.py")):
+        if path.name.startswith("_") or path.stat().st_size > MAX_MODULE_BYTES:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # a module this installation ships in another encoding is left out, deterministically
+        if not text.strip():
+            continue
+        if total + len(text) > CODE_BUDGET_CHARS:
+            break
+        total += len(text)
+        documents.append({"source": f"stdlib:{path.name}", "text": text})
+    return documents
+
+
+def build_default_corpus() -> DefaultCorpus:
+    """Collect the default corpus from this interpreter; DataError if it ships neither part."""
+    documents = _topics() + _modules()
+    if not documents:
+        raise DataError(
+            f"this Python ({sys.executable}) ships neither pydoc_data.topics nor standard library sources under "
+            f"{sysconfig.get_paths()['stdlib']}; give a corpus explicitly (flm data prepare INPUT ...)"
+        )
+    return DefaultCorpus(documents)
+
+
+@dataclass
+class DefaultCorpusResult:
+    corpus_file: Path
+    manifest: dict[str, Any]
+    #: False when an identical corpus was already there
+    written: bool
+
+
+def write_default_corpus(out_dir: str | Path, *, force: bool = False) -> DefaultCorpusResult:
+    """Write the default corpus to ``out_dir`` (idempotent, atomic); see the module docstring."""
+    out_dir = Path(out_dir)
+    corpus = build_default_corpus()
+    data = corpus.jsonl()
+    fingerprint = hashlib.sha256(data).hexdigest()
+    with output_lock(out_dir):
+        existing = read_json(out_dir / MANIFEST_FILE)
+        if existing is not None and existing.get("fingerprint") == fingerprint and (out_dir / CORPUS_FILE).is_file():
+            return DefaultCorpusResult(out_dir / CORPUS_FILE, existing, False)
+        if out_dir.exists() and any(out_dir.iterdir()) and not force and existing is None:
+            raise DataError(f"{out_dir} exists and does not hold a default corpus; choose an empty or new --out")
+        manifest = {
+            "format": "flm-default-corpus",
+            "selection_version": SELECTION_VERSION,
+            "fingerprint": fingerprint,
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "documents": len(corpus.documents),
+            "chars": sum(len(d["text"]) for d in corpus.documents),
+            "bytes": len(data),
+            "selection": {"max_module_bytes": MAX_MODULE_BYTES, "code_budget_chars": CODE_BUDGET_CHARS},
+            "sources": [
+                {"source": d["source"], "chars": len(d["text"]),
+                 "sha256": hashlib.sha256(d["text"].encode("utf-8")).hexdigest()}
+                for d in corpus.documents
+            ],
+        }
+        with staging_dir(out_dir) as tmp:
+            (tmp / CORPUS_FILE).write_bytes(data)
+            write_json(tmp / MANIFEST_FILE, manifest)
+    return DefaultCorpusResult(out_dir / CORPUS_FILE, manifest, True)
