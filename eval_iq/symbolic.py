@@ -1,0 +1,171 @@
+"""Symbolic mapping instances: classification with label words replaced by meaningless symbols.
+
+For subtask ``name`` and ``seed``:
+
+* **Symbols**: ``K`` distinct strings (K = number of labels) of 2-3 characters from
+  :data:`SYMBOL_ALPHABET` (punctuation only, so never a word), none a prefix of another, none
+  occurring anywhere in the dataset's rendered texts. Fixed per (subtask, seed); ``choices`` of
+  every instance list them in this order.
+* **Evaluation records**: a seeded permutation of the labelled validation records; instance ``i``
+  is its ``i``-th element; up to ``size`` (default 300) instances, all records if fewer.
+* **Label -> symbol assignment** is drawn per instance and shown only by the demonstrations, so
+  the model must learn the mapping in context. The gold symbol's position follows a balanced
+  schedule (each block of K consecutive instances uses every symbol once as the gold answer,
+  in a seeded order), so a model that always outputs the same symbol scores 1/K (up to one
+  partial block) whatever the class balance of the data.
+* **Demonstrations**: ``shots`` per label (default 2), drawn without replacement from the
+  training split; if the training split has too few records of a label (FewGLUE's WSC train
+  has no ``false``), from training plus validation records other than the query. A record whose
+  rendered text equals the query's is never a demonstration. Order: rounds
+  of one demonstration per label, each round a random permutation that never starts with the
+  previous round's last label, so no label appears twice in a row.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from eval_iq.errors import MalformedDataError
+from eval_iq.instances import join_blocks, make_instance, rng_for
+from eval_iq.symbolic_data import SOURCES, SourceData, load_source
+
+SYMBOL_ALPHABET = "!#$%&*+<=>?@^|~"
+
+
+def draw_symbols(subtask: str, seed: int, k: int, corpus: str) -> list[str]:
+    """``k`` symbols for ``(subtask, seed)`` that do not occur in ``corpus`` (see module doc)."""
+    rng = rng_for(subtask, seed, "symbols", "symbols")
+    chosen: list[str] = []
+    for _ in range(100_000):
+        cand = "".join(rng.choice(SYMBOL_ALPHABET) for _ in range(rng.choice((2, 3))))
+        if any(c.startswith(cand) or cand.startswith(c) for c in chosen) or cand in corpus:
+            continue
+        chosen.append(cand)
+        if len(chosen) == k:
+            return chosen
+    raise RuntimeError(f"{subtask}: could not draw {k} symbols absent from the data")
+
+
+def interleaved_order(rng: random.Random, labels: list[str], rounds: int) -> list[str]:
+    """``rounds`` rounds, each a permutation of ``labels``; never the same label twice in a row."""
+    order: list[str] = []
+    for _ in range(rounds):
+        perm = labels[:]
+        rng.shuffle(perm)
+        if order and len(perm) > 1 and perm[0] == order[-1]:
+            j = rng.randrange(1, len(perm))
+            perm[0], perm[j] = perm[j], perm[0]
+        order += perm
+    return order
+
+
+def _symbols_for(name: str, seed: int, data: SourceData) -> tuple[str, ...]:
+    source = SOURCES[name]
+    corpus = "\n".join(source.render(r) for r in data.eval_records + data.shot_records)
+    return tuple(draw_symbols(name, seed, len(source.labels), corpus))
+
+
+def _order(name: str, seed: int, n: int) -> list[int]:
+    order = list(range(n))
+    rng_for(name, seed, "order", "order").shuffle(order)
+    return order
+
+
+class _Pool:
+    """Records of one label with their rendered texts, indexed by text for fast exclusion."""
+
+    def __init__(self, records: list[dict[str, Any]], texts: list[str]) -> None:
+        self.records = records
+        self.by_text: dict[str, list[int]] = {}
+        for j, t in enumerate(texts):
+            self.by_text.setdefault(t, []).append(j)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _sample_excluding(rng: random.Random, size: int, excluded: set[int], n: int) -> list[int] | None:
+    """``n`` distinct indices from ``range(size)`` minus ``excluded`` (None if too few)."""
+    if size - len(excluded) < n:
+        return None
+    picks = rng.sample(range(size), min(size, n + len(excluded)))
+    return [j for j in picks if j not in excluded][:n]
+
+
+def generate_symbolic(
+    name: str, seed: int, size: int, shots: int, data_dir: str | os.PathLike[str] | None
+) -> list[dict[str, Any]]:
+    """Instances ``0 .. min(size, #validation records) - 1`` of symbolic subtask ``name``."""
+    source = SOURCES[name]
+    data = load_source(name, data_dir)
+    symbols = list(_symbols_for(name, seed, data))
+    labels = list(source.labels)
+    k = len(labels)
+    eval_texts = [source.render(r) for r in data.eval_records]
+    shot_texts = [source.render(r) for r in data.shot_records]
+    train = {
+        lab: _Pool(
+            [r for r in data.shot_records if r["label"] == lab],
+            [t for r, t in zip(data.shot_records, shot_texts) if r["label"] == lab],
+        )
+        for lab in labels
+    }
+    # fallback pools (train + validation) for labels the training split has too few of
+    both = {
+        lab: _Pool(
+            train[lab].records + [r for r in data.eval_records if r["label"] == lab],
+            [t for r, t in zip(data.shot_records, shot_texts) if r["label"] == lab]
+            + [t for r, t in zip(data.eval_records, eval_texts) if r["label"] == lab],
+        )
+        for lab in labels
+    }
+    order = _order(name, seed, len(data.eval_records))
+    out = []
+    for i in range(min(size, len(order))):
+        query_pos = order[i]
+        query = data.eval_records[query_pos]
+        query_text = eval_texts[query_pos]
+        rng = rng_for(name, seed, i)
+        block = list(range(k))
+        rng_for(name, seed, i // k, "gold-schedule").shuffle(block)
+        gold = block[i % k]
+        rest = [s for s in range(k) if s != gold]
+        rng.shuffle(rest)
+        others = [lab for lab in labels if lab != query["label"]]
+        mapping = {query["label"]: symbols[gold], **{lab: symbols[s] for lab, s in zip(others, rest)}}
+
+        chosen: dict[str, list[dict[str, Any]]] = {}
+        for lab in labels:
+            # never the query itself, nor a record that renders identically (SuperGLUE WSC
+            # repeats text and spans with different pronoun offsets)
+            for pool in (train[lab], both[lab]):
+                picks = _sample_excluding(rng, len(pool), set(pool.by_text.get(query_text, ())), shots)
+                if picks is not None:
+                    chosen[lab] = [pool.records[j] for j in picks]
+                    break
+            else:
+                raise MalformedDataError(
+                    f"{name}: too few records with label {lab!r} for {shots} demonstrations per label "
+                    f"({data.origin['shots']}, {data.origin['eval']}); lower --shots"
+                )
+        blocks = []
+        shot_labels = interleaved_order(rng, labels, shots)
+        for lab in shot_labels:
+            rec = chosen[lab].pop()
+            blocks.append(f"{source.render(rec)}\n{source.answer_prefix} {mapping[lab]}")
+        blocks.append(f"{query_text}\n{source.answer_prefix}")
+        meta = {
+            "source": data.origin["eval"],
+            "source_position": query_pos,
+            "label": query["label"],
+            "mapping": mapping,
+            "shot_labels": shot_labels,
+        }
+        out.append(
+            make_instance(
+                name, seed, i, join_blocks(blocks), symbols[gold], choices=symbols, gold=gold, meta=meta
+            )
+        )
+    return out

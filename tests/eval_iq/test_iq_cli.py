@@ -1,0 +1,208 @@
+"""``flm iq`` end to end on a tiny local Llama (offline), argparse wiring, and bad inputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval_iq import cli
+from eval_iq.reference import PAPER_MODELS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def flm(argv: list[str]) -> int:
+    """Call ``flm iq`` the way the project CLI will: through register() on a subparsers object."""
+    parser = argparse.ArgumentParser(prog="flm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.register(sub)
+    args = parser.parse_args(["iq", *argv])
+    return args.func(args)
+
+
+def test_end_to_end_tiny_llama_offline(tiny_llama_dir, shared_data, tmp_path, no_network, capsys):
+    out = tmp_path / "out"
+    rc = flm(
+        [
+            "--model",
+            "hf",
+            "--model-path",
+            str(tiny_llama_dir),
+            "--subtasks",
+            "rte,afqmc,counting,head_tail,single_supporting_fact",
+            "--limit",
+            "2",
+            "--size",
+            "6",
+            "--data-dir",
+            str(shared_data),
+            "--skip-unavailable",
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert no_network == [], "an offline run attempted a network connection"
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["subtasks"]) == ["rte", "counting", "head_tail", "single_supporting_fact"]
+    assert "afqmc" in results["skipped"]
+    rte = results["subtasks"]["rte"]
+    assert (
+        rte["n"] == 2
+        and rte["chance"] == 0.5
+        and rte["instances"] == 6
+        and len(rte["instances_sha256"]) == 64
+    )
+    assert 0.0 <= rte["acc"] <= 1.0
+    assert results["categories"]["symbolic"]["complete"] is False
+    assert results["flm_iq"]["acc"] is not None and results["flm_iq"]["complete"] is False
+    assert results["paper_scores_percent"]["FLM-101B"]["counting"] == 69.59
+    assert results["settings"]["seed"] == 1234 and results["model"]["backend"] == "hf"
+    table = (out / "report.md").read_text()
+    for needle in (
+        "This model",
+        "Chance",
+        *PAPER_MODELS,
+        "SuperGLUE-IQ RTE",
+        "Counting",
+        "69.59",
+        "50.00",
+        "(partial)",
+    ):
+        assert needle in table, needle
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for task in (
+        "flm_iq_superglue_rte",
+        "flm_iq_counting",
+        "flm_iq_head_tail",
+        "flm_iq_single_supporting_fact",
+    ):
+        lines = (out / "samples" / f"{task}.jsonl").read_text().splitlines()
+        assert len(lines) == 2
+        rec = json.loads(lines[0])
+        assert rec["prompt"] and "acc" in rec and rec["response"] is not None
+    raw = json.loads((out / "lm_eval_results.json").read_text())
+    assert "flm_iq_counting" in raw["results"]
+
+
+@pytest.mark.slow
+def test_end_to_end_all_subtasks(tiny_llama_dir, iq_data_dir, tmp_path, no_network):
+    out = tmp_path / "out"
+    rc = flm(
+        [
+            "--model-path",
+            str(tiny_llama_dir),
+            "--limit",
+            "1",
+            "--size",
+            "3",
+            "--data-dir",
+            str(iq_data_dir),
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert rc == 0 and no_network == []
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["subtasks"]) == 17 and results["flm_iq"]["complete"] is True
+
+
+def test_list_and_module_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "eval_iq.cli", "--list"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "flm_iq_superglue_boolq" in out.stdout and "two_supporting_facts" in out.stdout
+
+
+def test_register_sets_handler():
+    parser = argparse.ArgumentParser(prog="flm")
+    sub = parser.add_subparsers(dest="command")
+    iq = cli.register(sub)
+    assert iq.prog.endswith("iq")
+    args = parser.parse_args(["iq", "--subtasks", "rules", "--seed", "7"])
+    assert args.func is cli.run and args.subtasks == "rules" and args.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--subtasks", "counting,nope"], r"unknown IQ subtask\(s\): 'nope'"),
+        (["--subtasks", "counting"], r"--model hf needs --model-path"),
+        (
+            ["--subtasks", "counting", "--model-path", "/nonexistent/model"],
+            r"model directory not found: /nonexistent/model",
+        ),
+        (["--subtasks", "counting", "--model", "flm"], r"--model flm needs --checkpoint"),
+        (
+            ["--subtasks", "boolq", "--data-dir", "/nonexistent/data"],
+            r"--data-dir not found: /nonexistent/data",
+        ),
+        (["--subtasks", "counting", "--limit", "0"], r"--limit must be >= 1"),
+    ],
+)
+def test_bad_inputs_exit_2_with_clear_message(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("FLM_IQ_DATA_DIR", raising=False)
+    assert flm(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flm iq: error: ")
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_symbolic_offline_without_data_is_clear(capsys, monkeypatch):
+    monkeypatch.delenv("FLM_IQ_DATA_DIR", raising=False)
+    assert flm(["--subtasks", "boolq,counting", "--model-path", "/x"]) == 2
+    err = capsys.readouterr().err
+    assert "boolq needs --data-dir" in err and "--skip-unavailable" in err
+
+
+def test_flm_backend_missing_loader(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "training.checkpoint_backend", None)
+    assert flm(["--model", "flm", "--checkpoint", str(tmp_path), "--subtasks", "counting"]) == 2
+    assert "training.checkpoint_backend.load_backend" in capsys.readouterr().err
+
+
+def test_malformed_data_file_is_reported(tmp_path, capsys):
+    d = tmp_path / "data" / "superglue" / "RTE"
+    d.mkdir(parents=True)
+    (d / "val.jsonl").write_text('{"premise": "p", "hypothesis": "h", "label": "entailment"}\n[oops\n')
+    (d / "train.jsonl").write_text('{"premise": "p", "hypothesis": "h", "label": "entailment"}\n')
+    assert (
+        flm(["--subtasks", "rte", "--data-dir", str(tmp_path / "data"), "--model-path", str(tmp_path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "RTE/val.jsonl: cannot be read as JSON lines" in err
+
+
+def test_offline_mode_reaches_already_imported_libraries(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    from eval_iq.offline import enable_offline_mode, is_offline
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    assert not is_offline()
+    enable_offline_mode()
+    assert is_offline()
+    assert huggingface_hub.constants.is_offline_mode() and datasets.config.HF_HUB_OFFLINE
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    with pytest.raises(OfflineModeIsEnabled):
+        HfApi().model_info("gpt2")
