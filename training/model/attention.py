@@ -9,8 +9,10 @@ Inputs (megatron layout, after RoPE): query ``[s, b, heads_local, d]``, key/valu
   ``zeta_i``). Positions are centred (``n - floor(s / 2)``) as in torchscale; the scores depend only
   on ``m - n``, so centring changes nothing but keeps the factors near 1.
 - Head masks (MSG head growth): ``head_mask[heads]`` and ``group_mask[groups]`` over the *logical*
-  heads/groups of the layer (1 = old, c = new); this rank's slice is taken by TP rank. Queries are
-  multiplied per head, keys and values per group; at c = 0 a new head contributes 0.
+  heads/groups of the layer (1 = old, c = new); this rank's slice is taken by TP rank. Queries and
+  each head's output are multiplied per head, keys and values per group; at c = 0 a new head
+  contributes exactly 0, also when it joins an existing query group (whose keys/values are shared
+  with old heads, so masking the query alone would leave it attending uniformly).
 """
 
 from __future__ import annotations
@@ -61,10 +63,15 @@ class FLMCoreAttention(DotProductAttention):
             f = self._xpos(query.shape[0], query.shape[-1], query.device, query.dtype)
             query = query * f
             key = key / f
-        if self.head_mask is not None:
-            hm = _local_slice(self.head_mask).to(query.dtype)
-            gm = _local_slice(self.group_mask).to(query.dtype)
-            query = query * hm[None, None, :, None]
-            key = key * gm[None, None, :, None]
-            value = value * gm[None, None, :, None]
-        return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
+        if self.head_mask is None:
+            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
+                                   packed_seq_params)
+        hm = _local_slice(self.head_mask).to(query.dtype)
+        gm = _local_slice(self.group_mask).to(query.dtype)
+        query = query * hm[None, None, :, None]
+        key = key * gm[None, None, :, None]
+        value = value * gm[None, None, :, None]
+        context = super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
+                                  packed_seq_params)
+        s, b, _ = context.shape
+        return (context.view(s, b, hm.shape[0], -1) * hm[None, None, :, None]).view(s, b, -1)

@@ -1,0 +1,28 @@
+"""Model growth: grow a trained decoder LM's width and depth with function-preserving operators.
+
+Pure functions on *logical* tensors (unsharded, layers stacked on dim 0; see ``growth.roles``):
+
+- ``ModelShape`` / ``GrowthPlan`` (``load_plan``, ``check_plan``): what to grow and how;
+- ``prepare_growth`` -> ``Growth``; ``grow_tensor`` (one tensor, for streaming) and ``grow_state``;
+- ``MaskState`` / ``MaskValues`` / ``apply_masks`` / ``clear_masks``: MSG masks and their ramp;
+- ``grow_moment`` / ``grow_adam_state``: Adam moments across growth;
+- ``verify``: same batch before and after growth.
+
+docs/growth.md describes every operator, when it is exact, the masks and the optimizer rules.
+"""
+
+from growth.errors import GrowthError
+from growth.masks import MaskState, MaskValues, apply_masks, clear_masks
+from growth.operators import Growth, GrowthResult, grow_state, grow_tensor, prepare_growth
+from growth.optimizer_state import AdamState, grow_adam_state, grow_moment
+from growth.plan import GrowthPlan, check_plan, inexact_reasons, load_plan, new_model_config, plan_for
+from growth.roles import logical_keys, logical_shapes
+from growth.shape import ModelShape
+from growth.verify import VerifyReport, verify
+
+__all__ = [
+    "AdamState", "Growth", "GrowthError", "GrowthPlan", "GrowthResult", "MaskState", "MaskValues", "ModelShape",
+    "VerifyReport", "apply_masks", "check_plan", "clear_masks", "grow_adam_state", "grow_moment", "grow_state",
+    "grow_tensor", "inexact_reasons", "load_plan", "logical_keys", "logical_shapes", "new_model_config",
+    "plan_for", "prepare_growth", "verify",
+]

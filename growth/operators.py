@@ -1,0 +1,184 @@
+"""Growth operators as pure functions on logical tensors.
+
+``prepare_growth(plan, cfg)`` checks a plan against the old model and resolves it into a ``Growth``:
+the new config, one ``AxisMap`` per axis kind, the new layer stack and the MSG mask state.
+``grow_tensor(growth, key, tensor)`` grows one logical tensor (streaming: a checkpoint can be grown
+one tensor at a time; the result does not depend on the order); ``grow_state`` grows a whole
+logical state dict.
+
+Per tensor: each per-layer slice is gathered along every axis (``AxisMap.src``); entries that are
+new along any axis get the tensor's fill (weights ~ N(0, init_std), biases 0, norm gains 1, norm
+biases 0), every entry is multiplied by the product of the axes' ``scale``; new entries of an axis
+with ``zero_new`` are zeroed; clone noise goes on cloned copies of weights. Layered tensors are then
+assembled along the layer axis (``layer_sources``): old layers, copies of (grown) old layers, or
+fresh layers; zero-init new layers get zero output projections. Random values come from generators
+seeded by (plan seed, key, layer), so copies of a layer are identical and the order of tensors is
+irrelevant.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from growth import axes as ax
+from growth.errors import GrowthError
+from growth.masks import MaskState
+from growth.plan import GrowthPlan, check_plan, inexact_reasons
+from growth.roles import TensorRole, logical_keys, role_of, tensor_shape
+from growth.tensor_ops import any_axis, axis_product, gather
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A plan resolved against the old model: everything ``grow_tensor`` needs. Immutable."""
+
+    plan: GrowthPlan
+    old_cfg: object
+    new_cfg: object
+    axes: dict[str, ax.AxisMap]
+    layers: list[ax.LayerSource]
+    masks: Optional[MaskState]
+    #: the grown model computes the old function (masks at 0)
+    exact: bool
+    init_std: float
+
+    @property
+    def swiglu(self) -> bool:
+        return self.old_cfg.activation == "swiglu"
+
+    def old_shape(self, key: str) -> tuple[int, ...]:
+        return tensor_shape(role_of(key), self.plan.old, self.swiglu)
+
+    def new_shape(self, key: str) -> tuple[int, ...]:
+        return tensor_shape(role_of(key), self.plan.new, self.swiglu)
+
+    def check_old(self, key: str, tensor: Tensor) -> TensorRole:
+        """The role of ``key``; ``GrowthError`` if ``tensor`` is not at the plan's old shape."""
+        role = role_of(key)
+        want = self.old_shape(key)
+        if tuple(tensor.shape) != want:
+            raise GrowthError(f"{key}: shape {tuple(tensor.shape)} does not match the plan's old shape {want}")
+        return role
+
+
+@dataclass(frozen=True)
+class GrowthResult:
+    state: dict[str, Tensor]
+    new_cfg: object
+    #: MSG masks to apply while training the grown model; None when no operator is msg
+    masks: Optional[MaskState]
+    exact: bool
+
+
+def prepare_growth(plan: GrowthPlan, cfg) -> Growth:
+    """Resolve ``plan`` for the old model config ``cfg``; ``ConfigError`` if the plan does not fit."""
+    new_cfg = check_plan(plan, cfg)
+    old, new, ops = plan.old, plan.new, plan.operators
+    maps = {"vocab": ax.vocab_map(old.vocab, new.vocab)}
+    maps.update(ax.hidden_maps(ops.hidden, old.hidden, new.hidden, cfg.normalization == "RMSNorm"))
+    maps.update(ax.ffn_maps(ops.ffn, old.ffn, new.ffn, cfg.activation == "swiglu"))
+    maps.update(ax.head_maps(ops.heads, old, new))
+    layers = ax.layer_sources(ops.depth, plan.depth.placement, plan.depth.init, old.layers, new.layers)
+    return Growth(plan=plan, old_cfg=cfg, new_cfg=new_cfg, axes=maps, layers=layers,
+                  masks=_mask_state(plan, layers), exact=not inexact_reasons(plan, cfg),
+                  init_std=plan.init_std if plan.init_std is not None else cfg.init_std)
+
+
+def _mask_state(plan: GrowthPlan, layers: list[ax.LayerSource]) -> Optional[MaskState]:
+    if not plan.uses_masks:
+        return None
+    old, new, ops = plan.old, plan.new, plan.operators
+    state = MaskState(ramp_steps=plan.ramp.steps, shape=plan.ramp.shape, num_layers=new.layers)
+    if ops.hidden == "msg":
+        state.hidden_old, state.hidden_new = old.hidden, new.hidden
+    if ops.ffn == "msg":
+        state.ffn_old, state.ffn_new = old.ffn, new.ffn
+    if ops.heads == "msg":
+        layout = ax.head_layout("msg", old, new)
+        state.head_is_new, state.group_is_new = layout.head_is_new, layout.group_is_new
+    if ops.depth == "msg":
+        state.new_layers = [j for j, src in enumerate(layers) if src.is_new]
+    return state
+
+
+def _generator(seed: int, *parts) -> torch.Generator:
+    tag = zlib.crc32("|".join(map(str, parts)).encode())
+    return torch.Generator().manual_seed((seed * 0x9E3779B1 + tag) % (2**63))
+
+
+def _randn(shape, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.randn(shape, generator=gen, dtype=work).to(dtype)
+
+
+def _fill(role: TensorRole, shape, dtype, std: float, gen: torch.Generator) -> Tensor:
+    if role.fill == "weight":
+        return _randn(shape, dtype, gen) * std
+    if role.fill == "norm_weight":
+        return torch.ones(shape, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+def _grow_slice(g: Growth, role: TensorRole, maps: list[ax.AxisMap], old: Tensor, tag) -> Tensor:
+    """One per-layer slice (or a non-layered tensor) grown along all its axes."""
+    out = gather(old, maps)
+    new = any_axis(maps, lambda m: m.new).to(out.device)
+    if new.any():
+        fill = _fill(role, out.shape, out.dtype, g.init_std, _generator(g.plan.seed, *tag)).to(out.device)
+        out = torch.where(new, fill, out)
+    scale = axis_product(maps, lambda m: m.scale)
+    if not bool((scale == 1).all()):
+        out = out * scale.to(out.dtype).to(out.device)
+    zero = any_axis(maps, lambda m: m.new & m.zero_new).to(out.device)
+    if zero.any():
+        out = out.masked_fill(zero, 0)
+    if g.plan.clone_noise > 0 and role.fill == "weight":
+        copies = (any_axis(maps, lambda m: m.copy) & ~any_axis(maps, lambda m: m.new)).to(out.device)
+        noise = _randn(out.shape, out.dtype, _generator(g.plan.seed, *tag, "noise")).to(out.device)
+        out = out + g.plan.clone_noise * noise * copies
+    return out
+
+
+def _fresh(g: Growth, role: TensorRole, shape, dtype, device, tag) -> Tensor:
+    """A freshly initialised layer slice: the model's own init (weights ~ N(0, std), norms 1/0, biases 0)."""
+    return _fill(role, shape, dtype, g.init_std, _generator(g.plan.seed, *tag)).to(device)
+
+
+def grow_tensor(g: Growth, key: str, tensor: Tensor) -> Tensor:
+    """``tensor`` (logical, old shape) grown to the new shape. Pure: the input is not modified."""
+    role = g.check_old(key, tensor)
+    maps = [g.axes[a] for a in role.axes]
+    if not role.layered:
+        return _grow_slice(g, role, maps, tensor, (key,))
+    new_shape = g.new_shape(key)
+    out = tensor.new_empty(new_shape)
+    for j, src in enumerate(g.layers):
+        if src.source is None:
+            out[j] = _fresh(g, role, new_shape[1:], tensor.dtype, tensor.device, (key, "fresh", j))
+        else:
+            out[j] = _grow_slice(g, role, maps, tensor[src.source], (key, src.source))
+        if src.zero_output and role.output_projection:
+            out[j].zero_()
+    return out
+
+
+def grow_state(plan: GrowthPlan, cfg, state: dict[str, Tensor]) -> GrowthResult:
+    """Grow a whole logical state dict of a model with config ``cfg``.
+
+    ``state`` must hold exactly the logical keys of ``cfg`` (``growth.roles.logical_keys``) at the
+    plan's old shapes; the result holds the same keys at the new shapes.
+    """
+    g = prepare_growth(plan, cfg)
+    want = set(logical_keys(cfg))
+    missing, extra = sorted(want - set(state)), sorted(set(state) - want)
+    if missing or extra:
+        raise GrowthError(f"state dict does not match the model config: missing {missing}, unexpected {extra}")
+    out = {key: grow_tensor(g, key, t) for key, t in state.items()}
+    return GrowthResult(state=out, new_cfg=g.new_cfg, masks=g.masks, exact=g.exact)
+
+

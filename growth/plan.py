@@ -1,0 +1,254 @@
+"""``GrowthPlan``: what to grow, with which operator, and how the new structure is brought in.
+
+A plan is a config section (YAML or dict, loaded with ``training.config_base.from_dict``)::
+
+    old: {layers: 2, hidden: 64, ffn: 256, heads: 4, query_groups: 4, head_dim: 16, vocab: 512}
+    new: {layers: 4, hidden: 128, ffn: 512, heads: 8, query_groups: 8, head_dim: 16, vocab: 512}
+    operators: {hidden: msg, ffn: msg, heads: msg, depth: msg}
+    depth: {placement: stack, init: copy}
+    ramp: {steps: 1000, shape: linear}
+    tp: 1
+
+``GrowthPlan.validate`` checks the plan on its own (called by ``from_dict``); ``check_plan`` checks
+it against the model config of the checkpoint being grown (the block variant decides what is
+exact) and returns the grown model's config. Every error is a ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from training.config_base import ConfigError, from_dict, read_yaml
+
+from growth.shape import ModelShape
+
+WidthOperator = Literal["none", "msg", "zero", "clone"]
+DepthOperator = Literal["none", "msg", "zero", "stack"]
+
+
+def _j(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass
+class Operators:
+    """One operator per dimension; ``none`` exactly when that dimension keeps its size.
+
+    msg: masked structural growth (new structure multiplied by a mask ramped 0 -> 1).
+    zero: new structure whose output projections are zero (no masks).
+    clone: width x an integer factor by repeating (HyperCloning).
+    stack: depth x an integer factor by repeating the layer stack (G_stack; never exact).
+    """
+
+    hidden: WidthOperator = "none"
+    ffn: WidthOperator = "none"
+    #: heads and/or query groups
+    heads: WidthOperator = "none"
+    depth: DepthOperator = "none"
+
+
+@dataclass
+class DepthOptions:
+    #: stack: new layers on top of the old stack; interleave: spread evenly, each after an old layer
+    placement: Literal["stack", "interleave"] = "stack"
+    #: copy: a new layer copies an old one (see docs/growth.md for which); fresh: random init
+    init: Literal["copy", "fresh"] = "copy"
+
+
+@dataclass
+class RampOptions:
+    #: optimizer steps over which msg masks rise from 0 to 1 (then they are removed)
+    steps: int = 0
+    shape: Literal["linear", "cosine"] = "linear"
+
+
+@dataclass
+class GrowthPlan:
+    #: required (the default, all zeros, fails validation)
+    old: ModelShape = field(default_factory=ModelShape)
+    new: ModelShape = field(default_factory=ModelShape)
+    operators: Operators = field(default_factory=Operators)
+    depth: DepthOptions = field(default_factory=DepthOptions)
+    ramp: RampOptions = field(default_factory=RampOptions)
+    #: std of new random weights; null means the model's init_std
+    init_std: Optional[float] = None
+    #: std of Gaussian noise added to cloned copies (symmetry breaking; makes clone inexact)
+    clone_noise: float = 0.0
+    seed: int = 0
+    #: tensor-parallel size the grown model will be trained with (sizes must divide by it)
+    tp: int = 1
+    #: refuse operators that are not function-preserving for this block variant
+    exact: bool = True
+
+    @property
+    def uses_masks(self) -> bool:
+        ops = self.operators
+        return "msg" in (ops.hidden, ops.ffn, ops.heads, ops.depth)
+
+    def validate(self, path: str) -> None:
+        self.old.validate(_j(path, "old"))
+        self.new.validate(_j(path, "new"))
+        old, new, ops = self.old, self.new, self.operators
+        if self.tp < 1:
+            raise ConfigError(_j(path, "tp"), "must be >= 1")
+        for name in ("layers", "hidden", "ffn", "heads", "query_groups", "vocab"):
+            if getattr(new, name) < getattr(old, name):
+                raise ConfigError(_j(path, f"new.{name}"),
+                                  f"{getattr(new, name)} < old {getattr(old, name)}: growth never shrinks a dimension")
+        if new.head_dim != old.head_dim:
+            raise ConfigError(_j(path, "new.head_dim"),
+                              f"must stay {old.head_dim}: no operator changes the head dim (rotary frequencies "
+                              "depend on it); grow the number of heads instead")
+        for name in ("heads", "query_groups", "ffn", "vocab"):
+            if getattr(new, name) % self.tp:
+                raise ConfigError(_j(path, f"new.{name}"),
+                                  f"{getattr(new, name)} is not divisible by the target tp={self.tp}")
+        self._check_operators(path)
+        if self.uses_masks and self.ramp.steps < 1:
+            raise ConfigError(_j(path, "ramp.steps"), "msg needs a mask ramp of at least 1 step")
+        if self.init_std is not None and self.init_std <= 0:
+            raise ConfigError(_j(path, "init_std"), "must be > 0 (or null for the model's init_std)")
+        if self.clone_noise < 0:
+            raise ConfigError(_j(path, "clone_noise"), "must be >= 0")
+        if self.clone_noise > 0 and "clone" not in (ops.hidden, ops.ffn, ops.heads):
+            raise ConfigError(_j(path, "clone_noise"), "only applies to clone; no dimension uses clone")
+        if self.exact:
+            reasons = inexact_reasons(self)
+            if reasons:
+                key, why = reasons[0]
+                raise ConfigError(_j(path, key), f"{why}; set exact: false to accept a growth that changes "
+                                  "the model's function")
+
+    def _check_operators(self, path: str) -> None:
+        old, new, ops = self.old, self.new, self.operators
+        grows = {
+            "hidden": (new.hidden != old.hidden, f"hidden {old.hidden} -> {new.hidden}"),
+            "ffn": (new.ffn != old.ffn, f"ffn {old.ffn} -> {new.ffn}"),
+            "heads": ((new.heads, new.query_groups) != (old.heads, old.query_groups),
+                      f"heads/query_groups {old.heads}/{old.query_groups} -> {new.heads}/{new.query_groups}"),
+            "depth": (new.layers != old.layers, f"layers {old.layers} -> {new.layers}"),
+        }
+        for dim, (changes, what) in grows.items():
+            op = getattr(ops, dim)
+            if changes and op == "none":
+                allowed = "msg, zero or stack" if dim == "depth" else "msg, zero or clone"
+                raise ConfigError(_j(path, f"operators.{dim}"), f"{what} needs an operator: {allowed}")
+            if not changes and op != "none":
+                raise ConfigError(_j(path, f"operators.{dim}"), f"is {op!r} but {what.split(' ')[0]} does not "
+                                  "change; use none")
+        if ops.hidden == "clone" and new.hidden % old.hidden:
+            raise ConfigError(_j(path, "new.hidden"), f"clone needs an integer factor: {new.hidden} is not a "
+                              f"multiple of {old.hidden}")
+        if ops.ffn == "clone" and new.ffn % old.ffn:
+            raise ConfigError(_j(path, "new.ffn"), f"clone needs an integer factor: {new.ffn} is not a "
+                              f"multiple of {old.ffn}")
+        if ops.heads == "clone":
+            if new.query_groups % old.query_groups or new.heads_per_group % old.heads_per_group:
+                raise ConfigError(_j(path, "new.heads"), "clone needs query_groups and heads per group each "
+                                  f"grown by an integer factor: {old.heads}/{old.query_groups} -> "
+                                  f"{new.heads}/{new.query_groups}")
+        if ops.heads in ("msg", "zero") and new.heads_per_group < old.heads_per_group:
+            raise ConfigError(_j(path, "new.query_groups"),
+                              f"{ops.heads} keeps every old query group whole, but heads per group would shrink "
+                              f"{old.heads_per_group} -> {new.heads_per_group}")
+        if ops.depth == "stack":
+            if new.layers % old.layers:
+                raise ConfigError(_j(path, "new.layers"), f"stack repeats the whole stack: {new.layers} is not "
+                                  f"a multiple of {old.layers}")
+            if self.depth.init != "copy":
+                raise ConfigError(_j(path, "depth.init"), "stack repeats the trained layers; use copy")
+
+
+def inexact_reasons(plan: GrowthPlan, cfg=None) -> list[tuple[str, str]]:
+    """``[(key, why)]`` for each part of ``plan`` that is not function-preserving.
+
+    Without ``cfg`` only variant-independent reasons are found; with the model config the block
+    variant is taken into account too (``check_plan``).
+    """
+    ops, old, new = plan.operators, plan.old, plan.new
+    out = []
+    if ops.depth == "stack":
+        out.append(("operators.depth", "stack (G_stack) is never function-preserving"))
+    if plan.clone_noise > 0:
+        out.append(("clone_noise", "noise on cloned copies breaks function preservation"))
+    if cfg is not None and ops.hidden == "zero" and cfg.normalization == "LayerNorm":
+        out.append(("operators.hidden",
+                    "zero-padding the hidden size changes LayerNorm's mean and variance; use msg or clone "
+                    "(zero is exact for RMSNorm)"))
+    return out
+
+
+def new_model_config(plan: GrowthPlan, cfg):
+    """The ``ModelConfig`` of the grown model (``cfg`` is the old model's)."""
+    old, new = plan.old, plan.new
+    changes: dict[str, Any] = dict(
+        num_layers=new.layers, hidden_size=new.hidden, ffn_hidden_size=new.ffn, num_attention_heads=new.heads,
+        num_query_groups=None if new.query_groups == new.heads else new.query_groups,
+        kv_channels=None if new.hidden == new.heads * new.head_dim else new.head_dim,
+    )
+    if plan.operators.hidden == "zero" and cfg.normalization == "RMSNorm":
+        # With the hidden zero-padded, mean(x^2) shrinks by H/H'; eps must shrink with it (and the gains by
+        # sqrt(H/H'), see operators) for RMSNorm's output to stay exactly the same.
+        changes["norm_eps"] = cfg.norm_eps * old.hidden / new.hidden
+    if plan.operators.hidden == "clone":
+        # Cloned hidden states repeat each value H'/H times, so y'.W'^T = (H'/H) y.W^T for the repeated
+        # output weights; the output multiplier absorbs the factor (tied or untied alike).
+        changes["output_multiplier"] = cfg.output_multiplier * old.hidden / new.hidden
+    out = dataclasses.replace(cfg, **changes)
+    out.validate("model")
+    return out
+
+
+def check_plan(plan: GrowthPlan, cfg, path: str = "growth"):
+    """Validate ``plan`` against the old model's config ``cfg``; return the new model's config."""
+    plan.validate(path)
+    old = plan.old
+    have = ModelShape.from_model_config(cfg)
+    for name in ("layers", "hidden", "ffn", "heads", "query_groups", "head_dim"):
+        if getattr(old, name) != getattr(have, name):
+            raise ConfigError(_j(path, f"old.{name}"),
+                              f"{getattr(old, name)} but the model being grown has {getattr(have, name)}")
+    if old.vocab < cfg.vocab_size or old.vocab % cfg.make_vocab_size_divisible_by:
+        raise ConfigError(_j(path, "old.vocab"),
+                          f"{old.vocab} is not a padding of the model's vocab_size {cfg.vocab_size} "
+                          f"(a multiple of {cfg.make_vocab_size_divisible_by} x tp, at least vocab_size)")
+    new_cfg = new_model_config(plan, cfg)
+    padded = new_cfg.padded_vocab_size(plan.tp)
+    if plan.new.vocab != padded:
+        raise ConfigError(_j(path, "new.vocab"), f"{plan.new.vocab}, but the grown model pads vocab_size "
+                          f"{cfg.vocab_size} to {padded} rows at tp={plan.tp}; set new.vocab: {padded}")
+    if plan.exact:
+        reasons = inexact_reasons(plan, cfg)
+        if reasons:
+            key, why = reasons[0]
+            raise ConfigError(_j(path, key), f"{why}; set exact: false to accept a growth that changes the "
+                              "model's function")
+    return new_cfg
+
+
+def load_plan(source: str | Path | dict, path: str = "") -> GrowthPlan:
+    """A plan from a YAML file or a dict; errors name the key (and the file)."""
+    if isinstance(source, dict):
+        return from_dict(GrowthPlan, source, path)
+    try:
+        return from_dict(GrowthPlan, read_yaml(source), path)
+    except ConfigError as err:
+        if err.source is None:
+            raise ConfigError(err.key, err.message, source=str(source)) from None
+        raise
+
+
+def plan_for(cfg, new_cfg, operators: dict[str, str], *, tp: int = 1, **options) -> GrowthPlan:
+    """Convenience: the plan that grows model config ``cfg`` into ``new_cfg`` (shapes taken from both).
+
+    ``options`` are the other ``GrowthPlan`` sections as plain data (``ramp={"steps": 10}``, ...).
+    The old vocabulary is the padding at tp=1; pass ``old_vocab`` for a checkpoint saved at another tp.
+    """
+    old_vocab = options.pop("old_vocab", cfg.padded_vocab_size(1))
+    old = dataclasses.asdict(ModelShape.from_model_config(cfg))
+    old["vocab"] = old_vocab
+    new = dataclasses.asdict(ModelShape.from_model_config(new_cfg, tp))
+    return from_dict(GrowthPlan, {"old": old, "new": new, "operators": operators, "tp": tp, **options})

@@ -1,0 +1,215 @@
+"""A plain-torch functional forward of the project's model, and conversion to/from megatron modules.
+
+``reference_logits(cfg, state, tokens, masks)`` computes the logits of the model described by
+``training.config.ModelConfig`` ``cfg`` from a *logical* state dict (the layout of
+``dist_checkpointing.load_plain_tensors``: unsharded, layers stacked on dim 0; see
+``growth.roles``). It is written from the model's math, not from megatron's code, so the two can
+check each other; it works in the state's dtype (float64 for exactness tests) and supports the
+growth masks (``growth.masks.MaskValues``) with the same semantics as ``training/model``.
+
+``logical_state_dict(chunk)`` / ``load_logical_state_dict(chunk, state)`` convert between a
+single-process (TP = PP = 1) megatron ``GPTModel`` and the logical state dict.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from growth import roles as R
+from growth.masks import MaskValues
+
+
+def _norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, rms: bool,
+          mask: Optional[Tensor]) -> Tensor:
+    """LayerNorm/RMSNorm over the last dim; with ``mask`` the statistics are mask-weighted and the
+    output is multiplied by the mask."""
+    m = torch.ones_like(weight) if mask is None else mask
+    total = m.sum()
+    if rms:
+        y = x * torch.rsqrt((x * x * m).sum(-1, keepdim=True) / total + eps) * weight
+    else:
+        xc = x - (x * m).sum(-1, keepdim=True) / total
+        y = xc * torch.rsqrt((xc * xc * m).sum(-1, keepdim=True) / total + eps) * weight + bias
+    return y if mask is None else y * mask
+
+
+def _rotate_half(t: Tensor) -> Tensor:
+    t1, t2 = t.chunk(2, dim=-1)
+    return torch.cat([-t2, t1], dim=-1)
+
+
+def _rope(t: Tensor, base: float) -> Tensor:
+    """Rotary embedding of ``t[b, s, heads, d]`` at positions 0..s-1 (dims j and j + d/2 form a pair)."""
+    s, d = t.shape[1], t.shape[-1]
+    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angle = torch.outer(torch.arange(s, dtype=torch.float64), inv_freq)
+    angle = torch.cat([angle, angle], dim=-1)[None, :, None, :]
+    return t * angle.cos().to(t.dtype) + _rotate_half(t) * angle.sin().to(t.dtype)
+
+
+def _xpos_scale(s: int, d: int, scale_base: float) -> Tensor:
+    """``[1, s, 1, d]``: zeta_i ** ((n - s // 2) / scale_base), zeta_i = (2i/d + 0.4) / 1.4, per pair i."""
+    zeta = (2 * torch.arange(d // 2, dtype=torch.float64) / d + 0.4) / 1.4
+    n = torch.arange(s, dtype=torch.float64) - s // 2
+    scale = zeta[None, :] ** (n[:, None] / scale_base)
+    return torch.cat([scale, scale], dim=-1)[None, :, None, :]
+
+
+def _attention(cfg, x: Tensor, w: Tensor, b: Optional[Tensor], proj_w: Tensor, proj_b: Optional[Tensor],
+               masks: MaskValues) -> Tensor:
+    bsz, s, _ = x.shape
+    nq, ng, d = cfg.num_attention_heads, cfg.query_groups, cfg.head_dim
+    r = nq // ng
+    qkv = F.linear(x, w, b).view(bsz, s, ng, r + 2, d)
+    q = qkv[:, :, :, :r].reshape(bsz, s, nq, d)
+    k, v = qkv[:, :, :, r], qkv[:, :, :, r + 1]
+    q, k = _rope(q, cfg.rotary_base), _rope(k, cfg.rotary_base)
+    if cfg.position_embedding == "xpos":
+        f = _xpos_scale(s, d, cfg.xpos_scale_base).to(x.dtype)
+        q, k = q * f, k / f
+    if masks.head is not None:
+        q = q * masks.head.to(x.dtype)[:, None]
+        k = k * masks.group.to(x.dtype)[:, None]
+        v = v * masks.group.to(x.dtype)[:, None]
+    group_of_head = torch.arange(nq) // r
+    k, v = k[:, :, group_of_head], v[:, :, group_of_head]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
+    causal = torch.ones(s, s, dtype=torch.bool).triu(1)
+    probs = scores.masked_fill(causal, float("-inf")).softmax(-1)
+    ctx = torch.einsum("bhqk,bkhd->bqhd", probs, v)
+    if masks.head is not None:  # a new head outputs exactly 0 at c = 0, also inside an old group
+        ctx = ctx * masks.head.to(x.dtype)[:, None]
+    ctx = ctx.reshape(bsz, s, nq * d)
+    return F.linear(ctx, proj_w, proj_b)
+
+
+def _mlp(cfg, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+         masks: MaskValues) -> Tensor:
+    z = F.linear(x, w1, b1)
+    m = None if masks.neuron is None else masks.neuron.to(x.dtype)
+    if cfg.activation == "swiglu":
+        gate, up = z.chunk(2, dim=-1)
+        h = F.silu(gate if m is None else gate * m) * up
+    else:
+        h = F.gelu(z if m is None else z * m)
+    return F.linear(h, w2, b2)
+
+
+def reference_logits(cfg, state: dict[str, Tensor], tokens: Tensor, masks: Optional[MaskValues] = None) -> Tensor:
+    """Logits ``[b, s, V]`` (V = padded vocabulary; rows >= ``cfg.vocab_size`` are the dtype's minimum).
+
+    ``state``: the logical state dict of ``cfg``; ``tokens``: LongTensor ``[b, s]`` (positions 0..s-1);
+    ``masks``: MSG masks (None: unmasked). Differentiable; dropout is not modelled.
+    """
+    masks = masks or MaskValues()
+    rms = cfg.normalization == "RMSNorm"
+    hm = None if masks.hidden is None else masks.hidden.to(state[R.EMBEDDING].dtype)
+    emb = state[R.EMBEDDING]
+    x = emb[tokens] * cfg.input_multiplier
+    if hm is not None:
+        x = x * hm
+
+    def get(key: str, layer: int) -> Optional[Tensor]:
+        t = state.get(key)
+        return None if t is None else t[layer]
+
+    for i in range(state[R.QKV_WEIGHT].shape[0]):
+        h = x
+        a = _norm(x, get(R.NORM1_WEIGHT, i), get(R.NORM1_BIAS, i), cfg.norm_eps, rms, hm)
+        x = x + _attention(cfg, a, get(R.QKV_WEIGHT, i), get(R.QKV_BIAS, i), get(R.PROJ_WEIGHT, i),
+                           get(R.PROJ_BIAS, i), masks)
+        m = _norm(x, get(R.NORM2_WEIGHT, i), get(R.NORM2_BIAS, i), cfg.norm_eps, rms, hm)
+        x = x + _mlp(cfg, m, get(R.FC1_WEIGHT, i), get(R.FC1_BIAS, i), get(R.FC2_WEIGHT, i), get(R.FC2_BIAS, i),
+                     masks)
+        gate = masks.depth.get(i)
+        if gate is not None:
+            x = h + gate * (x - h)
+    y = _norm(x, state[R.FINAL_NORM_WEIGHT], state.get(R.FINAL_NORM_BIAS), cfg.norm_eps, rms, hm)
+    out_w = emb if cfg.tie_embeddings else state[R.OUTPUT]
+    logits = F.linear(y, out_w) * cfg.output_multiplier
+    pad = torch.arange(logits.shape[-1], device=logits.device) >= cfg.vocab_size
+    return logits.masked_fill(pad, torch.finfo(logits.dtype).min)
+
+
+def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean token cross-entropy of ``logits[b, s, V]`` against ``labels[b, s]``."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    return F.cross_entropy(flat, labels.reshape(-1))
+
+
+def reference_loss(cfg, state: dict[str, Tensor], tokens: Tensor, labels: Tensor,
+                   masks: Optional[MaskValues] = None) -> Tensor:
+    """Mean token cross-entropy of ``reference_logits`` against ``labels[b, s]``."""
+    return token_loss(reference_logits(cfg, state, tokens, masks), labels)
+
+
+# megatron module-tree names of per-layer tensors -> logical names (the Transformer-Engine style names
+# under which the layer spec stores its norms, see training/model/spec.py)
+_LAYER_RENAMES = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                  "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
+_LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+def _logical_layer_key(rest: str) -> str:
+    for old, new in _LAYER_RENAMES.items():
+        if rest.startswith(old):
+            return "decoder.layers." + new + rest[len(old):]
+    return "decoder.layers." + rest
+
+
+def _module_tensors(chunk) -> dict[str, Tensor]:
+    config = getattr(chunk, "config", None)
+    tp = getattr(config, "tensor_model_parallel_size", 1)
+    pp = getattr(config, "pipeline_model_parallel_size", 1)
+    if tp != 1 or pp != 1:
+        raise ValueError(f"logical state dicts convert single-process models only (TP = PP = 1), not tp={tp} pp={pp}; "
+                         "use megatron dist_checkpointing for sharded models")
+    return {k: v for k, v in chunk.state_dict(keep_vars=True).items()
+            if not k.endswith("_extra_state") and isinstance(v, Tensor)}
+
+
+def logical_state_dict(chunk) -> dict[str, Tensor]:
+    """The logical state dict (detached copies) of a single-process (TP = PP = 1) ``GPTModel``."""
+    layers: dict[str, dict[int, Tensor]] = {}
+    out: dict[str, Tensor] = {}
+    for key, value in _module_tensors(chunk).items():
+        match = _LAYER_KEY.match(key)
+        if match:
+            layers.setdefault(_logical_layer_key(match.group(2)), {})[int(match.group(1))] = value.detach()
+        else:
+            out[key] = value.detach().clone()
+    for key, per_layer in layers.items():
+        out[key] = torch.stack([per_layer[i] for i in range(len(per_layer))])
+    return out
+
+
+def load_logical_state_dict(chunk, state: dict[str, Tensor]) -> None:
+    """Copy a logical state dict into a single-process ``GPTModel`` (in place; strict keys and shapes)."""
+    targets = _module_tensors(chunk)
+    num_layers = len({m.group(1) for m in map(_LAYER_KEY.match, targets) if m})
+    for key, value in state.items():
+        if key.startswith("decoder.layers.") and value.shape[0] != num_layers:
+            raise ValueError(f"{key}: {value.shape[0]} layers, the model has {num_layers}")
+    used: set[str] = set()
+    with torch.no_grad():
+        for key, param in targets.items():
+            match = _LAYER_KEY.match(key)
+            logical = _logical_layer_key(match.group(2)) if match else key
+            if logical not in state:
+                raise KeyError(f"logical state dict has no {logical!r} (needed for {key})")
+            src = state[logical][int(match.group(1))] if match else state[logical]
+            if tuple(src.shape) != tuple(param.shape):
+                raise ValueError(f"{logical}: shape {tuple(src.shape)} does not fit {key} {tuple(param.shape)}")
+            param.copy_(src)
+            used.add(logical)
+    unused = sorted(set(state) - used)
+    if unused:
+        raise KeyError(f"logical state dict has tensors the model does not: {unused}")
