@@ -49,7 +49,10 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint directory, or of the latest checkpoint under a root."""
     path = Path(path)
+    if not (path / META_FILE).is_file() and (path / LATEST_FILE).is_file():
+        path = resolve(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(
@@ -87,16 +90,26 @@ def _rank0() -> bool:
 
 
 def unwrap_ddp(chunk):
-    """megatron's DDP wrapper prefixes sharded keys with 'module.'; checkpoints use the model's own keys."""
+    """The GPTModel inside megatron's DDP and Float16Module wrappers (DDP would prefix the
+    sharded keys with 'module.'; checkpoints use the model's own keys)."""
     from megatron.core.distributed import DistributedDataParallel
+    from megatron.core.transformer.module import Float16Module
 
-    return chunk.module if isinstance(chunk, DistributedDataParallel) else chunk
+    while isinstance(chunk, (DistributedDataParallel, Float16Module)):
+        chunk = chunk.module
+    return chunk
+
+
+def _model_sd(chunk) -> dict[str, Any]:
+    # `_extra_state` entries are Transformer Engine / fp8 metadata; the project's local layer spec
+    # keeps None there, so they are neither saved nor expected (logical checkpoints have none).
+    return {k: v for k, v in unwrap_ddp(chunk).sharded_state_dict().items() if not k.endswith("_extra_state")}
 
 
 def model_sharded_state_dict(model_chunks) -> dict[str, Any]:
     if len(model_chunks) == 1:
-        return {"model": unwrap_ddp(model_chunks[0]).sharded_state_dict()}
-    return {f"model{i}": unwrap_ddp(m).sharded_state_dict() for i, m in enumerate(model_chunks)}
+        return {"model": _model_sd(model_chunks[0])}
+    return {f"model{i}": _model_sd(m) for i, m in enumerate(model_chunks)}
 
 
 def _rng_object(layout) -> ShardedObject:
@@ -186,7 +199,11 @@ def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layo
     loaded = dist_checkpointing.load(state, str(path))
     for i, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{i}"
-        unwrap_ddp(chunk).load_state_dict(loaded[key], strict=True)
+        result = unwrap_ddp(chunk).load_state_dict(loaded[key], strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}, "
+                                  f"unexpected {list(result.unexpected_keys)[:5]}")
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
         _unshare_adam_steps(optimizer)

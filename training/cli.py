@@ -115,6 +115,7 @@ def _registrations() -> list[Callable]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from training.config_base import ConfigError
+    from training.data.errors import DataError
 
     parser = build_parser()
     # overrides (key=value) may come after options too: argparse stops collecting a positional
@@ -133,6 +134,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as err:
         print(f"flm: config error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"flm: data error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -75,7 +75,7 @@ def run_training(cfg: RunConfig, *, resume: Optional[str] = None, init_from: Opt
         elif init_from is not None:
             path = checkpoint.resolve(init_from)
             check_same_model(checkpoint.read_meta(path)["config"]["model"], cfg.model, path)
-            trainer.load(path, weights_only=True)
+            trainer.init_from(path)
             if log:
                 print(f"flm train: initialised weights from {path}", file=sys.stderr)
         trainer.fit()

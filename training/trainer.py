@@ -91,6 +91,9 @@ class Trainer:
         self.tconfig.grad_scale_func = self.optimizer.scale_loss
         self.step_count = 0
         self.consumed_samples = 0
+        #: optimizer updates applied (Adam's step for bias correction); differs from step_count
+        #: when steps were skipped or the run started from a grown checkpoint with carried moments
+        self.adam_step = 0
         self.extra_meta: dict[str, Any] = {}
         self._fwd_bwd = get_forward_backward_func()
         self._flops_per_token = flops_per_token(cfg.model)
@@ -181,6 +184,7 @@ class Trainer:
             self.scheduler.step(increment=1)
             ok, grad_norm, _ = self.optimizer.step()
             skipped = not ok
+            self.adam_step += int(ok)
         self.step_count = next_step
         self.consumed_samples += self.cfg.train.global_batch_size
         lr = self.optimizer.param_groups[0]["lr"]
@@ -206,18 +210,35 @@ class Trainer:
         return Path(self.cfg.checkpoint.dir) if self.cfg.checkpoint.dir else self.output_dir / "checkpoints"
 
     def save(self, root: Optional[Path] = None) -> Path:
-        meta = {"consumed_samples": self.consumed_samples, "config": run_config_to_dict(self.cfg), **self.extra_meta}
+        meta = {"consumed_samples": self.consumed_samples, "adam_step": self.adam_step,
+                "config": run_config_to_dict(self.cfg), **self.extra_meta}
         return checkpoint.save(root or self.checkpoint_root(), step=self.step_count, model_chunks=self.model,
                                optimizer=self.optimizer, scheduler=self.scheduler, layout=self.layout, meta=meta,
                                keep_last=self.cfg.checkpoint.keep_last)
 
-    def load(self, path: Path, *, weights_only: bool = False) -> dict[str, Any]:
-        if weights_only:
-            return checkpoint.load(path, model_chunks=self.model)
+    def load(self, path: Path) -> dict[str, Any]:
+        """Resume: model, optimizer, scheduler, RNG, step and consumed samples (any saved layout)."""
         meta = checkpoint.load(path, model_chunks=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                layout=self.layout)
         self.step_count = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
+        self.adam_step = int(meta.get("adam_step", self.step_count))
+        return meta
+
+    def init_from(self, path: Path, *, moments: Optional[bool] = None) -> dict[str, Any]:
+        """Start from the weights of ``path`` at step 0 with a fresh LR schedule.
+
+        ``moments`` (default: when the checkpoint is a logical one written by ``flm grow`` /
+        ``flm import-hf``) also carries Adam's moments and step, so training continues with the
+        optimizer state the growth mapped (MSG: old moments kept, new entries zero).
+        """
+        from training.logical import load_moments
+
+        meta = checkpoint.load(path, model_chunks=self.model)
+        carry = meta.get("has_moments", False) if moments is None else moments
+        if carry:
+            self.adam_step = int(meta.get("adam_step", 0))
+            load_moments(path, self.model, self.optimizer, self.adam_step)
         return meta
 
     # ---------------------------------------------------------------- the loop

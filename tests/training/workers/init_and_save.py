@@ -1,0 +1,29 @@
+"""Worker (run under torchrun by tests): init a Trainer from a checkpoint and save it again.
+
+    python init_and_save.py SRC_CKPT OUT_ROOT [overrides...]
+"""
+
+import sys
+from pathlib import Path
+
+import training  # noqa: F401
+from training.config import load_run_config
+from training.data.source import MockSource
+from training.parallel import teardown
+from training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def main() -> None:
+    src, out, *overrides = sys.argv[1:]
+    cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
+                          ["logging.progress_bar=false", "logging.tensorboard=false", *overrides])
+    trainer = Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0))
+    trainer.init_from(Path(src))
+    trainer.save(Path(out))
+    teardown()
+
+
+if __name__ == "__main__":
+    main()

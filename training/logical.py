@@ -1,0 +1,160 @@
+"""The logical (unsharded) view of checkpoints, the interface between the engine and ``growth/``.
+
+- ``read_logical(ckpt)``: full tensors of a checkpoint saved under any layout: model parameters
+  under their checkpoint keys (layers stacked on dim 0), and Adam moments under
+  ``optimizer.state.exp_avg.<key>`` / ``optimizer.state.exp_avg_sq.<key>`` — the names both
+  megatron optimizer formats (plain and distributed ``fully_reshardable``) use.
+- ``write_logical(out, params, moments, meta)``: a checkpoint made of logical tensors (what
+  ``flm grow`` and ``flm import-hf`` produce). It has no optimizer object state, only moments, so it
+  is started with ``--init-from`` (weights and moments), not resumed.
+- ``load_moments(ckpt, model_chunks, optimizer, step)``: put logical moments into *any* optimizer
+  under *any* layout: each parameter's moment slice is read with the parameter's own sharding
+  (so TP/PP slicing is megatron's), then copied into the plain or the distributed optimizer's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+from training.checkpoint import FORMAT_VERSION, META_FILE, CheckpointError, _model_sd, resolve
+from training.optim import inner_optimizers
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def moment_key(moment: str, key: str) -> str:
+    return f"optimizer.state.{moment}.{key}"
+
+
+def read_logical(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """(params, moments) of a checkpoint; ``moments[m][key]`` for m in exp_avg, exp_avg_sq."""
+    from training.parallel import init_process_group
+
+    init_process_group()
+    path = resolve(ckpt)
+    # load_plain_tensors also returns the common (non-tensor) entries; keep the tensors
+    plain = {k: v for k, v in dist_checkpointing.load_plain_tensors(str(path)).items() if isinstance(v, torch.Tensor)}
+    params = {k: v for k, v in plain.items() if not k.startswith("optimizer.") and not k.endswith("_extra_state")}
+    moments: dict[str, dict[str, torch.Tensor]] = {m: {} for m in MOMENTS}
+    for m in MOMENTS:
+        prefix = moment_key(m, "")
+        for k, v in plain.items():
+            if k.startswith(prefix):
+                moments[m][k[len(prefix):]] = v
+    return params, moments
+
+
+def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[str, Any],
+                  moments: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> Path:
+    """Write a checkpoint from full tensors (collective; rank 0 writes). Atomic; never overwrites."""
+    from training.parallel import init_process_group
+
+    init_process_group()
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    rank0 = dist.get_rank() == 0
+    if out.exists():
+        raise CheckpointError(f"refusing to overwrite {out}; choose a new destination")
+    if rank0:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    dist.barrier()
+    replica = 0 if rank0 else 1
+    state: dict[str, Any] = {
+        k: ShardedTensor.from_rank_offsets(k, v.contiguous(), replica_id=replica) for k, v in params.items()
+    }
+    for m, tensors in (moments or {}).items():
+        for k, v in tensors.items():
+            state[moment_key(m, k)] = ShardedTensor.from_rank_offsets(moment_key(m, k), v.contiguous(),
+                                                                      replica_id=replica)
+    dist_checkpointing.save(state, str(partial))
+    dist.barrier()
+    if rank0:
+        full_meta = dict(meta, format_version=FORMAT_VERSION, layout={"tp": 1, "pp": 1, "dp": 1},
+                         has_optimizer=False, has_moments=bool(moments))
+        (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
+        os.replace(partial, out)
+    dist.barrier()
+    return out
+
+
+def _renamed(sh, key: str):
+    """A copy of a model sharded entry reading ``key`` into a fresh tensor of the same local shape."""
+    return dataclasses.replace(sh, key=key, data=torch.empty_like(sh.data))
+
+
+def _float16_main_params(optimizer) -> dict[int, torch.Tensor]:
+    """model param id -> fp32 main param for megatron's mixed-precision (non-distributed) optimizer."""
+    mapping = {}
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for model_group, main_group in zip(getattr(opt, "float16_groups", []), getattr(opt, "fp32_from_float16_groups", [])):
+            for p, main in zip(model_group, main_group):
+                mapping[id(p)] = main
+    return mapping
+
+
+def load_moments(ckpt: str | Path, model_chunks, optimizer, step: int) -> int:
+    """Copy the checkpoint's Adam moments into ``optimizer`` for this rank's shards; set Adam's step.
+
+    Returns the number of parameters whose moments were loaded. Parameters without moments in the
+    checkpoint keep zero moments (documented growth rule for new tensors).
+    """
+    path = resolve(ckpt)
+    available = set(dist_checkpointing.load_tensors_metadata(str(path)))
+    request: dict[str, Any] = {}
+    targets: list[tuple[str, str, torch.nn.Parameter]] = []
+    for ci, chunk in enumerate(model_chunks):
+        params_by_id = {id(p): p for p in chunk.parameters()}
+        for name, sh in _model_sd(chunk).items():
+            if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)) or id(sh.data) not in params_by_id:
+                continue
+            for m in MOMENTS:
+                key = moment_key(m, sh.key)
+                if key in available:
+                    slot = f"{ci}/{m}/{name}"
+                    request[slot] = _renamed(sh, key)
+                    targets.append((slot, m, params_by_id[id(sh.data)]))
+    loaded = dist_checkpointing.load(request, str(path)) if request else {}
+    main_of = _float16_main_params(optimizer)
+    distributed = hasattr(optimizer, "_get_model_param_range_map") or any(
+        hasattr(o, "_get_model_param_range_map") for o in getattr(optimizer, "chained_optimizers", []))
+    done = set()
+    for slot, m, param in targets:
+        local = loaded[slot]
+        if distributed:
+            opt = next((o for o in getattr(optimizer, "chained_optimizers", [optimizer])
+                        if param in getattr(o, "model_param_gbuf_map", {})), None)
+            if opt is None:  # no part of this parameter is in this DP rank's optimizer shard
+                continue
+            rng = opt._get_model_param_range_map(param)["param"]
+            states = opt._get_main_param_and_optimizer_states(param)
+            states[m].copy_(local.reshape(-1)[rng.start:rng.end])
+        else:
+            main = main_of.get(id(param), param)
+            state = _state_of(optimizer, main)
+            state[m].copy_(local.to(state[m].dtype))
+        done.add(id(param))
+    for opt in inner_optimizers(optimizer):
+        for state in opt.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(float(step))
+    return len(done)
+
+
+def _state_of(optimizer, param) -> dict:
+    for opt in inner_optimizers(optimizer):
+        if param in opt.state:
+            return opt.state[param]
+    raise CheckpointError("internal: a model parameter has no optimizer state")
