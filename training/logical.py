@@ -71,6 +71,22 @@ def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[s
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     dist.barrier()
+    try:
+        _save_logical(partial, params, moments, rank0)
+    except BaseException:
+        if rank0:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if rank0:
+        full_meta = dict(meta, format_version=FORMAT_VERSION, layout={"tp": 1, "pp": 1, "dp": 1},
+                         has_optimizer=False, has_moments=bool(moments))
+        (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
+        os.replace(partial, out)
+    dist.barrier()
+    return out
+
+
+def _save_logical(partial: Path, params, moments, rank0: bool) -> None:
     replica = 0 if rank0 else 1
     state: dict[str, Any] = {
         k: ShardedTensor.from_rank_offsets(k, v.contiguous(), replica_id=replica) for k, v in params.items()
@@ -81,13 +97,6 @@ def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[s
                                                                       replica_id=replica)
     dist_checkpointing.save(state, str(partial))
     dist.barrier()
-    if rank0:
-        full_meta = dict(meta, format_version=FORMAT_VERSION, layout={"tp": 1, "pp": 1, "dp": 1},
-                         has_optimizer=False, has_moments=bool(moments))
-        (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
-        os.replace(partial, out)
-    dist.barrier()
-    return out
 
 
 def _renamed(sh, key: str):

@@ -94,6 +94,8 @@ class Trainer:
         #: optimizer updates applied (Adam's step for bias correction); differs from step_count
         #: when steps were skipped or the run started from a grown checkpoint with carried moments
         self.adam_step = 0
+        #: MSG growth masks while they ramp (None: plain model); advanced after each optimizer step
+        self.masks = None
         self.extra_meta: dict[str, Any] = {}
         self._fwd_bwd = get_forward_backward_func()
         self._flops_per_token = flops_per_token(cfg.model)
@@ -185,6 +187,8 @@ class Trainer:
             ok, grad_norm, _ = self.optimizer.step()
             skipped = not ok
             self.adam_step += int(ok)
+            if ok and self.masks is not None:
+                self._set_masks(self.masks.advanced(1))
         self.step_count = next_step
         self.consumed_samples += self.cfg.train.global_batch_size
         lr = self.optimizer.param_groups[0]["lr"]
@@ -205,13 +209,27 @@ class Trainer:
             m.train()
         return total / n
 
+    # ---------------------------------------------------------------- growth masks
+    def _set_masks(self, state) -> None:
+        """Apply MSG masks at their ramp position; once the ramp is done they are removed."""
+        from growth.masks import apply_masks
+
+        self.masks = state if state is not None and apply_masks(self.model, state) else None
+        if state is not None and self.masks is None and self.layout.rank == 0:
+            log.info("growth masks reached 1 and were removed; the model is plain again")
+
+    @property
+    def mask_value(self) -> Optional[float]:
+        return None if self.masks is None else self.masks.value()
+
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_root(self) -> Path:
         return Path(self.cfg.checkpoint.dir) if self.cfg.checkpoint.dir else self.output_dir / "checkpoints"
 
     def save(self, root: Optional[Path] = None) -> Path:
         meta = {"consumed_samples": self.consumed_samples, "adam_step": self.adam_step,
-                "config": run_config_to_dict(self.cfg), **self.extra_meta}
+                "config": run_config_to_dict(self.cfg),
+                "growth_masks": None if self.masks is None else self.masks.to_dict(), **self.extra_meta}
         return checkpoint.save(root or self.checkpoint_root(), step=self.step_count, model_chunks=self.model,
                                optimizer=self.optimizer, scheduler=self.scheduler, layout=self.layout, meta=meta,
                                keep_last=self.cfg.checkpoint.keep_last)
@@ -223,7 +241,17 @@ class Trainer:
         self.step_count = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
         self.adam_step = int(meta.get("adam_step", self.step_count))
+        self._restore_masks(meta.get("growth_masks"))
         return meta
+
+    def _restore_masks(self, data) -> None:
+        from growth.masks import MaskState, clear_masks
+
+        if data:
+            self._set_masks(MaskState.from_dict(data))
+        else:
+            clear_masks(self.model)
+            self.masks = None
 
     def init_from(self, path: Path, *, moments: Optional[bool] = None) -> dict[str, Any]:
         """Start from the weights of ``path`` at step 0 with a fresh LR schedule.
@@ -239,6 +267,11 @@ class Trainer:
         if carry:
             self.adam_step = int(meta.get("adam_step", 0))
             load_moments(path, self.model, self.optimizer, self.adam_step)
+        growth = meta.get("growth")
+        if growth:
+            # a grown checkpoint continues the data stream of the run it came from
+            self.consumed_samples = int(meta.get("consumed_samples", 0))
+            self._restore_masks(growth.get("masks"))
         return meta
 
     # ---------------------------------------------------------------- the loop
@@ -256,6 +289,7 @@ class Trainer:
         results = []
         try:
             while self.step_count < until:
+                mask_value = self.mask_value
                 t0 = time.perf_counter()
                 result = self.step()
                 dt = time.perf_counter() - t0
@@ -264,7 +298,8 @@ class Trainer:
                           "grad_norm": result.grad_norm, "skipped": result.skipped,
                           "consumed_samples": self.consumed_samples,
                           "tokens": self.consumed_samples * self.cfg.model.seq_length,
-                          "step_time_s": dt, "tokens_per_s": tokens_per_step / dt}
+                          "step_time_s": dt, "tokens_per_s": tokens_per_step / dt,
+                          "mask_value": mask_value}
                 achieved = record["tokens_per_s"] * self._flops_per_token / self.layout.world_size / 1e12
                 record["tflops_per_device"] = achieved
                 record["mfu"] = achieved / self._peak if self._peak else None
