@@ -92,6 +92,9 @@ def build_parser(extra: Optional[list[Callable]] = None) -> argparse.ArgumentPar
     train.add_argument("--init-from", default=None, metavar="CKPT",
                        help="start from the weights of CKPT (fresh optimizer and step 0)")
     train.add_argument("--output-dir", default=None, help="override output_dir of the config")
+    train.add_argument("--stage", type=int, default=None, metavar="N",
+                       help="staged runs: run only stage N (a cluster job per stage); it starts from the grown "
+                            "checkpoint of stage N-1's final one (grown here if missing) or from --init-from")
     train.set_defaults(func=cmd_train)
 
     for register in _registrations() + (extra or []):
@@ -102,7 +105,7 @@ def build_parser(extra: Optional[list[Callable]] = None) -> argparse.ArgumentPar
 def _registrations() -> list[Callable]:
     """Subcommands owned by other packages (data, growth, IQ benchmark)."""
     regs = []
-    for module in ("training.data.cli", "growth.cli", "eval_iq.cli"):
+    for module in ("training.data.cli", "growth.cli", "training.dryrun", "eval_iq.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as err:

@@ -216,6 +216,59 @@ class LoggingConfig:
 
 
 @dataclass
+class StageGrowthConfig:
+    """How the previous stage's final checkpoint grows into this stage (see docs/growth.md).
+
+    Shapes come from the two stages' models; the rest maps onto a ``growth.GrowthPlan``.
+    """
+
+    #: operator per dimension (hidden, ffn, heads, depth): none|msg|zero|clone (depth: none|msg|zero|stack);
+    #: a dimension that changes and is not listed gets ``default_operator``
+    operators: dict[str, str] = field(default_factory=dict)
+    default_operator: Literal["msg", "zero", "clone"] = "msg"
+    depth_placement: Literal["stack", "interleave"] = "interleave"
+    depth_init: Literal["copy", "fresh"] = "copy"
+    ramp_steps: int = 100
+    ramp_shape: Literal["linear", "cosine"] = "linear"
+    init_std: Optional[float] = None
+    clone_noise: float = 0.0
+    seed: int = 0
+    exact: bool = True
+    #: LR at the start of the stage: inherit = this stage's start LR with its (short) warmup (FLM-101B);
+    #: rewind = straight back to this stage's peak LR, no warmup (MSG); restart = full warmup again,
+    #: as long as the first stage's (G_stack)
+    lr_policy: Literal["inherit", "rewind", "restart"] = "inherit"
+
+    def validate(self, path: str) -> None:
+        for dim, op in self.operators.items():
+            if dim not in ("hidden", "ffn", "heads", "depth"):
+                raise ConfigError(_j(path, f"operators.{dim}"), "unknown dimension; allowed: hidden, ffn, heads, depth")
+        if self.ramp_steps < 1:
+            raise ConfigError(_j(path, "ramp_steps"), "must be >= 1")
+
+
+@dataclass
+class StageConfig:
+    """One stage of a growth run: a model shape trained for a token budget under a layout."""
+
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    #: token budget of the stage (steps = ceil(tokens / (global_batch_size x seq_length)))
+    tokens: int = 0
+    #: overrides of the run's ``train`` section for this stage (lr, min_lr, warmup_steps, batch sizes, ...)
+    train: dict[str, Any] = field(default_factory=dict)
+    #: how the previous stage grows into this one (required for every stage but the first)
+    growth: Optional[StageGrowthConfig] = None
+
+    def validate(self, path: str) -> None:
+        if self.tokens <= 0:
+            raise ConfigError(_j(path, "tokens"), f"the token budget must be > 0, got {self.tokens}")
+        if "steps" in self.train:
+            raise ConfigError(_j(path, "train.steps"), "a stage's length is its token budget; set tokens instead")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/run"
@@ -225,8 +278,18 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: a growth run: stages trained one after the other, each grown from the previous one; when
+    #: empty, the run is the single stage described by model/parallel/train
+    stages: list[StageConfig] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
+        for i, stage in enumerate(self.stages):
+            where = _j(path, f"stages[{i}]")
+            if i == 0 and stage.growth is not None:
+                raise ConfigError(_j(where, "growth"), "the first stage is trained from scratch; remove its growth section")
+            if i > 0 and stage.growth is None:
+                raise ConfigError(_j(where, "growth"), "every stage after the first needs a growth section")
+            stage_config(self, i, path)  # the merged single-stage config must be valid too
         m, p = self.model, self.parallel
         for name, value in (("num_attention_heads", m.num_attention_heads),
                             ("num_query_groups", m.query_groups),
@@ -253,19 +316,63 @@ class RunConfig:
             )
 
 
+def _include(value: str, key: str, base: Path) -> dict[str, Any]:
+    for candidate in (base / value, CONFIGS_DIR / value):
+        if candidate.is_file():
+            return read_yaml(candidate)
+    raise ConfigError(key, f"included file {value!r} not found next to the run file or in {CONFIGS_DIR}")
+
+
 def _resolve_includes(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Replace section values that are strings (file names) by the YAML they name."""
     out = dict(data)
     for key in ("model", "parallel", "train", "data", "checkpoint", "logging"):
-        value = out.get(key)
-        if isinstance(value, str):
-            for candidate in (base / value, CONFIGS_DIR / value):
-                if candidate.is_file():
-                    out[key] = read_yaml(candidate)
-                    break
-            else:
-                raise ConfigError(key, f"included file {value!r} not found next to the run file or in {CONFIGS_DIR}")
+        if isinstance(out.get(key), str):
+            out[key] = _include(out[key], key, base)
+    if isinstance(out.get("stages"), list):
+        stages = []
+        for i, stage in enumerate(out["stages"]):
+            if isinstance(stage, dict):
+                stage = dict(stage)
+                for key in ("model", "parallel"):
+                    if isinstance(stage.get(key), str):
+                        stage[key] = _include(stage[key], f"stages[{i}].{key}", base)
+            stages.append(stage)
+        out["stages"] = stages
     return out
+
+
+def stage_steps(tokens: int, train: TrainConfig, model: ModelConfig) -> int:
+    return max(1, math.ceil(tokens / (train.global_batch_size * model.seq_length)))
+
+
+def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
+    """The single-stage ``RunConfig`` of stage ``index``: its model and layout, the run's train
+    section with the stage's overrides and LR policy, steps from its token budget, its own output
+    directory ``<output_dir>/stage<index>-<name>``."""
+    import dataclasses
+
+    stage = run.stages[index]
+    where = _j(path, f"stages[{index}]")
+    train_data = dict(to_dict(run.train), **stage.train)
+    try:
+        train = from_dict(TrainConfig, train_data, _j(where, "train"))
+    except ConfigError:
+        raise
+    if stage.growth is not None and stage.growth.lr_policy == "rewind":
+        train.warmup_steps = 0
+    elif stage.growth is not None and stage.growth.lr_policy == "restart":
+        first = dict(to_dict(run.train), **run.stages[0].train)
+        train.warmup_steps = int(first.get("warmup_steps", train.warmup_steps))
+    train.steps = stage_steps(stage.tokens, train, stage.model)
+    name = stage.name or f"stage{index}"
+    single = dataclasses.replace(run, name=f"{run.name}/{name}", output_dir=str(Path(run.output_dir) / f"stage{index}-{name}"),
+                                 model=stage.model, parallel=stage.parallel, train=train, stages=[])
+    try:
+        single.validate("")
+    except ConfigError as err:
+        raise ConfigError(_j(where, err.key), err.message) from None
+    return single
 
 
 def load_run_data(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -280,7 +387,12 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     """Load, resolve and validate a run config. Errors name the file and the key."""
     data = load_run_data(path, overrides)
     try:
-        return from_dict(RunConfig, data)
+        cfg = from_dict(RunConfig, data)
+        if cfg.stages:
+            from training.stages import validate_stages
+
+            validate_stages(cfg)
+        return cfg
     except ConfigError as err:
         if path is not None and err.source is None:
             raise ConfigError(err.key, err.message, source=str(path)) from None

@@ -167,15 +167,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     out = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for i, key in enumerate(keys[:-1]):
+        node: Any = out
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):  # `stages.1.tokens=...` indexes a list
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(".".join(keys[: i + 1]), f"list index must be 0..{len(node) - 1}")
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+                continue
+            if last:
+                node[key] = value
+                break
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(".".join(keys[: i + 1]), f"is a value, not a section; cannot set {text!r}")
             node = child
-        node[keys[-1]] = value
     return out
 
 

@@ -47,6 +47,21 @@ def train_from_cli(args) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     cfg = load_run_config(args.config, overrides)
     try:
+        if cfg.stages:
+            from training.stages import run_stages
+
+            if args.resume not in (None, "latest"):
+                print("flm train: a staged run resumes from its own output_dir; use --resume without a path",
+                      file=sys.stderr)
+                return 2
+            if args.stage is not None and not 0 <= args.stage < len(cfg.stages):
+                print(f"flm train: --stage {args.stage} is out of range; the run has stages 0..{len(cfg.stages) - 1}",
+                      file=sys.stderr)
+                return 2
+            return run_stages(cfg, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from)
+        if args.stage is not None:
+            print("flm train: --stage needs a run config with a stages: list", file=sys.stderr)
+            return 2
         return run_training(cfg, resume=args.resume, init_from=args.init_from)
     except CheckpointError as err:
         print(f"flm train: {err}", file=sys.stderr)

@@ -1,0 +1,164 @@
+"""``flm dryrun``: the one-box growth dry run and its report.
+
+Trains ``configs/runs/dryrun.yaml`` (three stages on two gloo processes, DP2 -> TP2 -> PP2, MSG
+growth of width and depth, embedded default corpus), then writes ``<output_dir>/report/``:
+
+- ``loss_vs_tokens.png``: train and validation loss against tokens seen, growth marked;
+- ``stages.md``: per stage: shape, parameters, tokens, wall time, FLOPs, exactness at entry;
+- ``metrics.jsonl``: every stage's metrics in one file, with the stage index;
+- the stages' TensorBoard directories and the final checkpoint are listed in ``stages.md``;
+- ``iq/``: the IQ benchmark on the final model (a small subset), when the checkpoint has a tokenizer.
+
+Re-running resumes: a finished run only regenerates the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from training.config import CONFIGS_DIR, RunConfig, load_run_config, stage_config
+
+DEFAULT_RUN = CONFIGS_DIR / "runs" / "dryrun.yaml"
+IQ_SUBTASKS = "counting,head_tail,multi_key_retrieval,single_supporting_fact"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "dryrun", help="the small-scale growth dry run (3 stages, 2 processes) and its report",
+        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=str(DEFAULT_RUN), help="staged run config (default: %(default)s)")
+    p.add_argument("--output-dir", default=None, help="where the run and its report go (default: the config's)")
+    p.add_argument("--nproc", type=int, default=2, help="processes (default: %(default)s)")
+    p.add_argument("--fresh", action="store_true", help="delete a previous dry run in the output dir first")
+    p.add_argument("--skip-iq", action="store_true", help="do not run the IQ benchmark on the final model")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    cfg = load_run_config(args.config, overrides)
+    out = Path(cfg.output_dir)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    from training.parallel import _free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
+           f"--master-port={_free_port()}", "-m", "training.cli", "train", args.config, "--resume", *overrides]
+    print("+ " + " ".join(cmd), file=sys.stderr)
+    code = subprocess.call(cmd, env=dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore")))
+    if code != 0:
+        print(f"flm dryrun: training failed (exit {code}); fix the error above and re-run to resume", file=sys.stderr)
+        return code
+    report = write_report(cfg)
+    if not args.skip_iq:
+        run_iq(cfg, report)
+    print(f"\nflm dryrun: report in {report}/\n  {report / 'stages.md'}\n  {report / 'loss_vs_tokens.png'}\n"
+          f"  {report / 'metrics.jsonl'}\n  final checkpoint: {final_checkpoint(cfg)}")
+    return 0
+
+
+def final_checkpoint(cfg: RunConfig) -> Path:
+    last = stage_config(cfg, len(cfg.stages) - 1)
+    return Path(last.output_dir) / "checkpoints"
+
+
+def _stage_records(cfg: RunConfig) -> list[dict]:
+    records: dict[int, dict] = {}
+    path = Path(cfg.output_dir) / "stages.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            records[rec["stage"]] = rec  # the last record of a stage wins (a resumed stage appends again)
+    return [records[i] for i in sorted(records)]
+
+
+def write_report(cfg: RunConfig) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = Path(cfg.output_dir) / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    merged, boundaries, rows = [], [], []
+    stage_info = {r["stage"]: r for r in _stage_records(cfg)}
+    for i in range(len(cfg.stages)):
+        scfg = stage_config(cfg, i)
+        metrics_path = Path(scfg.output_dir) / "metrics.jsonl"
+        records = [json.loads(l) for l in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        for r in records:
+            merged.append(dict(r, stage=i))
+        if records and i > 0:
+            boundaries.append(records[0]["tokens"] - scfg.train.global_batch_size * scfg.model.seq_length)
+        growth = Path(scfg.output_dir) / "growth.json"
+        entry = "trained from scratch"
+        if growth.exists():
+            g = json.loads(growth.read_text())
+            v = g.get("verify") or {}
+            entry = (f"{'exact' if g['preserved'] else 'NOT preserved'}: max abs Δlogit {v.get('max_abs_dlogit', float('nan')):.1e}, "
+                     f"abs Δloss {v.get('abs_dloss', float('nan')):.1e}")
+        info = stage_info.get(i, {})
+        m = scfg.model
+        rows.append(
+            f"| {i} | {cfg.stages[i].name} | TP{scfg.parallel.tp} PP{scfg.parallel.pp} | {m.num_layers} x {m.hidden_size}, "
+            f"FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads | {info.get('params', 0):,} | "
+            f"{info.get('tokens', 0):,} | {info.get('wall_s', float('nan')):.0f} s | {info.get('flops', 0):.2e} | "
+            f"{entry} | {records[-1]['loss'] if records else float('nan'):.3f} |"
+        )
+    with open(report / "metrics.jsonl", "w") as f:
+        for r in merged:
+            f.write(json.dumps(r) + "\n")
+    lines = [
+        f"# Dry run `{cfg.name}`", "",
+        "| stage | name | layout | shape | params | tokens | wall time | FLOPs | exactness at entry | last loss |",
+        "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/metrics.py).", "",
+        "TensorBoard: " + ", ".join(f"`{stage_config(cfg, i).output_dir}/tensorboard`" for i in range(len(cfg.stages))),
+        "", f"Final checkpoint: `{final_checkpoint(cfg)}`", "",
+    ]
+    (report / "stages.md").write_text("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i in range(len(cfg.stages)):
+        pts = [(r["tokens"], r["loss"]) for r in merged if r["stage"] == i]
+        val = [(r["tokens"], r["val_loss"]) for r in merged if r["stage"] == i and r.get("val_loss") is not None]
+        if pts:
+            ax.plot(*zip(*pts), lw=1, alpha=0.8, label=f"stage {i} ({cfg.stages[i].name}) train")
+        if val:
+            ax.plot(*zip(*val), "o-", ms=3, label=f"stage {i} validation")
+    for j, x in enumerate(boundaries):
+        ax.axvline(x, color="k", ls="--", lw=0.8, label="growth" if j == 0 else None)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"{cfg.name}: loss vs tokens with growth transitions")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(report / "loss_vs_tokens.png", dpi=120)
+    plt.close(fig)
+    return report
+
+
+def run_iq(cfg: RunConfig, report: Path) -> Optional[int]:
+    """A small IQ benchmark run on the final model (needs the checkpoint adapter and a tokenizer)."""
+    try:
+        import training.checkpoint_backend  # noqa: F401
+    except ImportError:
+        print("flm dryrun: IQ benchmark skipped: this build has no checkpoint adapter for eval_iq", file=sys.stderr)
+        return None
+    cmd = [sys.executable, "-m", "training.cli", "iq", "--model", "flm", "--checkpoint", str(final_checkpoint(cfg)),
+           "--subtasks", IQ_SUBTASKS, "--limit", "20", "--output-dir", str(report / "iq")]
+    print("+ " + " ".join(cmd), file=sys.stderr)
+    code = subprocess.call(cmd)
+    if code != 0:
+        print(f"flm dryrun: the IQ benchmark failed (exit {code}); the training report is complete", file=sys.stderr)
+    return code
