@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -274,6 +275,21 @@ class Trainer:
             self._restore_masks(growth.get("masks"))
         return meta
 
+    def _maybe_inject_fault(self, step: int) -> None:
+        """Fault injection for kill-and-resume tests and drills: ``FLM_FAULT_AT=<run name>:<step>``
+        kills every process of the run abruptly (``os._exit``, no cleanup) right after that step."""
+        import os
+
+        target = os.environ.get("FLM_FAULT_AT")
+        if target and target == f"{self.cfg.name}:{step}":
+            import multiprocessing
+
+            sys.stderr.write(f"FLM_FAULT_AT: killing {self.cfg.name} after step {step}\n")
+            sys.stderr.flush()
+            for child in multiprocessing.active_children():  # as a scheduler kills the whole process tree
+                child.kill()
+            os._exit(43)
+
     # ---------------------------------------------------------------- the loop
     def fit(self, *, until_step: Optional[int] = None) -> list[StepResult]:
         """Train to ``until_step`` (default ``train.steps``): log, validate and checkpoint on the way."""
@@ -309,6 +325,7 @@ class Trainer:
                     sink.log(record)
                 if ccfg.save_interval and result.step % ccfg.save_interval == 0 and result.step != until:
                     self.save()
+                self._maybe_inject_fault(result.step)
             if not checkpoint.is_checkpoint(self.checkpoint_root() / checkpoint.step_dir_name(self.step_count)):
                 self.save()
         finally:

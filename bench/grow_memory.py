@@ -1,0 +1,116 @@
+"""Memory and time of ``flm grow`` vs a plain load + save of the same checkpoint.
+
+    python bench/grow_memory.py [--hidden 512 --layers 8 --vocab 16000] [--out /tmp/flm-grow-bench]
+
+Makes a logical checkpoint (random weights and Adam moments; a few hundred MB), then runs, each in a
+fresh process: (a) read it and write it back unchanged (training.logical read + write), (b) ``flm
+grow`` with an MSG plan doubling hidden and FFN and adding layers. Prints peak RSS above the
+process's baseline (after imports), the largest tensor, time, and the ratios the goals are stated in
+(peak extra memory / largest tensor, goal <= 3; time grow / load+save, goal <= 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {repo!r})
+import training
+from training.parallel import init_process_group
+init_process_group()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+mode, src, dst, plan = sys.argv[1:5]
+if mode == "copy":
+    from training.logical import read_logical, write_logical
+    from training.checkpoint import read_meta
+    params, moments = read_logical(src)
+    write_logical(dst, params, read_meta(src), moments)
+else:
+    from growth.cli import grow_from_files
+    from pathlib import Path
+    grow_from_files(Path(src), Path(dst), Path(plan), verify=False)
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"time_s": dt, "base_kb": base, "peak_kb": peak}}))
+"""
+
+
+def make_checkpoint(path: Path, layers: int, hidden: int, vocab: int) -> dict:
+    import torch
+
+    import training  # noqa: F401
+    from growth.roles import logical_shapes
+    from growth.shape import ModelShape
+    from training.config import RunConfig
+    from training.config_base import from_dict, to_dict
+    from training.logical import write_logical
+
+    run = from_dict(RunConfig, {"model": {"num_layers": layers, "hidden_size": hidden, "ffn_hidden_size": 4 * hidden,
+                                          "num_attention_heads": hidden // 64, "vocab_size": vocab,
+                                          "tie_embeddings": False}})
+    shapes = logical_shapes(run.model, ModelShape.from_model_config(run.model))
+    gen = torch.Generator().manual_seed(0)
+    params = {k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
+    moments = {m: {k: torch.rand(s, generator=gen) * 1e-4 for k, s in shapes.items()} for m in ("exp_avg", "exp_avg_sq")}
+    write_logical(path, params, {"config": to_dict(run), "step": 10, "consumed_samples": 0, "adam_step": 10}, moments)
+    return {"model": to_dict(run.model), "bytes": 3 * sum(v.numel() * 4 for v in params.values())}
+
+
+def child(mode: str, src: Path, dst: Path, plan: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO)), mode, str(src), str(dst), str(plan)],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--vocab", type=int, default=16000)
+    ap.add_argument("--out", default="/tmp/flm-grow-bench")
+    args = ap.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    info = make_checkpoint(out / "src", args.layers, args.hidden, args.vocab)
+    h, L = args.hidden, args.layers
+    plan = out / "plan.yaml"
+    plan.write_text(json.dumps({
+        "new": {"layers": L + L // 2, "hidden": 2 * h, "ffn": 8 * h, "heads": 2 * h // 64, "query_groups": 2 * h // 64,
+                "head_dim": 64, "vocab": info["model"]["vocab_size"] + (-info["model"]["vocab_size"]) % 64},
+        "operators": {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"},
+        "depth": {"placement": "interleave"}, "ramp": {"steps": 100},
+    }))
+    copy = child("copy", out / "src", out / "copy", plan)
+    grow = child("grow", out / "src", out / "grown", plan)
+    largest_new = 4 * max(2 * h * info["model"]["vocab_size"], (L + L // 2) * 8 * h * 2 * h)
+    ckpt_mb = sum(f.stat().st_size for f in (out / "src").rglob("*") if f.is_file()) / 2**20
+    for name, r in (("load+save", copy), ("grow", grow)):
+        extra = (r["peak_kb"] - r["base_kb"]) * 1024
+        print(f"{name:10s}: {r['time_s']:6.1f} s, peak RSS above baseline {extra / 2**20:8.0f} MiB "
+              f"= {extra / largest_new:5.1f} x the largest grown tensor ({largest_new / 2**20:.0f} MiB)")
+    print(f"checkpoint: {ckpt_mb:.0f} MiB (params + 2 Adam moments), model {info['model']['num_layers']} x "
+          f"{info['model']['hidden_size']}, vocab {info['model']['vocab_size']}")
+    print(f"ratio time grow / load+save: {grow['time_s'] / copy['time_s']:.2f} (goal <= 2)")
+    grow_extra = (grow["peak_kb"] - grow["base_kb"]) * 1024
+    print(f"ratio grow peak extra memory / largest tensor: {grow_extra / largest_new:.1f} (goal <= 3)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

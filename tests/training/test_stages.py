@@ -1,0 +1,94 @@
+"""Staged growth runs: a 2-stage tiny run with a layout change (DP2 -> TP2) on 2 processes, the
+exactness check at the transition, and kill-and-resume right after the growth and inside the mask
+ramp giving the same losses as the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import flm, read_metrics
+from training.config import load_run_config
+from training.config_base import ConfigError
+
+RUN = """
+name: t
+output_dir: {out}
+data: {{kind: mock, seed: 3}}
+train: {{global_batch_size: 8, micro_batch_size: 2, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 2, eval_interval: 1000}}
+logging: {{progress_bar: false, tensorboard: false}}
+checkpoint: {{save_interval: 2, keep_last: 10}}
+stages:
+  - name: s
+    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 512, seq_length: 64}}
+    parallel: {{tp: 1}}
+    tokens: 3072
+  - name: g
+    model: {{num_layers: 4, hidden_size: 128, ffn_hidden_size: 512, num_attention_heads: 8, vocab_size: 512, seq_length: 64}}
+    parallel: {{tp: 2}}
+    tokens: 4096
+    train: {{lr: 1.5e-3, warmup_steps: 1}}
+    growth: {{default_operator: msg, ramp_steps: 4, depth_placement: interleave}}
+"""
+
+
+def write_run(tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(RUN.format(out=tmp_path / name))
+    return path
+
+
+def last_by_step(run_dir):
+    out = {}
+    for r in read_metrics(run_dir):
+        out[r["step"]] = r  # a step re-run after a resume overwrites the killed run's record
+    return out
+
+
+@pytest.mark.slow
+def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
+    full = write_run(tmp_path, "full")
+    flm("train", str(full), nproc=2)
+    growth = json.loads((tmp_path / "full" / "stage1-g" / "growth.json").read_text())
+    assert growth["preserved"] and growth["exact"] and growth["verify"]["max_abs_dlogit"] <= 1e-10
+    ref = last_by_step(tmp_path / "full" / "stage1-g")
+    assert sorted(ref) == list(range(1, 9))
+    assert [ref[s]["mask_value"] for s in (1, 2, 3, 4, 5)] == [0.0, 0.25, 0.5, 0.75, None]
+
+    killed = write_run(tmp_path, "killed")
+    # killed right after the growth (stage 1 has no checkpoint yet) ...
+    bad = flm("train", str(killed), nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:1"})
+    assert bad.returncode != 0 and (tmp_path / "killed" / "stage1-g" / "grown").is_dir()
+    # ... then inside the mask ramp (latest checkpoint: step 2, masks at 0.5) ...
+    bad = flm("train", str(killed), "--resume", nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:3"})
+    assert bad.returncode != 0
+    flm("train", str(killed), "--resume", nproc=2)
+    got = last_by_step(tmp_path / "killed" / "stage1-g")
+    for step in range(1, 9):
+        assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-6), f"stage 1 step {step}"
+        assert got[step]["mask_value"] == ref[step]["mask_value"]
+    s0_ref, s0 = last_by_step(tmp_path / "full" / "stage0-s"), last_by_step(tmp_path / "killed" / "stage0-s")
+    assert [s0[s]["loss"] for s in range(1, 7)] == pytest.approx([s0_ref[s]["loss"] for s in range(1, 7)], rel=1e-6)
+
+
+@pytest.mark.parametrize("override, key, hint", [
+    ("stages.1.model.hidden_size=32", "stages[1].growth.new.hidden", "never shrinks"),
+    ("stages.1.tokens=0", "stages[1].tokens", "must be > 0"),
+    ("stages.1.parallel.tp=3", "stages[1].model.num_attention_heads", "not divisible by parallel.tp=3"),
+    ("stages.0.growth={ramp_steps: 3}", "stages[0].growth", "first stage"),
+    ("stages.1.growth=null", "stages[1].growth", "needs a growth section"),
+    ("stages.1.growth.operators={depth: stack}", "stages[1].growth.operators.depth", "exact: false"),
+])
+def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(write_run(tmp_path, "x"), [override])
+    assert info.value.key == key, str(info.value)
+    assert hint in str(info.value)
+
+
+def test_layout_not_fitting_the_process_count_is_refused(tmp_path):
+    bad = flm("train", str(write_run(tmp_path, "x")), "stages.1.parallel.tp=4", "stages.1.model.num_attention_heads=8",
+              nproc=2, check=False)
+    assert bad.returncode != 0
+    assert "world size 2 is not divisible by tp x pp = 4 x 1" in bad.stderr
