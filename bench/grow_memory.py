@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,12 +24,27 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, threading, time
 sys.path.insert(0, {repo!r})
 import training
 from training.parallel import init_process_group
 init_process_group()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import growth.cli, training.logical  # imports done before the baseline
+
+def rss_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+# ru_maxrss would include the import-time peak; sample the resident set instead
+base = rss_kb()
+peak = [base]
+done = threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss_kb())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
 t0 = time.perf_counter()
 mode, src, dst, plan = sys.argv[1:5]
 if mode == "copy":
@@ -43,8 +57,8 @@ else:
     from pathlib import Path
     grow_from_files(Path(src), Path(dst), Path(plan), verify=False)
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"time_s": dt, "base_kb": base, "peak_kb": peak}}))
+done.set()
+print(json.dumps({{"time_s": dt, "base_kb": base, "peak_kb": max(peak[0], rss_kb())}}))
 """
 
 

@@ -46,14 +46,13 @@ def _free_port() -> int:
 def init_process_group() -> None:
     if dist.is_initialized():
         return
-    if "RANK" not in os.environ:  # plain single process
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    if "RANK" not in os.environ:  # plain single process; leave os.environ alone for child processes
+        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    else:
+        dist.init_process_group(backend=backend)
 
 
 def setup_layout(parallel: ParallelConfig, seed: int) -> Layout:
