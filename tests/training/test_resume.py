@@ -14,7 +14,6 @@ COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval
 CASES = {
     "tp2-to-pp2": ((2, ["parallel.tp=2"]), (2, ["parallel.pp=2"])),
     "pp2-to-tp2": ((2, ["parallel.pp=2"]), (2, ["parallel.tp=2"])),
-    "distopt-dp2-to-dp2": ((2, ["parallel.distributed_optimizer=true"]), (2, ["parallel.distributed_optimizer=true"])),
     "distopt-dp2-to-tp2": ((2, ["parallel.distributed_optimizer=true"]),
                            (2, ["parallel.tp=2", "parallel.distributed_optimizer=true"])),
 }

@@ -92,3 +92,14 @@ def test_layout_not_fitting_the_process_count_is_refused(tmp_path):
               nproc=2, check=False)
     assert bad.returncode != 0
     assert "world size 2 is not divisible by tp x pp = 4 x 1" in bad.stderr
+
+
+@pytest.mark.parametrize("policy, warmup", [("inherit", 1), ("rewind", 0), ("restart", 2)])
+def test_lr_policy_at_growth_sets_the_stage_schedule(tmp_path, policy, warmup):
+    from training.config import stage_config
+
+    cfg = load_run_config(write_run(tmp_path, "x"), [f"stages.1.growth.lr_policy={policy}"])
+    stage = stage_config(cfg, 1)
+    assert stage.train.warmup_steps == warmup  # the run's warmup is 2, stage 1 asks for 1
+    assert stage.train.lr == 1.5e-3 and stage.train.steps == 8
+    assert stage.output_dir.endswith("stage1-g") and stage.parallel.tp == 2
