@@ -77,33 +77,35 @@ class BackendLM(TemplateLM):
         check_backend(backend)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.backend = backend
+        # not `self.backend`: lm-eval's TemplateLM.backend = "causal" selects how context and
+        # continuation are tokenised together; shadowing it switches to the seq2seq path
+        self.model_backend = backend
         self.batch_size = int(batch_size)
         self._max_gen_toks = int(max_gen_toks)
 
     # ------------------------------------------------------------------ tokenizer plumbing
     @property
     def eot_token_id(self) -> int:
-        return int(self.backend.eos_token_id)
+        return int(self.model_backend.eos_token_id)
 
     @property
     def prefix_token_id(self) -> int:
-        bos = getattr(self.backend, "bos_token_id", None)
+        bos = getattr(self.model_backend, "bos_token_id", None)
         return int(bos) if bos is not None else self.eot_token_id
 
     @property
     def max_length(self) -> int:
-        return int(self.backend.max_length)
+        return int(self.model_backend.max_length)
 
     @property
     def device(self) -> torch.device:
-        return torch.device(getattr(self.backend, "device", "cpu"))
+        return torch.device(getattr(self.model_backend, "device", "cpu"))
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        return list(self.backend.encode(string))
+        return list(self.model_backend.encode(string))
 
     def tok_decode(self, tokens: Iterable[int]) -> str:
-        return self.backend.decode(list(tokens))
+        return self.model_backend.decode(list(tokens))
 
     def _logprobs(self, rows: list[list[int]]) -> torch.Tensor:
         """Right-pad ``rows``, run the backend, return float32 log-probs ``[b, s, V]``."""
@@ -112,7 +114,7 @@ class BackendLM(TemplateLM):
         for i, r in enumerate(rows):
             batch[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         with torch.no_grad():
-            logits = self.backend.logits(batch.to(self.device))
+            logits = self.model_backend.logits(batch.to(self.device))
         if logits.dim() != 3 or tuple(logits.shape[:2]) != (len(rows), width):
             raise ValueError(
                 f"backend.logits returned shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "

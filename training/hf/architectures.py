@@ -1,0 +1,295 @@
+"""Which Hugging Face architecture computes each block variant of the project, and its tensors.
+
+| project variant (``model:``)                                   | transformers architecture |
+|----------------------------------------------------------------|---------------------------|
+| RMSNorm + SwiGLU + RoPE; any bias, GQA, head dim, tied/untied  | ``LlamaForCausalLM`` (``attention_bias = mlp_bias = bias``) |
+| LayerNorm + GELU + RoPE; bias or not, GQA, tied/untied; head dim = hidden / heads | ``GPTNeoXForCausalLM`` (``rotary_pct = 1``, ``use_parallel_residual = false``) |
+| LayerNorm + SwiGLU + RoPE, no bias; head dim = hidden / heads  | ``StableLmForCausalLM`` (``partial_rotary_factor = 1``, no qk-norm, sequential residual) |
+| xPos; RMSNorm + GELU; LayerNorm + SwiGLU with bias; GPT-NeoX/StableLM with kv_channels != hidden / heads | refused (:class:`HFInteropError` naming the reason) |
+
+Why these are exact: all three are pre-norm decoders with the rotate-half RoPE convention that
+megatron uses (dims ``j`` and ``j + d/2`` form a pair), causal softmax attention scaled by
+``1/sqrt(head_dim)`` and the same norms (``torch.nn.LayerNorm`` with bias; Llama's RMSNorm).
+GPT-NeoX's fused ``query_key_value`` holds per head ``[q, k, v]``, which is the project's fused
+layout with one head per group; GPT-NeoX has no GQA, so a grouped model is exported with each
+group's key/value rows repeated for every head of the group (``repeat_kv``, exact). GPT-NeoX's MLP
+always has biases: a model without biases gets zero MLP biases (exact). ``exact GELU`` (erf) is
+``hidden_act: gelu`` in both.
+
+The input is the *export state* of :func:`training.hf.fold.export_state` (vocabulary trimmed to
+the tokenizer's rows, muP multipliers folded in), keyed like the logical state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from growth import roles as R
+from training.hf.errors import HFInteropError
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids recorded in the HF config (None where the tokenizer has none)."""
+
+    bos: Optional[int] = None
+    eos: Optional[int] = None
+    pad: Optional[int] = None
+
+
+def split_qkv(t: Tensor, cfg) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused per-group rows ``[q heads of the group, k, v]`` -> (q ``[nq*d, ...]``, k, v ``[ng*d, ...]``)."""
+    ng, d = cfg.query_groups, cfg.head_dim
+    r = cfg.num_attention_heads // ng
+    rest = tuple(t.shape[1:])
+    g = t.reshape(ng, r + 2, d, *rest)
+    return (g[:, :r].reshape(ng * r * d, *rest), g[:, r].reshape(ng * d, *rest),
+            g[:, r + 1].reshape(ng * d, *rest))
+
+
+def fuse_qkv(q: Tensor, k: Tensor, v: Tensor, cfg) -> Tensor:
+    """Inverse of :func:`split_qkv`."""
+    ng, d = cfg.query_groups, cfg.head_dim
+    r = cfg.num_attention_heads // ng
+    rest = tuple(q.shape[1:])
+    parts = [q.reshape(ng, r, d, *rest), k.reshape(ng, 1, d, *rest), v.reshape(ng, 1, d, *rest)]
+    return torch.cat(parts, dim=1).reshape(ng * (r + 2) * d, *rest)
+
+
+def _layers(state: dict[str, Tensor]) -> int:
+    return int(state[R.QKV_WEIGHT].shape[0])
+
+
+def _get(state: dict[str, Tensor], key: str, i: int) -> Optional[Tensor]:
+    t = state.get(key)
+    return None if t is None else t[i]
+
+
+# ---------------------------------------------------------------------------------------- Llama
+def _llama_refusal(cfg) -> Optional[str]:
+    if cfg.normalization != "RMSNorm" or cfg.activation != "swiglu":
+        return "Llama needs RMSNorm + SwiGLU"
+    return None
+
+
+def _llama_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
+    import transformers
+
+    return transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.query_groups, head_dim=cfg.head_dim, hidden_act="silu",
+        max_position_embeddings=cfg.seq_length, rms_norm_eps=cfg.norm_eps, rope_theta=float(cfg.rotary_base),
+        attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std, attention_dropout=cfg.attention_dropout,
+        bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, dtype=dtype,
+    )
+
+
+def _llama_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {"model.embed_tokens.weight": s[R.EMBEDDING], "model.norm.weight": s[R.FINAL_NORM_WEIGHT]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = s[R.OUTPUT]
+    for i in range(_layers(s)):
+        p = f"model.layers.{i}."
+        q, k, v = split_qkv(s[R.QKV_WEIGHT][i], cfg)
+        out.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                    p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i]})
+        gate, up = s[R.FC1_WEIGHT][i].chunk(2, dim=0)
+        out.update({p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                    p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
+                    p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
+                    p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i]})
+        if cfg.bias:
+            qb, kb, vb = split_qkv(s[R.QKV_BIAS][i], cfg)
+            gb, ub = s[R.FC1_BIAS][i].chunk(2, dim=0)
+            out.update({p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb,
+                        p + "self_attn.v_proj.bias": vb, p + "self_attn.o_proj.bias": s[R.PROJ_BIAS][i],
+                        p + "mlp.gate_proj.bias": gb, p + "mlp.up_proj.bias": ub,
+                        p + "mlp.down_proj.bias": s[R.FC2_BIAS][i]})
+    return out
+
+
+# ------------------------------------------------------------------------------------- GPT-NeoX
+def _mha_head_dim_refusal(cfg, arch: str) -> Optional[str]:
+    if cfg.hidden_size % cfg.num_attention_heads or cfg.head_dim != cfg.hidden_size // cfg.num_attention_heads:
+        return (f"{arch} derives the head dim as hidden_size / heads, but the model has kv_channels "
+                f"{cfg.head_dim} with hidden_size {cfg.hidden_size} and {cfg.num_attention_heads} heads")
+    return None
+
+
+def _neox_refusal(cfg) -> Optional[str]:
+    if cfg.normalization != "LayerNorm" or cfg.activation != "gelu":
+        return "GPT-NeoX needs LayerNorm + GELU"
+    return _mha_head_dim_refusal(cfg, "GPT-NeoX")
+
+
+def _neox_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
+    import transformers
+
+    return transformers.GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads, hidden_act="gelu",
+        rotary_pct=1.0, rotary_emb_base=cfg.rotary_base, max_position_embeddings=cfg.seq_length,
+        layer_norm_eps=cfg.norm_eps, use_parallel_residual=False, attention_bias=cfg.bias,
+        tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
+        attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.hidden_dropout,
+        bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, dtype=dtype,
+    )
+
+
+def _neox_qkv(t: Tensor, cfg) -> Tensor:
+    """Per head ``[q, k, v]`` rows; a head's k/v are its group's (repeated for GQA)."""
+    nq, ng, d = cfg.num_attention_heads, cfg.query_groups, cfg.head_dim
+    q, k, v = split_qkv(t, cfg)
+    rest = tuple(t.shape[1:])
+    group = torch.arange(nq) // (nq // ng)
+    heads = torch.stack([q.reshape(nq, d, *rest), k.reshape(ng, d, *rest)[group], v.reshape(ng, d, *rest)[group]], 1)
+    return heads.reshape(nq * 3 * d, *rest)
+
+
+def _neox_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {"gpt_neox.embed_in.weight": s[R.EMBEDDING], "gpt_neox.final_layer_norm.weight": s[R.FINAL_NORM_WEIGHT],
+           "gpt_neox.final_layer_norm.bias": s[R.FINAL_NORM_BIAS]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = s[R.OUTPUT]
+    for i in range(_layers(s)):
+        p = f"gpt_neox.layers.{i}."
+        fc1, fc2 = s[R.FC1_WEIGHT][i], s[R.FC2_WEIGHT][i]
+        out.update({p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i], p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
+                    p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
+                    p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i],
+                    p + "attention.query_key_value.weight": _neox_qkv(s[R.QKV_WEIGHT][i], cfg),
+                    p + "attention.dense.weight": s[R.PROJ_WEIGHT][i],
+                    p + "mlp.dense_h_to_4h.weight": fc1, p + "mlp.dense_4h_to_h.weight": fc2})
+        if cfg.bias:
+            out.update({p + "attention.query_key_value.bias": _neox_qkv(s[R.QKV_BIAS][i], cfg),
+                        p + "attention.dense.bias": s[R.PROJ_BIAS][i],
+                        p + "mlp.dense_h_to_4h.bias": s[R.FC1_BIAS][i], p + "mlp.dense_4h_to_h.bias": s[R.FC2_BIAS][i]})
+        else:  # GPT-NeoX's MLP always has biases; zeros compute the same function
+            out.update({p + "mlp.dense_h_to_4h.bias": fc1.new_zeros(fc1.shape[0]),
+                        p + "mlp.dense_4h_to_h.bias": fc2.new_zeros(fc2.shape[0])})
+    return out
+
+
+# -------------------------------------------------------------------------------------- StableLM
+def _stablelm_refusal(cfg) -> Optional[str]:
+    if cfg.normalization != "LayerNorm" or cfg.activation != "swiglu":
+        return "StableLM needs LayerNorm + SwiGLU"
+    if cfg.bias:
+        return "StableLM has no output-projection or MLP biases (model.bias: true)"
+    return _mha_head_dim_refusal(cfg, "StableLM")
+
+
+def _stablelm_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
+    import transformers
+
+    return transformers.StableLmConfig(
+        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.query_groups, hidden_act="silu", max_position_embeddings=cfg.seq_length,
+        layer_norm_eps=cfg.norm_eps, rope_theta=float(cfg.rotary_base), partial_rotary_factor=1.0,
+        use_qkv_bias=False, qk_layernorm=False, use_parallel_residual=False,
+        tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
+        attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.hidden_dropout,
+        bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, dtype=dtype,
+    )
+
+
+def _stablelm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {"model.embed_tokens.weight": s[R.EMBEDDING], "model.norm.weight": s[R.FINAL_NORM_WEIGHT],
+           "model.norm.bias": s[R.FINAL_NORM_BIAS]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = s[R.OUTPUT]
+    for i in range(_layers(s)):
+        p = f"model.layers.{i}."
+        q, k, v = split_qkv(s[R.QKV_WEIGHT][i], cfg)
+        gate, up = s[R.FC1_WEIGHT][i].chunk(2, dim=0)
+        out.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                    p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i],
+                    p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                    p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
+                    p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i], p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
+                    p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
+                    p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i]})
+    return out
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One transformers architecture: when it fits, its config, and the export tensor mapping."""
+
+    name: str
+    class_name: str
+    refusal: Callable[..., Optional[str]]
+    config: Callable[..., object]
+    tensors: Callable[..., dict[str, Tensor]]
+
+
+ARCHITECTURES = (
+    Architecture("llama", "LlamaForCausalLM", _llama_refusal, _llama_config, _llama_tensors),
+    Architecture("gpt_neox", "GPTNeoXForCausalLM", _neox_refusal, _neox_config, _neox_tensors),
+    Architecture("stablelm", "StableLmForCausalLM", _stablelm_refusal, _stablelm_config, _stablelm_tensors),
+)
+
+XPOS_REFUSAL = (
+    "position_embedding 'xpos' has no transformers architecture: xPos scales queries and keys by a "
+    "per-position factor that none of the standard models (Llama, GPT-NeoX, StableLM) computes, so an "
+    "export would silently compute a different function. Evaluate such a checkpoint with "
+    "`flm iq --model flm --checkpoint CKPT` instead, or train with model.position_embedding: rope"
+)
+
+
+def select_architecture(cfg) -> Architecture:
+    """The architecture that computes model config ``cfg`` exactly; HFInteropError listing why each
+    candidate does not fit when none does."""
+    if cfg.position_embedding != "rope":
+        raise HFInteropError(XPOS_REFUSAL)
+    reasons = []
+    for arch in ARCHITECTURES:
+        reason = arch.refusal(cfg)
+        if reason is None:
+            return arch
+        reasons.append(f"{arch.class_name}: {reason}")
+    raise HFInteropError(
+        f"no transformers architecture computes the variant {cfg.normalization} + {cfg.activation}"
+        f"{' + bias' if cfg.bias else ''} (head dim {cfg.head_dim}) exactly: " + "; ".join(reasons)
+        + ". Supported: RMSNorm + swiglu (Llama), LayerNorm + gelu (GPT-NeoX), LayerNorm + swiglu "
+        "without bias (StableLM)"
+    )
+
+
+#: names older transformers releases use for the same tensor
+_ALIASES = {"lm_head.weight": ("embed_out.weight",)}
+
+
+def check_against_model(arch: Architecture, hf_config, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Match ``tensors`` to the parameter names and shapes of the installed transformers' model
+    (built on the meta device, no memory). Returns ``tensors`` renamed to the installed names;
+    HFInteropError if anything is missing, unexpected or of another shape."""
+    import transformers
+
+    cls = getattr(transformers, arch.class_name)
+    with torch.device("meta"):
+        model = cls(hf_config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    renamed = {}
+    for key, value in tensors.items():
+        if key not in expected:
+            key = next((a for a in _ALIASES.get(key, ()) if a in expected), key)
+        renamed[key] = value
+    tied = {"lm_head.weight", "embed_out.weight"} if getattr(hf_config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(expected) - set(renamed) - tied)
+    unexpected = sorted(set(renamed) - set(expected))
+    wrong = sorted(k for k in set(renamed) & set(expected) if tuple(renamed[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        raise HFInteropError(
+            f"the installed transformers {transformers.__version__} {arch.class_name} does not match the export "
+            f"mapping: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes "
+            f"{[(k, tuple(renamed[k].shape), expected[k]) for k in wrong[:3]]}; this release is not supported"
+        )
+    return renamed

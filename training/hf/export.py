@@ -1,0 +1,153 @@
+"""``flm export-hf CKPT OUT``: a project checkpoint as a transformers model directory.
+
+``export_checkpoint(ckpt, out, ...)`` reads ``ckpt`` (saved under any TP/PP/DP layout, or written
+by ``flm grow`` / ``flm import-hf``) as logical tensors, picks the architecture that computes the
+variant exactly (:mod:`training.hf.architectures`), trims the padded vocabulary rows and folds the
+muP multipliers (:mod:`training.hf.fold`), and writes into ``out``:
+
+- ``config.json``, ``generation_config.json`` (special token ids);
+- ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + index (``max_shard_size``);
+- ``tokenizer.json``, ``tokenizer_config.json``, ``tokenizer.model`` (:mod:`training.hf.tokenizer`);
+- ``flm_export.json``: source checkpoint, step, model config, architecture, what was folded, the
+  tokenizer's SHA-256, and the round-trip check when one was run.
+
+Contracts: ``out`` must not exist and nothing is left there on failure (files are written to a
+hidden staging directory and renamed); a checkpoint whose MSG growth masks are still ramping is
+refused (the plain grown model is a different function until the ramp ends); with ``check`` the
+staged directory is loaded back with transformers and must match the project model
+(:mod:`training.hf.compare`) before it is moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from growth import roles as R
+from training.hf.architectures import SpecialIds, check_against_model, select_architecture
+from training.hf.compare import DTYPES, Comparison, checkpoint_masks, compare, load_hf_model, random_tokens
+from training.hf.errors import HFInteropError, RoundTripMismatch
+from training.hf.fold import export_state
+from training.hf.safetensors_io import parse_size, write_shards
+from training.hf.tokenizer import checkpoint_tokenizer, save_hf_tokenizer
+
+EXPORT_RECORD = "flm_export.json"
+
+
+@dataclass
+class ExportReport:
+    src: Path
+    out: Path
+    architecture: str
+    dtype: str
+    files: list[str]
+    tokenizer: Optional[dict[str, Any]]
+    check: Optional[Comparison]
+
+    def summary(self) -> str:
+        tok = (f"tokenizer {self.tokenizer['source']} ({self.tokenizer['vocab_size']} ids)" if self.tokenizer
+               else "no tokenizer (--no-tokenizer)")
+        lines = [f"exported {self.src} -> {self.out}: {self.architecture} ({self.dtype}), "
+                 f"{len([f for f in self.files if f.endswith('.safetensors')])} safetensors file(s), {tok}"]
+        if self.check is not None:
+            lines.append(self.check.summary())
+        return "\n".join(lines)
+
+
+def _model_state(params: dict[str, torch.Tensor], cfg, src: Path) -> dict[str, torch.Tensor]:
+    keys = R.logical_keys(cfg)
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise HFInteropError(f"{src} lacks model tensors {missing[:4]} that its config implies; the checkpoint "
+                             "is damaged or was written by another tool")
+    return {k: params[k] for k in keys}
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Path] = None,
+                      no_tokenizer: bool = False, dtype: str = "auto", max_shard_size: str = "2GB",
+                      check: bool = False) -> ExportReport:
+    """Export ``ckpt`` to the transformers directory ``out`` (see the module docstring).
+
+    ``tokenizer``: tokenizer directory or ``.model`` (default: the checkpoint's own, see
+    :func:`training.hf.tokenizer.checkpoint_tokenizer`); ``no_tokenizer``: weights and config only.
+    ``dtype``: ``auto`` (the checkpoint's) or float32/float64/bfloat16/float16. Raises
+    HFInteropError (or CheckpointError for a path that is not a checkpoint).
+    """
+    from training.checkpoint import read_meta, resolve
+    from training.config import ModelConfig
+    from training.config_base import from_dict
+    from training.logical import read_logical
+
+    out = Path(out)
+    if out.exists():
+        raise HFInteropError(f"refusing to overwrite {out}; choose a new output directory")
+    src = resolve(ckpt)
+    meta = read_meta(src)
+    cfg = from_dict(ModelConfig, meta["config"]["model"])
+    arch = select_architecture(cfg)
+    masks = checkpoint_masks(meta)
+    if masks is not None and not masks.is_done():
+        raise HFInteropError(
+            f"{src} is a grown model whose MSG masks are still ramping (c = {masks.value():.3f} after "
+            f"{masks.steps_done} of {masks.ramp_steps} steps): its function is not that of the plain grown model. "
+            f"Train at least {masks.ramp_steps - masks.steps_done} more steps, then export; or evaluate it with "
+            "`flm iq --model flm --checkpoint CKPT`")
+    if tokenizer is not None and no_tokenizer:
+        raise HFInteropError("--tokenizer and --no-tokenizer contradict each other; give one")
+    tok = None if no_tokenizer else checkpoint_tokenizer(src, meta, tokenizer)[0]
+    shard_bytes = parse_size(max_shard_size)
+    params, _ = read_logical(src)
+    state = _model_state(params, cfg, src)
+    if dtype == "auto":
+        target = state[R.EMBEDDING].dtype
+    elif dtype in DTYPES:
+        target = DTYPES[dtype]
+    else:
+        raise HFInteropError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    exp, folded = export_state(cfg, state, target)
+    ids = SpecialIds() if tok is None else SpecialIds(
+        *(i if i >= 0 else None for i in (tok.bos_id, tok.eos_id, tok.pad_id)))
+    hf_config = arch.config(cfg, cfg.vocab_size, ids, target)
+    hf_config.architectures = [arch.class_name]
+    tensors = check_against_model(arch, hf_config, arch.tensors(cfg, exp))
+
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        files = _write(staging, hf_config, tensors, shard_bytes)
+        tok_record = None if tok is None else save_hf_tokenizer(tok, staging, cfg.seq_length)
+        comparison = None
+        if check:
+            tokens = random_tokens(cfg.vocab_size, min(cfg.seq_length, 128))
+            values = None if masks is None else masks.values()
+            comparison = compare(cfg, state, load_hf_model(staging, target), tokens, values)
+            if comparison.within is False:
+                raise RoundTripMismatch(f"the exported model does not compute what {src} does: {comparison.summary()}; "
+                                     "nothing was written. This is a bug; please report it with the model config")
+        record = {"source": str(src), "step": meta.get("step"), "architecture": arch.class_name,
+                  "dtype": str(target).replace("torch.", ""), "model": meta["config"]["model"], "folded": folded,
+                  "tokenizer": tok_record, "check": None if comparison is None else comparison.to_dict()}
+        (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportReport(src, out, arch.class_name, str(target).replace("torch.", ""),
+                        files, tok_record, comparison)
+
+
+def _write(staging: Path, hf_config, tensors: dict[str, torch.Tensor], shard_bytes: int) -> list[str]:
+    from transformers import GenerationConfig
+
+    hf_config.save_pretrained(str(staging))
+    GenerationConfig(bos_token_id=hf_config.bos_token_id, eos_token_id=hf_config.eos_token_id,
+                     pad_token_id=hf_config.pad_token_id).save_pretrained(str(staging))
+    return write_shards(tensors, staging, shard_bytes)
