@@ -105,7 +105,7 @@ def build_parser(extra: Optional[list[Callable]] = None) -> argparse.ArgumentPar
 def _registrations() -> list[Callable]:
     """Subcommands owned by other packages (data, growth, IQ benchmark)."""
     regs = []
-    for module in ("training.data.cli", "growth.cli", "training.dryrun", "eval_iq.cli"):
+    for module in ("training.data.cli", "growth.cli", "training.dryrun", "eval_iq.cli", "training.hf.cli", "training.plan.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as err:
