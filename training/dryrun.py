@@ -60,10 +60,11 @@ def run(args) -> int:
         print(f"flm dryrun: training failed (exit {code}); fix the error above and re-run to resume", file=sys.stderr)
         return code
     report = write_report(cfg)
-    if not args.skip_iq:
-        run_iq(cfg, report)
+    iq = run_iq(cfg, report) if not args.skip_iq else None
     print(f"\nflm dryrun: report in {report}/\n  {report / 'stages.md'}\n  {report / 'loss_vs_tokens.png'}\n"
-          f"  {report / 'metrics.jsonl'}\n  final checkpoint: {final_checkpoint(cfg)}")
+          f"  {report / 'metrics.jsonl'}\n  TensorBoard: {cfg.output_dir}/stage*/tensorboard\n"
+          + (f"  IQ benchmark: {report / 'iq' / 'report.md'}\n" if iq == 0 else "")
+          + f"  final checkpoint: {final_checkpoint(cfg)}")
     return 0
 
 

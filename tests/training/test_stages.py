@@ -103,3 +103,19 @@ def test_lr_policy_at_growth_sets_the_stage_schedule(tmp_path, policy, warmup):
     assert stage.train.warmup_steps == warmup  # the run's warmup is 2, stage 1 asks for 1
     assert stage.train.lr == 1.5e-3 and stage.train.steps == 8
     assert stage.output_dir.endswith("stage1-g") and stage.parallel.tp == 2
+
+
+@pytest.mark.slow
+def test_dryrun_command_writes_the_report(tmp_path):
+    """`flm dryrun` machinery on a tiny staged config (mock data; the real dry run is the README's command)."""
+    run = write_run(tmp_path, "dry")
+    out = flm("dryrun", "--config", str(run), "--skip-iq", "stages.1.tokens=1024")
+    report = tmp_path / "dry" / "report"
+    assert "report in" in out.stdout
+    assert (report / "loss_vs_tokens.png").stat().st_size > 10_000
+    table = (report / "stages.md").read_text()
+    assert "| 1 | g | TP2 PP1 | 4 x 128" in table and "exact: max abs Δlogit" in table
+    records = [json.loads(l) for l in (report / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {0, 1}
+    again = flm("dryrun", "--config", str(run), "--skip-iq", "stages.1.tokens=1024")  # re-run: resumes, report again
+    assert "is complete" in again.stderr

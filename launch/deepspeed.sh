@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Train with DeepSpeed's launcher on the hosts of a hostfile (it reaches the other hosts over
+# ssh with pdsh, and sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT for `flm train`).
+#
+#   launch/deepspeed.sh --hostfile FILE [options] RUN.yaml [key=value ...]
+#
+# hostfile: one "HOST slots=N" line per node (N = GPUs used there), '#' starts a comment; the
+# slots must add up to the stage's tp x pp x dp. A hostfile of one line naming this machine
+# ("localhost slots=2") runs locally without DeepSpeed's ssh check.
+#
+# options:
+#   --hostfile FILE     the hosts (required)
+#   --stage N           staged runs: only stage N (one launch per stage, like the Slurm jobs)
+#   --resume            continue from the latest checkpoint
+#   --master-port P     rendezvous port on the first host (default 29500)
+#   --launcher NAME     DeepSpeed's multi-node launcher: pdsh (default), openmpi, mvapich, slurm
+#   --log FILE          also append the output to FILE
+#   --dry-run           check the hostfile against the layout, print the command and exit
+#
+# Variables the remote processes need (PYTHONPATH, NCCL_*) go in ~/.deepspeed_env or
+# ./.deepspeed_env ("NAME=value" lines); this script writes none.
+set -euo pipefail
+
+FLM_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export FLM_REPO
+# shellcheck source=launch/common.sh
+source "$FLM_REPO/launch/common.sh"
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+hostfile="" stage="" resume=0 port=29500 launcher=pdsh log="" dry_run=0 config=""
+overrides=()
+need() { [[ $1 -ge 2 ]] || flm_die "$2 needs a value"; }
+while (($#)); do
+  case $1 in
+    --hostfile) need $# "$1"; hostfile=$2; shift 2 ;;
+    --stage) need $# "$1"; stage=$2; shift 2 ;;
+    --master-port) need $# "$1"; port=$2; shift 2 ;;
+    --launcher) need $# "$1"; launcher=$2; shift 2 ;;
+    --log) need $# "$1"; log=$2; shift 2 ;;
+    --resume) resume=1; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    -*) flm_die "unknown option $1 (see --help)" ;;
+    *)
+      if [[ -z $config ]]; then config=$1; else overrides+=("$1"); fi
+      shift ;;
+  esac
+done
+[[ -n $config ]] || { usage >&2; flm_die "no run config given"; }
+[[ -f $config ]] || flm_die "run config not found: $config"
+[[ -n $hostfile ]] || flm_die "--hostfile FILE is required (lines 'HOST slots=N')"
+[[ -f $hostfile ]] || flm_die "hostfile not found: $hostfile"
+[[ -z $stage || $stage =~ ^[0-9]+$ ]] || flm_die "--stage must be a stage index, got '$stage'"
+[[ $port =~ ^[0-9]+$ ]] || flm_die "--master-port must be a number, got '$port'"
+
+# parse the hostfile the way DeepSpeed does: "host slots=N", blank lines and comments ignored
+hosts=() world=0 lineno=0
+while IFS= read -r line || [[ -n $line ]]; do
+  lineno=$((lineno + 1))
+  line=${line%%#*}
+  read -r host slots rest <<<"$line" || true
+  [[ -z ${host:-} ]] && continue
+  if [[ -n ${rest:-} || ! ${slots:-} =~ ^slots=([1-9][0-9]*)$ ]]; then
+    flm_die "$hostfile line $lineno: expected 'HOST slots=N', got '$line'"
+  fi
+  for seen in "${hosts[@]}"; do
+    [[ $seen != "$host" ]] || flm_die "$hostfile line $lineno: host $host is listed twice"
+  done
+  hosts+=("$host")
+  world=$((world + BASH_REMATCH[1]))
+done <"$hostfile"
+((${#hosts[@]})) || flm_die "$hostfile lists no hosts"
+
+job_args=("$config" "${overrides[@]}")
+[[ -n $stage ]] && job_args+=(--stage "$stage")
+jobs=$(flm_jobs "${job_args[@]}") || flm_die "cannot read the run config (see above)"
+while IFS=$'\t' read -r index name need_world mp _out; do
+  if [[ $need_world == "-" ]]; then
+    ((world % mp == 0)) || flm_die "stage $index ($name): $world slots in $hostfile are not a multiple of tp x pp = $mp"
+  elif ((need_world != world)); then
+    flm_die "stage $index ($name) needs tp x pp x dp = $need_world processes but $hostfile has $world slots; fix the slots or use --stage N"
+  fi
+done <<<"$jobs"
+
+train_args=("$config")
+[[ -n $stage ]] && train_args+=(--stage "$stage")
+((resume)) && train_args+=(--resume)
+train_args+=("${overrides[@]}")
+cmd=(deepspeed --hostfile "$hostfile" --launcher "$launcher" --master_addr "${hosts[0]}" --master_port "$port")
+# one host that is this machine: nothing to reach over ssh (DeepSpeed checks ssh for any hostfile)
+if ((${#hosts[@]} == 1)) && [[ ${hosts[0]} =~ ^(localhost|127\.0\.0\.1|$(hostname -s)|$(hostname -f 2>/dev/null || hostname))$ ]]; then
+  cmd+=(--no_ssh_check)
+fi
+cmd+=(--module --no_local_rank training.cli train "${train_args[@]}")
+
+if ((dry_run)); then
+  echo "# ${#hosts[@]} host(s), $world process(es): ${hosts[*]}"
+  flm_show "${cmd[@]}"
+  exit 0
+fi
+command -v deepspeed >/dev/null 2>&1 || flm_die "the deepspeed launcher is not installed (pip install deepspeed)"
+export PYTHONPATH="$FLM_REPO${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -n $log ]]; then
+  mkdir -p "$(dirname "$log")"
+  "${cmd[@]}" 2>&1 | tee -a "$log"
+else
+  exec "${cmd[@]}"
+fi

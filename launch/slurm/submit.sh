@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Submit a run to Slurm: one job per stage, chained with --dependency=afterok so stage N+1 starts
+# when stage N finished, each job sized from its stage's layout (tp x pp x dp GPUs), requeueable,
+# with its own log (<log-dir>/stage<N>-<name>.<jobid>.log, appended across requeues).
+#
+#   launch/slurm/submit.sh [options] RUN.yaml [key=value ...]
+#
+# options:
+#   --stage N             submit only stage N            --from N     stages N..last
+#   --whole               one job running every stage (all stages must need the same GPU count)
+#   --gpus-per-node G     GPUs per node (default 8)      --gpus N     GPUs of every job when dp is null
+#   --after JOBID         the first job waits for JOBID (afterok)
+#   --log-dir DIR         default: <output_dir>/logs
+#   --time T              per-job time limit (sbatch --time); default: the partition's
+#   --requeue-grace S     seconds before the time limit at which the job requeues itself (default 300)
+#   --sbatch ARG          pass ARG to every sbatch call (repeatable): --sbatch=--partition=gpu
+#   --dry-run             print the sbatch commands instead of submitting
+#
+# example: launch/slurm/submit.sh --sbatch=--partition=a800 configs/runs/flm101b.yaml
+set -euo pipefail
+
+FLM_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export FLM_REPO
+# shellcheck source=launch/common.sh
+source "$FLM_REPO/launch/common.sh"
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+only="" from=0 whole=0 gpus_per_node=8 gpus="" after="" log_dir="" time_limit="" grace=300 dry_run=0 config=""
+overrides=() extra=()
+need() { [[ $1 -ge 2 ]] || flm_die "$2 needs a value"; }
+while (($#)); do
+  case $1 in
+    --stage) need $# "$1"; only=$2; shift 2 ;;
+    --from) need $# "$1"; from=$2; shift 2 ;;
+    --whole) whole=1; shift ;;
+    --gpus-per-node) need $# "$1"; gpus_per_node=$2; shift 2 ;;
+    --gpus) need $# "$1"; gpus=$2; shift 2 ;;
+    --after) need $# "$1"; after=$2; shift 2 ;;
+    --log-dir) need $# "$1"; log_dir=$2; shift 2 ;;
+    --time) need $# "$1"; time_limit=$2; shift 2 ;;
+    --requeue-grace) need $# "$1"; grace=$2; shift 2 ;;
+    --sbatch) need $# "$1"; extra+=("$2"); shift 2 ;;
+    --sbatch=*) extra+=("${1#--sbatch=}"); shift ;;
+    --dry-run) dry_run=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    -*) flm_die "unknown option $1 (see --help)" ;;
+    *)
+      if [[ -z $config ]]; then config=$1; else overrides+=("$1"); fi
+      shift ;;
+  esac
+done
+[[ -n $config ]] || { usage >&2; flm_die "no run config given"; }
+[[ -f $config ]] || flm_die "run config not found: $config"
+for pair in "gpus-per-node:$gpus_per_node" "requeue-grace:$grace" "from:$from" "stage:${only:-0}" "gpus:${gpus:-1}"; do
+  [[ ${pair#*:} =~ ^[0-9]+$ ]] || flm_die "--${pair%%:*} must be a non-negative integer, got '${pair#*:}'"
+done
+((gpus_per_node > 0)) || flm_die "--gpus-per-node must be > 0"
+config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
+
+job_args=("$config" "${overrides[@]}")
+[[ -n $gpus ]] && job_args+=(--gpus "$gpus")
+jobs=$(flm_jobs "${job_args[@]}") || flm_die "cannot read the run config (see above)"
+
+# the jobs to submit: "index name world"
+selected=()
+while IFS=$'\t' read -r index name world _mp out_dir; do
+  [[ $world == "-" ]] && flm_die "stage $index ($name) has parallel.dp null, so its GPU count is unknown; pass --gpus N"
+  if [[ -n $only && $index != "$only" ]] || [[ $index != all && $index -lt $from ]]; then
+    continue
+  fi
+  selected+=("$index"$'\t'"$name"$'\t'"$world")
+  [[ -n $log_dir ]] || log_dir=$(dirname "$out_dir")/logs
+  [[ $index == all ]] && log_dir=$out_dir/logs
+done <<<"$jobs"
+((${#selected[@]})) || flm_die "no stage selected (the run has: $(cut -f1 <<<"$jobs" | tr '\n' ' '))"
+if ((whole)) && [[ ${selected[0]%%$'\t'*} != all ]]; then
+  worlds=$(printf '%s\n' "${selected[@]}" | cut -f3 | sort -u)
+  [[ $worlds =~ ^[0-9]+$ ]] || flm_die "--whole needs every stage on the same GPU count, they need: $(tr '\n' ' ' <<<"$worlds")"
+  selected=("all"$'\t'"$(basename "$config" .yaml)"$'\t'"$worlds")
+fi
+
+run_name=$(basename "$config" .yaml)
+previous=$after
+((dry_run)) || mkdir -p "$log_dir"
+for entry in "${selected[@]}"; do
+  IFS=$'\t' read -r index name world <<<"$entry"
+  ((world % gpus_per_node == 0)) || ((world < gpus_per_node)) ||
+    flm_die "stage $index ($name) needs $world GPUs, not a multiple of --gpus-per-node $gpus_per_node"
+  if ((world < gpus_per_node)); then
+    nodes=1 per_node=$world
+  else
+    nodes=$((world / gpus_per_node)) per_node=$gpus_per_node
+  fi
+  label=$([[ $index == all ]] && echo "all" || echo "stage$index-$name")
+  cmd=(sbatch --parsable --job-name "flm-$run_name-$label" --nodes "$nodes" --ntasks-per-node 1
+    --gpus-per-node "$per_node" --requeue --open-mode append --signal "B:USR1@$grace"
+    --output "$log_dir/$label.%j.log" --chdir "$PWD"
+    --export "ALL,FLM_REPO=$FLM_REPO,FLM_GPUS_PER_NODE=$per_node")
+  [[ -n $time_limit ]] && cmd+=(--time "$time_limit")
+  [[ -n $previous ]] && cmd+=(--dependency "afterok:$previous")
+  cmd+=("${extra[@]}" "$FLM_REPO/launch/slurm/stage.sbatch" "$config" "$index" "${overrides[@]}")
+  if ((dry_run)); then
+    echo "# $label: $world GPUs = $nodes node(s) x $per_node"
+    flm_show "${cmd[@]}"
+    previous="<job of $label>"
+  else
+    id=$("${cmd[@]}")
+    id=${id%%;*}
+    echo "submitted $label as job $id (${nodes} node(s) x ${per_node} GPUs${previous:+, after $previous}); log $log_dir/$label.$id.log"
+    previous=$id
+  fi
+done

