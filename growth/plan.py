@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from training.config_base import ConfigError, from_dict, read_yaml
+from training.config_base import join_key, ConfigError, from_dict, read_yaml
 
 from growth.shape import ModelShape
 
@@ -29,8 +29,6 @@ WidthOperator = Literal["none", "msg", "zero", "clone"]
 DepthOperator = Literal["none", "msg", "zero", "stack"]
 
 
-def _j(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 @dataclass
@@ -89,37 +87,37 @@ class GrowthPlan:
         return "msg" in (ops.hidden, ops.ffn, ops.heads, ops.depth)
 
     def validate(self, path: str) -> None:
-        self.old.validate(_j(path, "old"))
-        self.new.validate(_j(path, "new"))
+        self.old.validate(join_key(path, "old"))
+        self.new.validate(join_key(path, "new"))
         old, new, ops = self.old, self.new, self.operators
         if self.tp < 1:
-            raise ConfigError(_j(path, "tp"), "must be >= 1")
+            raise ConfigError(join_key(path, "tp"), "must be >= 1")
         for name in ("layers", "hidden", "ffn", "heads", "query_groups", "vocab"):
             if getattr(new, name) < getattr(old, name):
-                raise ConfigError(_j(path, f"new.{name}"),
+                raise ConfigError(join_key(path, f"new.{name}"),
                                   f"{getattr(new, name)} < old {getattr(old, name)}: growth never shrinks a dimension")
         if new.head_dim != old.head_dim:
-            raise ConfigError(_j(path, "new.head_dim"),
+            raise ConfigError(join_key(path, "new.head_dim"),
                               f"must stay {old.head_dim}: no operator changes the head dim (rotary frequencies "
                               "depend on it); grow the number of heads instead")
         for name in ("heads", "query_groups", "ffn", "vocab"):
             if getattr(new, name) % self.tp:
-                raise ConfigError(_j(path, f"new.{name}"),
+                raise ConfigError(join_key(path, f"new.{name}"),
                                   f"{getattr(new, name)} is not divisible by the target tp={self.tp}")
         self._check_operators(path)
         if self.uses_masks and self.ramp.steps < 1:
-            raise ConfigError(_j(path, "ramp.steps"), "msg needs a mask ramp of at least 1 step")
+            raise ConfigError(join_key(path, "ramp.steps"), "msg needs a mask ramp of at least 1 step")
         if self.init_std is not None and self.init_std <= 0:
-            raise ConfigError(_j(path, "init_std"), "must be > 0 (or null for the model's init_std)")
+            raise ConfigError(join_key(path, "init_std"), "must be > 0 (or null for the model's init_std)")
         if self.clone_noise < 0:
-            raise ConfigError(_j(path, "clone_noise"), "must be >= 0")
+            raise ConfigError(join_key(path, "clone_noise"), "must be >= 0")
         if self.clone_noise > 0 and "clone" not in (ops.hidden, ops.ffn, ops.heads):
-            raise ConfigError(_j(path, "clone_noise"), "only applies to clone; no dimension uses clone")
+            raise ConfigError(join_key(path, "clone_noise"), "only applies to clone; no dimension uses clone")
         if self.exact:
             reasons = inexact_reasons(self)
             if reasons:
                 key, why = reasons[0]
-                raise ConfigError(_j(path, key), f"{why}; set exact: false to accept a growth that changes "
+                raise ConfigError(join_key(path, key), f"{why}; set exact: false to accept a growth that changes "
                                   "the model's function")
 
     def _check_operators(self, path: str) -> None:
@@ -135,31 +133,31 @@ class GrowthPlan:
             op = getattr(ops, dim)
             if changes and op == "none":
                 allowed = "msg, zero or stack" if dim == "depth" else "msg, zero or clone"
-                raise ConfigError(_j(path, f"operators.{dim}"), f"{what} needs an operator: {allowed}")
+                raise ConfigError(join_key(path, f"operators.{dim}"), f"{what} needs an operator: {allowed}")
             if not changes and op != "none":
-                raise ConfigError(_j(path, f"operators.{dim}"), f"is {op!r} but {what.split(' ')[0]} does not "
+                raise ConfigError(join_key(path, f"operators.{dim}"), f"is {op!r} but {what.split(' ')[0]} does not "
                                   "change; use none")
         if ops.hidden == "clone" and new.hidden % old.hidden:
-            raise ConfigError(_j(path, "new.hidden"), f"clone needs an integer factor: {new.hidden} is not a "
+            raise ConfigError(join_key(path, "new.hidden"), f"clone needs an integer factor: {new.hidden} is not a "
                               f"multiple of {old.hidden}")
         if ops.ffn == "clone" and new.ffn % old.ffn:
-            raise ConfigError(_j(path, "new.ffn"), f"clone needs an integer factor: {new.ffn} is not a "
+            raise ConfigError(join_key(path, "new.ffn"), f"clone needs an integer factor: {new.ffn} is not a "
                               f"multiple of {old.ffn}")
         if ops.heads == "clone":
             if new.query_groups % old.query_groups or new.heads_per_group % old.heads_per_group:
-                raise ConfigError(_j(path, "new.heads"), "clone needs query_groups and heads per group each "
+                raise ConfigError(join_key(path, "new.heads"), "clone needs query_groups and heads per group each "
                                   f"grown by an integer factor: {old.heads}/{old.query_groups} -> "
                                   f"{new.heads}/{new.query_groups}")
         if ops.heads in ("msg", "zero") and new.heads_per_group < old.heads_per_group:
-            raise ConfigError(_j(path, "new.query_groups"),
+            raise ConfigError(join_key(path, "new.query_groups"),
                               f"{ops.heads} keeps every old query group whole, but heads per group would shrink "
                               f"{old.heads_per_group} -> {new.heads_per_group}")
         if ops.depth == "stack":
             if new.layers % old.layers:
-                raise ConfigError(_j(path, "new.layers"), f"stack repeats the whole stack: {new.layers} is not "
+                raise ConfigError(join_key(path, "new.layers"), f"stack repeats the whole stack: {new.layers} is not "
                                   f"a multiple of {old.layers}")
             if self.depth.init != "copy":
-                raise ConfigError(_j(path, "depth.init"), "stack repeats the trained layers; use copy")
+                raise ConfigError(join_key(path, "depth.init"), "stack repeats the trained layers; use copy")
 
 
 def inexact_reasons(plan: GrowthPlan, cfg=None) -> list[tuple[str, str]]:
@@ -209,22 +207,22 @@ def check_plan(plan: GrowthPlan, cfg, path: str = "growth"):
     have = ModelShape.from_model_config(cfg)
     for name in ("layers", "hidden", "ffn", "heads", "query_groups", "head_dim"):
         if getattr(old, name) != getattr(have, name):
-            raise ConfigError(_j(path, f"old.{name}"),
+            raise ConfigError(join_key(path, f"old.{name}"),
                               f"{getattr(old, name)} but the model being grown has {getattr(have, name)}")
     if old.vocab < cfg.vocab_size or old.vocab % cfg.make_vocab_size_divisible_by:
-        raise ConfigError(_j(path, "old.vocab"),
+        raise ConfigError(join_key(path, "old.vocab"),
                           f"{old.vocab} is not a padding of the model's vocab_size {cfg.vocab_size} "
                           f"(a multiple of {cfg.make_vocab_size_divisible_by} x tp, at least vocab_size)")
     new_cfg = new_model_config(plan, cfg)
     padded = new_cfg.padded_vocab_size(plan.tp)
     if plan.new.vocab != padded:
-        raise ConfigError(_j(path, "new.vocab"), f"{plan.new.vocab}, but the grown model pads vocab_size "
+        raise ConfigError(join_key(path, "new.vocab"), f"{plan.new.vocab}, but the grown model pads vocab_size "
                           f"{cfg.vocab_size} to {padded} rows at tp={plan.tp}; set new.vocab: {padded}")
     if plan.exact:
         reasons = inexact_reasons(plan, cfg)
         if reasons:
             key, why = reasons[0]
-            raise ConfigError(_j(path, key), f"{why}; set exact: false to accept a growth that changes the "
+            raise ConfigError(join_key(path, key), f"{why}; set exact: false to accept a growth that changes the "
                               "model's function")
     return new_cfg
 

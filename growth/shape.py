@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.config_base import ConfigError
+from training.config_base import join_key, ConfigError
 
 
-def _j(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 @dataclass
@@ -32,12 +30,12 @@ class ModelShape:
     def validate(self, path: str) -> None:
         for name in ("layers", "hidden", "ffn", "heads", "query_groups", "head_dim", "vocab"):
             if getattr(self, name) <= 0:
-                raise ConfigError(_j(path, name), "required; must be a positive integer")
+                raise ConfigError(join_key(path, name), "required; must be a positive integer")
         if self.heads % self.query_groups:
-            raise ConfigError(_j(path, "query_groups"),
+            raise ConfigError(join_key(path, "query_groups"),
                               f"{self.heads} heads are not divisible into {self.query_groups} query groups")
         if self.head_dim % 2:
-            raise ConfigError(_j(path, "head_dim"), f"{self.head_dim} must be even for rotary embeddings")
+            raise ConfigError(join_key(path, "head_dim"), f"{self.head_dim} must be even for rotary embeddings")
 
     @classmethod
     def from_model_config(cls, cfg, tp: int = 1) -> "ModelShape":

@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from training.config_base import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from training.config_base import join_key, ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from training.data.config import DataConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _j(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 @dataclass
@@ -72,25 +70,25 @@ class ModelConfig:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                      "vocab_size", "seq_length", "make_vocab_size_divisible_by"):
             if getattr(self, name) <= 0:
-                raise ConfigError(_j(path, name), "must be a positive integer")
+                raise ConfigError(join_key(path, name), "must be a positive integer")
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(
-                _j(path, "num_attention_heads"),
+                join_key(path, "num_attention_heads"),
                 f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads; "
                 "choose a divisor of hidden_size or set kv_channels",
             )
         if self.num_attention_heads % self.query_groups:
             raise ConfigError(
-                _j(path, "num_query_groups"),
+                join_key(path, "num_query_groups"),
                 f"{self.num_attention_heads} heads are not divisible into {self.query_groups} groups",
             )
         if self.head_dim % 2:
-            raise ConfigError(_j(path, "kv_channels"), f"head dim {self.head_dim} must be even for rotary embeddings")
+            raise ConfigError(join_key(path, "kv_channels"), f"head dim {self.head_dim} must be even for rotary embeddings")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(_j(path, name), "must be in [0, 1)")
+                raise ConfigError(join_key(path, name), "must be in [0, 1)")
         if self.norm_eps <= 0 or self.init_std <= 0:
-            raise ConfigError(_j(path, "norm_eps" if self.norm_eps <= 0 else "init_std"), "must be > 0")
+            raise ConfigError(join_key(path, "norm_eps" if self.norm_eps <= 0 else "init_std"), "must be > 0")
 
 
 @dataclass
@@ -108,13 +106,13 @@ class ParallelConfig:
     def validate(self, path: str) -> None:
         for name in ("tp", "pp"):
             if getattr(self, name) < 1:
-                raise ConfigError(_j(path, name), "must be >= 1")
+                raise ConfigError(join_key(path, name), "must be >= 1")
         if self.dp is not None and self.dp < 1:
-            raise ConfigError(_j(path, "dp"), "must be >= 1 or null")
+            raise ConfigError(join_key(path, "dp"), "must be >= 1 or null")
         if self.virtual_pp is not None and (self.virtual_pp < 2 or self.pp < 2):
-            raise ConfigError(_j(path, "virtual_pp"), "needs pp >= 2 and a value >= 2 (or null)")
+            raise ConfigError(join_key(path, "virtual_pp"), "needs pp >= 2 and a value >= 2 (or null)")
         if self.sequence_parallel and self.tp == 1:
-            raise ConfigError(_j(path, "sequence_parallel"), "needs tp >= 2; set it to false for tp=1")
+            raise ConfigError(join_key(path, "sequence_parallel"), "needs tp >= 2; set it to false for tp=1")
 
     def data_parallel_size(self, world_size: int) -> int:
         """DP size for ``world_size`` processes, or ConfigError if the layout does not fit."""
@@ -161,24 +159,27 @@ class TrainConfig:
     log_interval: int = 1
     #: what to do when the loss is NaN/inf: stop with an error, or skip the step
     on_nan: Literal["raise", "skip"] = "raise"
+    #: activation recomputation (megatron-core): none; selective = core attention only
+    #: (Korthikanti et al. 2022); full = every layer's activations
+    recompute: Literal["none", "selective", "full"] = "none"
 
     def validate(self, path: str) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval", "eval_interval"):
             if getattr(self, name) <= 0:
-                raise ConfigError(_j(path, name), "must be a positive integer")
+                raise ConfigError(join_key(path, name), "must be a positive integer")
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(
-                _j(path, "global_batch_size"),
+                join_key(path, "global_batch_size"),
                 f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}",
             )
         if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(_j(path, "min_lr"), f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+            raise ConfigError(join_key(path, "min_lr"), f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
         if self.warmup_steps < 0:
-            raise ConfigError(_j(path, "warmup_steps"), "must be >= 0")
+            raise ConfigError(join_key(path, "warmup_steps"), "must be >= 0")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
-            raise ConfigError(_j(path, "adam_beta1"), "Adam betas must be in [0, 1)")
+            raise ConfigError(join_key(path, "adam_beta1"), "Adam betas must be in [0, 1)")
         if self.clip_grad < 0:
-            raise ConfigError(_j(path, "clip_grad"), "must be >= 0 (0 disables clipping)")
+            raise ConfigError(join_key(path, "clip_grad"), "must be >= 0 (0 disables clipping)")
 
     def micro_batches(self, dp: int) -> int:
         per_rank = self.global_batch_size // dp if self.global_batch_size % dp == 0 else None
@@ -202,9 +203,9 @@ class CheckpointConfig:
 
     def validate(self, path: str) -> None:
         if self.save_interval < 0:
-            raise ConfigError(_j(path, "save_interval"), "must be >= 0")
+            raise ConfigError(join_key(path, "save_interval"), "must be >= 0")
         if self.keep_last < 1:
-            raise ConfigError(_j(path, "keep_last"), "must be >= 1")
+            raise ConfigError(join_key(path, "keep_last"), "must be >= 1")
 
 
 @dataclass
@@ -242,9 +243,9 @@ class StageGrowthConfig:
     def validate(self, path: str) -> None:
         for dim, op in self.operators.items():
             if dim not in ("hidden", "ffn", "heads", "depth"):
-                raise ConfigError(_j(path, f"operators.{dim}"), "unknown dimension; allowed: hidden, ffn, heads, depth")
+                raise ConfigError(join_key(path, f"operators.{dim}"), "unknown dimension; allowed: hidden, ffn, heads, depth")
         if self.ramp_steps < 1:
-            raise ConfigError(_j(path, "ramp_steps"), "must be >= 1")
+            raise ConfigError(join_key(path, "ramp_steps"), "must be >= 1")
 
 
 @dataclass
@@ -263,9 +264,9 @@ class StageConfig:
 
     def validate(self, path: str) -> None:
         if self.tokens <= 0:
-            raise ConfigError(_j(path, "tokens"), f"the token budget must be > 0, got {self.tokens}")
+            raise ConfigError(join_key(path, "tokens"), f"the token budget must be > 0, got {self.tokens}")
         if "steps" in self.train:
-            raise ConfigError(_j(path, "train.steps"), "a stage's length is its token budget; set tokens instead")
+            raise ConfigError(join_key(path, "train.steps"), "a stage's length is its token budget; set tokens instead")
 
 
 @dataclass
@@ -284,11 +285,11 @@ class RunConfig:
 
     def validate(self, path: str) -> None:
         for i, stage in enumerate(self.stages):
-            where = _j(path, f"stages[{i}]")
+            where = join_key(path, f"stages[{i}]")
             if i == 0 and stage.growth is not None:
-                raise ConfigError(_j(where, "growth"), "the first stage is trained from scratch; remove its growth section")
+                raise ConfigError(join_key(where, "growth"), "the first stage is trained from scratch; remove its growth section")
             if i > 0 and stage.growth is None:
-                raise ConfigError(_j(where, "growth"), "every stage after the first needs a growth section")
+                raise ConfigError(join_key(where, "growth"), "every stage after the first needs a growth section")
             stage_config(self, i, path)  # the merged single-stage config must be valid too
         m, p = self.model, self.parallel
         for name, value in (("num_attention_heads", m.num_attention_heads),
@@ -296,22 +297,22 @@ class RunConfig:
                             ("ffn_hidden_size", m.ffn_hidden_size)):
             if value % p.tp:
                 raise ConfigError(
-                    _j(path, f"model.{name}"),
+                    join_key(path, f"model.{name}"),
                     f"{value} is not divisible by parallel.tp={p.tp}; allowed tp values: "
                     f"{[d for d in range(1, value + 1) if value % d == 0]}",
                 )
         layers_per_rank = p.pp * (p.virtual_pp or 1)
         if m.num_layers % layers_per_rank:
             raise ConfigError(
-                _j(path, "model.num_layers"),
+                join_key(path, "model.num_layers"),
                 f"{m.num_layers} layers cannot be split evenly over pp={p.pp}"
                 + (f" x virtual_pp={p.virtual_pp}" if p.virtual_pp else ""),
             )
         if p.sequence_parallel and m.seq_length % p.tp:
-            raise ConfigError(_j(path, "model.seq_length"), f"must be divisible by tp={p.tp} with sequence_parallel")
+            raise ConfigError(join_key(path, "model.seq_length"), f"must be divisible by tp={p.tp} with sequence_parallel")
         if p.virtual_pp and self.train.global_batch_size // self.train.micro_batch_size % p.pp:
             raise ConfigError(
-                _j(path, "train.global_batch_size"),
+                join_key(path, "train.global_batch_size"),
                 "the interleaved schedule needs the number of micro-batches to be a multiple of pp",
             )
 
@@ -353,10 +354,10 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     import dataclasses
 
     stage = run.stages[index]
-    where = _j(path, f"stages[{index}]")
+    where = join_key(path, f"stages[{index}]")
     train_data = dict(to_dict(run.train), **stage.train)
     try:
-        train = from_dict(TrainConfig, train_data, _j(where, "train"))
+        train = from_dict(TrainConfig, train_data, join_key(where, "train"))
     except ConfigError:
         raise
     if stage.growth is not None and stage.growth.lr_policy == "rewind":
@@ -371,7 +372,7 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     try:
         single.validate("")
     except ConfigError as err:
-        raise ConfigError(_j(where, err.key), err.message) from None
+        raise ConfigError(join_key(where, err.key), err.message) from None
     return single
 
 

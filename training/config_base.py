@@ -33,7 +33,8 @@ class ConfigError(ValueError):
         super().__init__(f"{where}config key '{key}': {message}")
 
 
-def _join(path: str, key: str) -> str:
+def join_key(path: str, key: str) -> str:
+    """Dotted key of ``key`` inside section ``path`` (for error messages)."""
     return f"{path}.{key}" if path else key
 
 
@@ -89,7 +90,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {value!r}")
         _, val_tp = get_args(tp) or (str, Any)
-        return {str(k): _convert(val_tp, v, _join(path, str(k))) for k, v in value.items()}
+        return {str(k): _convert(val_tp, v, join_key(path, str(k))) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -123,10 +124,10 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            _join(path, unknown[0]),
+            join_key(path, unknown[0]),
             f"unknown key; allowed keys here: {', '.join(sorted(fields))}",
         )
-    kwargs = {name: _convert(hints[name], value, _join(path, name)) for name, value in data.items()}
+    kwargs = {name: _convert(hints[name], value, join_key(path, name)) for name, value in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:

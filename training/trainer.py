@@ -71,7 +71,8 @@ class Trainer:
         self.train_source = train_source
         self.valid_source = valid_source
         self.output_dir = Path(output_dir or cfg.output_dir)
-        self.tconfig = transformer_config(cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo")
+        self.tconfig = transformer_config(cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo",
+                                          recompute=cfg.train.recompute)
         chunks = build_model(cfg.model, self.tconfig)
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]

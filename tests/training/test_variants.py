@@ -26,6 +26,8 @@ VARIANTS = {
     "mup-multipliers": ["model.input_multiplier=4.0", "model.output_multiplier=0.25"],
     "dropout-on": ["model.hidden_dropout=0.1", "model.attention_dropout=0.1"],
     "padded-vocab": ["model.vocab_size=500"],
+    "recompute-selective": ["train.recompute=selective"],
+    "recompute-full": ["train.recompute=full"],
 }
 
 
@@ -45,6 +47,13 @@ def test_variant_trains_with_decreasing_loss(tmp_path, name):
     assert len(losses) == 10 and all(l == l for l in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
     assert trainer.evaluate() < losses[0]
+
+
+def test_recomputation_gives_the_same_losses(tmp_path):
+    plain = [r.loss for r in make_trainer(tmp_path / "a", ["train.steps=3"]).fit()]
+    for mode in ("selective", "full"):
+        again = [r.loss for r in make_trainer(tmp_path / mode, ["train.steps=3", f"train.recompute={mode}"]).fit()]
+        assert again == pytest.approx(plain, rel=1e-6), mode
 
 
 def test_padded_vocab_rows_get_no_probability(tmp_path):

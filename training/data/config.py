@@ -23,11 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from training.config_base import ConfigError
+from training.config_base import join_key, ConfigError
 
 
-def _j(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 @dataclass
@@ -41,9 +39,9 @@ class DatasetConfig:
 
     def validate(self, path: str) -> None:
         if not self.path:
-            raise ConfigError(_j(path, "path"), "must name a prepared dataset directory (flm data prepare --out DIR)")
+            raise ConfigError(join_key(path, "path"), "must name a prepared dataset directory (flm data prepare --out DIR)")
         if not self.weight > 0:
-            raise ConfigError(_j(path, "weight"), f"must be > 0, got {self.weight}")
+            raise ConfigError(join_key(path, "weight"), f"must be > 0, got {self.weight}")
 
 
 @dataclass
@@ -65,21 +63,21 @@ class DataConfig:
 
     def validate(self, path: str) -> None:
         if self.seed < 0:
-            raise ConfigError(_j(path, "seed"), "must be >= 0")
+            raise ConfigError(join_key(path, "seed"), "must be >= 0")
         if self.kind == "prepared" and not self.datasets:
             raise ConfigError(
-                _j(path, "datasets"),
+                join_key(path, "datasets"),
                 "kind 'prepared' needs at least one dataset, e.g. datasets: [{path: data/web, weight: 1.0}]",
             )
         seen: set[str] = set()
         for i, entry in enumerate(self.datasets):
             if entry.path in seen:
-                raise ConfigError(_j(path, f"datasets[{i}].path"),
+                raise ConfigError(join_key(path, f"datasets[{i}].path"),
                                   f"{entry.path!r} is listed twice; give it once with the summed weight")
             seen.add(entry.path)
         if not 0.0 < self.validation_fraction <= 0.5:
-            raise ConfigError(_j(path, "validation_fraction"), f"must be in (0, 0.5], got {self.validation_fraction}")
+            raise ConfigError(join_key(path, "validation_fraction"), f"must be in (0, 0.5], got {self.validation_fraction}")
         if not self.default_dir:
-            raise ConfigError(_j(path, "default_dir"), "must be a directory path")
+            raise ConfigError(join_key(path, "default_dir"), "must be a directory path")
         if self.workers < 1:
-            raise ConfigError(_j(path, "workers"), "must be >= 1")
+            raise ConfigError(join_key(path, "workers"), "must be >= 1")

@@ -25,9 +25,16 @@ from training.config import ModelConfig, ParallelConfig
 from training.model.spec import block_spec
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, bf16: bool, gloo: bool) -> TransformerConfig:
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, bf16: bool, gloo: bool,
+                       recompute: str = "none") -> TransformerConfig:
     dtype = torch.bfloat16 if bf16 else torch.float32
+    recompute_args = {
+        "none": {},
+        "selective": {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]},
+        "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+    }[recompute]
     return TransformerConfig(
+        **recompute_args,
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         ffn_hidden_size=model.ffn_hidden_size,
