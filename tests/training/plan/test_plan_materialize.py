@@ -34,6 +34,16 @@ LAYOUTS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_process_group():
+    """Earlier in-process tests (trainers at world size 1) may have left a process group behind;
+    materialize simulates its own, so start each test without one (trainers re-create theirs)."""
+    from training.parallel import teardown
+
+    teardown()
+    yield
+
+
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_meta_build_matches_analytic_counts(name):
     cfg = load_run_config(TINY, LAYOUTS[name])
