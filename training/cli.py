@@ -43,10 +43,9 @@ def _relaunch_under_torchrun(nproc: int) -> int:
     argv = [a for a in sys.argv[1:]]
     i = argv.index("--nproc")
     del argv[i:i + 2]
-    from training.parallel import _free_port
+    from training.parallel import torchrun_command
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--master-port={_free_port()}", "-m", "training.cli", *argv]
+    cmd = torchrun_command(nproc, argv)
     print("+ " + " ".join(cmd), file=sys.stderr)
     return subprocess.call(cmd)
 

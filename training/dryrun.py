@@ -50,10 +50,9 @@ def run(args) -> int:
     out = Path(cfg.output_dir)
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    from training.parallel import _free_port
+    from training.parallel import torchrun_command
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
-           f"--master-port={_free_port()}", "-m", "training.cli", "train", args.config, "--resume", *overrides]
+    cmd = torchrun_command(args.nproc, ["train", args.config, "--resume", *overrides])
     print("+ " + " ".join(cmd), file=sys.stderr)
     code = subprocess.call(cmd, env=dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore")))
     if code != 0:

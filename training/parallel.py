@@ -43,6 +43,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_command(nproc: int, flm_args: list[str]) -> list[str]:
+    """The command that runs ``flm <flm_args>`` in ``nproc`` local processes under torchrun."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+            f"--master-port={_free_port()}", "-m", "training.cli", *flm_args]
+
+
 def init_process_group() -> None:
     if dist.is_initialized():
         return
