@@ -1,32 +1,69 @@
 """Grow a checkpoint: the transform behind ``flm grow`` and the stage transitions of ``flm train``.
 
-``grow_checkpoint(src, dst, plan)`` reads a checkpoint saved under any TP/PP/DP layout as logical
-tensors (``training.logical.read_logical``), grows every parameter with ``grow_tensor`` and every
-Adam moment with ``grow_moment``, and writes a logical checkpoint at ``dst`` that loads under any
-layout with ``flm train --init-from`` (weights, moments, Adam step, growth masks, consumed samples).
-``dst`` is never overwritten and no partial ``dst`` is left on failure.
+``grow_checkpoint(src, dst, plan)`` reads a checkpoint saved under any TP/PP/DP layout and writes a
+logical checkpoint at ``dst`` that loads under any layout with ``flm train --init-from`` (weights,
+Adam moments, Adam step, growth masks, consumed samples).
+
+It streams: every grown tensor is declared to the writer (``training.dcp_io``) with its shape and
+cut into chunks (one layer per chunk for ``decoder.layers.*``); a chunk is computed only when the
+writer asks for it, from the old layer it grows from (``growth.operators.grow_layer`` /
+``growth.optimizer_state.grow_moment_layer``), which is read from ``src`` on demand. Peak memory is
+about one old layer plus one grown layer of the largest tensor (plus the embedding/output matrix,
+which is one chunk), never the model. When several processes run it (a staged run under torchrun),
+the chunks are spread over them and written in parallel.
+
+``verify`` (on by default) then runs a fixed batch through the old model read from ``src`` and the
+grown model read back from what was written (float64, masks at 0, one layer in memory at a time),
+on rank 0. If the plan's operators are exact and the logits differ, the grow fails
+(``GrowthVerificationError``) and nothing is left at ``dst``. ``dst`` is never overwritten and no
+partial ``dst`` is left on any failure.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
-from growth.operators import prepare_growth, grow_tensor
-from growth.optimizer_state import grow_moment
-from growth.plan import GrowthPlan, check_plan
-from growth.verify import VerifyReport, verify
+from growth.errors import GrowthError
+from growth.operators import Growth, grow_layer, grow_tensor, prepare_growth
+from growth.optimizer_state import grow_moment, grow_moment_layer
+from growth.plan import GrowthPlan
+from growth.roles import logical_keys, role_of
+from growth.verify import VerifyReport, verify_weights
 from training.checkpoint import CheckpointError, read_meta, resolve
 from training.config import RunConfig
 from training.config_base import from_dict, to_dict
+from training.dcp_io import ChunkedTensor, TensorReader
+from training.logical import moment_key, write_logical_chunks
 
-#: |dlogit| <= VERIFY_ATOL + VERIFY_RTOL * max|logit| counts as function-preserving (float64 check)
-VERIFY_ATOL = 1e-10
-VERIFY_RTOL = 1e-10
+#: |dlogit| <= tol * (1 + max|logit|) counts as function-preserving. The check computes in float64, so
+#: the only difference left by an exact operator is the rounding of grown values that are not copies
+#: (zero-init RMSNorm gains rescaled by sqrt(H/H'), clone's 1/k) to the checkpoint's dtype.
+VERIFY_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+MOMENTS = (("exp_avg", 1), ("exp_avg_sq", 2))
+
+
+class GrowthVerificationError(GrowthError):
+    """The plan's operators are exact, but the grown model does not compute what the old one did."""
+
+    def __init__(self, report: VerifyReport, tolerance: float) -> None:
+        super().__init__(
+            f"the grown model does not compute what the old one did: max |dlogit| {report.max_abs_dlogit:.3e} "
+            f"(max |logit| {report.max_abs_logit:.3e}, tolerance {tolerance:g} x (1 + max|logit|)), |dloss| "
+            f"{report.abs_dloss:.3e}; the plan's operators are exact, so this is a bug — please report it with "
+            "the plan and the source checkpoint's config")
+        self.report = report
+
+
+def verify_tolerance(dtype: torch.dtype) -> float:
+    """The exactness tolerance (relative to 1 + max|logit|) for weights stored in ``dtype``."""
+    return VERIFY_TOLERANCE.get(dtype, VERIFY_TOLERANCE[torch.bfloat16])
 
 
 @dataclass
@@ -37,12 +74,14 @@ class GrowReport:
     old_params: int
     new_params: int
     verify: Optional[VerifyReport]
+    #: |dlogit| <= tolerance * (1 + max|logit|) is "preserved" (see VERIFY_TOLERANCE)
+    tolerance: float = VERIFY_TOLERANCE[torch.float64]
 
     @property
     def preserved(self) -> Optional[bool]:
         if self.verify is None:
             return None
-        return self.verify.within(VERIFY_ATOL, VERIFY_RTOL)
+        return self.verify.within(self.tolerance, self.tolerance)
 
     def summary(self) -> str:
         lines = [f"grew {self.src} -> {self.dst}: {self.old_params:,} -> {self.new_params:,} parameters "
@@ -50,8 +89,8 @@ class GrowReport:
         if self.verify is not None:
             v = self.verify
             lines.append(f"verify (float64, masks at 0): max |dlogit| = {v.max_abs_dlogit:.3e} "
-                         f"(max |logit| {v.max_abs_logit:.3e}), |dloss| = {v.abs_dloss:.3e} "
-                         f"[{'preserved' if self.preserved else 'CHANGED'}]")
+                         f"(max |logit| {v.max_abs_logit:.3e}; tolerance {self.tolerance:g} x (1 + max|logit|)), "
+                         f"|dloss| = {v.abs_dloss:.3e} [{'preserved' if self.preserved else 'CHANGED'}]")
         return "\n".join(lines)
 
 
@@ -60,9 +99,113 @@ def verify_tokens(vocab_size: int, seq_length: int, seed: int = 0, batch: int = 
     return torch.randint(0, vocab_size, (batch, min(seq_length, 64)), generator=gen)
 
 
+@dataclass(frozen=True)
+class CheckpointWeights:
+    """``growth.verify.Weights`` read from a checkpoint on demand (one layer at a time)."""
+
+    reader: TensorReader
+    cfg: object
+
+    def tensor(self, key: str) -> Optional[torch.Tensor]:
+        return self.reader.read(key) if key in self.reader else None
+
+    def layer(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: self.reader.read(k, index, 1)[0] for k in logical_keys(self.cfg) if role_of(k).layered}
+
+
+class _OldTensors:
+    """The old checkpoint's tensors as the grown chunks need them: a per-layer tensor stored one
+    layer per chunk (training checkpoints, checkpoints this module writes) is read a layer at a time;
+    one stored in bigger chunks (logical checkpoints of older versions) is read whole once and kept
+    until another such tensor is needed. Thread-safe (the writer's threads call it concurrently)."""
+
+    def __init__(self, reader: TensorReader) -> None:
+        self.reader = reader
+        self._whole: tuple[Optional[str], Optional[torch.Tensor]] = (None, None)
+
+    def whole(self, key: str) -> torch.Tensor:
+        return self.reader.read(key)
+
+    def layer(self, key: str, index: int) -> torch.Tensor:
+        if self.reader.stored_rows(key) <= 1:
+            return self.reader.read(key, index, 1)[0]
+        cached = self._whole  # one read of the shared slot: another thread may replace it meanwhile
+        if cached[0] != key:
+            cached = (key, self.reader.read(key))
+            self._whole = cached
+        return cached[1][index]
+
+
+def _check_source(reader: TensorReader, g: Growth, src: Path) -> list[str]:
+    """The parameter keys to grow; GrowthError naming what does not fit the plan's old model."""
+    keys = logical_keys(g.old_cfg)
+    stored = [k for k in reader.keys() if not k.startswith("optimizer.") and not k.endswith("_extra_state")]
+    missing = [k for k in keys if k not in reader]
+    unknown = sorted(set(stored) - set(keys))
+    if missing or unknown:
+        raise GrowthError(f"{src} does not hold the model its config describes: missing {missing[:5]}, "
+                          f"unexpected {unknown[:5]}")
+    for key in keys:
+        for name in [key] + [moment_key(m, key) for m, _ in MOMENTS if moment_key(m, key) in reader]:
+            want = g.old_shape(key)
+            if reader.shape(name) != want:
+                raise GrowthError(f"{src}: {name} has shape {reader.shape(name)}, the plan's old model {want}")
+    return keys
+
+
+def _entries(g: Growth, reader: TensorReader, keys: list[str]) -> list[ChunkedTensor]:
+    """One ``ChunkedTensor`` per grown parameter and moment; chunks are produced on demand."""
+    old = _OldTensors(reader)
+
+    def source(name: str, j: int) -> Optional[torch.Tensor]:
+        """The old layer that new layer ``j`` of tensor ``name`` grows from (None: a fresh layer)."""
+        s = g.layers[j].source
+        return None if s is None else old.layer(name, s)
+
+    entries = []
+    for key in keys:
+        dtype, layered, new_shape = reader.dtype(key), role_of(key).layered, g.new_shape(key)
+        if layered:
+            entries.append(ChunkedTensor(key, new_shape, dtype, rows=1, produce=lambda j, key=key, dtype=dtype:
+                                         grow_layer(g, key, j, source(key, j), dtype=dtype)[None]))
+        else:
+            entries.append(ChunkedTensor(key, new_shape, dtype, produce=lambda _, key=key: grow_tensor(g, key, old.whole(key))))
+        for m, order in MOMENTS:
+            name = moment_key(m, key)
+            if name not in reader:
+                continue
+            mdtype = reader.dtype(name)
+            if layered:
+                produce = (lambda j, key=key, name=name, order=order, mdtype=mdtype:
+                           grow_moment_layer(g, key, j, None if g.layers[j].is_new else source(name, j), order,
+                                             dtype=mdtype)[None])
+                entries.append(ChunkedTensor(name, new_shape, mdtype, rows=1, produce=produce))
+            else:
+                entries.append(ChunkedTensor(name, new_shape, mdtype, produce=lambda _, key=key, name=name, order=order:
+                                             grow_moment(g, key, old.whole(name), order)))
+    return entries
+
+
+def _verify(g: Growth, plan: GrowthPlan, old: TensorReader, written: Path) -> VerifyReport:
+    """Rank 0 runs the check (one layer in memory at a time); every rank gets the report."""
+    report = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        tokens = verify_tokens(g.old_cfg.vocab_size, g.old_cfg.seq_length, seed=plan.seed)
+        report[0] = verify_weights(g.old_cfg, CheckpointWeights(old, g.old_cfg), g.new_cfg,
+                                   CheckpointWeights(TensorReader(written), g.new_cfg), g.masks, tokens)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(report, src=0)
+    return report[0]
+
+
 def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_verify: bool = True) -> GrowReport:
-    """Grow checkpoint ``src`` into ``dst`` with ``plan`` (collective when distributed; rank 0 writes)."""
-    from training.logical import read_logical, write_logical
+    """Grow checkpoint ``src`` into ``dst`` with ``plan`` (collective when distributed).
+
+    Raises ``CheckpointError`` (paths), ``ConfigError`` (plan), ``GrowthError`` (tensors that do not
+    fit the plan) before anything is written, and ``GrowthVerificationError`` when exact operators
+    did not preserve the function; ``dst`` exists afterwards only on success.
+    """
+    from training.parallel import init_process_group
 
     dst = Path(dst)
     if dst.exists():
@@ -70,32 +213,33 @@ def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_v
     src = resolve(src)
     meta = read_meta(src)
     run = from_dict(RunConfig, meta["config"])
-    old_cfg = run.model
-    new_cfg = check_plan(plan, old_cfg)
-    params, moments = read_logical(src)
-    g = prepare_growth(plan, old_cfg)
-    new_params = {k: grow_tensor(g, k, v) for k, v in params.items()}
-    new_moments = {
-        m: {k: grow_moment(g, k, v, order) for k, v in moments[m].items()}
-        for m, order in (("exp_avg", 1), ("exp_avg_sq", 2))
-    }
-    report = None
-    if run_verify:
-        tokens = verify_tokens(old_cfg.vocab_size, old_cfg.seq_length, seed=plan.seed)
-        as64 = lambda state: {k: v.double() for k, v in state.items()}  # noqa: E731
-        report = verify(old_cfg, as64(params), new_cfg, as64(new_params), g.masks, tokens)
-    new_run = dataclasses.replace(run, model=new_cfg)
-    growth_meta = {
-        "plan": to_dict(plan),
-        "masks": g.masks.to_dict() if g.masks is not None else None,
-        "exact": g.exact,
-        "source": str(src),
-        "verify": dataclasses.asdict(report) if report is not None else None,
-    }
-    write_logical(dst, new_params, {
-        "config": to_dict(new_run), "step": 0, "consumed_samples": int(meta.get("consumed_samples", 0)),
-        "adam_step": int(meta.get("adam_step", meta.get("step", 0))), "growth": growth_meta,
-    }, new_moments)
-    count = lambda state: sum(v.numel() for v in state.values())  # noqa: E731
-    return GrowReport(src=src, dst=dst, exact=g.exact, old_params=count(params), new_params=count(new_params),
-                      verify=report)
+    g = prepare_growth(plan, run.model)
+    init_process_group()
+    reader = TensorReader(src)
+    keys = _check_source(reader, g, src)
+    entries = _entries(g, reader, keys)
+    has_moments = any(e.key.startswith("optimizer.") for e in entries)
+    tolerance = max(verify_tolerance(reader.dtype(k)) for k in keys)
+    result: dict[str, Optional[VerifyReport]] = {"verify": None}
+
+    def finish(written: Path) -> dict:
+        if run_verify:
+            report = _verify(g, plan, reader, written)
+            result["verify"] = report
+            if g.exact and not report.within(tolerance, tolerance):
+                raise GrowthVerificationError(report, tolerance)
+        return {
+            "config": to_dict(dataclasses.replace(run, model=g.new_cfg)), "step": 0,
+            "consumed_samples": int(meta.get("consumed_samples", 0)),
+            "adam_step": int(meta.get("adam_step", meta.get("step", 0))),
+            "growth": {
+                "plan": to_dict(plan), "masks": g.masks.to_dict() if g.masks is not None else None,
+                "exact": g.exact, "source": str(src),
+                "verify": dataclasses.asdict(result["verify"]) if result["verify"] is not None else None,
+            },
+        }
+
+    write_logical_chunks(dst, entries, finish, has_moments=has_moments)
+    count = lambda shapes: sum(math.prod(s) for s in shapes)  # noqa: E731
+    return GrowReport(src=src, dst=dst, exact=g.exact, old_params=count(reader.shape(k) for k in keys),
+                      new_params=count(g.new_shape(k) for k in keys), verify=result["verify"], tolerance=tolerance)

@@ -30,7 +30,7 @@ from growth.errors import GrowthError
 from growth.masks import MaskState
 from growth.plan import GrowthPlan, check_plan, inexact_reasons
 from growth.roles import TensorRole, logical_keys, role_of, tensor_shape
-from growth.tensor_ops import any_axis, axis_product, gather
+from growth.tensor_ops import any_axis, gather, nonunit_product, place_old_, zero_where_
 
 
 @dataclass(frozen=True)
@@ -118,25 +118,28 @@ def _randn(shape, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
 
 def _fill(role: TensorRole, shape, dtype, std: float, gen: torch.Generator) -> Tensor:
     if role.fill == "weight":
-        return _randn(shape, dtype, gen) * std
+        return _randn(shape, dtype, gen).mul_(std)
     if role.fill == "norm_weight":
         return torch.ones(shape, dtype=dtype)
     return torch.zeros(shape, dtype=dtype)
 
 
 def _grow_slice(g: Growth, role: TensorRole, maps: list[ax.AxisMap], old: Tensor, tag) -> Tensor:
-    """One per-layer slice (or a non-layered tensor) grown along all its axes."""
-    out = gather(old, maps)
-    new = any_axis(maps, lambda m: m.new).to(out.device)
-    if new.any():
-        fill = _fill(role, out.shape, out.dtype, g.init_std, _generator(g.plan.seed, *tag)).to(out.device)
-        out = torch.where(new, fill, out)
-    scale = axis_product(maps, lambda m: m.scale)
-    if not bool((scale == 1).all()):
-        out = out * scale.to(out.dtype).to(out.device)
-    zero = any_axis(maps, lambda m: m.new & m.zero_new).to(out.device)
-    if zero.any():
-        out = out.masked_fill(zero, 0)
+    """One per-layer slice (or a non-layered tensor) grown along all its axes: the new entries'
+    fill with the old block placed into it (or the gathered old tensor when nothing is new), then
+    scaled and zeroed in place, so memory is about the grown slice."""
+    if any(bool(m.new.any()) for m in maps):
+        shape = tuple(m.size for m in maps)
+        out = place_old_(_fill(role, shape, old.dtype, g.init_std, _generator(g.plan.seed, *tag)).to(old.device),
+                         old, maps)
+    else:
+        out = gather(old, maps)
+        if out is old:
+            out = out.clone()
+    scale = nonunit_product(maps, lambda m: m.scale)
+    if scale is not None:
+        out.mul_(scale.to(out.dtype).to(out.device))
+    zero_where_(out, maps, lambda m: m.new & m.zero_new)
     if g.plan.clone_noise > 0 and role.fill == "weight":
         copies = (any_axis(maps, lambda m: m.copy) & ~any_axis(maps, lambda m: m.new)).to(out.device)
         noise = _randn(out.shape, out.dtype, _generator(g.plan.seed, *tag, "noise")).to(out.device)
@@ -149,21 +152,40 @@ def _fresh(g: Growth, role: TensorRole, shape, dtype, device, tag) -> Tensor:
     return _fill(role, shape, dtype, g.init_std, _generator(g.plan.seed, *tag)).to(device)
 
 
+def grow_layer(g: Growth, key: str, j: int, old_layer: Optional[Tensor], *,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """Layer ``j`` of the grown layered tensor ``key``.
+
+    ``old_layer``: layer ``g.layers[j].source`` of the old tensor (per-layer shape), or None when
+    that source is None (a fresh layer, made in ``dtype``). This is the streaming unit of ``flm
+    grow``: ``grow_tensor(g, key, t)[j]`` equals ``grow_layer(g, key, j, t[source])`` bit for bit,
+    whatever the order in which layers are produced.
+    """
+    role = role_of(key)
+    if not role.layered:
+        raise GrowthError(f"{key} is not a per-layer tensor; grow it with grow_tensor")
+    src = g.layers[j]
+    if src.source is None:
+        out = _fresh(g, role, g.new_shape(key)[1:], dtype, torch.device("cpu"), (key, "fresh", j))
+    else:
+        want = g.old_shape(key)[1:]
+        if old_layer is None or tuple(old_layer.shape) != want:
+            got = None if old_layer is None else tuple(old_layer.shape)
+            raise GrowthError(f"{key}: new layer {j} is grown from old layer {src.source} of shape {want}; got {got}")
+        out = _grow_slice(g, role, [g.axes[a] for a in role.axes], old_layer, (key, src.source))
+    if src.zero_output and role.output_projection:
+        out = torch.zeros_like(out)
+    return out
+
+
 def grow_tensor(g: Growth, key: str, tensor: Tensor) -> Tensor:
     """``tensor`` (logical, old shape) grown to the new shape. Pure: the input is not modified."""
     role = g.check_old(key, tensor)
-    maps = [g.axes[a] for a in role.axes]
     if not role.layered:
-        return _grow_slice(g, role, maps, tensor, (key,))
-    new_shape = g.new_shape(key)
-    out = tensor.new_empty(new_shape)
+        return _grow_slice(g, role, [g.axes[a] for a in role.axes], tensor, (key,))
+    out = tensor.new_empty(g.new_shape(key))
     for j, src in enumerate(g.layers):
-        if src.source is None:
-            out[j] = _fresh(g, role, new_shape[1:], tensor.dtype, tensor.device, (key, "fresh", j))
-        else:
-            out[j] = _grow_slice(g, role, maps, tensor[src.source], (key, src.source))
-        if src.zero_output and role.output_projection:
-            out[j].zero_()
+        out[j] = grow_layer(g, key, j, None if src.source is None else tensor[src.source], dtype=tensor.dtype)
     return out
 
 

@@ -20,12 +20,15 @@ parameter):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
+import torch
 from torch import Tensor
 
+from growth.errors import GrowthError
 from growth.operators import Growth
-from growth.tensor_ops import any_axis, axis_product, gather
+from growth.roles import role_of
+from growth.tensor_ops import gather, nonunit_product, place_old_
 
 
 @dataclass(frozen=True)
@@ -37,22 +40,44 @@ class AdamState:
     step: Union[int, Tensor]
 
 
+def _grow_moment_slice(g: Growth, maps, old: Tensor, order: Literal[1, 2]) -> Tensor:
+    if any(bool(m.new.any()) for m in maps):
+        out = place_old_(old.new_zeros(tuple(m.size for m in maps)), old, maps)
+    else:
+        out = gather(old, maps)
+        if out is old:
+            out = out.clone()
+    scale = nonunit_product(maps, lambda m: m.grad_scale)
+    return out if scale is None else out.mul_((scale ** order).to(out.dtype).to(out.device))
+
+
+def grow_moment_layer(g: Growth, key: str, j: int, old_layer: Optional[Tensor], order: Literal[1, 2], *,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """Layer ``j`` of the grown moment of layered parameter ``key`` (the streaming unit, as
+    ``growth.operators.grow_layer``): zeros for a new layer (``old_layer`` is then ignored and may be
+    None), else ``old_layer`` = the old moment's layer ``g.layers[j].source`` mapped like the parameter."""
+    role = role_of(key)
+    if not role.layered:
+        raise GrowthError(f"{key} is not a per-layer tensor; grow its moments with grow_moment")
+    src = g.layers[j]
+    if src.is_new:
+        return torch.zeros(g.new_shape(key)[1:], dtype=dtype if old_layer is None else old_layer.dtype)
+    want = g.old_shape(key)[1:]
+    if old_layer is None or tuple(old_layer.shape) != want:
+        got = None if old_layer is None else tuple(old_layer.shape)
+        raise GrowthError(f"{key}: moment of new layer {j} comes from old layer {src.source} of shape {want}; got {got}")
+    return _grow_moment_slice(g, [g.axes[a] for a in role.axes], old_layer, order)
+
+
 def grow_moment(g: Growth, key: str, moment: Tensor, order: Literal[1, 2]) -> Tensor:
     """Adam moment of parameter ``key`` grown with ``g``: ``order`` 1 for exp_avg, 2 for exp_avg_sq."""
     role = g.check_old(key, moment)
-    maps = [g.axes[a] for a in role.axes]
-
-    def grow_slice(old: Tensor) -> Tensor:
-        out = gather(old, maps).masked_fill(any_axis(maps, lambda m: m.new).to(old.device), 0)
-        scale = axis_product(maps, lambda m: m.grad_scale) ** order
-        return out if bool((scale == 1).all()) else out * scale.to(out.dtype).to(out.device)
-
     if not role.layered:
-        return grow_slice(moment)
+        return _grow_moment_slice(g, [g.axes[a] for a in role.axes], moment, order)
     out = moment.new_zeros(g.new_shape(key))
     for j, src in enumerate(g.layers):
         if not src.is_new:
-            out[j] = grow_slice(moment[src.source])
+            out[j] = grow_moment_layer(g, key, j, moment[src.source], order)
     return out
 
 

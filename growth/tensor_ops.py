@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -35,9 +35,52 @@ def any_axis(maps: list[AxisMap], flag: Callable[[AxisMap], Tensor]) -> Tensor:
     return out
 
 
-def axis_product(maps: list[AxisMap], vec: Callable[[AxisMap], Tensor]) -> Tensor:
-    """float64 tensor (broadcastable to the grown shape): the product of the per-axis vectors."""
-    out = torch.ones((), dtype=torch.float64)
+def _indices(flag: Tensor) -> Tensor:
+    return flag.nonzero().squeeze(1)
+
+
+def zero_where_(out: Tensor, maps: list[AxisMap], flag: Callable[[AxisMap], Tensor]) -> Tensor:
+    """In place: ``out = out.masked_fill(any_axis(maps, flag), 0)``, one axis at a time."""
     for d, m in enumerate(maps):
-        out = out * _view(vec(m), d, len(maps))
+        f = flag(m)
+        if bool(f.any()):
+            out.index_fill_(d, _indices(f).to(out.device), 0)
     return out
+
+
+def nonunit_product(maps: list[AxisMap], vec: Callable[[AxisMap], Tensor]) -> Optional[Tensor]:
+    """float64 tensor (broadcastable to the grown shape): the product of the per-axis vectors that
+    are not all ones; None when every one is. The common cases (no scaled axis, or one) never build
+    a tensor-sized product."""
+    out = None
+    for d, m in enumerate(maps):
+        v = vec(m)
+        if not bool((v == 1).all()):
+            view = _view(v, d, len(maps))
+            out = view if out is None else out * view
+    return out
+
+
+def place_old_(base: Tensor, old: Tensor, maps: list[AxisMap]) -> Tensor:
+    """In place: ``base[i, j, ...] = old[src0[i], src1[j], ...]`` wherever no axis is new; returns
+    ``base``. Together with a ``base`` holding the new entries' values this is
+    ``where(any_axis(new), base, gather(old))`` without a gathered tensor-sized copy of ``old``:
+    only the kept block is gathered, and it is written through a view when the kept indices of
+    every axis are contiguous (the common MSG/zero layout: old entries first)."""
+    keeps = [_indices(~m.new) for m in maps]
+    if any(k.numel() == 0 for k in keeps):
+        return base
+    block = old
+    for d, (m, k) in enumerate(zip(maps, keeps)):
+        src = m.src[k]
+        if not torch.equal(src, torch.arange(old.shape[d])):
+            block = block.index_select(d, src.to(old.device))
+    dest = base
+    for d, k in enumerate(keeps):
+        start, n = int(k[0]), k.numel()
+        if not torch.equal(k, torch.arange(start, start + n)):
+            index = tuple(_view(kk, dd, len(keeps)).to(base.device) for dd, kk in enumerate(keeps))
+            return base.index_put_(index, block)
+        dest = dest.narrow(d, start, n)
+    dest.copy_(block)
+    return base

@@ -7,7 +7,7 @@ tokenizer's vocabulary (padding rows are forced to the dtype's minimum and may d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -29,25 +29,57 @@ class VerifyReport:
         return self.max_abs_dlogit <= atol + rtol * self.max_abs_logit
 
 
+class Weights(Protocol):
+    """Where a forward pass gets a model's logical weights: non-layered tensors by key (None when
+    the variant has none) and the per-layer slices of one layer at a time."""
+
+    def tensor(self, key: str) -> Optional[Tensor]: ...
+
+    def layer(self, index: int) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class StateWeights:
+    """``Weights`` over an in-memory logical state dict."""
+
+    state: dict[str, Tensor]
+
+    def tensor(self, key: str) -> Optional[Tensor]:
+        return self.state.get(key)
+
+    def layer(self, index: int) -> dict[str, Tensor]:
+        return {k: v[index] for k, v in self.state.items() if k.startswith("decoder.layers.")}
+
+
 def verify(old_cfg, old_state: dict[str, Tensor], new_cfg, new_state: dict[str, Tensor],
            masks: Optional[MaskState], tokens: Tensor, labels: Optional[Tensor] = None) -> VerifyReport:
-    """Compare the two models on ``tokens[b, s]``; ``labels`` default to the next tokens (last position dropped)."""
+    """Compare the two models on ``tokens[b, s]`` in the states' dtype; ``labels`` default to the next
+    tokens (last position dropped)."""
+    return verify_weights(old_cfg, StateWeights(old_state), new_cfg, StateWeights(new_state), masks, tokens,
+                          labels, dtype=next(iter(old_state.values())).dtype)
+
+
+def verify_weights(old_cfg, old: Weights, new_cfg, new: Weights, masks: Optional[MaskState], tokens: Tensor,
+                   labels: Optional[Tensor] = None, dtype: torch.dtype = torch.float64) -> VerifyReport:
+    """``verify`` with weights fetched layer by layer (e.g. from checkpoints on disk), computed in ``dtype``."""
     # imported here: the reference model imports growth.roles/masks, so a top-level import would be circular
-    from training.model.reference import reference_logits, token_loss
+    from training.model.reference import forward_logits, token_loss
 
     with torch.no_grad():
-        old = reference_logits(old_cfg, old_state, tokens)
-        new = reference_logits(new_cfg, new_state, tokens, masks.values(0, dtype=old.dtype) if masks else None)
+        old_logits = forward_logits(old_cfg, old.tensor, old.layer, tokens, None, dtype)
+        new_logits = forward_logits(new_cfg, new.tensor, new.layer, tokens,
+                                    masks.values(0, dtype=dtype) if masks else None, dtype)
     v = old_cfg.vocab_size
-    old, new = old[..., :v], new[..., :v]
+    old_logits, new_logits = old_logits[..., :v], new_logits[..., :v]
     if labels is None:
-        old_loss, new_loss = token_loss(old[:, :-1], tokens[:, 1:]), token_loss(new[:, :-1], tokens[:, 1:])
+        old_loss = token_loss(old_logits[:, :-1], tokens[:, 1:])
+        new_loss = token_loss(new_logits[:, :-1], tokens[:, 1:])
     else:
-        old_loss, new_loss = token_loss(old, labels), token_loss(new, labels)
+        old_loss, new_loss = token_loss(old_logits, labels), token_loss(new_logits, labels)
     return VerifyReport(
-        max_abs_dlogit=(new - old).abs().max().item(),
+        max_abs_dlogit=(new_logits - old_logits).abs().max().item(),
         abs_dloss=(new_loss - old_loss).abs().item(),
-        max_abs_logit=old.abs().max().item(),
+        max_abs_logit=old_logits.abs().max().item(),
         old_loss=old_loss.item(),
         new_loss=new_loss.item(),
     )

@@ -4,9 +4,12 @@
   under their checkpoint keys (layers stacked on dim 0), and Adam moments under
   ``optimizer.state.exp_avg.<key>`` / ``optimizer.state.exp_avg_sq.<key>`` — the names both
   megatron optimizer formats (plain and distributed ``fully_reshardable``) use.
-- ``write_logical(out, params, moments, meta)``: a checkpoint made of logical tensors (what
-  ``flm grow`` and ``flm import-hf`` produce). It has no optimizer object state, only moments, so it
-  is started with ``--init-from`` (weights and moments), not resumed.
+- ``write_logical(out, params, meta, moments)``: a checkpoint made of logical tensors (what
+  ``flm import-hf`` produces). It has no optimizer object state, only moments, so it is started
+  with ``--init-from`` (weights and moments), not resumed. ``write_logical_chunks`` is the same
+  with tensors produced chunk by chunk while they are written (what ``flm grow`` uses to stream);
+  per-layer tensors are stored one layer per chunk, as megatron stores them, so they can be read
+  back layer by layer (``training.dcp_io.TensorReader``).
 - ``load_moments(ckpt, model_chunks, optimizer, step)``: put logical moments into *any* optimizer
   under *any* layout: each parameter's moment slice is read with the parameter's own sharding
   (so TP/PP slicing is megatron's), then copied into the plain or the distributed optimizer's state.
@@ -19,7 +22,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -28,6 +31,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
 from training.checkpoint import FORMAT_VERSION, META_FILE, CheckpointError, _model_sd, resolve
+from training.dcp_io import ChunkedTensor, in_memory, write_tensors
 from training.optim import inner_optimizers
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -55,9 +59,27 @@ def read_logical(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, d
     return params, moments
 
 
-def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[str, Any],
-                  moments: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> Path:
-    """Write a checkpoint from full tensors (collective; rank 0 writes). Atomic; never overwrites."""
+def layer_rows(key: str) -> Optional[int]:
+    """Rows per stored chunk for logical tensor ``key`` (a parameter or moment key): 1 for the
+    stacked per-layer tensors (``decoder.layers.*``, stored one layer per chunk as megatron stores
+    them, so they can be read back layer by layer), None (one chunk) for the others."""
+    param = key
+    for m in MOMENTS:
+        param = param.removeprefix(moment_key(m, ""))
+    return 1 if param.startswith("decoder.layers.") else None
+
+
+def write_logical_chunks(out: str | Path, entries: list[ChunkedTensor],
+                         meta: dict[str, Any] | Callable[[Path], dict[str, Any]], *,
+                         has_moments: bool) -> Path:
+    """Write a logical checkpoint whose tensors are produced chunk by chunk (``training.dcp_io``).
+
+    Collective when distributed (every rank passes the same entries; chunks are spread over the
+    ranks). ``meta`` is the metadata dict, or a function called with the directory once every tensor
+    is written (it may read them back, e.g. to verify) that returns it. Atomic: everything goes to
+    ``<out>.partial``, renamed to ``out`` only when complete; ``out`` is never overwritten and no
+    partial directory is left when anything fails.
+    """
     from training.parallel import init_process_group
 
     init_process_group()
@@ -72,31 +94,27 @@ def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[s
         partial.mkdir(parents=True)
     dist.barrier()
     try:
-        _save_logical(partial, params, moments, rank0)
+        write_tensors(partial, entries)
+        full_meta = dict(meta(partial) if callable(meta) else meta, format_version=FORMAT_VERSION,
+                         layout={"tp": 1, "pp": 1, "dp": 1}, has_optimizer=False, has_moments=has_moments)
     except BaseException:
         if rank0:
             shutil.rmtree(partial, ignore_errors=True)
         raise
     if rank0:
-        full_meta = dict(meta, format_version=FORMAT_VERSION, layout={"tp": 1, "pp": 1, "dp": 1},
-                         has_optimizer=False, has_moments=bool(moments))
         (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
         os.replace(partial, out)
     dist.barrier()
     return out
 
 
-def _save_logical(partial: Path, params, moments, rank0: bool) -> None:
-    replica = 0 if rank0 else 1
-    state: dict[str, Any] = {
-        k: ShardedTensor.from_rank_offsets(k, v.contiguous(), replica_id=replica) for k, v in params.items()
-    }
+def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[str, Any],
+                  moments: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> Path:
+    """Write a checkpoint from full tensors (collective). Atomic; never overwrites."""
+    entries = [in_memory(k, v.contiguous(), layer_rows(k)) for k, v in params.items()]
     for m, tensors in (moments or {}).items():
-        for k, v in tensors.items():
-            state[moment_key(m, k)] = ShardedTensor.from_rank_offsets(moment_key(m, k), v.contiguous(),
-                                                                      replica_id=replica)
-    dist_checkpointing.save(state, str(partial))
-    dist.barrier()
+        entries += [in_memory(moment_key(m, k), v.contiguous(), layer_rows(k)) for k, v in tensors.items()]
+    return write_logical_chunks(out, entries, meta, has_moments=bool(moments))
 
 
 def _renamed(sh, key: str):

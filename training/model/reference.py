@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -101,40 +101,71 @@ def _mlp(cfg, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optio
     return F.linear(h, w2, b2)
 
 
+#: rows of the output matrix converted to the activations' dtype at a time (bounds the memory of a
+#: float64 check on a float32 checkpoint to a block, not a second copy of the vocabulary matrix)
+_OUTPUT_BLOCK_ROWS = 8192
+
+
+def _output_logits(y: Tensor, w: Tensor) -> Tensor:
+    if w.dtype == y.dtype:
+        return F.linear(y, w)
+    return torch.cat([F.linear(y, w[r:r + _OUTPUT_BLOCK_ROWS].to(y.dtype))
+                      for r in range(0, w.shape[0], _OUTPUT_BLOCK_ROWS)], dim=-1)
+
+
+def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callable[[int], dict[str, Tensor]],
+                   tokens: Tensor, masks: Optional[MaskValues] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``reference_logits`` with the weights fetched on demand, one layer at a time.
+
+    ``tensor(key)``: a non-layered logical tensor (None if the variant has none); ``layer(i)``:
+    ``{logical key: layer i's slice}`` for the per-layer keys. ``dtype``: the computation dtype
+    (default: the embedding's); weights are converted as they are used, so a float64 check of a
+    float32 checkpoint holds one layer (and a block of the output matrix) in float64 at a time.
+    """
+    masks = masks or MaskValues()
+    rms = cfg.normalization == "RMSNorm"
+    emb = tensor(R.EMBEDDING)
+    dtype = dtype or emb.dtype
+    hm = None if masks.hidden is None else masks.hidden.to(dtype)
+    x = emb[tokens].to(dtype) * cfg.input_multiplier
+    if hm is not None:
+        x = x * hm
+
+    for i in range(cfg.num_layers):
+        w = layer(i)
+
+        def c(key: str) -> Optional[Tensor]:  # converted when used: one weight in ``dtype`` at a time
+            t = w.get(key)
+            return None if t is None else t.to(dtype)
+
+        h = x
+        a = _norm(x, c(R.NORM1_WEIGHT), c(R.NORM1_BIAS), cfg.norm_eps, rms, hm)
+        x = x + _attention(cfg, a, c(R.QKV_WEIGHT), c(R.QKV_BIAS), c(R.PROJ_WEIGHT), c(R.PROJ_BIAS), masks)
+        m = _norm(x, c(R.NORM2_WEIGHT), c(R.NORM2_BIAS), cfg.norm_eps, rms, hm)
+        x = x + _mlp(cfg, m, c(R.FC1_WEIGHT), c(R.FC1_BIAS), c(R.FC2_WEIGHT), c(R.FC2_BIAS), masks)
+        gate = masks.depth.get(i)
+        if gate is not None:
+            x = h + gate * (x - h)
+        del w
+    bias = tensor(R.FINAL_NORM_BIAS)
+    y = _norm(x, tensor(R.FINAL_NORM_WEIGHT).to(dtype), None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm)
+    out_w = emb if cfg.tie_embeddings else tensor(R.OUTPUT)
+    logits = _output_logits(y, out_w) * cfg.output_multiplier
+    pad = torch.arange(logits.shape[-1], device=logits.device) >= cfg.vocab_size
+    return logits.masked_fill(pad, torch.finfo(logits.dtype).min)
+
+
 def reference_logits(cfg, state: dict[str, Tensor], tokens: Tensor, masks: Optional[MaskValues] = None) -> Tensor:
     """Logits ``[b, s, V]`` (V = padded vocabulary; rows >= ``cfg.vocab_size`` are the dtype's minimum).
 
     ``state``: the logical state dict of ``cfg``; ``tokens``: LongTensor ``[b, s]`` (positions 0..s-1);
     ``masks``: MSG masks (None: unmasked). Differentiable; dropout is not modelled.
     """
-    masks = masks or MaskValues()
-    rms = cfg.normalization == "RMSNorm"
-    hm = None if masks.hidden is None else masks.hidden.to(state[R.EMBEDDING].dtype)
-    emb = state[R.EMBEDDING]
-    x = emb[tokens] * cfg.input_multiplier
-    if hm is not None:
-        x = x * hm
-
-    def get(key: str, layer: int) -> Optional[Tensor]:
-        t = state.get(key)
-        return None if t is None else t[layer]
-
-    for i in range(state[R.QKV_WEIGHT].shape[0]):
-        h = x
-        a = _norm(x, get(R.NORM1_WEIGHT, i), get(R.NORM1_BIAS, i), cfg.norm_eps, rms, hm)
-        x = x + _attention(cfg, a, get(R.QKV_WEIGHT, i), get(R.QKV_BIAS, i), get(R.PROJ_WEIGHT, i),
-                           get(R.PROJ_BIAS, i), masks)
-        m = _norm(x, get(R.NORM2_WEIGHT, i), get(R.NORM2_BIAS, i), cfg.norm_eps, rms, hm)
-        x = x + _mlp(cfg, m, get(R.FC1_WEIGHT, i), get(R.FC1_BIAS, i), get(R.FC2_WEIGHT, i), get(R.FC2_BIAS, i),
-                     masks)
-        gate = masks.depth.get(i)
-        if gate is not None:
-            x = h + gate * (x - h)
-    y = _norm(x, state[R.FINAL_NORM_WEIGHT], state.get(R.FINAL_NORM_BIAS), cfg.norm_eps, rms, hm)
-    out_w = emb if cfg.tie_embeddings else state[R.OUTPUT]
-    logits = F.linear(y, out_w) * cfg.output_multiplier
-    pad = torch.arange(logits.shape[-1], device=logits.device) >= cfg.vocab_size
-    return logits.masked_fill(pad, torch.finfo(logits.dtype).min)
+    layered = [k for k in state if k.startswith("decoder.layers.")]
+    layers = state[R.QKV_WEIGHT].shape[0]
+    if layers != cfg.num_layers:
+        raise ValueError(f"the state has {layers} layers, the config {cfg.num_layers}")
+    return forward_logits(cfg, state.get, lambda i: {k: state[k][i] for k in layered}, tokens, masks)
 
 
 def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
