@@ -1,6 +1,8 @@
 # The project's two entry points (see README): `make dryrun` and `make test`.
 # Both create .venv on first use. Machines without an NVIDIA GPU get the CPU build of torch
 # (constraints/cpu.txt); GPU machines keep the torch they bring or get a CUDA build from PyPI.
+# PIP_CONSTRAINT carries the torch pin into pip's isolated build environments too (DeepSpeed ships as
+# an sdist; its build needs no torch today, and must never pull a CUDA build if that changes).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	if command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install -e '.[dev]'; \
 	else \
-		$(PY) -m pip install -c constraints/cpu.txt -e '.[dev]'; \
+		PIP_CONSTRAINT=$(CURDIR)/constraints/cpu.txt $(PY) -m pip install -c constraints/cpu.txt -e '.[dev]'; \
 	fi
 	touch $(STAMP)
 

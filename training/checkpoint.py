@@ -13,7 +13,10 @@ Contracts:
   checkpoint and ``latest`` untouched; stale ``.partial`` directories are removed by the next save.
 - An existing complete checkpoint is never overwritten.
 - ``flm_checkpoint.json`` holds what tools need without torch: step, consumed samples, the run
-  config, the layout it was saved under and the growth-mask state.
+  config, the layout it was saved under, the growth-mask state and the ``engine`` that saved it.
+- Both engines write this format through ``commit`` (the DeepSpeed engine's content is described
+  in ``training.ds_checkpoint``); resuming needs the saving engine (``check_engine``), starting
+  from the weights (``--init-from``) works across engines.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -123,9 +126,15 @@ def _rng_object(layout) -> ShardedObject:
     )
 
 
-def save(root: str | Path, *, step: int, model_chunks, optimizer, scheduler, layout, meta: dict[str, Any],
-         keep_last: Optional[int] = None) -> Path:
-    """Save a complete checkpoint atomically; returns its directory. Collective over all ranks."""
+def commit(root: str | Path, step: int, write: Callable[[Path], None], meta: dict[str, Any], layout,
+           keep_last: Optional[int] = None) -> Path:
+    """The atomic save protocol every engine uses (collective over all ranks); returns the directory.
+
+    ``write(partial)`` writes the checkpoint files (collectively) into ``<root>/step_N.partial``;
+    rank 0 then adds ``flm_checkpoint.json`` (``meta`` + format version, step, layout), renames the
+    directory to ``step_N``, replaces ``latest`` and prunes old checkpoints. An existing complete
+    checkpoint is never overwritten; a crash leaves only a ``.partial`` that the next save removes.
+    """
     root = Path(root)
     final = root / step_dir_name(step)
     partial = root / (final.name + ".partial")
@@ -137,19 +146,11 @@ def save(root: str | Path, *, step: int, model_chunks, optimizer, scheduler, lay
             shutil.rmtree(partial)
         partial.mkdir()
     dist.barrier()
-    state = model_sharded_state_dict(model_chunks)
-    model_sd = state["model"] if "model" in state else state
-    if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIM_METADATA)
-    state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
-    state["rng_state"] = _rng_object(layout)
-    state["step"] = step
-    dist_checkpointing.save(state, str(partial))
+    write(partial)
     dist.barrier()
     if _rank0():
         full_meta = dict(meta, format_version=FORMAT_VERSION, step=step,
-                         layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp},
-                         has_optimizer=optimizer is not None)
+                         layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp})
         (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
         os.replace(partial, final)
         tmp = root / (LATEST_FILE + ".tmp")
@@ -159,6 +160,38 @@ def save(root: str | Path, *, step: int, model_chunks, optimizer, scheduler, lay
             _prune(root, keep_last)
     dist.barrier()
     return final
+
+
+def save(root: str | Path, *, step: int, model_chunks, optimizer, scheduler, layout, meta: dict[str, Any],
+         keep_last: Optional[int] = None) -> Path:
+    """Save a complete checkpoint atomically; returns its directory. Collective over all ranks."""
+
+    def write(partial: Path) -> None:
+        state = model_sharded_state_dict(model_chunks)
+        model_sd = state["model"] if "model" in state else state
+        if optimizer is not None:
+            state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIM_METADATA)
+        state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+        state["rng_state"] = _rng_object(layout)
+        state["step"] = step
+        dist_checkpointing.save(state, str(partial))
+
+    return commit(root, step, write, dict(meta, has_optimizer=optimizer is not None), layout, keep_last)
+
+
+def engine_of(meta: dict[str, Any]) -> str:
+    """The engine that saved a checkpoint (checkpoints from before the DeepSpeed engine: megatron)."""
+    return meta.get("engine") or "megatron"
+
+
+def check_engine(path: str | Path, engine: str) -> None:
+    """Resuming needs the optimizer state in the engine's own form; name the way out otherwise."""
+    saved = engine_of(read_meta(path))
+    if saved != engine:
+        raise CheckpointError(
+            f"{path} was saved by engine: {saved} and cannot be resumed by engine: {engine}; resume it with "
+            f"engine={saved}, or start this run from its weights with --init-from (fresh optimizer, step 0)"
+        )
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -193,7 +226,7 @@ def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layo
         if not meta.get("has_optimizer", True):
             raise CheckpointError(f"{path} has no optimizer state; load it with --load-weights-only semantics")
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIM_METADATA)
-    same_layout = layout is not None and meta["layout"] == {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}
+    same_layout = _same_layout(meta, layout)
     if same_layout:
         state["rng_state"] = _rng_object(layout)
     loaded = dist_checkpointing.load(state, str(path))
@@ -210,11 +243,28 @@ def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layo
     if scheduler is not None and loaded.get("scheduler") is not None:
         scheduler.load_state_dict(loaded["scheduler"])
     if same_layout:
-        rng = loaded["rng_state"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-        get_cuda_rng_tracker().set_states(rng["tracker"])
+        _set_rng(loaded["rng_state"])
     return meta
+
+
+def _same_layout(meta: dict[str, Any], layout) -> bool:
+    return layout is not None and meta["layout"] == {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    get_cuda_rng_tracker().set_states(rng["tracker"])
+
+
+def restore_rng(path: str | Path, layout) -> bool:
+    """Restore this rank's RNG states from ``path`` when it was saved under the same layout
+    (collective); returns whether they were restored."""
+    path = resolve(path)
+    if not _same_layout(read_meta(path), layout):
+        return False
+    _set_rng(dist_checkpointing.load({"rng_state": _rng_object(layout)}, str(path))["rng_state"])
+    return True

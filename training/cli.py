@@ -51,7 +51,9 @@ def _relaunch_under_torchrun(nproc: int) -> int:
 
 
 def cmd_train(args) -> int:
-    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    # RANK is set by every launcher (torchrun, DeepSpeed's); LOCAL_RANK alone is not a sign of one
+    # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/ds_trainer.py)
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         return _relaunch_under_torchrun(args.nproc)
     from training.run import train_from_cli
 

@@ -209,6 +209,26 @@ class CheckpointConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """The ``deepspeed:`` section, read when ``engine: deepspeed`` (see ``training/ds_trainer.py``).
+
+    The DeepSpeed engine is data-parallel only: ZeRO partitions optimizer state (stage 1), also
+    gradients (2), also parameters (3) over the DP ranks. The rest of the DeepSpeed config (batch
+    sizes, clipping, precision, AdamW) is derived from ``train:`` so both engines train alike.
+    """
+
+    #: ZeRO stage: 1 = optimizer states partitioned, 2 = + gradients, 3 = + parameters
+    zero_stage: Literal[1, 2, 3] = 1
+    #: keep the optimizer states and the Adam update on the CPU (ZeRO-Offload, torch's AdamW;
+    #: no DeepSpeed op is compiled). On CPU-only machines it changes nothing but the code path.
+    offload_optimizer: bool = False
+
+    def validate(self, path: str) -> None:
+        if type(self.zero_stage) is not int:  # Literal accepts True == 1 and 2.0 == 2
+            raise ConfigError(join_key(path, "zero_stage"), f"got {self.zero_stage!r}; allowed values: 1, 2, 3")
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     progress_bar: bool = True
@@ -279,6 +299,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: the training engine: megatron-core (TP/PP/DP, distributed optimizer) or DeepSpeed ZeRO
+    #: (data parallelism only; ZeRO stage and offload in the ``deepspeed:`` section)
+    engine: Literal["megatron", "deepspeed"] = "megatron"
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     #: a growth run: stages trained one after the other, each grown from the previous one; when
     #: empty, the run is the single stage described by model/parallel/train
     stages: list[StageConfig] = field(default_factory=list)
@@ -292,6 +316,8 @@ class RunConfig:
                 raise ConfigError(join_key(where, "growth"), "every stage after the first needs a growth section")
             stage_config(self, i, path)  # the merged single-stage config must be valid too
         m, p = self.model, self.parallel
+        if self.engine == "deepspeed":
+            check_deepspeed_layout(p, join_key(path, "parallel"))
         for name, value in (("num_attention_heads", m.num_attention_heads),
                             ("num_query_groups", m.query_groups),
                             ("ffn_hidden_size", m.ffn_hidden_size)):
@@ -317,6 +343,22 @@ class RunConfig:
             )
 
 
+def check_deepspeed_layout(parallel: ParallelConfig, path: str) -> None:
+    """``engine: deepspeed`` trains with data parallelism only (ZeRO shards over DP ranks); the
+    megatron-only layout settings are refused with the key to change."""
+    for name, allowed in (("tp", 1), ("pp", 1), ("virtual_pp", None), ("sequence_parallel", False),
+                          ("distributed_optimizer", False)):
+        value = getattr(parallel, name)
+        if value != allowed or type(value) is not type(allowed):
+            fix = {None: "null", False: "false"}.get(allowed, allowed)
+            why = ("ZeRO partitions the optimizer state already (deepspeed.zero_stage)"
+                   if name == "distributed_optimizer" else "or use engine: megatron for tensor/pipeline parallelism")
+            raise ConfigError(
+                join_key(path, name),
+                f"engine: deepspeed trains with data parallelism only, got {name}={value!r}; set {name}={fix} ({why})",
+            )
+
+
 def _include(value: str, key: str, base: Path) -> dict[str, Any]:
     for candidate in (base / value, CONFIGS_DIR / value):
         if candidate.is_file():
@@ -327,7 +369,7 @@ def _include(value: str, key: str, base: Path) -> dict[str, Any]:
 def _resolve_includes(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Replace section values that are strings (file names) by the YAML they name."""
     out = dict(data)
-    for key in ("model", "parallel", "train", "data", "checkpoint", "logging"):
+    for key in ("model", "parallel", "train", "data", "checkpoint", "logging", "deepspeed"):
         if isinstance(out.get(key), str):
             out[key] = _include(out[key], key, base)
     if isinstance(out.get("stages"), list):

@@ -45,14 +45,29 @@ def init_adam_state(optimizer) -> None:
     exactly what AdamW would create.
     """
     for opt in inner_optimizers(optimizer):
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if p not in opt.state or not opt.state[p]:
-                    opt.state[p] = {
-                        "step": torch.tensor(0.0),
-                        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-                    }
+        init_torch_adam_state(opt)
+
+
+def init_torch_adam_state(opt: torch.optim.Optimizer, params=None) -> None:
+    """``init_adam_state`` for one torch optimizer (also the AdamW inside DeepSpeed's ZeRO optimizers);
+    ``params`` default to the optimizer's parameter groups."""
+    if params is None:
+        params = [p for group in opt.param_groups for p in group["params"]]
+    for p in params:
+        if p not in opt.state or not opt.state[p]:
+            opt.state[p] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+
+
+def set_torch_adam_step(opt: torch.optim.Optimizer, step: int) -> None:
+    """Adam's step (bias correction) of every parameter of ``opt``; each gets its own tensor
+    (torch increments it in place per parameter)."""
+    for state in opt.state.values():
+        if "step" in state:
+            state["step"] = torch.tensor(float(step))
 
 
 def build_scheduler(train: TrainConfig, optimizer) -> OptimizerParamScheduler:

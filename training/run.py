@@ -71,10 +71,10 @@ def train_from_cli(args) -> int:
 def run_training(cfg: RunConfig, *, resume: Optional[str] = None, init_from: Optional[str] = None) -> int:
     from training import checkpoint
     from training.parallel import teardown
-    from training.trainer import Trainer
+    from training.trainer_base import make_trainer
 
     train_src, valid_src = build_sources(cfg)
-    trainer = Trainer(cfg, train_source=train_src, valid_source=valid_src)
+    trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
     log = trainer.layout.rank == 0
     try:
         source = None

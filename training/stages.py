@@ -85,7 +85,7 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
     from training import checkpoint
     from training.parallel import init_process_group, teardown
     from training.run import build_sources
-    from training.trainer import Trainer
+    from training.trainer_base import make_trainer
 
     validate_stages(run)
     init_process_group()
@@ -105,7 +105,7 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
                     print(f"flm train: stage {i} ({cfg.name}) is complete", file=sys.stderr)
                 continue
             train_src, valid_src = build_sources(cfg)
-            trainer = Trainer(cfg, train_source=train_src, valid_source=valid_src)
+            trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
             trainer.extra_meta = {"stage": i, "stage_name": run.stages[i].name}
             started = time.time()
             latest = checkpoint.latest_in(trainer.checkpoint_root()) if resume else None

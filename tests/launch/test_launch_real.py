@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -89,13 +90,16 @@ def test_slurm_chain_with_a_preempted_first_job(tmp_path):
 
 @pytest.mark.slow
 def test_deepspeed_launcher_trains_on_a_local_hostfile(tmp_path):
-    if shutil.which("deepspeed") is None:
+    # the launcher installed with the project (a dependency) is found without an activated venv
+    bindir = os.path.dirname(sys.executable)
+    path = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    if shutil.which("deepspeed", path=path) is None:
         pytest.skip("DeepSpeed's launcher (`deepspeed`) is not installed; `pip install deepspeed` to run this test")
     hosts = tmp_path / "hostfile"
     hosts.write_text("localhost slots=2\n")
     out = tmp_path / "run"
     with open(tmp_path / "console", "w") as console:
         code = run_script(REPO / "launch/deepspeed.sh", "--hostfile", hosts, "configs/runs/tiny.yaml", "train.steps=2",
-                          "parallel.tp=2", f"output_dir={out}", *COMMON, env={}, log=console)
+                          "parallel.tp=2", f"output_dir={out}", *COMMON, env={"PATH": path}, log=console)
     assert code == 0, (tmp_path / "console").read_text()[-3000:]
     assert [r["step"] for r in read_metrics(out)] == [1, 2]

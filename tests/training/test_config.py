@@ -73,3 +73,38 @@ def test_config_show_cli_prints_resolved_config_and_fails_clearly():
     assert "model.num_attention_heads" in bad.stderr and "allowed tp values" in bad.stderr
     bad = flm("config", "show", str(TINY), "--world-size", "3", "parallel.tp=2", check=False)
     assert bad.returncode == 2 and "world size 3" in bad.stderr
+
+
+@pytest.mark.parametrize("override, key, hint", [
+    (["engine=deepspeed", "parallel.tp=2"], "parallel.tp", "data parallelism only, got tp=2; set tp=1"),
+    (["engine=deepspeed", "parallel.pp=2"], "parallel.pp", "set pp=1"),
+    (["engine=deepspeed", "parallel.distributed_optimizer=true"], "parallel.distributed_optimizer",
+     "ZeRO partitions the optimizer state already (deepspeed.zero_stage)"),
+    (["engine=deepspeed", "deepspeed.zero_stage=4"], "deepspeed.zero_stage", "allowed values: 1, 2, 3"),
+    (["engine=deepspeed", "deepspeed.zero_stage=true"], "deepspeed.zero_stage", "allowed values: 1, 2, 3"),
+    (["engine=deepspeed", "deepspeed.offload=true"], "deepspeed.offload", "allowed keys here"),
+    (["engine=ds"], "engine", "allowed values: 'megatron', 'deepspeed'"),
+])
+def test_deepspeed_engine_settings_name_the_key(override, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(TINY, override)
+    assert info.value.key == key, str(info.value)
+    assert hint in str(info.value)
+
+
+def test_deepspeed_engine_config_defaults_and_staged_layouts(tmp_path):
+    cfg = load_run_config(TINY, ["engine=deepspeed", "deepspeed.zero_stage=3", "parallel.dp=2"])
+    assert cfg.engine == "deepspeed" and cfg.deepspeed.zero_stage == 3 and not cfg.deepspeed.offload_optimizer
+    assert load_run_config(TINY).engine == "megatron" and load_run_config(TINY).deepspeed.zero_stage == 1
+    run = tmp_path / "run.yaml"
+    run.write_text("engine: deepspeed\nstages:\n"
+                   "  - {name: a, tokens: 1024, model: {num_layers: 2}}\n"
+                   "  - {name: b, tokens: 1024, model: {num_layers: 4}, parallel: {tp: 2}, growth: {ramp_steps: 2}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(run)
+    assert info.value.key == "stages[1].parallel.tp" and "data parallelism only" in str(info.value)
+
+
+def test_deepspeed_engine_refused_layout_fails_the_cli_before_launching():
+    bad = flm("train", str(TINY), "engine=deepspeed", "parallel.tp=2", check=False)
+    assert bad.returncode == 2 and "parallel.tp" in bad.stderr and "engine: deepspeed" in bad.stderr
