@@ -53,7 +53,8 @@ def register(sub) -> None:
                       help="MFU measured by flm train: a metrics.jsonl, a run directory, or a staged run's "
                            "output_dir (stage<i>-<name>/metrics.jsonl per stage)")
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None,
-                   help="ZeRO stage for the memory estimate (default: 1 with parallel.distributed_optimizer, else 0)")
+                   help="ZeRO stage for the memory estimate (default: the run's: deepspeed.zero_stage under engine: "
+                        "deepspeed, else 1 with parallel.distributed_optimizer, else 0)")
     p.add_argument("--reserve-gib", type=float, default=4.0,
                    help="GiB per GPU kept free for the CUDA context, NCCL buffers and fragmentation (default 4)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="for the TP-within-a-node check (default 8)")

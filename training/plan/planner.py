@@ -33,7 +33,8 @@ class PlanOptions:
     ``training.plan.throughput``); ``measured``: a ``metrics.jsonl``, a run or stage directory, or
     a staged run's output directory (``stage<i>-<name>/metrics.jsonl`` per stage), taking precedence
     where it has a figure. ``gpus``: None plans each stage on its own ``tp x pp x dp``.
-    ``zero``: None means 1 with ``parallel.distributed_optimizer`` else 0.
+    ``zero``: None means the run's own: ``deepspeed.zero_stage`` under ``engine: deepspeed``, else 1
+    with ``parallel.distributed_optimizer`` and 0 without.
     """
 
     gpu: GpuSpec
@@ -159,6 +160,13 @@ def _throughput(opts: PlanOptions, tflops: Optional[float], mfu: Optional[float]
     return Throughput(DEFAULT_MFU * peak, peak, "default")
 
 
+def run_zero_stage(cfg: RunConfig) -> int:
+    """The ZeRO stage a run trains with: DeepSpeed's, or 1 for megatron's distributed optimizer."""
+    if cfg.engine == "deepspeed":
+        return cfg.deepspeed.zero_stage
+    return 1 if cfg.parallel.distributed_optimizer else 0
+
+
 def _plan_stage(index: int, name: str, key: str, cfg: RunConfig, tokens: int, opts: PlanOptions,
                 throughput: Throughput, reference_days: Optional[float], capacity: float) -> StagePlan:
     model, parallel, train = cfg.model, cfg.parallel, cfg.train
@@ -166,7 +174,7 @@ def _plan_stage(index: int, name: str, key: str, cfg: RunConfig, tokens: int, op
     micro_batches, found = checks.batch(train, parallel, dp, key)
     findings += found
     ranks = rank_params(model, parallel)
-    zero = opts.zero if opts.zero is not None else (1 if parallel.distributed_optimizer else 0)
+    zero = opts.zero if opts.zero is not None else run_zero_stage(cfg)
     precision = "fp32" if train.precision == "fp32" else "bf16"
     memory = rank_memory(model, parallel, ranks, dp=dp, micro_batch=train.micro_batch_size,
                          micro_batches=micro_batches, zero=zero, precision=precision)

@@ -128,3 +128,16 @@ def test_metrics_without_mfu_say_how_to_get_one(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0, "mfu": None}) + "\n")
     with pytest.raises(ValueError, match="logging.peak_tflops"):
         measured_mfu(tmp_path)
+
+
+def test_deepspeed_runs_are_planned_with_their_zero_stage():
+    """engine: deepspeed plans with its own ZeRO stage: stage 3 shards weights, gradients and
+    optimizer states over DP, so each rank holds a DP-th of stage 0's model states."""
+    plans = {zero: plan_run(load_run_config(TINY, ["engine=deepspeed", f"deepspeed.zero_stage={zero}"]),
+                            PlanOptions(gpu=GPUS["a100"], gpus=4)).stages[0] for zero in (1, 3)}
+    megatron = plan_run(load_run_config(TINY), PlanOptions(gpu=GPUS["a100"], gpus=4)).stages[0]
+    assert (plans[1].zero, plans[3].zero, megatron.zero) == (1, 3, 0)
+    (z1,), (z3,), (m,) = plans[1].memory, plans[3].memory, megatron.memory
+    assert z3.weights == pytest.approx(m.weights / 4) and z3.grads == pytest.approx(m.grads / 4)
+    assert z1.weights == pytest.approx(m.weights) and z1.optimizer == pytest.approx(m.optimizer / 4)
+    assert z3.optimizer == pytest.approx(z1.optimizer)
