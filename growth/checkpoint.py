@@ -123,9 +123,6 @@ class _OldTensors:
         self.reader = reader
         self._whole: tuple[Optional[str], Optional[torch.Tensor]] = (None, None)
 
-    def whole(self, key: str) -> torch.Tensor:
-        return self.reader.read(key)
-
     def layer(self, key: str, index: int) -> torch.Tensor:
         if self.reader.stored_rows(key) <= 1:
             return self.reader.read(key, index, 1)[0]
@@ -169,7 +166,7 @@ def _entries(g: Growth, reader: TensorReader, keys: list[str]) -> list[ChunkedTe
             entries.append(ChunkedTensor(key, new_shape, dtype, rows=1, produce=lambda j, key=key, dtype=dtype:
                                          grow_layer(g, key, j, source(key, j), dtype=dtype)[None]))
         else:
-            entries.append(ChunkedTensor(key, new_shape, dtype, produce=lambda _, key=key: grow_tensor(g, key, old.whole(key))))
+            entries.append(ChunkedTensor(key, new_shape, dtype, produce=lambda _, key=key: grow_tensor(g, key, reader.read(key))))
         for m, order in MOMENTS:
             name = moment_key(m, key)
             if name not in reader:
@@ -182,7 +179,7 @@ def _entries(g: Growth, reader: TensorReader, keys: list[str]) -> list[ChunkedTe
                 entries.append(ChunkedTensor(name, new_shape, mdtype, rows=1, produce=produce))
             else:
                 entries.append(ChunkedTensor(name, new_shape, mdtype, produce=lambda _, key=key, name=name, order=order:
-                                             grow_moment(g, key, old.whole(name), order)))
+                                             grow_moment(g, key, reader.read(name), order)))
     return entries
 
 

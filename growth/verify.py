@@ -48,7 +48,9 @@ class StateWeights:
         return self.state.get(key)
 
     def layer(self, index: int) -> dict[str, Tensor]:
-        return {k: v[index] for k, v in self.state.items() if k.startswith("decoder.layers.")}
+        from training.model.reference import layer_slices  # circular at import time (see verify_weights)
+
+        return layer_slices(self.state, index)
 
 
 def verify(old_cfg, old_state: dict[str, Tensor], new_cfg, new_state: dict[str, Tensor],

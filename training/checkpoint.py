@@ -8,9 +8,10 @@ Layout on disk::
 Contracts:
 - A checkpoint saved under one TP/PP/DP layout loads under any other (dist_checkpointing reshards;
   the distributed optimizer uses the ``fully_reshardable`` format).
-- Saves are atomic: files go to ``step_N.partial`` and the directory is renamed only after every
-  rank finished; ``latest`` is replaced atomically afterwards. A crash mid-save leaves the previous
-  checkpoint and ``latest`` untouched; stale ``.partial`` directories are removed by the next save.
+- Saves are atomic (``write_atomically``): files go to ``step_N.partial`` and the directory is
+  renamed only after every rank finished; ``latest`` is replaced atomically afterwards. A crash
+  mid-save leaves the previous checkpoint and ``latest`` untouched; a failed save removes its
+  ``.partial`` directory, a killed one leaves it for the next save to remove.
 - An existing complete checkpoint is never overwritten.
 - ``flm_checkpoint.json`` holds what tools need without torch: step, consumed samples, the run
   config, the layout it was saved under, the growth-mask state and the ``engine`` that saved it.
@@ -126,33 +127,53 @@ def _rng_object(layout) -> ShardedObject:
     )
 
 
-def commit(root: str | Path, step: int, write: Callable[[Path], None], meta: dict[str, Any], layout,
-           keep_last: Optional[int] = None) -> Path:
-    """The atomic save protocol every engine uses (collective over all ranks); returns the directory.
+def write_atomically(final: str | Path, write: Callable[[Path], dict[str, Any]]) -> Path:
+    """The atomic directory protocol of every checkpoint writer (collective over all ranks).
 
-    ``write(partial)`` writes the checkpoint files (collectively) into ``<root>/step_N.partial``;
-    rank 0 then adds ``flm_checkpoint.json`` (``meta`` + format version, step, layout), renames the
-    directory to ``step_N``, replaces ``latest`` and prunes old checkpoints. An existing complete
-    checkpoint is never overwritten; a crash leaves only a ``.partial`` that the next save removes.
+    ``write(partial)`` writes the files (collectively) into ``<final>.partial`` and returns the
+    metadata; rank 0 then adds ``flm_checkpoint.json`` (with the format version) and renames the
+    directory to ``final``. ``final`` is never overwritten. If ``write`` fails the partial directory
+    is removed; a process killed mid-write leaves it, and the next write to ``final`` removes it.
     """
-    root = Path(root)
-    final = root / step_dir_name(step)
-    partial = root / (final.name + ".partial")
+    final = Path(final)
+    partial = final.with_name(final.name + ".partial")
     if final.exists():
-        raise CheckpointError(f"refusing to overwrite the existing checkpoint {final}")
+        raise CheckpointError(f"refusing to overwrite the existing checkpoint {final}; choose a new destination")
     if _rank0():
-        root.mkdir(parents=True, exist_ok=True)
         if partial.exists():
             shutil.rmtree(partial)
-        partial.mkdir()
+        partial.mkdir(parents=True)
     dist.barrier()
-    write(partial)
-    dist.barrier()
+    try:
+        meta = write(partial)
+        dist.barrier()
+    except BaseException:
+        if _rank0():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     if _rank0():
-        full_meta = dict(meta, format_version=FORMAT_VERSION, step=step,
-                         layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp})
-        (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
+        (partial / META_FILE).write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION), indent=2))
         os.replace(partial, final)
+    dist.barrier()
+    return final
+
+
+def commit(root: str | Path, step: int, write: Callable[[Path], None], meta: dict[str, Any], layout,
+           keep_last: Optional[int] = None) -> Path:
+    """The save protocol of every engine (collective over all ranks); returns the directory.
+
+    ``write(partial)`` writes the checkpoint files (collectively); ``write_atomically`` turns them into
+    ``<root>/step_N`` with ``flm_checkpoint.json`` (``meta`` + step, layout); rank 0 then replaces
+    ``latest`` and prunes old checkpoints.
+    """
+    root = Path(root)
+
+    def write_files(partial: Path) -> dict[str, Any]:
+        write(partial)
+        return dict(meta, step=step, layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp})
+
+    final = write_atomically(root / step_dir_name(step), write_files)
+    if _rank0():
         tmp = root / (LATEST_FILE + ".tmp")
         tmp.write_text(final.name + "\n")
         os.replace(tmp, root / LATEST_FILE)

@@ -62,8 +62,9 @@ class CheckpointFormatError(RuntimeError):
 # ----------------------------------------------------------------------------------------------- reading
 class _IntoTensor(LoadPlanner):
     """Load planner that copies the read pieces into one preallocated tensor ``out`` (the one
-    requested chunk; read items' ``dest_offsets`` are relative to it). Only the calls
-    ``FileSystemReader.read_data`` makes are implemented."""
+    requested chunk; read items' ``dest_offsets`` are relative to it). ``TensorReader`` hands
+    ``FileSystemReader.read_data`` a ready plan of tensor items, so only the two calls it makes per
+    item are needed (``LoadPlanner`` does not enforce its planning methods)."""
 
     def __init__(self, out: torch.Tensor) -> None:
         self.out = out
@@ -76,22 +77,6 @@ class _IntoTensor(LoadPlanner):
 
     def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
         pass  # resolve_tensor returned a view of ``out``: the data is already in place
-
-    def load_bytes(self, read_item, value) -> None:  # pragma: no cover - tensors only
-        raise CheckpointFormatError("internal: TensorReader reads tensors only")
-
-    # the planning steps of load_state_dict are not used: read_data is called with a ready plan
-    def set_up_planner(self, *args, **kwargs) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def create_local_plan(self):  # pragma: no cover
-        raise NotImplementedError
-
-    def create_global_plan(self, global_plan):  # pragma: no cover
-        raise NotImplementedError
-
-    def finish_plan(self, central_plan):  # pragma: no cover
-        raise NotImplementedError
 
 
 class TensorReader:
@@ -170,6 +155,7 @@ class TensorReader:
         if info is None or info.transform_descriptors:
             return None
         with open(self.path / info.relative_path, "rb") as f:
+            # the bounded file view DCP's own read_data loads each item through
             tensor = torch.load(self._reader._slice_file(f, info), map_location="cpu", weights_only=True)
         if tuple(tensor.shape) != tuple(chunk.sizes):
             raise CheckpointFormatError(f"{self.path}: stored chunk of {key} at {tuple(chunk.offsets)} has shape "
@@ -202,10 +188,6 @@ class ChunkedTensor:
         for i, r0 in enumerate(range(0, self.shape[0], self.rows)):
             rows = min(self.rows, self.shape[0] - r0)
             yield i, (r0,) + (0,) * (len(self.shape) - 1), (rows, *self.shape[1:])
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
 
 
 def in_memory(key: str, tensor: torch.Tensor, rows: Optional[int] = None) -> ChunkedTensor:
@@ -256,14 +238,23 @@ class _ProducingSavePlanner(DefaultSavePlanner):
         return t.clone() if t.untyped_storage().nbytes() != t.nbytes else t
 
 
-def _buckets(items: list[WriteItem], n: int) -> list[list[WriteItem]]:
-    """``items`` split into ``n`` lists of about equal bytes, each in the items' order."""
-    out: list[list[WriteItem]] = [[] for _ in range(n)]
+def balanced(sizes: list[int], n: int) -> list[int]:
+    """Greedy assignment of items (in order) to ``n`` bins of about equal total size: the bin of each."""
     load = [0] * n
-    for item in items:
+    bins = []
+    for size in sizes:
         i = load.index(min(load))
-        out[i].append(item)
-        load[i] += math.prod(item.tensor_data.chunk.sizes) * item.tensor_data.properties.dtype.itemsize
+        bins.append(i)
+        load[i] += size
+    return bins
+
+
+def _buckets(items: list[WriteItem], n: int) -> list[list[WriteItem]]:
+    """``items`` split into at most ``n`` lists of about equal bytes, each in the items' order."""
+    sizes = [math.prod(i.tensor_data.chunk.sizes) * i.tensor_data.properties.dtype.itemsize for i in items]
+    out: list[list[WriteItem]] = [[] for _ in range(n)]
+    for item, b in zip(items, balanced(sizes, n)):
+        out[b].append(item)
     return [b for b in out if b]
 
 

@@ -29,6 +29,7 @@ a save holds about 1/world of the fp32 weights and moments per rank. Loads read 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -41,13 +42,13 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 
 from training import checkpoint
 from training.checkpoint import CheckpointError
-
-MOMENTS = ("exp_avg", "exp_avg_sq")
+from training.dcp_io import balanced
+from training.logical import MOMENTS, moment_key
 
 
 def moment_prefix(moment: str) -> str:
-    """Key prefix of a moment in the project format (``training.logical.moment_key``'s names)."""
-    return f"optimizer.state.{moment}."
+    """Key prefix of a moment in the project format."""
+    return moment_key(moment, "")
 
 
 @dataclass(frozen=True)
@@ -91,17 +92,6 @@ def param_entries(module: torch.nn.Module) -> list[ParamEntry]:
     return entries
 
 
-def _owners(entries: list[ParamEntry], world: int) -> list[int]:
-    """Which rank writes each entry: greedy by size, so every rank writes about 1/world of the bytes."""
-    load = [0] * world
-    owners = []
-    for e in entries:
-        rank = min(range(world), key=lambda r: (load[r], r))
-        owners.append(rank)
-        load[rank] += int(torch.Size(e.shape).numel())
-    return owners
-
-
 def _full_tensors(e: ParamEntry) -> dict[str, torch.Tensor]:
     """Full fp32 master weight and Adam moments of one parameter (collective over the DP group)."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
@@ -121,7 +111,8 @@ def save(root: str | Path, *, step: int, entries: list[ParamEntry], scheduler, l
     rank, world = dist.get_rank(), dist.get_world_size()
 
     def write(partial: Path) -> None:
-        owners = _owners(entries, world)
+        # which rank writes each entry: every rank about 1/world of the bytes
+        owners = balanced([math.prod(e.shape) for e in entries], world)
         state: dict[str, Any] = {}
         for i, (e, owner) in enumerate(zip(entries, owners)):
             tensors = _full_tensors(e)  # every rank takes part in the gather, the owner keeps the result

@@ -18,21 +18,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torch.distributed as dist
 
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
-from training.checkpoint import FORMAT_VERSION, META_FILE, CheckpointError, _model_sd, resolve
+from training.checkpoint import CheckpointError, _model_sd, resolve, write_atomically
 from training.dcp_io import ChunkedTensor, in_memory, write_tensors
-from training.optim import inner_optimizers
+from training.optim import inner_optimizers, set_torch_adam_step
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -83,29 +79,13 @@ def write_logical_chunks(out: str | Path, entries: list[ChunkedTensor],
     from training.parallel import init_process_group
 
     init_process_group()
-    out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    rank0 = dist.get_rank() == 0
-    if out.exists():
-        raise CheckpointError(f"refusing to overwrite {out}; choose a new destination")
-    if rank0:
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-    dist.barrier()
-    try:
+
+    def write(partial: Path) -> dict[str, Any]:
         write_tensors(partial, entries)
-        full_meta = dict(meta(partial) if callable(meta) else meta, format_version=FORMAT_VERSION,
-                         layout={"tp": 1, "pp": 1, "dp": 1}, has_optimizer=False, has_moments=has_moments)
-    except BaseException:
-        if rank0:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if rank0:
-        (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
-        os.replace(partial, out)
-    dist.barrier()
-    return out
+        return dict(meta(partial) if callable(meta) else meta, layout={"tp": 1, "pp": 1, "dp": 1},
+                    has_optimizer=False, has_moments=has_moments)
+
+    return write_atomically(out, write)
 
 
 def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -174,9 +154,7 @@ def load_moments(ckpt: str | Path, model_chunks, optimizer, step: int) -> int:
             state[m].copy_(local.to(state[m].dtype))
         done.add(id(param))
     for opt in inner_optimizers(optimizer):
-        for state in opt.state.values():
-            if "step" in state:
-                state["step"] = torch.tensor(float(step))
+        set_torch_adam_step(opt, step)
     return len(done)
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -62,7 +63,7 @@ def token_mean_loss(loss_mask: torch.Tensor, output: torch.Tensor) -> torch.Tens
     return (output.float() * loss_mask).sum() / loss_mask.sum()
 
 
-class BaseTrainer:
+class BaseTrainer(ABC):
     """One model shape under one layout; every rank constructs it alike and calls it collectively."""
 
     #: the ``engine`` value of the run config this class implements (recorded in checkpoints)
@@ -90,28 +91,33 @@ class BaseTrainer:
 
     # ---------------------------------------------------------------- engine interface
     @property
+    @abstractmethod
     def mask_chunks(self) -> list[torch.nn.Module]:
         """The model modules growth masks are applied to (the layer spec's modules are inside)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self) -> StepResult:
-        raise NotImplementedError
+        """One optimizer step on the next global batch (collective)."""
 
+    @abstractmethod
     def save(self, root: Optional[Path] = None) -> Path:
-        raise NotImplementedError
+        """Save a resumable checkpoint of this engine under ``root`` (default: the run's); collective."""
 
+    @abstractmethod
     def load(self, path: Path) -> dict[str, Any]:
-        raise NotImplementedError
+        """Resume from a checkpoint this engine saved (any layout); returns its metadata."""
 
+    @abstractmethod
     def init_from(self, path: Path, *, moments: Optional[bool] = None) -> dict[str, Any]:
-        raise NotImplementedError
+        """Start at step 0 from the weights of any project checkpoint (moments: see ``_carry_moments``)."""
 
+    @abstractmethod
     def _forward_only_loss(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
         """Global-batch mean loss without gradients (same value on every rank)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _set_train_mode(self, train: bool) -> None:
-        raise NotImplementedError
+        """Switch the model between training and evaluation mode (dropout)."""
 
     # ---------------------------------------------------------------- data
     def _rank_batch(self, source: SampleSource, start: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -113,6 +114,12 @@ def _output_logits(y: Tensor, w: Tensor) -> Tensor:
                       for r in range(0, w.shape[0], _OUTPUT_BLOCK_ROWS)], dim=-1)
 
 
+def _converted(weights: dict[str, Tensor], dtype: torch.dtype, key: str) -> Optional[Tensor]:
+    """``weights[key]`` in ``dtype`` (None if absent), converted when used: one weight in ``dtype`` at a time."""
+    t = weights.get(key)
+    return None if t is None else t.to(dtype)
+
+
 def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callable[[int], dict[str, Tensor]],
                    tokens: Tensor, masks: Optional[MaskValues] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
     """``reference_logits`` with the weights fetched on demand, one layer at a time.
@@ -132,12 +139,7 @@ def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callab
         x = x * hm
 
     for i in range(cfg.num_layers):
-        w = layer(i)
-
-        def c(key: str) -> Optional[Tensor]:  # converted when used: one weight in ``dtype`` at a time
-            t = w.get(key)
-            return None if t is None else t.to(dtype)
-
+        c = partial(_converted, layer(i), dtype)
         h = x
         a = _norm(x, c(R.NORM1_WEIGHT), c(R.NORM1_BIAS), cfg.norm_eps, rms, hm)
         x = x + _attention(cfg, a, c(R.QKV_WEIGHT), c(R.QKV_BIAS), c(R.PROJ_WEIGHT), c(R.PROJ_BIAS), masks)
@@ -146,7 +148,6 @@ def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callab
         gate = masks.depth.get(i)
         if gate is not None:
             x = h + gate * (x - h)
-        del w
     bias = tensor(R.FINAL_NORM_BIAS)
     y = _norm(x, tensor(R.FINAL_NORM_WEIGHT).to(dtype), None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm)
     out_w = emb if cfg.tie_embeddings else tensor(R.OUTPUT)
@@ -161,11 +162,15 @@ def reference_logits(cfg, state: dict[str, Tensor], tokens: Tensor, masks: Optio
     ``state``: the logical state dict of ``cfg``; ``tokens``: LongTensor ``[b, s]`` (positions 0..s-1);
     ``masks``: MSG masks (None: unmasked). Differentiable; dropout is not modelled.
     """
-    layered = [k for k in state if k.startswith("decoder.layers.")]
     layers = state[R.QKV_WEIGHT].shape[0]
     if layers != cfg.num_layers:
         raise ValueError(f"the state has {layers} layers, the config {cfg.num_layers}")
-    return forward_logits(cfg, state.get, lambda i: {k: state[k][i] for k in layered}, tokens, masks)
+    return forward_logits(cfg, state.get, lambda i: layer_slices(state, i), tokens, masks)
+
+
+def layer_slices(state: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+    """``{key: layer index's slice}`` of the per-layer tensors of a logical state dict."""
+    return {k: v[index] for k, v in state.items() if k.startswith("decoder.layers.")}
 
 
 def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
