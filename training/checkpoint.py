@@ -10,8 +10,8 @@ Contracts:
   the distributed optimizer uses the ``fully_reshardable`` format).
 - Saves are atomic (``write_atomically``): files go to ``step_N.partial`` and the directory is
   renamed only after every rank finished; ``latest`` is replaced atomically afterwards. A crash
-  mid-save leaves the previous checkpoint and ``latest`` untouched; a failed save removes its
-  ``.partial`` directory, a killed one leaves it for the next save to remove.
+  mid-save leaves the previous checkpoint and ``latest`` untouched; stale ``.partial`` directories
+  are removed by the next save.
 - An existing complete checkpoint is never overwritten.
 - ``flm_checkpoint.json`` holds what tools need without torch: step, consumed samples, the run
   config, the layout it was saved under, the growth-mask state and the ``engine`` that saved it.
@@ -127,13 +127,15 @@ def _rng_object(layout) -> ShardedObject:
     )
 
 
-def write_atomically(final: str | Path, write: Callable[[Path], dict[str, Any]]) -> Path:
+def write_atomically(final: str | Path, write: Callable[[Path], dict[str, Any]], *,
+                     remove_partial_on_error: bool = True) -> Path:
     """The atomic directory protocol of every checkpoint writer (collective over all ranks).
 
     ``write(partial)`` writes the files (collectively) into ``<final>.partial`` and returns the
     metadata; rank 0 then adds ``flm_checkpoint.json`` (with the format version) and renames the
-    directory to ``final``. ``final`` is never overwritten. If ``write`` fails the partial directory
-    is removed; a process killed mid-write leaves it, and the next write to ``final`` removes it.
+    directory to ``final``. ``final`` is never overwritten. If ``write`` raises, the partial
+    directory is removed (unless ``remove_partial_on_error`` is false: training saves keep it, as a
+    killed process would, for inspection); the next write to ``final`` removes a stale one.
     """
     final = Path(final)
     partial = final.with_name(final.name + ".partial")
@@ -148,7 +150,7 @@ def write_atomically(final: str | Path, write: Callable[[Path], dict[str, Any]])
         meta = write(partial)
         dist.barrier()
     except BaseException:
-        if _rank0():
+        if remove_partial_on_error and _rank0():
             shutil.rmtree(partial, ignore_errors=True)
         raise
     if _rank0():
@@ -172,7 +174,7 @@ def commit(root: str | Path, step: int, write: Callable[[Path], None], meta: dic
         write(partial)
         return dict(meta, step=step, layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp})
 
-    final = write_atomically(root / step_dir_name(step), write_files)
+    final = write_atomically(root / step_dir_name(step), write_files, remove_partial_on_error=False)
     if _rank0():
         tmp = root / (LATEST_FILE + ".tmp")
         tmp.write_text(final.name + "\n")
