@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dryrun test test-fast install clean-venv
+.PHONY: dryrun test test-fast lint install clean-venv
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,14 @@ install: $(STAMP)
 dryrun: $(STAMP)
 	$(VENV)/bin/flm dryrun
 
-test: $(STAMP)
+# lint, format check, type check, the layering contract (docs/architecture.md); then the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import training  # noqa: E402,F401
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.data.build import build_sources, prepare_default_data  # noqa: E402
 from training.data.default_corpus import build_default_corpus  # noqa: E402
 from training.data.ingest import CorpusSpec  # noqa: E402

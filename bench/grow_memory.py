@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 CHILD = r"""
 import json, sys, threading, time
 sys.path.insert(0, {repo!r})
-import training
-from training.parallel import init_process_group
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+from training.engine.parallel import init_process_group
 init_process_group()
-import growth.cli, training.logical  # imports done before the baseline
+import training.grow, training.checkpoint.logical  # imports done before the baseline
 
 def rss_kb():
     for line in open("/proc/self/status"):
@@ -61,7 +61,7 @@ if mode == "copy":
     os.makedirs(dst)
     dist_checkpointing.save(state, dst)
 else:
-    from growth.cli import grow_from_files
+    from training.grow import grow_from_files
     from pathlib import Path
     grow_from_files(Path(src), Path(dst), Path(plan), verify=(mode == "grow-verify"))
 dt = time.perf_counter() - t0
@@ -73,12 +73,12 @@ print(json.dumps({{"time_s": dt, "base_kb": base, "peak_kb": max(peak[0], rss_kb
 def make_checkpoint(path: Path, layers: int, hidden: int, vocab: int) -> dict:
     import torch
 
-    import training  # noqa: F401
+    import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from growth.roles import logical_shapes
     from growth.shape import ModelShape
     from training.config import RunConfig
     from training.config_base import from_dict, to_dict
-    from training.logical import write_logical
+    from training.checkpoint.logical import write_logical
 
     run = from_dict(RunConfig, {"model": {"num_layers": layers, "hidden_size": hidden, "ffn_hidden_size": 4 * hidden,
                                           "num_attention_heads": hidden // 64, "vocab_size": vocab,

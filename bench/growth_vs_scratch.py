@@ -84,7 +84,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-growth"))
     args = ap.parse_args()
 
-    import training  # noqa: F401
+    import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from training.config import ModelConfig
     from training.config_base import from_dict
     from training.metrics import flops_per_token

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import training  # noqa: E402,F401  (CPU bridge before megatron)
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -102,7 +102,7 @@ def main() -> None:
 
     from training.config import load_run_config
     from training.data.source import MockSource
-    from training.trainer import Trainer
+    from training.engine.trainer import Trainer
 
     overrides = [
         f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",

@@ -7,7 +7,7 @@ that reproduces the arithmetic of lm-eval's ``hf`` backend: same context/continu
 windows, same stop-sequence post-processing. :class:`HFBackend` wraps a ``transformers`` causal
 LM and tokenizer (used by the tests to check the adapter against the ``hf`` backend);
 :func:`load_project_backend` obtains a backend for a project checkpoint from
-``training.checkpoint_backend.load_backend``.
+``training.iq_backend.load_backend``.
 
 Generation re-runs the full sequence every step (the interface has no KV cache): correct for any
 causal model, quadratic in the generated length. Batches are right-padded; causality makes the
@@ -262,22 +262,17 @@ class HFBackend:
 
 
 def load_project_backend(checkpoint_dir: str | Path) -> CausalLMBackend:
-    """A backend for a project checkpoint, from ``training.checkpoint_backend.load_backend``.
+    """A backend for a project checkpoint, from ``training.iq_backend.load_backend``.
 
-    Raises BackendUnavailableError when that loader is not importable (e.g. not written yet)
-    or returns something that is not a :class:`CausalLMBackend`.
+    Raises BackendUnavailableError when the directory is missing or the loader returns something
+    that is not a :class:`CausalLMBackend`.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.exists():
         raise BackendUnavailableError(f"checkpoint directory not found: {checkpoint_dir}")
-    try:
-        from training.checkpoint_backend import load_backend
-    except ImportError as err:
-        raise BackendUnavailableError(
-            "--model flm needs training.checkpoint_backend.load_backend(checkpoint_dir), which "
-            f"cannot be imported ({err}). Until it exists, export the checkpoint to Hugging Face "
-            "format and run with --model hf --model-path DIR"
-        ) from err
+    # optional heavy dependency: the project's checkpoint reader (torch DCP) only for --model flm
+    from training.iq_backend import load_backend
+
     backend = load_backend(checkpoint_dir)
     check_backend(backend)
     return backend

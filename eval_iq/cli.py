@@ -16,12 +16,17 @@ hub copies of SuperGLUE/CLUE. Exit codes: 0 success, 2 usage or data error.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from eval_iq.errors import IQError
 from eval_iq.generate import DEFAULT_SEED
+from training.errors import FLMError
+from training.log import setup_logging
+
+log = logging.getLogger(__name__)
 
 HELP = "run the FLM IQ benchmark (symbolic mapping, rules, patterns, anti-interference)"
 
@@ -139,15 +144,8 @@ def _build_lm(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``flm iq``; returns the process exit code."""
-    try:
-        return _run(args)
-    except IQError as err:
-        print(f"flm iq: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Handler of ``flm iq``; returns the process exit code (errors are ``IQError``s, reported by
+    the caller: ``flm``'s main, or :func:`main` here)."""
     from eval_iq.registry import resolve_subtasks
 
     if args.list:
@@ -173,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     plan = make_plan(specs, data_dir, args.skip_unavailable)
     for name, reason in plan.skipped.items():
-        print(f"flm iq: skipping {name}: {reason}", file=sys.stderr)
+        log.warning("skipping %s: %s", name, reason)
     if args.export_instances:
         _export(plan.run, settings, Path(args.export_instances))
         return 0
@@ -206,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="flm iq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return run(args)
+    except FLMError as err:  # this is an entry point of its own (python -m eval_iq.cli)
+        print(f"flm iq: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

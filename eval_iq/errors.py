@@ -6,8 +6,10 @@ command can report them as user errors (exit code 2) instead of tracebacks.
 
 from __future__ import annotations
 
+from training.errors import FLMError
 
-class IQError(ValueError):
+
+class IQError(FLMError, ValueError):
     """Base class: a user-facing problem with the benchmark's inputs or configuration."""
 
 

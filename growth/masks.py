@@ -1,6 +1,6 @@
 """MSG masks: their state (pure, JSON-serialisable data), their values, and applying them to a model.
 
-Semantics (the model side is in ``training/model``): every structure grown with ``msg`` is multiplied
+Semantics (the model side is in ``training/engine/model``): every structure grown with ``msg`` is multiplied
 by a ramp value c (1 on old structure):
 - hidden: the embedding output and every norm output are multiplied by ``m`` (1 on the first
   ``hidden_old`` dims, c on the rest) and the norms' statistics are weighted by ``m``;
@@ -102,55 +102,3 @@ class MaskState:
         if unknown:
             raise ValueError(f"unknown MaskState keys {unknown}; allowed: {sorted(names)}")
         return cls(**data)
-
-
-def _modules():
-    from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
-
-    from training.model.attention import FLMCoreAttention
-    from training.model.layer import FLMTransformerLayer
-    from training.model.mlp import FLMMLP
-    from training.model.norms import FLMNorm
-
-    return LanguageModelEmbedding, FLMNorm, FLMCoreAttention, FLMMLP, FLMTransformerLayer
-
-
-def apply_masks(model_chunks, state: MaskState, step: Optional[int] = None) -> bool:
-    """Set the growth masks of megatron model chunks to the ramp value at ``step`` (default ``steps_done``).
-
-    Works on any layout: masks are full logical vectors (the modules slice their TP part) and depth
-    gates go to layers by global index (``layer_number - 1``). Returns False, with all masks cleared,
-    once the ramp is done.
-    """
-    if state.is_done(step):
-        clear_masks(model_chunks)
-        return False
-    embedding_cls, norm_cls, attention_cls, mlp_cls, layer_cls = _modules()
-    for chunk in model_chunks:
-        device = next(chunk.parameters()).device
-        v = state.values(step, device=device)
-        for module in chunk.modules():
-            if isinstance(module, (embedding_cls, norm_cls)):
-                module.hidden_mask = v.hidden
-            elif isinstance(module, attention_cls):
-                module.head_mask, module.group_mask = v.head, v.group
-            elif isinstance(module, mlp_cls):
-                module.neuron_mask = v.neuron
-            elif isinstance(module, layer_cls):
-                module.depth_gate = v.depth.get(module.layer_number - 1)
-    return True
-
-
-def clear_masks(model_chunks) -> None:
-    """Remove every growth mask: the chunks compute the plain (grown) model."""
-    embedding_cls, norm_cls, attention_cls, mlp_cls, layer_cls = _modules()
-    for chunk in model_chunks:
-        for module in chunk.modules():
-            if isinstance(module, (embedding_cls, norm_cls)):
-                module.hidden_mask = None
-            elif isinstance(module, attention_cls):
-                module.head_mask = module.group_mask = None
-            elif isinstance(module, mlp_cls):
-                module.neuron_mask = None
-            elif isinstance(module, layer_cls):
-                module.depth_gate = None

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from growth.masks import MaskState
+from growth.reference import forward_logits, layer_slices, token_loss
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,6 @@ class StateWeights:
         return self.state.get(key)
 
     def layer(self, index: int) -> dict[str, Tensor]:
-        from training.model.reference import layer_slices  # circular at import time (see verify_weights)
-
         return layer_slices(self.state, index)
 
 
@@ -64,9 +63,6 @@ def verify(old_cfg, old_state: dict[str, Tensor], new_cfg, new_state: dict[str, 
 def verify_weights(old_cfg, old: Weights, new_cfg, new: Weights, masks: Optional[MaskState], tokens: Tensor,
                    labels: Optional[Tensor] = None, dtype: torch.dtype = torch.float64) -> VerifyReport:
     """``verify`` with weights fetched layer by layer (e.g. from checkpoints on disk), computed in ``dtype``."""
-    # imported here: the reference model imports growth.roles/masks, so a top-level import would be circular
-    from training.model.reference import forward_logits, token_loss
-
     with torch.no_grad():
         old_logits = forward_logits(old_cfg, old.tensor, old.layer, tokens, None, dtype)
         new_logits = forward_logits(new_cfg, new.tensor, new.layer, tokens,

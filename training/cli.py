@@ -1,16 +1,33 @@
-"""The ``flm`` command: one entry point, one subcommand per job.
+"""The ``flm`` command: one entry point, one subcommand per job, one error handler.
 
-Subcommands import their heavy dependencies lazily, so ``flm --help`` is instant and processes
-spawned by megatron's checkpoint writer (which re-import ``__main__``) stay cheap.
+Every subcommand registers itself from its own module (``register(subparsers)``); those modules
+import only what building the parser needs, so ``flm --help`` stays instant and the processes
+megatron's checkpoint writer spawns (which re-import ``__main__``) stay cheap.
+
+``main`` is the only place that reports errors: an ``FLMError`` (``training.errors``) becomes one
+line ``flm <command>: error: <message>`` and its ``exit_code``; anything else is a bug and keeps its
+traceback. It also sets up the project's logger once (``training.log``, rank-aware).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
-from typing import Callable, Optional
+from typing import Optional
+
+from eval_iq import cli as iq_cli
+from training import dryrun, grow_cli
+from training.data import cli as data_cli
+from training.errors import FLMError
+from training.hf import cli as hf_cli
+from training.local_launch import torchrun_command
+from training.log import setup_logging
+from training.plan import cli as plan_cli
+
+log = logging.getLogger(__name__)
 
 EPILOG = """examples:
   flm config show configs/runs/tiny.yaml parallel.tp=2
@@ -18,6 +35,9 @@ EPILOG = """examples:
   torchrun --nproc-per-node 4 -m training.cli train configs/runs/tiny.yaml parallel.tp=2 parallel.pp=2
   flm train configs/runs/tiny.yaml --resume            # continue from the latest checkpoint
 """
+
+#: subcommands owned by other modules: each has ``register(subparsers)``
+REGISTRATIONS = (data_cli, grow_cli, dryrun, iq_cli, hf_cli, plan_cli)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -27,11 +47,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_config_show(args) -> int:
-    import yaml
+    import yaml  # startup time: loaded when the command runs, not for `flm --help`
 
-    from training.config import load_run_config, run_config_to_dict
+    from training.config import run_config_to_dict  # startup time (as above)
+    from training.stage_plans import load_run  # startup time: imports growth/ and torch
 
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = load_run(args.config, args.overrides)
     if args.world_size is not None:
         dp = cfg.parallel.data_parallel_size(args.world_size)
         cfg.train.micro_batches(dp)
@@ -40,33 +61,33 @@ def cmd_config_show(args) -> int:
 
 
 def _relaunch_under_torchrun(nproc: int) -> int:
-    argv = [a for a in sys.argv[1:]]
+    argv = list(sys.argv[1:])
     i = argv.index("--nproc")
     del argv[i:i + 2]
-    from training.parallel import torchrun_command
-
     cmd = torchrun_command(nproc, argv)
-    print("+ " + " ".join(cmd), file=sys.stderr)
+    log.info("+ %s", " ".join(cmd))
     return subprocess.call(cmd)
 
 
 def cmd_train(args) -> int:
     # RANK is set by every launcher (torchrun, DeepSpeed's); LOCAL_RANK alone is not a sign of one
-    # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/ds_trainer.py)
+    # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         return _relaunch_under_torchrun(args.nproc)
-    from training.run import train_from_cli
+    from training.run import train_from_cli  # startup time: the engine (megatron, torch) loads only to train
 
     return train_from_cli(args)
 
 
-def build_parser(extra: Optional[list[Callable]] = None) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flm",
         description="Grow and train LLMs (FLM-101B style) on megatron-core; evaluate them with the IQ benchmark.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug messages, and the third-party warnings that are hidden by default")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -98,30 +119,12 @@ def build_parser(extra: Optional[list[Callable]] = None) -> argparse.ArgumentPar
                             "checkpoint of stage N-1's final one (grown here if missing) or from --init-from")
     train.set_defaults(func=cmd_train)
 
-    for register in _registrations() + (extra or []):
-        register(sub)
+    for module in REGISTRATIONS:
+        module.register(sub)
     return parser
 
 
-def _registrations() -> list[Callable]:
-    """Subcommands owned by other packages (data, growth, IQ benchmark)."""
-    regs = []
-    for module in ("training.data.cli", "growth.cli", "training.dryrun", "eval_iq.cli", "training.hf.cli", "training.plan.cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue
-        regs.append(mod.register)
-    return regs
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from training.config_base import ConfigError
-    from training.data.errors import DataError
-
-    parser = build_parser()
+def _parse(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
     # overrides (key=value) may come after options too: argparse stops collecting a positional
     # list at the first option, so gather the rest here
     args, rest = parser.parse_known_args(argv)
@@ -134,14 +137,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         # `--resume key=value`: the optional CKPT of --resume swallowed an override
         args.overrides = list(args.overrides) + [resume]
         args.resume = "latest"
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = _parse(parser, argv)
+    setup_logging(verbose=args.verbose, command=args.command)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"flm: config error: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:
-        print(f"flm: data error: {err}", file=sys.stderr)
-        return 2
+    except FLMError as err:
+        print(f"flm {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         return 130
 

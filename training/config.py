@@ -8,12 +8,13 @@ validated ``RunConfig``; every error is a ``ConfigError`` naming the key and the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from training.config_base import join_key, ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from training.config_base import ConfigError, apply_overrides, from_dict, join_key, read_yaml, to_dict
 from training.data.config import DataConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -210,7 +211,7 @@ class CheckpointConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    """The ``deepspeed:`` section, read when ``engine: deepspeed`` (see ``training/ds_trainer.py``).
+    """The ``deepspeed:`` section, read when ``engine: deepspeed`` (see ``training/engine/ds_trainer.py``).
 
     The DeepSpeed engine is data-parallel only: ZeRO partitions optimizer state (stage 1), also
     gradients (2), also parameters (3) over the DP ranks. The rest of the DeepSpeed config (batch
@@ -393,7 +394,6 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     """The single-stage ``RunConfig`` of stage ``index``: its model and layout, the run's train
     section with the stage's overrides and LR policy, steps from its token budget, its own output
     directory ``<output_dir>/stage<index>-<name>``."""
-    import dataclasses
 
     stage = run.stages[index]
     where = join_key(path, f"stages[{index}]")
@@ -427,15 +427,13 @@ def load_run_data(path: str | Path | None, overrides: list[str] | None = None) -
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load, resolve and validate a run config. Errors name the file and the key."""
+    """Load, resolve and validate a run config. Errors name the file and the key.
+
+    A staged run's growth transitions are checked where runs are loaded for training
+    (``training.stages.load_run``): that needs ``growth/``, a layer above this one."""
     data = load_run_data(path, overrides)
     try:
-        cfg = from_dict(RunConfig, data)
-        if cfg.stages:
-            from training.stages import validate_stages
-
-            validate_stages(cfg)
-        return cfg
+        return from_dict(RunConfig, data)
     except ConfigError as err:
         if path is not None and err.source is None:
             raise ConfigError(err.key, err.message, source=str(path)) from None

@@ -13,6 +13,7 @@ dataclasses that megatron-core already uses (``TransformerConfig``). This module
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -21,8 +22,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from training.errors import FLMError
 
-class ConfigError(ValueError):
+
+class ConfigError(FLMError, ValueError):
     """A config value is wrong. ``key`` is the dotted path, ``source`` the file if known."""
 
     def __init__(self, key: str, message: str, source: str | None = None):
@@ -163,7 +166,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted overrides applied (sections are created as needed)."""
-    import copy
 
     out = copy.deepcopy(data)
     for text in overrides:

@@ -14,7 +14,9 @@ Re-running resumes: a finished run only regenerates the report.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +24,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from training.config import CONFIGS_DIR, RunConfig, load_run_config, stage_config
+from training.config import CONFIGS_DIR, RunConfig, stage_config
+from training.local_launch import torchrun_command
+from training.stage_plans import load_run
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUN = CONFIGS_DIR / "runs" / "dryrun.yaml"
 IQ_SUBTASKS = "counting,head_tail,multi_key_retrieval,single_supporting_fact"
@@ -31,7 +37,7 @@ IQ_SUBTASKS = "counting,head_tail,multi_key_retrieval,single_supporting_fact"
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "dryrun", help="the small-scale growth dry run (3 stages, 2 processes) and its report",
-        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=str(DEFAULT_RUN), help="staged run config (default: %(default)s)")
     p.add_argument("--output-dir", default=None, help="where the run and its report go (default: the config's)")
@@ -46,17 +52,15 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    cfg = load_run_config(args.config, overrides)
+    cfg = load_run(args.config, overrides)
     out = Path(cfg.output_dir)
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    from training.parallel import torchrun_command
-
     cmd = torchrun_command(args.nproc, ["train", args.config, "--resume", *overrides])
-    print("+ " + " ".join(cmd), file=sys.stderr)
+    log.info("+ %s", " ".join(cmd))
     code = subprocess.call(cmd, env=dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore")))
     if code != 0:
-        print(f"flm dryrun: training failed (exit {code}); fix the error above and re-run to resume", file=sys.stderr)
+        log.error("training failed (exit %d); fix the error above and re-run to resume", code)
         return code
     report = write_report(cfg)
     iq = run_iq(cfg, report) if not args.skip_iq else None
@@ -83,10 +87,11 @@ def _stage_records(cfg: RunConfig) -> list[dict]:
 
 
 def write_report(cfg: RunConfig) -> Path:
+    # startup time: matplotlib loads for the report only, not when `flm` builds its parser
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg")
 
     report = Path(cfg.output_dir) / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -148,17 +153,13 @@ def write_report(cfg: RunConfig) -> Path:
     return report
 
 
-def run_iq(cfg: RunConfig, report: Path) -> Optional[int]:
-    """A small IQ benchmark run on the final model (needs the checkpoint adapter and a tokenizer)."""
-    try:
-        import training.checkpoint_backend  # noqa: F401
-    except ImportError:
-        print("flm dryrun: IQ benchmark skipped: this build has no checkpoint adapter for eval_iq", file=sys.stderr)
-        return None
+def run_iq(cfg: RunConfig, report: Path) -> int:
+    """A small IQ benchmark run on the final model (``flm iq`` in a process of its own; needs a
+    tokenizer); returns its exit status."""
     cmd = [sys.executable, "-m", "training.cli", "iq", "--model", "flm", "--checkpoint", str(final_checkpoint(cfg)),
            "--subtasks", IQ_SUBTASKS, "--limit", "20", "--output-dir", str(report / "iq")]
-    print("+ " + " ".join(cmd), file=sys.stderr)
+    log.info("+ %s", " ".join(cmd))
     code = subprocess.call(cmd)
     if code != 0:
-        print(f"flm dryrun: the IQ benchmark failed (exit {code}); the training report is complete", file=sys.stderr)
+        log.error("the IQ benchmark failed (exit %d); the training report is complete", code)
     return code

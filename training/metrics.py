@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from tqdm import tqdm
 
 from training.config import ModelConfig
 
@@ -77,12 +78,11 @@ class MetricsSink:
         out_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(out_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
+            # optional heavy dependency: tensorboard loads only where logging.tensorboard is on
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
         if progress_total is not None:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=progress_total, initial=progress_initial, unit="step", dynamic_ncols=True)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -99,7 +99,8 @@ class MetricsSink:
             if record.get("mfu") is not None:
                 post["mfu"] = f"{100 * record['mfu']:.1f}%"
             self._bar.set_postfix(post, refresh=False)
-            self._bar.update(1)
+            # records come every log_interval steps: move the bar to the record's step
+            self._bar.update(step - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:

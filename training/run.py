@@ -1,37 +1,35 @@
-"""``flm train``: config -> data sources -> Trainer -> fit, with resume and init-from."""
+"""``flm train``: config -> data sources -> trainer -> fit, with resume and init-from."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Optional
 
-from training.config import ModelConfig, RunConfig, load_run_config
+from training import checkpoint
+from training.checkpoint import CheckpointError
+from training.config import ModelConfig, RunConfig
+from training.config_base import to_dict
+from training.data.build import run_sources
+from training.engine.factory import make_trainer
+from training.engine.parallel import teardown
+from training.errors import UsageError
+from training.stage_plans import load_run
+from training.stages import run_stages
 
+log = logging.getLogger(__name__)
 
-def build_sources(cfg: RunConfig):
-    """(train, validation) sample sources of the run's ``data:`` section."""
-    if cfg.data.kind == "mock":
-        from training.data.source import MockSource
-
-        return (MockSource(cfg.model.vocab_size, cfg.model.seq_length, cfg.data.seed),
-                MockSource(cfg.model.vocab_size, cfg.model.seq_length, cfg.data.seed + 1))
-    from training.data.build import build_sources as build_real
-
-    return build_real(cfg.data, seq_length=cfg.model.seq_length, vocab_size=cfg.model.vocab_size)
+#: the model fields a checkpoint must agree on with the config it is loaded into
+SAME_MODEL_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                     "kv_channels", "vocab_size", "make_vocab_size_divisible_by", "normalization", "activation",
+                     "tie_embeddings", "bias")
 
 
 def check_same_model(ckpt_model: dict, model: ModelConfig, ckpt_path: Path) -> None:
     """A checkpoint loads only into the same model shape/variant; name the first field that differs."""
-    from training.config_base import to_dict
-
     ours = to_dict(model)
-    for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                "kv_channels", "vocab_size", "make_vocab_size_divisible_by", "normalization", "activation",
-                "tie_embeddings", "bias"):
+    for key in SAME_MODEL_FIELDS:
         if ckpt_model.get(key) != ours.get(key):
-            from training.checkpoint import CheckpointError
-
             raise CheckpointError(
                 f"checkpoint {ckpt_path} has model.{key}={ckpt_model.get(key)!r} but the config says "
                 f"{ours.get(key)!r}; use the checkpoint's model config (flm grow changes shapes)"
@@ -39,64 +37,49 @@ def check_same_model(ckpt_model: dict, model: ModelConfig, ckpt_path: Path) -> N
 
 
 def train_from_cli(args) -> int:
-    from training import checkpoint
-    from training.checkpoint import CheckpointError
-
+    """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``."""
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    cfg = load_run_config(args.config, overrides)
-    try:
-        if cfg.stages:
-            from training.stages import run_stages
-
-            if args.resume not in (None, "latest"):
-                print("flm train: a staged run resumes from its own output_dir; use --resume without a path",
-                      file=sys.stderr)
-                return 2
-            if args.stage is not None and not 0 <= args.stage < len(cfg.stages):
-                print(f"flm train: --stage {args.stage} is out of range; the run has stages 0..{len(cfg.stages) - 1}",
-                      file=sys.stderr)
-                return 2
-            return run_stages(cfg, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from)
-        if args.stage is not None:
-            print("flm train: --stage needs a run config with a stages: list", file=sys.stderr)
-            return 2
-        return run_training(cfg, resume=args.resume, init_from=args.init_from)
-    except CheckpointError as err:
-        print(f"flm train: {err}", file=sys.stderr)
-        return 2
+    cfg = load_run(args.config, overrides)
+    if cfg.stages:
+        if args.resume not in (None, "latest"):
+            raise UsageError("--resume: a staged run resumes from its own output_dir; use --resume without a path")
+        if args.stage is not None and not 0 <= args.stage < len(cfg.stages):
+            raise UsageError(f"--stage {args.stage} is out of range; the run has stages 0..{len(cfg.stages) - 1}")
+        return run_stages(cfg, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from)
+    if args.stage is not None:
+        raise UsageError("--stage needs a run config with a stages: list")
+    return run_training(cfg, resume=args.resume, init_from=args.init_from)
 
 
 def run_training(cfg: RunConfig, *, resume: Optional[str] = None, init_from: Optional[str] = None) -> int:
-    from training import checkpoint
-    from training.parallel import teardown
-    from training.trainer_base import make_trainer
-
-    train_src, valid_src = build_sources(cfg)
+    """Train one stage (collective over all ranks): from scratch, from ``resume`` ("latest" or a
+    path) or from the weights of ``init_from``."""
+    train_src, valid_src = run_sources(cfg)
     trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
-    log = trainer.layout.rank == 0
+    rank0 = trainer.layout.rank == 0
     try:
         source = None
         if resume is not None:
             source = checkpoint.latest_in(trainer.checkpoint_root()) if resume == "latest" else checkpoint.resolve(resume)
-            if source is None and log:
-                print(f"flm train: no checkpoint under {trainer.checkpoint_root()}; starting fresh", file=sys.stderr)
+            if source is None and rank0:
+                log.info("no checkpoint under %s; starting fresh", trainer.checkpoint_root())
         if source is not None:
             check_same_model(checkpoint.read_meta(source)["config"]["model"], cfg.model, source)
             trainer.load(source)
-            if log:
-                print(f"flm train: resumed from {source} at step {trainer.step_count}", file=sys.stderr)
+            if rank0:
+                log.info("resumed from %s at step %d", source, trainer.step_count)
         elif init_from is not None:
             path = checkpoint.resolve(init_from)
             check_same_model(checkpoint.read_meta(path)["config"]["model"], cfg.model, path)
             trainer.init_from(path)
-            if log:
-                print(f"flm train: initialised weights from {path}", file=sys.stderr)
+            if rank0:
+                log.info("initialised weights from %s", path)
         trainer.fit()
-        if log:
-            print(f"flm train: done at step {trainer.step_count}; metrics in {trainer.output_dir / 'metrics.jsonl'}, "
-                  f"checkpoints in {trainer.checkpoint_root()}", file=sys.stderr)
+        if rank0:
+            log.info("done at step %d; metrics in %s, checkpoints in %s", trainer.step_count,
+                     trainer.output_dir / "metrics.jsonl", trainer.checkpoint_root())
     finally:
         teardown()
     return 0

@@ -1,7 +1,7 @@
 """Multi-stage growth runs: train a stage, grow its final checkpoint, train the next stage.
 
 On one box ``run_stages`` does every transition inside one job: at a stage's end its final
-checkpoint exists; the growth transform (``growth.checkpoint.grow_checkpoint``, the same as ``flm
+checkpoint exists; the growth transform (``training.grow.grow_checkpoint``, the same as ``flm
 grow``) writes ``<output_dir>/stage<i>-<name>/grown`` with the verification of the exactness; the
 next stage's ``Trainer`` is built under the next layout and started from it (weights, Adam moments,
 masks, data position). On a cluster each stage can be its own job (``flm train RUN --stage N``).
@@ -16,53 +16,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Optional
 
+import torch.distributed as dist
+
+from training import checkpoint
 from training.config import RunConfig, stage_config
-from training.config_base import ConfigError, to_dict
+from training.config_base import to_dict
+from training.data.build import run_sources
+from training.engine.factory import make_trainer
+from training.engine.parallel import init_process_group, teardown
+from training.grow import grow_checkpoint
+from training.metrics import flops_per_token, total_params
+from training.stage_plans import growth_plan, validate_stages
+
+log = logging.getLogger(__name__)
 
 GROWN_DIR = "grown"
-
-
-def growth_plan(run: RunConfig, index: int, path: str = ""):
-    """The ``GrowthPlan`` that turns stage ``index - 1``'s model into stage ``index``'s."""
-    from growth.plan import check_plan, plan_for
-
-    prev, stage = run.stages[index - 1], run.stages[index]
-    g = stage.growth
-    where = f"{path}.stages[{index}].growth" if path else f"stages[{index}].growth"
-    changed = {
-        "hidden": prev.model.hidden_size != stage.model.hidden_size,
-        "ffn": prev.model.ffn_hidden_size != stage.model.ffn_hidden_size,
-        "heads": (prev.model.num_attention_heads, prev.model.query_groups)
-                 != (stage.model.num_attention_heads, stage.model.query_groups),
-        "depth": prev.model.num_layers != stage.model.num_layers,
-    }
-    operators = {dim: g.operators.get(dim, g.default_operator if moved else "none") for dim, moved in changed.items()}
-    if operators["depth"] == "clone":
-        operators["depth"] = "msg"
-    try:
-        plan = plan_for(
-            prev.model, stage.model, operators, tp=stage.parallel.tp,
-            old_vocab=prev.model.padded_vocab_size(prev.parallel.tp),
-            depth={"placement": g.depth_placement, "init": g.depth_init},
-            ramp={"steps": g.ramp_steps, "shape": g.ramp_shape},
-            init_std=g.init_std, clone_noise=g.clone_noise, seed=g.seed, exact=g.exact,
-        )
-        check_plan(plan, prev.model, where)
-    except ConfigError as err:
-        key = err.key if err.key.startswith(where) else f"{where}.{err.key}"
-        raise ConfigError(key, err.message) from None
-    return plan
-
-
-def validate_stages(run: RunConfig) -> None:
-    """Every transition must be a valid growth (no shrinking, exactness as requested, TP fits)."""
-    for i in range(1, len(run.stages)):
-        growth_plan(run, i)
 
 
 def stage_dir(run: RunConfig, index: int) -> Path:
@@ -70,8 +43,6 @@ def stage_dir(run: RunConfig, index: int) -> Path:
 
 
 def _final_checkpoint(cfg: RunConfig) -> Optional[Path]:
-    from training import checkpoint
-
     path = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output_dir) / "checkpoints"
     final = path / checkpoint.step_dir_name(cfg.train.steps)
     return final if checkpoint.is_checkpoint(final) else None
@@ -80,13 +51,6 @@ def _final_checkpoint(cfg: RunConfig) -> Optional[Path]:
 def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int] = None,
                init_from: Optional[str] = None) -> int:
     """Train the stages of ``run`` (all, or ``only_stage``) in this job; collective over all ranks."""
-    import torch.distributed as dist
-
-    from training import checkpoint
-    from training.parallel import init_process_group, teardown
-    from training.run import build_sources
-    from training.trainer_base import make_trainer
-
     validate_stages(run)
     init_process_group()
     rank0 = dist.get_rank() == 0
@@ -102,9 +66,9 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
                         "pass --resume to continue the run, or choose a new output_dir"
                     )
                 if rank0:
-                    print(f"flm train: stage {i} ({cfg.name}) is complete", file=sys.stderr)
+                    log.info("stage %d (%s) is complete", i, cfg.name)
                 continue
-            train_src, valid_src = build_sources(cfg)
+            train_src, valid_src = run_sources(cfg)
             trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
             trainer.extra_meta = {"stage": i, "stage_name": run.stages[i].name}
             started = time.time()
@@ -122,7 +86,7 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
             else:
                 what = "started from scratch"
             if rank0:
-                print(f"flm train: stage {i} ({cfg.name}): {what}", file=sys.stderr)
+                log.info("stage %d (%s): %s", i, cfg.name, what)
             trainer.fit()
             if rank0:
                 _record_stage(run, i, cfg, trainer, time.time() - started)
@@ -134,11 +98,6 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
 
 def grow_into(run: RunConfig, index: int) -> Path:
     """The grown checkpoint that starts stage ``index`` (made from stage ``index-1``'s final one)."""
-    import torch.distributed as dist
-
-    from growth.checkpoint import grow_checkpoint
-    from training import checkpoint
-
     dst = stage_dir(run, index) / GROWN_DIR
     if checkpoint.is_checkpoint(dst):
         return dst
@@ -151,7 +110,7 @@ def grow_into(run: RunConfig, index: int) -> Path:
         )
     report = grow_checkpoint(src, dst, growth_plan(run, index))
     if dist.get_rank() == 0:
-        print(report.summary(), file=sys.stderr)
+        log.info("%s", report.summary())
         with open(stage_dir(run, index) / "growth.json", "w") as f:
             json.dump({"stage": index, "src": str(src), "dst": str(dst), "exact": report.exact,
                        "preserved": report.preserved, "old_params": report.old_params,
@@ -162,8 +121,6 @@ def grow_into(run: RunConfig, index: int) -> Path:
 
 def _record_stage(run: RunConfig, index: int, cfg: RunConfig, trainer, wall_s: float) -> None:
     """Append the stage's summary to <output_dir>/stages.jsonl (what the dry-run report reads)."""
-    from training.metrics import flops_per_token, total_params
-
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokens = cfg.train.steps * cfg.train.global_batch_size * cfg.model.seq_length

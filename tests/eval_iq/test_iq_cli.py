@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from training.cli import main as flm_main
+
 from eval_iq import cli
 from eval_iq.reference import PAPER_MODELS
 
@@ -17,12 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def flm(argv: list[str]) -> int:
-    """Call ``flm iq`` the way the project CLI will: through register() on a subparsers object."""
-    parser = argparse.ArgumentParser(prog="flm")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli.register(sub)
-    args = parser.parse_args(["iq", *argv])
-    return args.func(args)
+    """``flm iq ARGV`` through the project CLI's main (its one error handler), in this process."""
+    return flm_main(["iq", *argv])
 
 
 def test_end_to_end_tiny_llama_offline(tiny_llama_dir, shared_data, tmp_path, no_network, capsys):
@@ -167,12 +165,6 @@ def test_symbolic_offline_without_data_is_clear(capsys, monkeypatch):
     assert flm(["--subtasks", "boolq,counting", "--model-path", "/x"]) == 2
     err = capsys.readouterr().err
     assert "boolq needs --data-dir" in err and "--skip-unavailable" in err
-
-
-def test_flm_backend_missing_loader(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "training.checkpoint_backend", None)
-    assert flm(["--model", "flm", "--checkpoint", str(tmp_path), "--subtasks", "counting"]) == 2
-    assert "training.checkpoint_backend.load_backend" in capsys.readouterr().err
 
 
 def test_malformed_data_file_is_reported(tmp_path, capsys):

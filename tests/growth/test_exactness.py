@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from growth import grow_state, verify
 from training.config_base import ConfigError
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO, flm, read_metrics
+from tests.helpers import REPO, flm, read_metrics
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000"]

@@ -10,16 +10,16 @@ import os
 import pytest
 import torch
 
-import training  # noqa: F401  (CPU bridge before megatron)
-from conftest import grown_plan, make_cfg, random_state
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+from tests.growth.helpers import grown_plan, make_cfg, random_state
 from growth import grow_moment, grow_state
-from growth.checkpoint import GrowthVerificationError, grow_checkpoint
+from training.grow import GrowthVerificationError, grow_checkpoint
 from growth.errors import GrowthError
 from training.config import RunConfig
 from training.config_base import to_dict
-from training.dcp_io import TensorReader
-from training.logical import read_logical, write_logical
-from training.parallel import init_process_group
+from training.checkpoint.dcp_io import TensorReader
+from training.checkpoint.logical import read_logical, write_logical
+from training.engine.parallel import init_process_group
 
 CASES = [
     ("msg-all-interleave-copy", {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"},
@@ -114,7 +114,7 @@ def test_whole_tensor_sources_from_older_versions_still_grow(tmp_path):
 
 
 def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
-    import growth.checkpoint as gc
+    import training.grow as gc
 
     cfg = make_cfg()
     src, _, _ = _source(tmp_path, cfg)

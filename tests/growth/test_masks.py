@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from conftest import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from growth import MaskState, grow_moment, grow_state, prepare_growth
-from training.model.reference import reference_loss
+from growth.reference import reference_loss
 
 ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
 TWO_VARIANTS = [VARIANTS[0], VARIANTS[-1]]

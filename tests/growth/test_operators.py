@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import grown_plan, make_cfg, random_state, tokens
+from tests.growth.helpers import grown_plan, make_cfg, random_state, tokens
 from growth import GrowthError, grow_state, grow_tensor, prepare_growth, verify
 from growth import roles as R
 

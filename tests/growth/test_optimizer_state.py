@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from growth import AdamState, GrowthError, grow_adam_state, grow_moment, grow_state, prepare_growth
-from training.model.reference import reference_loss
+from growth.reference import reference_loss
 
 CASES = [
     ("hidden-msg", {"hidden": "msg"}, dict(hidden_size=24)),

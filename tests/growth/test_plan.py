@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from conftest import make_cfg
+from tests.growth.helpers import make_cfg
 from growth import GrowthPlan, ModelShape, check_plan, load_plan
 from training.config_base import ConfigError
 

@@ -7,7 +7,7 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import random_state, tokens
+from tests.growth.helpers import random_state, tokens
 from growth import grow_state, plan_for, verify
 from training.config import ModelConfig
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, read_metrics
+from tests.helpers import REPO, read_metrics
 from tests.launch.fake_slurm import install, submissions
 from training.checkpoint import step_dir_name
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO, flm
+from tests.helpers import REPO, flm
 from training.config import load_run_config
 from training.config_base import ConfigError
 

@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the bridge is only applied without CUDA")
 def test_bridge_fits_installed_megatron_core():
     code = (
-        "import json, training.cpu_bridge as b, megatron.core as m;"
+        "import json, training.engine.cpu_bridge as b, megatron.core as m;"
         "print(json.dumps({'version': m.__version__, 'applied': b.check_fit()}))"
     )
     # a fresh interpreter: the check must see every module imported through the hook
@@ -23,7 +23,7 @@ def test_bridge_fits_installed_megatron_core():
     import json
 
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    from training.cpu_bridge import MODULE_REWRITES, TESTED_MEGATRON_CORE
+    from training.engine.cpu_bridge import MODULE_REWRITES, TESTED_MEGATRON_CORE
 
     assert result["version"] in TESTED_MEGATRON_CORE, (
         f"megatron-core {result['version']} is installed but the bridge is tested with {TESTED_MEGATRON_CORE}"
@@ -34,7 +34,7 @@ def test_bridge_fits_installed_megatron_core():
 
 
 def test_bridge_refuses_late_install(tmp_path):
-    code = "import megatron.core.utils; import training"
+    code = "import megatron.core.utils; import training.engine"
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True)
     if torch.cuda.is_available():
         assert out.returncode == 0

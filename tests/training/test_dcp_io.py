@@ -1,4 +1,4 @@
-"""Tensor-at-a-time checkpoint I/O (training/dcp_io.py): what it writes is a megatron torch_dist
+"""Tensor-at-a-time checkpoint I/O (training/checkpoint/dcp_io.py): what it writes is a megatron torch_dist
 checkpoint, rows are read without loading the rest, chunks are produced lazily and not kept, the
 work is spread over ranks, and a failed write leaves nothing behind."""
 
@@ -14,12 +14,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import training  # noqa: F401  (CPU bridge before megatron)
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from megatron.core import dist_checkpointing
 from training.checkpoint import CheckpointError
-from training.dcp_io import ChunkedTensor, CheckpointFormatError, TensorReader, in_memory, write_tensors
-from training.logical import layer_rows, write_logical, write_logical_chunks
-from training.parallel import init_process_group
+from training.checkpoint.dcp_io import ChunkedTensor, CheckpointFormatError, TensorReader, in_memory, write_tensors
+from training.checkpoint.logical import layer_rows, write_logical, write_logical_chunks
+from training.engine.parallel import init_process_group
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,8 +72,8 @@ def test_reader_returns_rows_across_stored_chunks(tmp_path):
 def test_reader_reads_a_training_checkpoint_layer_by_layer(tmp_path):
     from training.config import load_run_config
     from training.data.source import MockSource
-    from training.trainer import Trainer
-    from tests.conftest import REPO
+    from training.engine.trainer import Trainer
+    from tests.helpers import REPO
 
     cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
                           ["logging.progress_bar=false", "logging.tensorboard=false", f"output_dir={tmp_path}/run"])
@@ -165,14 +165,26 @@ def _two_rank_worker(rank: int, world: int, port: int, out: str, result: str) ->
 
 
 def test_two_ranks_share_the_chunks(tmp_path):
-    from training.parallel import _free_port
+    from training.local_launch import free_port
 
     out = tmp_path / "ck"
     out.mkdir()
-    mp.spawn(_two_rank_worker, args=(2, _free_port(), str(out), str(tmp_path / "r")), nprocs=2)
+    mp.spawn(_two_rank_worker, args=(2, free_port(), str(out), str(tmp_path / "r")), nprocs=2)
     results = [torch.load(tmp_path / f"r.{rank}") for rank in range(2)]
     chunks = [r["chunks"] for r in results]
     assert sorted(chunks[0] + chunks[1]) == list(range(8)), "every chunk written once, by one rank"
     assert all(len(c) == 4 for c in chunks), f"balanced: {chunks}"
     full = TensorReader(out).read("decoder.layers.x")
     assert torch.equal(full[:, 0], torch.arange(8.0))
+
+
+def test_megatron_config_file_is_what_megatron_writes():
+    """The checkpoint layer writes megatron's ``metadata.json`` itself (no megatron import there);
+    it must stay what megatron's own ``save_config`` writes for the torch_dist backend."""
+    import dataclasses
+
+    from megatron.core.dist_checkpointing.core import CheckpointingConfig
+
+    from training.checkpoint.dcp_io import MEGATRON_CONFIG
+
+    assert MEGATRON_CONFIG == dataclasses.asdict(CheckpointingConfig("torch_dist"))

@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, flm, losses, read_metrics
+from tests.helpers import REPO, flm, losses, read_metrics
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000"]
@@ -32,7 +32,7 @@ ramp: {steps: 2}
 
 def ds_jobs(root, job: str) -> None:
     """Run the worker's ``job`` in 2 gloo processes (torchrun)."""
-    from training.parallel import torchrun_command
+    from training.local_launch import torchrun_command
 
     cmd = torchrun_command(2, [])[:-2] + [str(WORKER), str(root), job]  # a script instead of `-m training.cli`
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -110,7 +110,7 @@ def test_grown_moments_and_step_are_carried_into_every_zero_stage(grown):
     Adam moments and step (logical -> DeepSpeed -> logical is the identity)."""
     import torch
 
-    from training.logical import read_logical
+    from training.checkpoint.logical import read_logical
 
     params, moments = read_logical(grown / "grown")
     adam_step = json.loads((grown / "grown" / "flm_checkpoint.json").read_text())["adam_step"]
@@ -183,10 +183,10 @@ def local_rank(monkeypatch):
 
 
 def ds_trainer(tmp_path, overrides):
-    import training  # noqa: F401  (CPU bridge before megatron)
+    import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from training.config import load_run_config
     from training.data.source import MockSource
-    from training.trainer_base import make_trainer
+    from training.engine.factory import make_trainer
 
     cfg = load_run_config(TINY, ["engine=deepspeed", "logging.progress_bar=false", "logging.tensorboard=false",
                                  f"output_dir={tmp_path}", *overrides])
@@ -208,7 +208,7 @@ def test_optimizer_offload_gives_the_same_losses(tmp_path, local_rank):
 def test_nan_loss_raises_or_skips_under_deepspeed(tmp_path, local_rank):
     import math
 
-    from training.trainer_base import NonFiniteLossError
+    from training.engine.trainer_base import NonFiniteLossError
 
     bad = ["train.lr=1e30", "train.warmup_steps=0", "train.clip_grad=0"]
     raiser = ds_trainer(tmp_path / "raise", [*bad, "deepspeed.zero_stage=1"])

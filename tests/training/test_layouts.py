@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO, flm, losses
+from tests.helpers import REPO, flm, losses
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000"]

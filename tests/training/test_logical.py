@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-import training  # noqa: F401
-from tests.conftest import REPO
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+from tests.helpers import REPO
 from training import checkpoint
 from training.config import load_run_config, run_config_to_dict
 from training.data.source import MockSource
-from training.logical import read_logical, write_logical
-from training.trainer import Trainer
+from training.checkpoint.logical import read_logical, write_logical
+from training.engine.trainer import Trainer
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
 WORKER = REPO / "tests" / "training" / "workers" / "init_and_save.py"

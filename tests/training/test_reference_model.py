@@ -13,14 +13,12 @@ import itertools
 import pytest
 import torch
 
-import training  # noqa: F401  (installs the CPU bridge before megatron is imported)
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import ModelConfig, ParallelConfig
-from training.model.reference import (
-    load_logical_state_dict,
-    logical_state_dict,
-    reference_logits,
-    reference_loss,
-)
+from growth.reference import reference_logits, reference_loss
+from training.engine.model.state import load_logical_state_dict, logical_state_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BASE = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=4, vocab_size=90,
                    make_vocab_size_divisible_by=32, seq_length=16, input_multiplier=1.5, output_multiplier=0.7,
@@ -40,21 +38,12 @@ def _id(v: dict) -> str:
                      "bias" if v["bias"] else "nobias"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (100x on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def megatron():
-    from training.parallel import setup_layout
+    from training.engine.parallel import setup_layout
 
     setup_layout(ParallelConfig(), 1234)
-    from training.model.build import build_model, transformer_config
+    from training.engine.model.build import build_model, transformer_config
 
     def build(cfg: ModelConfig):
         chunk = build_model(cfg, transformer_config(cfg, ParallelConfig(), bf16=False, gloo=True))[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO, flm, losses
+from tests.helpers import REPO, flm, losses
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000",
@@ -42,8 +42,13 @@ def test_resume_latest_continues_and_completed_run_is_left_alone(tmp_path):
     flm("train", TINY, "train.steps=6", f"output_dir={run}", "--resume", *COMMON)
     steps = [s for s in losses(run)]
     assert steps == [1, 2, 3, 4, 5, 6]
+    metrics_before = (run / "metrics.jsonl").read_bytes()
+    checkpoints_before = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()}
     again = flm("train", TINY, "train.steps=6", f"output_dir={run}", "--resume", *COMMON)
-    assert "resumed from" in again.stderr and losses(run) and len(losses(run)) == 6
+    assert "at step 6" in again.stderr
+    # nothing was trained again: no new metrics record, no checkpoint written or touched
+    assert (run / "metrics.jsonl").read_bytes() == metrics_before
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()} == checkpoints_before
 
 
 def test_resume_into_other_model_shape_is_refused(tmp_path):

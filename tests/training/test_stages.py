@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.conftest import flm, read_metrics
-from training.config import load_run_config
+from tests.helpers import flm, read_metrics
+from training.stage_plans import load_run
 from training.config_base import ConfigError
 
 RUN = """
@@ -82,7 +82,7 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
 ])
 def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
     with pytest.raises(ConfigError) as info:
-        load_run_config(write_run(tmp_path, "x"), [override])
+        load_run(write_run(tmp_path, "x"), [override])
     assert info.value.key == key, str(info.value)
     assert hint in str(info.value)
 
@@ -98,7 +98,7 @@ def test_layout_not_fitting_the_process_count_is_refused(tmp_path):
 def test_lr_policy_at_growth_sets_the_stage_schedule(tmp_path, policy, warmup):
     from training.config import stage_config
 
-    cfg = load_run_config(write_run(tmp_path, "x"), [f"stages.1.growth.lr_policy={policy}"])
+    cfg = load_run(write_run(tmp_path, "x"), [f"stages.1.growth.lr_policy={policy}"])
     stage = stage_config(cfg, 1)
     assert stage.train.warmup_steps == warmup  # the run's warmup is 2, stage 1 asks for 1
     assert stage.train.lr == 1.5e-3 and stage.train.steps == 8

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-import training  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from tests.conftest import REPO
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+from tests.helpers import REPO
 from training import checkpoint
 from training.config import load_run_config
 from training.data.source import MockSource
-from training.trainer import Trainer
+from training.engine import megatron_checkpoint
+from training.engine.trainer import Trainer
+from training.engine.trainer_base import NonFiniteLossError
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
 
@@ -76,13 +78,13 @@ def test_save_is_atomic_and_never_overwrites(tmp_path, monkeypatch):
     assert (root / "latest").read_text().strip() == good.name
 
     trainer.step()
-    real_save = checkpoint.dist_checkpointing.save
+    real_save = megatron_checkpoint.dist_checkpointing.save
 
     def crash(state, path):
         real_save(state, path)  # files are written ...
         raise OSError("disk full")  # ... but the process dies before the checkpoint is complete
 
-    monkeypatch.setattr(checkpoint.dist_checkpointing, "save", crash)
+    monkeypatch.setattr(megatron_checkpoint.dist_checkpointing, "save", crash)
     with pytest.raises(OSError):
         trainer.save()
     assert (root / "latest").read_text().strip() == good.name
@@ -90,7 +92,7 @@ def test_save_is_atomic_and_never_overwrites(tmp_path, monkeypatch):
     assert not (root / checkpoint.step_dir_name(2)).exists()
     assert (root / (checkpoint.step_dir_name(2) + ".partial")).exists()
 
-    monkeypatch.setattr(checkpoint.dist_checkpointing, "save", real_save)
+    monkeypatch.setattr(megatron_checkpoint.dist_checkpointing, "save", real_save)
     second = trainer.save()
     assert second.name == checkpoint.step_dir_name(2)
     assert not (root / (second.name + ".partial")).exists()
@@ -102,7 +104,7 @@ def test_nan_loss_raises_or_skips(tmp_path):
     import math
 
     trainer = make_trainer(tmp_path, ["train.lr=1e30", "train.warmup_steps=0", "train.clip_grad=0"])
-    with pytest.raises(Exception, match="loss is nan|loss is inf|train.on_nan"):
+    with pytest.raises(NonFiniteLossError, match="loss is (nan|inf) at step .*train.on_nan=skip"):
         for _ in range(5):
             trainer.step()
     skipper = make_trainer(tmp_path / "skip", ["train.lr=1e30", "train.warmup_steps=0", "train.clip_grad=0",

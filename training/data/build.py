@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.config import RunConfig
 from training.data.blend import BlendedSource
 from training.data.config import DataConfig, DatasetConfig
 from training.data.default_corpus import write_default_corpus
@@ -161,3 +162,9 @@ def build_sources(cfg: DataConfig, *, seq_length: int, vocab_size: int) -> tuple
                                           _dataset_seed(cfg.seed, ds, stream)))
         streams.append(BlendedSource(sources, weights, seed=[cfg.seed, stream], names=names))
     return streams[0], streams[1]
+
+
+def run_sources(cfg: RunConfig) -> tuple[SampleSource, SampleSource]:
+    """(train, validation) sources of a run: its ``data:`` section at its model's sequence length
+    and vocabulary."""
+    return build_sources(cfg.data, seq_length=cfg.model.seq_length, vocab_size=cfg.model.vocab_size)

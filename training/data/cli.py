@@ -1,19 +1,15 @@
 """``flm data ...``: tokenizer training, corpus preparation and the embedded default corpus.
 
 ``register(subparsers)`` adds the ``data`` command to the ``flm`` parser; every leaf sets
-``func(args) -> int``. Errors the user can fix (``DataError``, ``ConfigError``) are printed as
-one line on stderr and give exit status 2. ``python -m training.data.cli data ...`` runs the same
-commands without the rest of ``flm``.
+``func(args) -> int``. Errors the user can fix (``DataError``, ``ConfigError``) are reported by
+``flm``'s main as one line on stderr with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Callable
 
-from training.config_base import ConfigError
 from training.data.errors import DataError
 from training.data.shards import DEFAULT_SHARD_TOKENS
 from training.data.tokenizer import TokenizerSpec
@@ -42,19 +38,6 @@ def _corpus(args: argparse.Namespace):
     return CorpusSpec(inputs=tuple(args.inputs), text_field=args.text_field, format=args.format,
                       text_unit=args.text_unit, hub_dataset=args.hub_dataset, hub_config=args.hub_config,
                       hub_split=args.hub_split, hub_revision=args.hub_revision)
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (DataError, ConfigError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    run.__name__ = command.__name__
-    run.__doc__ = command.__doc__
-    return run
 
 
 def _quiet_datasets() -> None:
@@ -139,7 +122,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     tok.add_argument("--character-coverage", type=float, default=_TOKENIZER_DEFAULTS.character_coverage)
     tok.add_argument("--threads", type=int, help="sentencepiece trainer threads (default: CPUs, at most 8)")
     tok.add_argument("--force", action="store_true", help="replace a different tokenizer in --out")
-    tok.set_defaults(func=_guarded(cmd_tokenizer))
+    tok.set_defaults(func=cmd_tokenizer)
 
     prep = sub.add_parser("prepare", help="tokenize a corpus into packed token shards")
     _add_corpus_args(prep)
@@ -148,7 +131,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     prep.add_argument("--workers", type=int, default=2, help="tokenizer worker processes")
     prep.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     prep.add_argument("--force", action="store_true", help="replace a different dataset in --out")
-    prep.set_defaults(func=_guarded(cmd_prepare))
+    prep.set_defaults(func=cmd_prepare)
 
     default = sub.add_parser("default-corpus", help="write the embedded default corpus (no network needed)")
     default.add_argument("--out", required=True, type=Path, help="directory to write")
@@ -156,16 +139,5 @@ def register(subparsers) -> argparse.ArgumentParser:
                          help="also train a tokenizer of this size and prepare shards (layout: docs/data.md)")
     default.add_argument("--workers", type=int, default=2, help="with --vocab-size: tokenizer worker processes")
     default.add_argument("--force", action="store_true", help="replace other files in --out")
-    default.set_defaults(func=_guarded(cmd_default_corpus))
+    default.set_defaults(func=cmd_default_corpus)
     return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flm")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

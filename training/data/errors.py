@@ -7,6 +7,8 @@ what to do. The CLI prints the message and exits with status 2; no traceback is 
 
 from __future__ import annotations
 
+from training.errors import FLMError
 
-class DataError(ValueError):
+
+class DataError(FLMError, ValueError):
     """A data input, artefact or setting is wrong; the message names the file and the fix."""

@@ -84,8 +84,8 @@ def _encode_task(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- main side ---------------------------------------------------------------------------------
-def _tasks(spec: CorpusSpec, files) -> Iterator[tuple[int, list[str], int]]:
-    """(file index, texts, skipped rows) tasks of about TASK_CHARS characters from one file each."""
+def _tasks(spec: CorpusSpec, files, task_chars: int) -> Iterator[tuple[int, list[str], int]]:
+    """(file index, texts, skipped rows) tasks of about ``task_chars`` characters from one file each."""
     pending: list[str] = []
     chars = skipped = 0
     current = None
@@ -98,7 +98,7 @@ def _tasks(spec: CorpusSpec, files) -> Iterator[tuple[int, list[str], int]]:
         for text in batch.texts:
             pending.append(text)
             chars += len(text)
-            if chars >= TASK_CHARS or len(pending) >= TASK_MAX_DOCS:
+            if chars >= task_chars or len(pending) >= TASK_MAX_DOCS:
                 yield current, pending, skipped
                 pending, chars, skipped = [], 0, 0
     if current is not None and (pending or skipped):
@@ -112,19 +112,19 @@ def _start_method() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _encoded(spec: CorpusSpec, files, tokenizer: Tokenizer, dtype: np.dtype,
+def _encoded(spec: CorpusSpec, files, tokenizer: Tokenizer, dtype: np.dtype, task_chars: int,
              workers: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """(file index, skipped, tokens, lengths) per task, in task order."""
     init_args = (tokenizer.model_bytes, tokenizer.eos_id, dtype.str)
     if workers <= 1:
         _init_worker(*init_args)
-        for file_index, texts, skipped in _tasks(spec, files):
+        for file_index, texts, skipped in _tasks(spec, files, task_chars):
             yield file_index, skipped, *_encode_task(texts)
         return
     context = multiprocessing.get_context(_start_method())
     with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
         in_flight: collections.deque = collections.deque()
-        for file_index, texts, skipped in _tasks(spec, files):
+        for file_index, texts, skipped in _tasks(spec, files, task_chars):
             in_flight.append((file_index, skipped, pool.apply_async(_encode_task, (texts,))))
             if len(in_flight) >= 2 * workers:
                 file_index, skipped, result = in_flight.popleft()
@@ -152,7 +152,7 @@ def _up_to_date(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
 
 def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | Tokenizer, out_dir: str | Path, *,
                     workers: int = 2, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                    force: bool = False) -> PrepareResult:
+                    force: bool = False, task_chars: int = TASK_CHARS) -> PrepareResult:
     """Tokenize ``corpus`` into a prepared dataset at ``out_dir`` (idempotent, atomic).
 
     ``tokenizer`` is a tokenizer directory, ``.model`` file or loaded ``Tokenizer``. If ``out_dir``
@@ -194,7 +194,7 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | Tokenizer, out_d
         with staging_dir(out_dir) as tmp:
             writer = ShardWriter(tmp, dtype, shard_tokens)
             try:
-                for file_index, skipped, tokens, lengths in _encoded(corpus, files, tok, dtype, workers):
+                for file_index, skipped, tokens, lengths in _encoded(corpus, files, tok, dtype, task_chars, workers):
                     writer.add(tokens, lengths)
                     stats = per_file[file_index]
                     stats["documents"] += int(lengths.size)

@@ -7,7 +7,9 @@ Exit codes: 0 success, 1 a round-trip check found different logits (a bug), 2 a 
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
+
+from training.hf.errors import HFInteropError
 
 EXPORT_EPILOG = """variants -> architectures (no custom code needed):
   RMSNorm + swiglu (+ GQA, bias, tied/untied)      -> LlamaForCausalLM
@@ -76,67 +78,39 @@ def register(subparsers) -> None:
 
 
 def _quiet() -> None:
-    import transformers
+    import transformers  # startup time: loaded when a command runs, not for `flm --help`
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
 
-def _guard(name: str, fn) -> int:
-    from training.checkpoint import CheckpointError
-    from training.config_base import ConfigError
-    from training.data.errors import DataError
-    from training.hf.errors import HFInteropError, RoundTripMismatch
-
-    try:
-        return fn()
-    except RoundTripMismatch as err:
-        print(f"flm {name}: {err}", file=sys.stderr)
-        return 1
-    except (HFInteropError, CheckpointError, ConfigError, DataError) as err:
-        print(f"flm {name}: error: {err}", file=sys.stderr)
-        return 2
-
-
 def _run_export(args) -> int:
-    def go() -> int:
-        from training.hf.export import export_checkpoint
+    from training.hf.export import export_checkpoint  # startup time: transformers loads when the command runs
 
-        _quiet()
-        report = export_checkpoint(args.ckpt, args.out, tokenizer=args.tokenizer, no_tokenizer=args.no_tokenizer,
-                                   dtype=args.dtype, max_shard_size=args.max_shard_size, check=args.check)
-        print(report.summary())
-        return 0
-
-    return _guard("export-hf", go)
+    _quiet()
+    report = export_checkpoint(args.ckpt, args.out, tokenizer=args.tokenizer, no_tokenizer=args.no_tokenizer,
+                               dtype=args.dtype, max_shard_size=args.max_shard_size, check=args.check)
+    print(report.summary())
+    return 0
 
 
 def _run_import(args) -> int:
-    def go() -> int:
-        from training.hf.importer import import_hf
+    from training.hf.importer import import_hf  # startup time: transformers loads when the command runs
 
-        _quiet()
-        report = import_hf(args.hf_dir, args.out, layout=args.layout, dtype=args.dtype, seq_length=args.seq_length,
-                           no_tokenizer=args.no_tokenizer, check=args.check)
-        print(report.summary())
-        return 0
-
-    return _guard("import-hf", go)
+    _quiet()
+    report = import_hf(args.hf_dir, args.out, layout=args.layout, dtype=args.dtype, seq_length=args.seq_length,
+                       no_tokenizer=args.no_tokenizer, check=args.check)
+    print(report.summary())
+    return 0
 
 
 def _run_compare(args) -> int:
-    def go() -> int:
-        from pathlib import Path
+    from training.hf.compare import compare_dirs  # startup time: transformers loads when the command runs
 
-        from training.hf.compare import compare_dirs
-        from training.hf.errors import HFInteropError
-
-        _quiet()
-        if not (Path(args.hf_dir) / "config.json").is_file():
-            raise HFInteropError(f"{args.hf_dir} has no config.json: not a transformers model directory")
-        result = compare_dirs(args.ckpt, args.hf_dir, dtype=args.dtype, batch=args.batch,
-                              seq_length=args.seq_length, seed=args.seed)
-        print(result.summary())
-        return 1 if result.within is False else 0
-
-    return _guard("hf-compare", go)
+    _quiet()
+    if not (Path(args.hf_dir) / "config.json").is_file():
+        raise HFInteropError(f"{args.hf_dir} has no config.json: not a transformers model directory")
+    result = compare_dirs(args.ckpt, args.hf_dir, dtype=args.dtype, batch=args.batch,
+                          seq_length=args.seq_length, seed=args.seed)
+    print(result.summary())
+    return 1 if result.within is False else 0

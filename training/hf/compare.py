@@ -1,6 +1,6 @@
 """Run the same tokens through the project model and a transformers model; report max |Δlogit|.
 
-The project side is ``training.model.reference.reference_logits`` on the checkpoint's logical state
+The project side is ``growth.reference.reference_logits`` on the checkpoint's logical state
 (tested equal to the megatron model), with the checkpoint's growth masks if it has any; columns
 ``vocab_size ..`` (padded rows) are left out. The transformers side is ``AutoModelForCausalLM``
 on the exported directory.
@@ -111,7 +111,7 @@ def load_hf_model(hf_dir: str | Path, dtype: torch.dtype):
 
 def project_logits(cfg, state: dict[str, Tensor], tokens: Tensor, masks=None) -> Tensor:
     """Reference logits ``[b, s, vocab_size]`` of the logical ``state`` (its dtype)."""
-    from training.model.reference import reference_logits
+    from growth.reference import reference_logits
 
     with torch.no_grad():
         return reference_logits(cfg, state, tokens, masks)[..., : cfg.vocab_size]
@@ -158,7 +158,7 @@ def compare_dirs(ckpt: str | Path, hf_dir: str | Path, *, dtype: str = "float32"
     from training.checkpoint import read_meta, resolve
     from training.config import ModelConfig
     from training.config_base import from_dict
-    from training.logical import read_logical
+    from training.checkpoint.logical import read_logical
 
     path = resolve(ckpt)
     meta = read_meta(path)

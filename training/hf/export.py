@@ -82,7 +82,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
     from training.checkpoint import read_meta, resolve
     from training.config import ModelConfig
     from training.config_base import from_dict
-    from training.logical import read_logical
+    from training.checkpoint.logical import read_logical
 
     out = Path(out)
     if out.exists():

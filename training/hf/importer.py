@@ -2,7 +2,7 @@
 
 ``import_hf(hf_dir, out, ...)`` reads ``config.json`` (through transformers' ``AutoConfig``), the
 safetensors weights and the sentencepiece ``tokenizer.model``, and writes a *logical* checkpoint
-(:func:`training.logical.write_logical`) that loads under any layout with
+(:func:`training.checkpoint.logical.write_logical`) that loads under any layout with
 ``flm train RUN.yaml <model overrides> --init-from OUT`` and grows with ``flm grow``:
 
 - ``OUT/flm_checkpoint.json`` holds the run config (model section derived from ``config.json``,
@@ -224,7 +224,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
 
     from training.config import RunConfig
     from training.config_base import ConfigError, from_dict, to_dict
-    from training.logical import write_logical
+    from training.checkpoint.logical import write_logical
 
     hf_dir, out = Path(hf_dir), Path(out)
     if out.exists():

@@ -7,8 +7,9 @@ error or a materialized count disagrees with the analytic one, 2 for unusable ar
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from training.errors import UsageError
 
 EPILOG = """examples:
   flm plan configs/runs/flm101b.yaml
@@ -29,7 +30,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def register(sub) -> None:
-    from training.plan.hardware import GPUS
+    from training.plan.hardware import GPUS  # startup time: the table's module imports torch
 
     p = sub.add_parser(
         "plan", help="size a run before running it: memory per GPU, fit, days, GPU-hours, layout checks",
@@ -67,33 +68,27 @@ def register(sub) -> None:
 
 
 def cmd_plan(args) -> int:
-    import json
+    import json  # (with the rest) startup time: the planner loads torch and growth/ when the command runs
 
-    from training.config import load_run_config, stage_config
+    from training.config import stage_config
+    from training.stage_plans import load_run
     from training.plan.hardware import gpu_spec
     from training.plan.planner import PlanOptions, plan_run
     from training.plan.report import render, to_json
-    from training.plan.throughput import MeasuredError
 
     if any(v > 1 for v in args.mfu):
-        print(f"flm plan: --mfu is a fraction of the peak (0..1], got {args.mfu}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--mfu is a fraction of the peak (0..1], got {args.mfu}")
     if args.gpus is not None and args.gpus < 1:
-        print("flm plan: --gpus must be >= 1", file=sys.stderr)
-        return 2
-    run = load_run_config(args.config, args.overrides)
+        raise UsageError("--gpus must be >= 1")
+    run = load_run(args.config, args.overrides)
     opts = PlanOptions(gpu=gpu_spec(args.gpu_type), gpus=args.gpus, tflops=args.tflops, mfu=args.mfu,
                        measured=args.measured, zero=args.zero, reserve_gib=args.reserve_gib,
                        gpus_per_node=args.gpus_per_node, compare_days=args.compare_days)
-    try:
-        plan = plan_run(run, opts, source=args.config)
-    except MeasuredError as err:
-        print(f"flm plan: {err}", file=sys.stderr)
-        return 2
+    plan = plan_run(run, opts, source=args.config)
     status = 1 if any(f.level == "error" for f in plan.findings) else 0
     materialized = []
     if args.materialize:
-        from training.plan.materialize import materialize_stage
+        from training.plan.materialize import materialize_stage  # optional heavy dependency: megatron-core
 
         configs = [stage_config(run, i) for i in range(len(run.stages))] if run.stages else [run]
         for stage, cfg in zip(plan.stages, configs):
@@ -112,7 +107,7 @@ def cmd_plan(args) -> int:
         return status
     print(render(plan))
     if materialized:
-        from training.plan.materialize import render as render_materialized
+        from training.plan.materialize import render as render_materialized  # (as above)
 
         print()
         print(render_materialized(materialized))

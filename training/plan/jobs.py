@@ -15,6 +15,11 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+from training.config import stage_config
+from training.config_base import ConfigError
+from training.errors import FLMError
+from training.stage_plans import load_run
+
 
 @dataclass(frozen=True)
 class Job:
@@ -31,10 +36,7 @@ class Job:
 
 def jobs(config: str, overrides: list[str], gpus: Optional[int] = None) -> list[Job]:
     """One ``Job`` per stage (or one for a run without stages)."""
-    from training.config import load_run_config, stage_config
-    from training.config_base import ConfigError
-
-    run = load_run_config(config, overrides)
+    run = load_run(config, overrides)
     if not run.stages:
         cfgs = [("all", run.name, run)]
     else:
@@ -56,8 +58,6 @@ def jobs(config: str, overrides: list[str], gpus: Optional[int] = None) -> list[
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from training.config_base import ConfigError
-
     parser = argparse.ArgumentParser(prog="python -m training.plan.jobs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
@@ -67,9 +67,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         found = jobs(args.config, args.overrides, args.gpus)
-    except ConfigError as err:
-        print(f"flm: config error: {err}", file=sys.stderr)
-        return 2
+    except FLMError as err:  # this module is its own entry point (launch/slurm), outside flm's main
+        print(f"flm: error: {err}", file=sys.stderr)
+        return err.exit_code
     if args.stage is not None:
         found = [j for j in found if j.index == args.stage]
         if not found:

@@ -1,7 +1,7 @@
 """Build a stage's model for every (TP rank, PP rank) of its layout on the meta device.
 
 The point is to validate a large layout (FLM-101B's 192 GPUs) on one CPU: the real builder
-(``training.model.build.build_model`` with the project's layer spec under megatron-core's
+(``training.engine.model.build.build_model`` with the project's layer spec under megatron-core's
 ``parallel_state``) runs for each rank, and nothing is allocated.
 
 How, and why this way:
@@ -17,9 +17,6 @@ How, and why this way:
   factory allocates on ``meta`` even when megatron or the CPU bridge pass an explicit device (the
   norms pass ``device="cpu"``), and ``.cuda()``/``.cpu()`` of a meta tensor stays on meta (megatron
   moves the tied output weight of the last pipeline stage to the GPU before all-reducing it).
-- the builder's padded-vocabulary logits mask (``training.model.build._vocab_padding_mask``, a
-  plain attribute, no parameter) needs real values; it is replaced by a function returning None
-  for the duration of the build (``unittest.mock.patch.object``, restored on exit).
 
 ``tests/training/plan/test_materialize.py`` checks the counts against real 2-process TP2 and PP2
 builds (gloo) and against the analytic counts of ``training.plan.params``.
@@ -30,22 +27,24 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
-from unittest import mock
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 from torch.overrides import TorchFunctionMode
+from torch.testing._internal.distributed.fake_pg import FakeStore
+from torch.utils._device import _device_constructors
 
 from training.config import ModelConfig, ParallelConfig
+from training.engine.model import build as builder
 from training.plan.params import RankParams, rank_params
+from training.plan.report import table
 
 
 class MetaAllocation(TorchFunctionMode):
     """Inside this mode every tensor is created on the meta device (see module doc)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        from torch.utils._device import _device_constructors
-
         kwargs = dict(kwargs or {})
         if func in _device_constructors():
             kwargs["device"] = torch.device("meta")
@@ -57,9 +56,6 @@ class MetaAllocation(TorchFunctionMode):
 @contextlib.contextmanager
 def simulated_rank(parallel: ParallelConfig, tp_rank: int, pp_rank: int) -> Iterator[None]:
     """``parallel_state`` initialised as (``tp_rank``, ``pp_rank``) of a fake ``tp x pp`` world."""
-    from megatron.core import parallel_state
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     if dist.is_initialized():
         raise RuntimeError("materialize simulates its own process group; torch.distributed is already "
                            "initialised in this process (run `flm plan --materialize` in a process of its own)")
@@ -98,12 +94,10 @@ class BuiltRank:
 def build_rank(model: ModelConfig, parallel: ParallelConfig, tp_rank: int, pp_rank: int,
                bf16: bool = True) -> BuiltRank:
     """Build (on meta) the model chunks of one rank and count their parameters."""
-    from training.model import build as builder
-
     with simulated_rank(parallel, tp_rank, pp_rank):
         config = builder.transformer_config(model, parallel, bf16=bf16, gloo=True)
         config.perform_initialization = False
-        with mock.patch.object(builder, "_vocab_padding_mask", lambda *args: None), MetaAllocation():
+        with MetaAllocation():
             chunks = builder.build_model(model, config)
         params = [list(c.parameters()) for c in chunks]
         return BuiltRank(
@@ -138,16 +132,12 @@ class MaterializedStage:
 def materialize_stage(name: str, model: ModelConfig, parallel: ParallelConfig,
                       tp_ranks: Optional[list[int]] = None) -> MaterializedStage:
     """Build every pipeline rank for ``tp_ranks`` (default: all TP ranks) of the layout."""
-    import training  # noqa: F401  (installs the CPU bridge before megatron is imported)
-
     tps = range(parallel.tp) if tp_ranks is None else tp_ranks
     built = [build_rank(model, parallel, t, p) for p in range(parallel.pp) for t in tps]
     return MaterializedStage(name=name, parallel=parallel, built=built, expected=rank_params(model, parallel))
 
 
 def render(stages: list[MaterializedStage]) -> str:
-    from training.plan.report import table
-
     rows = []
     for st in stages:
         for p, exp in enumerate(st.expected):
@@ -159,6 +149,6 @@ def render(stages: list[MaterializedStage]) -> str:
     text = table(["stage", "pp rank", "layers", "TP ranks built", "params/GPU (built)", "params/GPU (analytic)",
                   "match"], rows, right={1, 3, 4, 5})
     problems = [m for st in stages for m in st.mismatches()]
-    head = ("Materialized on the meta device (each rank built by training.model.build under a simulated "
+    head = ("Materialized on the meta device (each rank built by training.engine.model.build under a simulated "
             "tp x pp world; nothing allocated):")
     return "\n".join([head, text, *problems])

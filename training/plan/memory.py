@@ -1,7 +1,7 @@
 """Bytes per GPU of a stage under its layout: model states by ZeRO stage, and activations.
 
-Model states (mixed precision as the trainer runs it, ``training/optim.py`` and
-``training/trainer.py``): bf16 weights (2 B/param), fp32 gradient buffers (4 B/param, megatron's
+Model states (mixed precision as the trainer runs it, ``training/engine/optim.py`` and
+``training/engine/trainer.py``): bf16 weights (2 B/param), fp32 gradient buffers (4 B/param, megatron's
 ``grad_reduce_in_fp32``), fp32 master weights + Adam m + v (12 B/param); in fp32 training 4, 4 and
 8 B. ZeRO stage 1 (= megatron's distributed optimizer) shards the optimizer states over DP,
 stage 2 also the gradients, stage 3 also the weights (DeepSpeed's meaning of the stages).
@@ -79,20 +79,6 @@ def layer_activation_bytes(model: ModelConfig, parallel: ParallelConfig, micro_b
     if recompute == "none":
         total += core / t
     return total
-
-
-def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int, *, sequence_parallel: bool,
-                            recompute: Recompute) -> float:
-    """The paper's closed forms (its Table 2), for checking ``layer_activation_bytes``."""
-    if recompute == "full":
-        return 2 * s * b * h / (t if sequence_parallel else 1)
-    if sequence_parallel:
-        base = 34 / t
-    else:
-        base = 10 + 24 / t
-    if recompute == "none":
-        base += 5 * a * s / (h * t)
-    return s * b * h * base
 
 
 def in_flight(parallel: ParallelConfig, pp_rank: int, micro_batches: int) -> int:

@@ -1,6 +1,6 @@
 """Exact parameter counts per GPU of a TP/PP(/virtual PP) layout, without building the model.
 
-The counts follow how megatron-core with the project's layer spec (``training/model/spec.py``)
+The counts follow how megatron-core with the project's layer spec (``training/engine/model/spec.py``)
 places and shards parameters:
 
 - column-parallel weights and biases (QKV, FC1, the embedding and output layer) are split over
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from training.config import ModelConfig, ParallelConfig
+from training.metrics import total_params
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,4 @@ def rank_params(model: ModelConfig, parallel: ParallelConfig) -> list[RankParams
 def unique_params(model: ModelConfig, parallel: ParallelConfig) -> int:
     """Distinct parameters of the whole model under this layout's vocabulary padding (a tied
     output weight counted once), i.e. ``training.metrics.total_params(model, tp)``."""
-    from training.metrics import total_params
-
     return total_params(model, parallel.tp)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.config import ModelConfig
+from training.errors import FLMError
 from training.metrics import flops_per_token, matmul_params
 
 SECONDS_PER_DAY = 86400.0
@@ -50,7 +51,7 @@ def tokens_per_day(flops_token: float, gpus: int, tflops: float) -> float:
     return gpus * tflops * 1e12 * SECONDS_PER_DAY / flops_token
 
 
-class MeasuredError(ValueError):
+class MeasuredError(FLMError, ValueError):
     """A metrics file cannot give a measured MFU; the message names the file and the fix."""
 
 

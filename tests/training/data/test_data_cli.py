@@ -7,11 +7,13 @@ import argparse
 import pytest
 
 from data_helpers import make_documents, write_jsonl
+from training.cli import main as flm_main
 from training.data import cli
 
 
 def run(argv: list[str]) -> int:
-    return cli.main(argv)
+    """``flm ARGV`` through the project CLI's main (its one error handler), in this process."""
+    return flm_main(argv)
 
 
 def test_register_adds_data_commands():
@@ -67,7 +69,7 @@ def test_errors_exit_2_with_message(tmp_path, capsys, argv, fragments):
     write_jsonl(tmp_path / "c.jsonl", ["some text"])
     code = run([a.format(tmp=tmp_path) for a in argv])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert code == 2 and err.startswith("flm data: error: ") and err.count("\n") == 1
     for fragment in fragments:
         assert fragment in err
 

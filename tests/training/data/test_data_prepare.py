@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import training.data.prepare as prepare_module
 from data_helpers import make_documents, write_jsonl
 from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
@@ -22,14 +21,8 @@ from training.data.tokenizer import load_tokenizer
 def prepared(tmp_path_factory, corpus_file, tokenizer_dir):
     out = tmp_path_factory.mktemp("prep") / "ds"
     # small tasks and shards: several tasks in flight and several shards, on a small corpus
-    old = prepare_module.TASK_CHARS
-    prepare_module.TASK_CHARS = 5_000
-    try:
-        result = prepare_dataset(CorpusSpec(inputs=(str(corpus_file),)), tokenizer_dir, out,
-                                 workers=2, shard_tokens=4_000)
-    finally:
-        prepare_module.TASK_CHARS = old
-    return result
+    return prepare_dataset(CorpusSpec(inputs=(str(corpus_file),)), tokenizer_dir, out,
+                           workers=2, shard_tokens=4_000, task_chars=5_000)
 
 
 def test_round_trip_decodes_to_original_text(prepared, corpus_docs, tokenizer_dir):
@@ -92,7 +85,6 @@ class Crash(RuntimeError):
 def test_interrupted_run_leaves_nothing_and_reruns(tmp_path, tokenizer_dir, monkeypatch):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_documents(60, seed=2))
     spec = CorpusSpec(inputs=(str(corpus),))
-    monkeypatch.setattr(prepare_module, "TASK_CHARS", 2_000)
     calls = {"n": 0}
     real_add = ShardWriter.add
 
@@ -104,7 +96,7 @@ def test_interrupted_run_leaves_nothing_and_reruns(tmp_path, tokenizer_dir, monk
 
     monkeypatch.setattr(ShardWriter, "add", crashing_add)
     with pytest.raises(Crash):
-        prepare_dataset(spec, tokenizer_dir, tmp_path / "ds", workers=2)
+        prepare_dataset(spec, tokenizer_dir, tmp_path / "ds", workers=2, task_chars=2_000)
     assert not (tmp_path / "ds").exists()
     assert not list(tmp_path.glob(".ds.tmp-*"))
     # a hard kill leaves a staging directory behind; the next run removes it
@@ -112,7 +104,7 @@ def test_interrupted_run_leaves_nothing_and_reruns(tmp_path, tokenizer_dir, monk
     stale.mkdir()
     (stale / "tokens-00000.bin").write_bytes(b"partial")
     monkeypatch.setattr(ShardWriter, "add", real_add)
-    result = prepare_dataset(spec, tokenizer_dir, tmp_path / "ds", workers=2)
+    result = prepare_dataset(spec, tokenizer_dir, tmp_path / "ds", workers=2, task_chars=2_000)
     assert result.prepared and PreparedDataset(tmp_path / "ds").num_documents == 60
     assert not stale.exists()
 

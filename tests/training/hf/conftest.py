@@ -10,18 +10,10 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import training  # noqa: E402,F401  (installs the CPU bridge before anything imports megatron)
-
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead on a shared 2-core box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models(one_thread):
+    """Every HF test runs tiny models: one intra-op thread."""
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -35,6 +27,6 @@ def _quiet_transformers():
 @pytest.fixture(scope="session")
 def sp_tokenizer(tmp_path_factory):
     """A project (sentencepiece BPE, 500 ids) tokenizer trained on IQ-style text; its directory."""
-    from hf_helpers import train_sentencepiece
+    from tests.training.hf.hf_helpers import train_sentencepiece
 
     return train_sentencepiece(tmp_path_factory.mktemp("tok") / "tokenizer")

@@ -55,7 +55,7 @@ def write_checkpoint(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor
                      data: Optional[dict[str, Any]] = None, **meta: Any) -> Path:
     """A logical checkpoint of ``state`` whose run config has model ``cfg`` (and data section ``data``)."""
     from training.config_base import from_dict
-    from training.logical import write_logical
+    from training.checkpoint.logical import write_logical
 
     run = to_dict(RunConfig(model=cfg))
     if data is not None:

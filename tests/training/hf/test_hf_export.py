@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from hf_helpers import ARCH_OF, VARIANTS, random_state, variant, write_checkpoint
+from tests.training.hf.hf_helpers import ARCH_OF, VARIANTS, random_state, variant, write_checkpoint
 from training.hf.compare import compare, load_hf_model, project_logits, random_tokens
 from training.hf.errors import HFInteropError
 from training.hf.export import export_checkpoint
@@ -53,7 +53,7 @@ def test_export_matches_project_model(name, dtype, tmp_path, sp_tokenizer):
 def test_exported_tokenizer_encodes_like_project_tokenizer(tmp_path, sp_tokenizer):
     import transformers
 
-    from hf_helpers import iq_texts
+    from tests.training.hf.hf_helpers import iq_texts
     from training.data.tokenizer import load_tokenizer
 
     cfg = variant("llama-gqa-untied")

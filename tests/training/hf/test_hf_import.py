@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from hf_helpers import VOCAB, max_rel_error
-from tests.conftest import REPO, read_metrics
+from tests.training.hf.hf_helpers import VOCAB, max_rel_error
+from tests.helpers import REPO, read_metrics
 from training.hf.compare import compare, load_hf_model, project_logits, random_tokens
 from training.hf.errors import HFInteropError
 from training.hf.importer import import_hf
@@ -67,7 +67,7 @@ def _state(ckpt):
     from training.checkpoint import read_meta
     from training.config import ModelConfig
     from training.config_base import from_dict
-    from training.logical import read_logical
+    from training.checkpoint.logical import read_logical
 
     cfg = from_dict(ModelConfig, read_meta(ckpt)["config"]["model"])
     params, _ = read_logical(ckpt)

@@ -1,5 +1,5 @@
 """The IQ benchmark gives identical results on a trained checkpoint through the project backend
-(``flm iq --model flm --checkpoint CKPT``: ``training.checkpoint_backend``) and on its export through
+(``flm iq --model flm --checkpoint CKPT``: ``training.iq_backend``) and on its export through
 lm-eval's ``hf`` backend (``flm iq --model hf --model-path OUT``); the backend's errors are clear."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from hf_helpers import VOCAB, iq_texts, random_state, variant, write_checkpoint
-from tests.conftest import REPO, read_metrics
+from tests.training.hf.hf_helpers import VOCAB, iq_texts, random_state, variant, write_checkpoint
+from tests.helpers import REPO, read_metrics
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 SUBTASKS = "head_tail,single_supporting_fact,multi_key_retrieval,replace_lowercase"
@@ -87,7 +87,7 @@ def _ll(lm, pairs):
 def test_loglikelihoods_equal_on_checkpoint_and_export(trained):
     """Multiple-choice scoring: the same adapter over the checkpoint and over the exported model."""
     from eval_iq.adapter import BackendLM, HFBackend
-    from training.checkpoint_backend import load_backend
+    from training.iq_backend import load_backend
 
     root, ckpt = trained
     backend = load_backend(ckpt)
@@ -113,14 +113,13 @@ def test_adapter_loglikelihood_equals_lm_eval_hf_backend(trained):
 
 def test_backend_errors_are_clear(tmp_path, capsys):
     from eval_iq.cli import main
-    from eval_iq.errors import BackendUnavailableError
-    from training.checkpoint_backend import load_backend
+    from training.iq_backend import CheckpointBackendError, load_backend
 
     cfg = variant("neox-gqa-tied-bias")
     ckpt = write_checkpoint(tmp_path / "mock", cfg, random_state(cfg, 0))
-    with pytest.raises(BackendUnavailableError, match="trained on mock data.*flm export-hf CKPT OUT --tokenizer"):
+    with pytest.raises(CheckpointBackendError, match="trained on mock data.*flm export-hf CKPT OUT --tokenizer"):
         load_backend(ckpt)
-    with pytest.raises(BackendUnavailableError, match="no checkpoint in"):
+    with pytest.raises(CheckpointBackendError, match="no checkpoint in"):
         load_backend(tmp_path)
     assert main(["--model", "flm", "--checkpoint", str(ckpt), "--subtasks", "counting"]) == 2
     assert "flm iq: error: cannot evaluate checkpoint" in capsys.readouterr().err
@@ -130,9 +129,9 @@ def test_backend_computes_the_checkpoint_function(tmp_path, sp_tokenizer):
     """Logits are the reference model's on the logical state (vocabulary columns only), also for a
     grown checkpoint whose masks still ramp; encode/decode are the project tokenizer's."""
     from growth.masks import MaskState
-    from training.checkpoint_backend import load_backend
+    from training.iq_backend import load_backend
     from training.data.tokenizer import load_tokenizer
-    from training.model.reference import reference_logits
+    from growth.reference import reference_logits
 
     cfg = variant("llama-gqa-untied")
     state = random_state(cfg, 1)

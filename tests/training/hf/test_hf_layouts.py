@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_helpers import ARCH_OF, random_state, variant, write_checkpoint
-from tests.conftest import REPO
+from tests.training.hf.hf_helpers import ARCH_OF, random_state, variant, write_checkpoint
+from tests.helpers import REPO
 from training.config_base import to_dict
 from training.hf.compare import compare, load_hf_model, random_tokens
 
@@ -28,7 +28,7 @@ WORKER = Path(__file__).with_name("workers") / "save_layouts.py"
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """{(variant, layout): checkpoint root} written by 2-process runs."""
-    from training.parallel import _free_port
+    from training.local_launch import free_port
 
     root = tmp_path_factory.mktemp("layouts")
     jobs, out = [], {}
@@ -41,7 +41,7 @@ def saved(tmp_path_factory):
     spec = root / "jobs.json"
     spec.write_text(json.dumps(jobs))
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            str(WORKER), str(spec)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -54,7 +54,7 @@ def saved(tmp_path_factory):
 def test_export_of_sharded_checkpoint_matches(saved, name, layout, tmp_path):
     from training.checkpoint import read_meta, resolve
     from training.hf.export import export_checkpoint
-    from training.logical import read_logical
+    from training.checkpoint.logical import read_logical
 
     ckpt = resolve(saved[name, layout] / "checkpoints")
     meta = read_meta(ckpt)

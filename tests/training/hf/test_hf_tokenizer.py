@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from hf_helpers import iq_texts, train_sentencepiece
+from tests.training.hf.hf_helpers import iq_texts, train_sentencepiece
 from training.data.tokenizer import load_tokenizer
 from training.hf.errors import HFInteropError
 from training.hf.tokenizer import SAMPLE_TEXTS, _lookalike, import_sentencepiece, save_hf_tokenizer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.conftest import REPO, flm
+from tests.helpers import REPO, flm
 from training.cli import main
 
 FLM = str(REPO / "configs" / "runs" / "flm101b.yaml")

@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch.distributed as dist
 
-import training  # noqa: F401
-from tests.conftest import REPO
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+from tests.helpers import REPO
 from training.config import load_run_config
 from training.plan.materialize import build_rank, materialize_stage
 
@@ -38,7 +38,7 @@ LAYOUTS = {
 def no_process_group():
     """Earlier in-process tests (trainers at world size 1) may have left a process group behind;
     materialize simulates its own, so start each test without one (trainers re-create theirs)."""
-    from training.parallel import teardown
+    from training.engine.parallel import teardown
 
     teardown()
     yield

@@ -8,15 +8,29 @@ import dataclasses
 
 import pytest
 
-import training  # noqa: F401
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import ModelConfig, ParallelConfig
 from training.metrics import total_params
-from training.plan.memory import in_flight, korthikanti_layer_bytes, layer_activation_bytes, rank_memory
+from training.plan.memory import Recompute, in_flight, layer_activation_bytes, rank_memory
 from training.plan.params import rank_params
 
 # the paper's setting: FFN 4h, MHA, GELU, dropout everywhere (GPT-3 175B-like shape)
 PAPER = ModelConfig(num_layers=96, hidden_size=12288, ffn_hidden_size=4 * 12288, num_attention_heads=96,
                     vocab_size=51200, seq_length=2048, hidden_dropout=0.1, attention_dropout=0.1)
+
+
+def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int, *, sequence_parallel: bool,
+                            recompute: Recompute) -> float:
+    """The oracle: Korthikanti et al. 2022's closed forms (its Table 2), bytes of one layer's activations."""
+    if recompute == "full":
+        return 2 * s * b * h / (t if sequence_parallel else 1)
+    if sequence_parallel:
+        base = 34 / t
+    else:
+        base = 10 + 24 / t
+    if recompute == "none":
+        base += 5 * a * s / (h * t)
+    return s * b * h * base
 
 
 @pytest.mark.parametrize("tp,sp", [(1, False), (2, False), (8, False), (2, True), (8, True)])

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-import training  # noqa: F401
-from tests.conftest import REPO
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+from tests.helpers import REPO
 from training.config import load_run_config
 from training.config_base import ConfigError
 from training.plan.hardware import GPUS

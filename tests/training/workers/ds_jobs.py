@@ -5,18 +5,18 @@
     python ds_jobs.py ROOT grown    # ZeRO 1/2/3 started from ROOT/grown (saved at step 0, then trained),
                                     # and from the megatron engine's step-3 checkpoint
 
-Runs go through the same ``make_trainer`` / ``build_sources`` as ``flm train``; each writes its
+Runs go through the same ``make_trainer`` / ``run_sources`` as ``flm train``; each writes its
 ``metrics.jsonl`` and checkpoints under ROOT/<name>.
 """
 
 import sys
 from pathlib import Path
 
-import training  # noqa: F401  (CPU bridge before megatron)
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import load_run_config
-from training.parallel import teardown
-from training.run import build_sources
-from training.trainer_base import make_trainer
+from training.engine.parallel import teardown
+from training.data.build import run_sources
+from training.engine.factory import make_trainer
 
 REPO = Path(__file__).resolve().parents[3]
 COMMON = ["engine=deepspeed", "logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000",
@@ -26,7 +26,7 @@ GROWN = ["model.num_layers=4", "model.hidden_size=128", "model.ffn_hidden_size=5
 
 def trainer(root: Path, name: str, overrides: list[str]):
     cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", [*COMMON, f"output_dir={root / name}", *overrides])
-    train_src, valid_src = build_sources(cfg)
+    train_src, valid_src = run_sources(cfg)
     return make_trainer(cfg, train_source=train_src, valid_source=valid_src)
 
 

@@ -6,11 +6,11 @@
 import sys
 from pathlib import Path
 
-import training  # noqa: F401
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import load_run_config
 from training.data.source import MockSource
-from training.parallel import teardown
-from training.trainer import Trainer
+from training.engine.parallel import teardown
+from training.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -10,12 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-import training  # noqa: F401  (CPU bridge before megatron)
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import RunConfig
 from training.config_base import from_dict
 from training.data.source import MockSource
-from training.parallel import teardown
-from training.trainer import Trainer
+from training.engine.parallel import teardown
+from training.engine.trainer import Trainer
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python count_params.py OUT_DIR LAYOUT=overrides[,overrides...] [LAYOUT=...]
 
 For each layout (a name and comma-separated overrides of configs/runs/tiny.yaml) every rank
-initialises megatron's parallel_state for it (gloo), builds the model with training.model.build
+initialises megatron's parallel_state for it (gloo), builds the model with training.engine.model.build
 and writes OUT_DIR/<layout>.rank<r>.json: tp_rank, pp_rank and the parameter count per chunk.
 """
 
@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-import training  # noqa: F401  (CPU bridge before megatron)
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 import torch.distributed as dist
 
 from training.config import load_run_config
-from training.model.build import build_model, transformer_config
-from training.parallel import setup_layout, teardown
+from training.engine.model.build import build_model, transformer_config
+from training.engine.parallel import setup_layout, teardown
 
 REPO = Path(__file__).resolve().parents[4]
 

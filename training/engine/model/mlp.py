@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from megatron.core.transformer.mlp import MLP
 from torch import Tensor
 
-from megatron.core.transformer.mlp import MLP
-from training.model.attention import _local_slice
+from training.engine.model.attention import _local_slice
 
 
 class FLMMLP(MLP):

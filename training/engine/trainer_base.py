@@ -1,6 +1,6 @@
 """What every training engine shares: data order, loss, NaN policy, growth masks, the ``fit`` loop.
 
-An engine (``training.trainer.Trainer`` for megatron-core, ``training.ds_trainer.DeepSpeedTrainer``
+An engine (``training.engine.trainer.Trainer`` for megatron-core, ``training.engine.ds_trainer.DeepSpeedTrainer``
 for DeepSpeed ZeRO) subclasses :class:`BaseTrainer` and implements the collective operations
 ``step``, ``save``, ``load``, ``init_from`` and the forward-only loss ``_forward_only_loss``; it
 exposes the modules that carry growth masks as ``mask_chunks``. Everything the user sees besides the
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -27,20 +29,22 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from growth.masks import MaskState
 from training import checkpoint
 from training.config import RunConfig, run_config_to_dict
 from training.data.source import SampleSource
+from training.engine.model.masks import apply_masks, clear_masks
+from training.engine.parallel import Layout, setup_layout
+from training.errors import FLMError
 from training.metrics import MetricsSink, device_peak_tflops, flops_per_token
-from training.parallel import Layout, setup_layout
 
-log = logging.getLogger("flm.train")
-# The project spec's MLP subclass is not in megatron's list of known MLP types; it gets the TP group
-# through the spec's params, so megatron's "Unknown MLP type" warning is noise.
-logging.getLogger("megatron.core.transformer.transformer_layer").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(FLMError, RuntimeError):
+    """The loss was not finite and ``train.on_nan`` is ``raise`` (the message names the step)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -168,7 +172,6 @@ class BaseTrainer(ABC):
     # ---------------------------------------------------------------- growth masks
     def _set_masks(self, state) -> None:
         """Apply MSG masks at their ramp position; once the ramp is done they are removed."""
-        from growth.masks import apply_masks
 
         self.masks = state if state is not None and apply_masks(self.mask_chunks, state) else None
         if state is not None and self.masks is None and self.layout.rank == 0:
@@ -179,7 +182,6 @@ class BaseTrainer(ABC):
         return None if self.masks is None else self.masks.value()
 
     def _restore_masks(self, data) -> None:
-        from growth.masks import MaskState, clear_masks
 
         if data:
             self._set_masks(MaskState.from_dict(data))
@@ -227,11 +229,9 @@ class BaseTrainer(ABC):
     def _maybe_inject_fault(self, step: int) -> None:
         """Fault injection for kill-and-resume tests and drills: ``FLM_FAULT_AT=<run name>:<step>``
         kills every process of the run abruptly (``os._exit``, no cleanup) right after that step."""
-        import os
 
         target = os.environ.get("FLM_FAULT_AT")
         if target and target == f"{self.cfg.name}:{step}":
-            import multiprocessing
 
             sys.stderr.write(f"FLM_FAULT_AT: killing {self.cfg.name} after step {step}\n")
             sys.stderr.flush()
@@ -280,13 +280,3 @@ class BaseTrainer(ABC):
         finally:
             sink.close()
         return results
-
-
-def make_trainer(cfg: RunConfig, *, train_source: SampleSource, valid_source: Optional[SampleSource] = None,
-                 output_dir: Optional[Path] = None) -> BaseTrainer:
-    """The trainer of the run's ``engine`` (imported lazily: each engine pulls in its framework)."""
-    if cfg.engine == "deepspeed":
-        from training.ds_trainer import DeepSpeedTrainer as cls
-    else:
-        from training.trainer import Trainer as cls
-    return cls(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)

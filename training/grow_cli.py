@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 from pathlib import Path
 
 EXAMPLE = """plan file (see docs/growth.md; `old` may be omitted: it is read from SRC):
@@ -41,42 +39,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from growth.checkpoint import GrowthVerificationError
-    from growth.errors import GrowthError
-    from training.checkpoint import CheckpointError
+    from training.grow import grow_from_files  # startup time: torch loads when the command runs, not for `flm --help`
 
-    try:
-        report = grow_from_files(Path(args.src), Path(args.dst), Path(args.plan), verify=args.verify)
-    except GrowthVerificationError as err:
-        print(f"flm grow: {err}; nothing was written to {args.dst}", file=sys.stderr)
-        return 1
-    except (CheckpointError, GrowthError) as err:
-        print(f"flm grow: {err}", file=sys.stderr)
-        return 2
+    report = grow_from_files(Path(args.src), Path(args.dst), Path(args.plan), verify=args.verify)
     print(report.summary())
     return 0
-
-
-def grow_from_files(src: Path, dst: Path, plan_path: Path, *, verify: bool):
-    from growth.checkpoint import grow_checkpoint
-    from growth.plan import load_plan
-    from growth.shape import ModelShape
-    from training.checkpoint import read_meta, resolve
-    from training.config import ModelConfig
-    from training.config_base import from_dict, read_yaml
-
-    data = read_yaml(plan_path)
-    if "old" not in data:
-        meta = read_meta(resolve(src))
-        cfg = from_dict(ModelConfig, meta["config"]["model"])
-        old = dataclasses.asdict(ModelShape.from_model_config(cfg, meta["layout"]["tp"]))
-        data = {"old": old, **data}
-    plan = load_plan(data)
-    try:
-        return grow_checkpoint(src, dst, plan, run_verify=verify)
-    except Exception as err:
-        from training.config_base import ConfigError
-
-        if isinstance(err, ConfigError) and err.source is None:
-            raise ConfigError(err.key, err.message, source=str(plan_path)) from None
-        raise

@@ -1,27 +1,27 @@
 """The DeepSpeed ZeRO engine (``engine: deepspeed``): data parallelism with ZeRO stage 1, 2 or 3.
 
 The model is the megatron engine's: megatron-core ``GPTModel`` with the project's layer spec
-(``training.model.build``), built under a TP = PP = 1 ``parallel_state`` whose DP group is the whole
+(``training.engine.model.build``), built under a TP = PP = 1 ``parallel_state`` whose DP group is the whole
 world, then wrapped by ``deepspeed.initialize``. Everything that defines the numbers matches the
 megatron engine, so both give the same losses on the same data (tested):
 
 - optimizer: torch's ``AdamW`` with megatron's parameter groups (``_get_param_groups``: no weight
   decay on biases and norms), handed to DeepSpeed as a client optimizer — no DeepSpeed op is
   compiled (its fused/CPU Adam would be JIT-built);
-- LR and weight decay: megatron's ``OptimizerParamScheduler`` (``training.optim.build_scheduler``)
+- LR and weight decay: megatron's ``OptimizerParamScheduler`` (``training.engine.optim.build_scheduler``)
   driving the ZeRO optimizer's parameter groups, stepped only for finite losses as in the megatron
   engine;
 - clipping: DeepSpeed's ``gradient_clipping`` (the same global-norm rule); gradient accumulation:
   one ``engine.backward``/``engine.step`` per micro-batch, DeepSpeed averaging over micro-batches
   and DP ranks as megatron's schedule and DDP do;
-- data order, metrics, validation, masks, fault injection: ``training.trainer_base``.
+- data order, metrics, validation, masks, fault injection: ``training.engine.trainer_base``.
 
 NaN policy: the global loss is known after the last micro-batch's forward, before its backward. On
 ``raise`` the step raises; on ``skip`` that backward is made non-finite, which sends the step into
 DeepSpeed's own overflow path (the update is skipped, the gradients are cleared and its counters stay
 consistent on every rank) — checked with ``engine.was_step_applied()``.
 
-Checkpoints are project checkpoints (``training.ds_checkpoint``): growable, usable by either engine's
+Checkpoints are project checkpoints (``training.engine.ds_checkpoint``): growable, usable by either engine's
 ``--init-from``, resumable under any DP size and ZeRO stage.
 
 Limitations: DeepSpeed's ZeRO-3 partitions the model at ``deepspeed.initialize``, so the model is built
@@ -36,19 +36,23 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import deepspeed
+import deepspeed.ops
 import torch
 import torch.distributed as dist
-
+from megatron.core.optimizer import OptimizerConfig, _get_param_groups
 from megatron.core.transformer.module import Float16Module
 
-from training import checkpoint, ds_checkpoint
+from training import checkpoint
 from training.config import RunConfig
 from training.data.source import SampleSource
-from training.model.build import build_model, transformer_config
-from training.optim import build_scheduler, init_torch_adam_state, set_torch_adam_step
-from training.trainer_base import BaseTrainer, StepResult, token_mean_loss
+from training.engine import ds_checkpoint
+from training.engine.megatron_checkpoint import restore_rng
+from training.engine.model.build import build_model, transformer_config
+from training.engine.optim import build_scheduler, init_torch_adam_state, set_torch_adam_step
+from training.engine.trainer_base import BaseTrainer, StepResult, token_mean_loss
 
-log = logging.getLogger("flm.train")
+log = logging.getLogger(__name__)
 
 
 def import_deepspeed():
@@ -59,10 +63,7 @@ def import_deepspeed():
     training never calls; its entry in DeepSpeed's compatible-ops table (meant to be edited: the
     dict is cached in ``deepspeed.ops``) is switched off so nothing is compiled.
     """
-    import deepspeed
-    import deepspeed.ops
 
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     if not torch.cuda.is_available():
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
@@ -71,7 +72,7 @@ def import_deepspeed():
 
 def _single_process_local_rank() -> None:
     """DeepSpeed reads ``LOCAL_RANK`` at initialize and during ZeRO-3 steps; a plain single process
-    (no launcher) has none, and it is local rank 0. (``training.parallel`` otherwise leaves
+    (no launcher) has none, and it is local rank 0. (``training.engine.parallel`` otherwise leaves
     ``os.environ`` alone; a launcher started from this process sets its own ``LOCAL_RANK``.)"""
     if "RANK" not in os.environ:
         os.environ.setdefault("LOCAL_RANK", "0")
@@ -107,7 +108,6 @@ def param_groups(module: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]
     """megatron's optimizer parameter groups for ``module`` (the weight-decay rule and the
     ``wd_mult``/``max_lr``/``min_lr`` keys ``OptimizerParamScheduler`` reads), so both engines
     decay the same parameters. Collective (megatron aligns the groups across ranks)."""
-    from megatron.core.optimizer import OptimizerConfig, _get_param_groups
 
     t = cfg.train
     config = OptimizerConfig(optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
@@ -163,7 +163,6 @@ class DeepSpeedTrainer(BaseTrainer):
         if link is not None:
             link()
         elif self.cfg.deepspeed.zero_stage in (1, 2):
-            import deepspeed
 
             raise RuntimeError(f"DeepSpeed {deepspeed.__version__}: the ZeRO-1/2 optimizer has no "
                                "_lazy_init_hp_params_optimizer_state; the tested range is pinned in pyproject.toml")
@@ -233,7 +232,7 @@ class DeepSpeedTrainer(BaseTrainer):
         if state is None:
             raise checkpoint.CheckpointError(f"{path} has no LR scheduler state; it cannot be resumed")
         self.scheduler.load_state_dict(state)
-        checkpoint.restore_rng(path, self.layout)
+        restore_rng(path, self.layout)
         self._resume_counters(meta)
         return meta
 

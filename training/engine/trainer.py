@@ -3,7 +3,7 @@ dist checkpoints.
 
 One ``Trainer`` trains one model shape under one TP/PP/DP layout. Every rank of the job constructs it
 the same way; ``step()`` is collective. Data order, the NaN policy, masks and the ``fit`` loop are
-shared with the DeepSpeed engine in ``training.trainer_base``.
+shared with the DeepSpeed engine in ``training.engine.trainer_base``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
-
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -23,10 +22,12 @@ from megatron.core.transformer.module import Float16Module
 from training import checkpoint
 from training.config import RunConfig
 from training.data.source import SampleSource
-from training.model.build import build_model, transformer_config
-from training.optim import build_optimizer, build_scheduler
+from training.engine import megatron_checkpoint
+from training.engine.model.build import build_model, transformer_config
+from training.engine.optim import build_optimizer, build_scheduler
+
 # re-exported: callers import these from here
-from training.trainer_base import BaseTrainer, NonFiniteLossError, StepResult, token_mean_loss, use_bf16  # noqa: F401
+from training.engine.trainer_base import BaseTrainer, NonFiniteLossError, StepResult, token_mean_loss, use_bf16  # noqa: F401
 
 
 class Trainer(BaseTrainer):
@@ -132,14 +133,14 @@ class Trainer(BaseTrainer):
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, root: Optional[Path] = None) -> Path:
-        return checkpoint.save(root or self.checkpoint_root(), step=self.step_count, model_chunks=self.model,
+        return megatron_checkpoint.save(root or self.checkpoint_root(), step=self.step_count, model_chunks=self.model,
                                optimizer=self.optimizer, scheduler=self.scheduler, layout=self.layout,
                                meta=self.checkpoint_meta(), keep_last=self.cfg.checkpoint.keep_last)
 
     def load(self, path: Path) -> dict[str, Any]:
         """Resume: model, optimizer, scheduler, RNG, step and consumed samples (any saved layout)."""
         checkpoint.check_engine(path, self.engine)
-        meta = checkpoint.load(path, model_chunks=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+        meta = megatron_checkpoint.load(path, model_chunks=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                layout=self.layout)
         self._resume_counters(meta)
         return meta
@@ -151,10 +152,8 @@ class Trainer(BaseTrainer):
         ``flm import-hf``) also carries Adam's moments and step, so training continues with the
         optimizer state the growth mapped (MSG: old moments kept, new entries zero).
         """
-        from training.logical import load_moments
-
-        meta = checkpoint.load(path, model_chunks=self.model)
+        meta = megatron_checkpoint.load(path, model_chunks=self.model)
         if self._carry_moments(meta, moments):
-            load_moments(path, self.model, self.optimizer, self.adam_step)
+            megatron_checkpoint.load_moments(path, self.model, self.optimizer, self.adam_step)
         self._continue_growth(meta)
         return meta

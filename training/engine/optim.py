@@ -4,7 +4,6 @@ and ``OptimizerParamScheduler`` (linear warmup, cosine/linear decay to a floor).
 from __future__ import annotations
 
 import torch
-
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 

@@ -7,16 +7,15 @@ single plain process (world size 1, a free local port).
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from training.config import ParallelConfig
+from training.local_launch import free_port
 
 
 @dataclass(frozen=True)
@@ -37,20 +36,6 @@ class Layout:
         return self.tp_rank == 0 and self.dp_rank == 0 and self.pp_rank == self.pp - 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun_command(nproc: int, flm_args: list[str]) -> list[str]:
-    """The command that runs ``flm <flm_args>`` in ``nproc`` local processes under torchrun."""
-    import sys
-
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-            f"--master-port={_free_port()}", "-m", "training.cli", *flm_args]
-
-
 def init_process_group() -> None:
     if dist.is_initialized():
         return
@@ -58,7 +43,7 @@ def init_process_group() -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if "RANK" not in os.environ:  # plain single process; leave os.environ alone for child processes
-        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     else:
         dist.init_process_group(backend=backend)
 

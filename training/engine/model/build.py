@@ -16,13 +16,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from training.config import ModelConfig, ParallelConfig
-from training.model.spec import block_spec
+from training.engine.model.spec import block_spec
 
 
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, bf16: bool, gloo: bool,
@@ -93,10 +92,10 @@ def _vocab_padding_mask(vocab_size: int, padded: int, device) -> Optional[torch.
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     per_rank = padded // tp
-    ids = torch.arange(rank * per_rank, (rank + 1) * per_rank, device=device)
-    if not (ids >= vocab_size).any():
+    start, end = rank * per_rank, (rank + 1) * per_rank
+    if end <= vocab_size:  # decided from the sizes, not the tensor: works on the meta device too
         return None
-    return ids >= vocab_size
+    return torch.arange(start, end, device=device) >= vocab_size
 
 
 def build_model_chunk(model: ModelConfig, config: TransformerConfig, *, pre_process: bool, post_process: bool,

@@ -2,7 +2,7 @@
 
 Format: the same ``dist_checkpointing`` (torch_dist) checkpoint the megatron engine writes, with the
 model under megatron's sharded keys (layers stacked on dim 0) and Adam's moments under
-``optimizer.state.exp_avg(_sq).<key>`` — exactly what ``training.logical.read_logical`` reads — plus
+``optimizer.state.exp_avg(_sq).<key>`` — exactly what ``training.checkpoint.logical.read_logical`` reads — plus
 the LR scheduler state and the step as common state, the per-rank RNG states, and
 ``flm_checkpoint.json`` with ``engine: deepspeed``. Saves go through ``training.checkpoint.commit``
 (``.partial`` directory, rename, ``latest`` last; never overwrites).
@@ -34,16 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import deepspeed
 import torch
 import torch.distributed as dist
-
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_full_optimizer_state,
+    safe_set_full_fp32_param,
+    safe_set_full_optimizer_state,
+)
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
-from training import checkpoint
-from training.checkpoint import CheckpointError
-from training.dcp_io import balanced
-from training.logical import MOMENTS, moment_key
+from training.checkpoint import CheckpointError, commit
+from training.checkpoint.dcp_io import balanced
+from training.checkpoint.logical import MOMENTS, moment_key
+from training.engine.megatron_checkpoint import model_state_dict, rng_object
 
 
 def moment_prefix(moment: str) -> str:
@@ -78,7 +84,7 @@ def param_entries(module: torch.nn.Module) -> list[ParamEntry]:
     (the same on every rank). Call before ``deepspeed.initialize``."""
     params = {id(p): (n, p) for n, p in module.named_parameters()}
     entries, seen = [], set()
-    for name, sh in checkpoint._model_sd(module).items():
+    for name, sh in model_state_dict(module).items():
         if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)):
             continue
         if id(sh.data) not in params:
@@ -94,7 +100,6 @@ def param_entries(module: torch.nn.Module) -> list[ParamEntry]:
 
 def _full_tensors(e: ParamEntry) -> dict[str, torch.Tensor]:
     """Full fp32 master weight and Adam moments of one parameter (collective over the DP group)."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     out = {"": safe_get_full_fp32_param(e.param)}
     for m in MOMENTS:
@@ -120,11 +125,11 @@ def save(root: str | Path, *, step: int, entries: list[ParamEntry], scheduler, l
                 for what, t in tensors.items():
                     state[f"{i}/{what}"] = e.request(what, t)
         state["scheduler"] = scheduler.state_dict()
-        state["rng_state"] = checkpoint._rng_object(layout)
+        state["rng_state"] = rng_object(layout)
         state["step"] = step
         dist_checkpointing.save(state, str(partial))
 
-    return checkpoint.commit(root, step, write, dict(meta, has_optimizer=True, has_moments=False), layout, keep_last)
+    return commit(root, step, write, dict(meta, has_optimizer=True, has_moments=False), layout, keep_last)
 
 
 def _by_key(entries: list[ParamEntry]) -> Iterator[list[ParamEntry]]:
@@ -151,8 +156,6 @@ def read_full(path: Path, entries: list[ParamEntry], prefixes: list[str]) -> Ite
 def set_weight(e: ParamEntry, value: torch.Tensor) -> None:
     """Set a parameter everywhere DeepSpeed keeps it: the model's (ZeRO-3: partitioned) weight and
     the fp32 master copy the optimizer updates. Collective under ZeRO-3."""
-    import deepspeed
-    from deepspeed.utils import safe_set_full_fp32_param
 
     with torch.no_grad():
         if hasattr(e.param, "ds_id"):  # ZeRO-3: gather, set, and re-partition rank 0's value
@@ -164,7 +167,6 @@ def set_weight(e: ParamEntry, value: torch.Tensor) -> None:
 
 
 def set_moment(e: ParamEntry, moment: str, value: torch.Tensor) -> None:
-    from deepspeed.utils import safe_set_full_optimizer_state
 
     with torch.no_grad():
         safe_set_full_optimizer_state(e.param, value.to(e.param.device), moment)

@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-import training  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from conftest import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
-from growth import apply_masks, clear_masks, grow_state
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from growth import grow_state
+from training.engine.model.masks import apply_masks, clear_masks
 from training.config import ParallelConfig
-from training.model.reference import load_logical_state_dict, reference_logits
+from growth.reference import reference_logits
+from training.engine.model.state import load_logical_state_dict
 
 ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
 
 
 @pytest.fixture(scope="module")
 def build():
-    from training.parallel import setup_layout
+    from training.engine.parallel import setup_layout
 
     setup_layout(ParallelConfig(), 1234)
-    from training.model.build import build_model, transformer_config
+    from training.engine.model.build import build_model, transformer_config
 
     def make(cfg):
         chunk = build_model(cfg, transformer_config(cfg, ParallelConfig(), bf16=False, gloo=True))[0]

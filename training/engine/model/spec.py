@@ -23,10 +23,10 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
-from training.model.attention import FLMCoreAttention
-from training.model.layer import FLMTransformerLayer
-from training.model.mlp import FLMMLP
-from training.model.norms import FLMNorm
+from training.engine.model.attention import FLMCoreAttention
+from training.engine.model.layer import FLMTransformerLayer
+from training.engine.model.mlp import FLMMLP
+from training.engine.model.norms import FLMNorm
 
 
 def layer_spec(config, xpos_scale_base: Optional[float] = None) -> ModuleSpec:

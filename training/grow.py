@@ -1,10 +1,11 @@
 """Grow a checkpoint: the transform behind ``flm grow`` and the stage transitions of ``flm train``.
 
-``grow_checkpoint(src, dst, plan)`` reads a checkpoint saved under any TP/PP/DP layout and writes a
+``grow_checkpoint(src, dst, plan)`` (collective when a process group is initialized, e.g. the
+trainer's in a staged run; a plain process needs none) reads a checkpoint saved under any TP/PP/DP layout and writes a
 logical checkpoint at ``dst`` that loads under any layout with ``flm train --init-from`` (weights,
 Adam moments, Adam step, growth masks, consumed samples).
 
-It streams: every grown tensor is declared to the writer (``training.dcp_io``) with its shape and
+It streams: every grown tensor is declared to the writer (``training.checkpoint.dcp_io``) with its shape and
 cut into chunks (one layer per chunk for ``decoder.layers.*``); a chunk is computed only when the
 writer asks for it, from the old layer it grows from (``growth.operators.grow_layer`` /
 ``growth.optimizer_state.grow_moment_layer``), which is read from ``src`` on demand. Peak memory is
@@ -33,14 +34,15 @@ import torch.distributed as dist
 from growth.errors import GrowthError
 from growth.operators import Growth, grow_layer, grow_tensor, prepare_growth
 from growth.optimizer_state import grow_moment, grow_moment_layer
-from growth.plan import GrowthPlan
+from growth.plan import GrowthPlan, load_plan
+from growth.shape import ModelShape
 from growth.roles import logical_keys, role_of
 from growth.verify import VerifyReport, verify_weights
 from training.checkpoint import CheckpointError, read_meta, resolve
-from training.config import RunConfig
-from training.config_base import from_dict, to_dict
-from training.dcp_io import ChunkedTensor, TensorReader
-from training.logical import moment_key, write_logical_chunks
+from training.checkpoint.dcp_io import ChunkedTensor, TensorReader
+from training.checkpoint.logical import moment_key, write_logical_chunks
+from training.config import ModelConfig, RunConfig
+from training.config_base import ConfigError, from_dict, read_yaml, to_dict
 
 #: |dlogit| <= tol * (1 + max|logit|) counts as function-preserving. The check computes in float64, so
 #: the only difference left by an exact operator is the rounding of grown values that are not copies
@@ -50,14 +52,17 @@ MOMENTS = (("exp_avg", 1), ("exp_avg_sq", 2))
 
 
 class GrowthVerificationError(GrowthError):
-    """The plan's operators are exact, but the grown model does not compute what the old one did."""
+    """The plan's operators are exact, but the grown model does not compute what the old one did
+    (a bug to report: exit status 1)."""
 
-    def __init__(self, report: VerifyReport, tolerance: float) -> None:
+    exit_code = 1
+
+    def __init__(self, report: VerifyReport, tolerance: float, dst: Path) -> None:
         super().__init__(
             f"the grown model does not compute what the old one did: max |dlogit| {report.max_abs_dlogit:.3e} "
             f"(max |logit| {report.max_abs_logit:.3e}, tolerance {tolerance:g} x (1 + max|logit|)), |dloss| "
             f"{report.abs_dloss:.3e}; the plan's operators are exact, so this is a bug — please report it with "
-            "the plan and the source checkpoint's config")
+            f"the plan and the source checkpoint's config; nothing was written to {dst}")
         self.report = report
 
 
@@ -202,8 +207,6 @@ def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_v
     fit the plan) before anything is written, and ``GrowthVerificationError`` when exact operators
     did not preserve the function; ``dst`` exists afterwards only on success.
     """
-    from training.parallel import init_process_group
-
     dst = Path(dst)
     if dst.exists():
         raise CheckpointError(f"refusing to overwrite {dst}; choose a new destination")
@@ -211,7 +214,6 @@ def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_v
     meta = read_meta(src)
     run = from_dict(RunConfig, meta["config"])
     g = prepare_growth(plan, run.model)
-    init_process_group()
     reader = TensorReader(src)
     keys = _check_source(reader, g, src)
     entries = _entries(g, reader, keys)
@@ -224,7 +226,7 @@ def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_v
             report = _verify(g, plan, reader, written)
             result["verify"] = report
             if g.exact and not report.within(tolerance, tolerance):
-                raise GrowthVerificationError(report, tolerance)
+                raise GrowthVerificationError(report, tolerance, dst)
         return {
             "config": to_dict(dataclasses.replace(run, model=g.new_cfg)), "step": 0,
             "consumed_samples": int(meta.get("consumed_samples", 0)),
@@ -240,3 +242,20 @@ def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_v
     count = lambda shapes: sum(math.prod(s) for s in shapes)  # noqa: E731
     return GrowReport(src=src, dst=dst, exact=g.exact, old_params=count(reader.shape(k) for k in keys),
                       new_params=count(g.new_shape(k) for k in keys), verify=result["verify"], tolerance=tolerance)
+
+
+def grow_from_files(src: Path, dst: Path, plan_path: Path, *, verify: bool) -> GrowReport:
+    """``flm grow``: the plan file (its ``old`` shape read from ``src`` when omitted) applied to ``src``.
+    A plan mistake is a ``ConfigError`` naming the plan file."""
+    data = read_yaml(plan_path)
+    if "old" not in data:
+        meta = read_meta(resolve(src))
+        cfg = from_dict(ModelConfig, meta["config"]["model"])
+        old = dataclasses.asdict(ModelShape.from_model_config(cfg, meta["layout"]["tp"]))
+        data = {"old": old, **data}
+    try:
+        return grow_checkpoint(src, dst, load_plan(data), run_verify=verify)
+    except ConfigError as err:
+        if err.source is None:
+            raise ConfigError(err.key, err.message, source=str(plan_path)) from None
+        raise

@@ -14,11 +14,12 @@ with the module and the pattern, rather than silently running unpatched code
 Nothing is patched when CUDA is available: ``install()`` is a no-op there.
 
 The hook must be installed before ``megatron.core`` is imported; every project module that imports
-megatron imports ``training.megatron`` (which calls ``install()``) first.
+megatron lives in ``training.engine``, whose ``__init__`` calls ``install()``.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -27,11 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
+from training.errors import FLMError
+
 #: megatron-core releases this bridge was written and tested against.
 TESTED_MEGATRON_CORE = ("0.16.1",)
 
 
-class BridgeError(RuntimeError):
+class BridgeError(FLMError, RuntimeError):
     """The installed megatron-core does not match what the CPU bridge expects."""
 
 
@@ -115,7 +118,7 @@ class _RewritingLoader(importlib.machinery.SourceFileLoader):
                     f"CPU bridge: pattern {rewrite.old!r} not found in {self.name} ({path}); the installed "
                     f"megatron-core differs from the tested versions {TESTED_MEGATRON_CORE}. Install "
                     f"one of them (pip install megatron-core=={TESTED_MEGATRON_CORE[-1]}) or update "
-                    "training/cpu_bridge.py."
+                    "training/engine/cpu_bridge.py."
                 )
             source = source.replace(rewrite.old, rewrite.new)
         _applied[self.name] = counts
@@ -177,7 +180,6 @@ def install() -> bool:
 def check_fit() -> dict[str, dict[str, int]]:
     """Import every patched module and return {module: {pattern: matches}}; raises BridgeError."""
     install()
-    import importlib
 
     for name in MODULE_REWRITES:
         importlib.import_module(name)

@@ -4,7 +4,7 @@
 by ``flm grow`` / ``flm import-hf``) as logical tensors into this one process and returns a
 :class:`CheckpointBackend` implementing ``eval_iq.adapter.CausalLMBackend``:
 
-- ``logits(tokens)``: ``training.model.reference.reference_logits`` in float32 on CPU (the plain-torch
+- ``logits(tokens)``: ``growth.reference.reference_logits`` in float32 on CPU (the plain-torch
   forward that is tested equal to the megatron model), with the checkpoint's MSG growth masks at
   their saved ramp value, so a grown model mid-ramp is evaluated as the function it computes;
   the padded vocabulary columns are left out (``[b, s, vocab_size]``);
@@ -17,7 +17,8 @@ by ``flm grow`` / ``flm import-hf``) as logical tensors into this one process an
 The tokenizer is found as ``flm export-hf`` finds it (:func:`training.hf.tokenizer.checkpoint_tokenizer`):
 recorded by ``flm import-hf``, else the run's ``data:`` section, else a grown checkpoint's source.
 Every problem (not a checkpoint, mock data without a tokenizer, a tokenizer of another vocabulary)
-raises ``eval_iq.errors.BackendUnavailableError`` naming the file and the fix.
+raises :class:`CheckpointBackendError` naming the file and the fix (its own error: the
+training side does not import ``eval_iq``).
 """
 
 from __future__ import annotations
@@ -27,11 +28,24 @@ from typing import Optional
 
 import torch
 
-from eval_iq.errors import BackendUnavailableError
-
+from growth import roles as R
+from growth.reference import reference_logits
+from training.checkpoint import CheckpointError, read_meta, resolve
+from training.checkpoint.logical import read_logical
+from training.config import ModelConfig
+from training.config_base import from_dict
+from training.errors import FLMError
+from training.hf.compare import checkpoint_masks
+from training.hf.errors import HFInteropError
+from training.hf.tokenizer import checkpoint_tokenizer
 
 IQ_HINT = ("the benchmark needs the tokenizer the model was trained with: export the checkpoint with "
            "`flm export-hf CKPT OUT --tokenizer PATH` and run `flm iq --model hf --model-path OUT`")
+
+
+class CheckpointBackendError(FLMError):
+    """A checkpoint cannot be evaluated (not a checkpoint, no tokenizer, a mismatched tokenizer);
+    the message names the checkpoint and the fix."""
 
 
 class CheckpointBackend:
@@ -50,8 +64,6 @@ class CheckpointBackend:
         self._special = {i for i in (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) if i >= 0}
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        from training.model.reference import reference_logits
-
         with torch.no_grad():
             return reference_logits(self.cfg, self.state, tokens.to(torch.long).cpu(), self.masks)[..., : self.cfg.vocab_size]
 
@@ -64,17 +76,7 @@ class CheckpointBackend:
 
 def load_backend(checkpoint_dir: str | Path, tokenizer: Optional[str | Path] = None) -> CheckpointBackend:
     """The backend of checkpoint ``checkpoint_dir`` (a ``step_N`` directory or a root with ``latest``);
-    ``tokenizer`` overrides the checkpoint's tokenizer. Raises BackendUnavailableError."""
-    import training  # noqa: F401  (installs the CPU bridge before megatron is imported)
-    from growth import roles as R
-    from training.checkpoint import CheckpointError, read_meta, resolve
-    from training.config import ModelConfig
-    from training.config_base import from_dict
-    from training.hf.compare import checkpoint_masks
-    from training.hf.errors import HFInteropError
-    from training.hf.tokenizer import checkpoint_tokenizer
-    from training.logical import read_logical
-
+    ``tokenizer`` overrides the checkpoint's tokenizer. Raises CheckpointBackendError."""
     try:
         path = resolve(checkpoint_dir)
         meta = read_meta(path)
@@ -82,7 +84,7 @@ def load_backend(checkpoint_dir: str | Path, tokenizer: Optional[str | Path] = N
         tok, _ = checkpoint_tokenizer(path, meta, tokenizer, hint=IQ_HINT)
         params, _ = read_logical(path)
     except (CheckpointError, HFInteropError) as err:
-        raise BackendUnavailableError(f"cannot evaluate checkpoint {checkpoint_dir}: {err}") from None
+        raise CheckpointBackendError(f"cannot evaluate checkpoint {checkpoint_dir}: {err}") from None
     state = {k: params[k] for k in R.logical_keys(cfg)}
     masks = checkpoint_masks(meta)
     return CheckpointBackend(cfg, state, tok, None if masks is None else masks.values())

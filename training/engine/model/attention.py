@@ -20,10 +20,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import Tensor
-
 from megatron.core import parallel_state
 from megatron.core.transformer.dot_product_attention import DotProductAttention
+from torch import Tensor
 
 
 def xpos_factors(seq_len: int, head_dim: int, scale_base: float, device, dtype) -> Tensor:

@@ -28,6 +28,7 @@ reads; the tests load them with megatron under other layouts.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -50,12 +51,18 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from training.checkpoint.meta import CheckpointError
+
 #: megatron's names (megatron.core.dist_checkpointing.core / strategies.common)
 MEGATRON_CONFIG_FILE = "metadata.json"
 MEGATRON_COMMON_FILE = "common.pt"
+#: what megatron's ``save_config(CheckpointingConfig("torch_dist"), dir)`` writes (the backend names
+#: its loader dispatches on); written here so this layer needs no megatron import
+MEGATRON_CONFIG = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
+                   "common_backend_version": 1}
 
 
-class CheckpointFormatError(RuntimeError):
+class CheckpointFormatError(CheckpointError):
     """The directory is not a readable torch_dist checkpoint, or a tensor is not in it."""
 
 
@@ -340,9 +347,7 @@ def write_tensors(out: str | Path, entries: list[ChunkedTensor], common: Optiona
         raise failed[0] from None
     rank0 = not distributed or dist.get_rank() == 0
     if rank0:
-        from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
-
-        save_config(CheckpointingConfig("torch_dist"), str(out))
+        (Path(out) / MEGATRON_CONFIG_FILE).write_text(json.dumps(MEGATRON_CONFIG))
         torch.save(common or {}, Path(out) / MEGATRON_COMMON_FILE)
     if distributed:
         dist.barrier()
