@@ -82,7 +82,7 @@ class MaskState:
             return torch.where(new, ones * c, ones)
 
         def block(old: Optional[int], new: Optional[int]) -> Optional[Tensor]:
-            return None if old is None else vec([i >= old for i in range(new)])
+            return None if old is None or new is None else vec([i >= old for i in range(new)])
 
         return MaskValues(
             hidden=block(self.hidden_old, self.hidden_new),

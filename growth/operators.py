@@ -31,6 +31,7 @@ from growth.masks import MaskState
 from growth.plan import GrowthPlan, check_plan, inexact_reasons
 from growth.roles import TensorRole, logical_keys, role_of, tensor_shape
 from growth.tensor_ops import any_axis, gather, nonunit_product, place_old_, zero_where_
+from training.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class Growth:
     """A plan resolved against the old model: everything ``grow_tensor`` needs. Immutable."""
 
     plan: GrowthPlan
-    old_cfg: object
-    new_cfg: object
+    old_cfg: ModelConfig
+    new_cfg: ModelConfig
     axes: dict[str, ax.AxisMap]
     layers: list[ax.LayerSource]
     masks: Optional[MaskState]
@@ -69,7 +70,7 @@ class Growth:
 @dataclass(frozen=True)
 class GrowthResult:
     state: dict[str, Tensor]
-    new_cfg: object
+    new_cfg: ModelConfig
     #: MSG masks to apply while training the grown model; None when no operator is msg
     masks: Optional[MaskState]
     exact: bool

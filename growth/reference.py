@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from growth import roles as R
+from growth.errors import GrowthError
 from growth.masks import MaskValues
 
 
@@ -35,7 +36,9 @@ def _norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, rms: bo
         y = x * torch.rsqrt((x * x * m).sum(-1, keepdim=True) / total + eps) * weight
     else:
         xc = x - (x * m).sum(-1, keepdim=True) / total
-        y = xc * torch.rsqrt((xc * xc * m).sum(-1, keepdim=True) / total + eps) * weight + bias
+        y = xc * torch.rsqrt((xc * xc * m).sum(-1, keepdim=True) / total + eps) * weight
+        if bias is not None:
+            y = y + bias
     return y if mask is None else y * mask
 
 
@@ -74,6 +77,8 @@ def _attention(cfg, x: Tensor, w: Tensor, b: Optional[Tensor], proj_w: Tensor, p
         f = _xpos_scale(s, d, cfg.xpos_scale_base).to(x.dtype)
         q, k = q * f, k / f
     if masks.head is not None:
+        if masks.group is None:
+            raise ValueError("MaskValues: a head mask needs its group mask (growth.masks sets both)")
         q = q * masks.head.to(x.dtype)[:, None]
         k = k * masks.group.to(x.dtype)[:, None]
         v = v * masks.group.to(x.dtype)[:, None]
@@ -119,6 +124,14 @@ def _converted(weights: dict[str, Tensor], dtype: torch.dtype, key: str) -> Opti
     return None if t is None else t.to(dtype)
 
 
+def _need(fetch: Callable[[str], Optional[Tensor]], key: str) -> Tensor:
+    """``fetch(key)``, which the model config needs (GrowthError naming the key when absent)."""
+    t = fetch(key)
+    if t is None:
+        raise GrowthError(f"the weights have no {key!r}, which this model config needs")
+    return t
+
+
 def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callable[[int], dict[str, Tensor]],
                    tokens: Tensor, masks: Optional[MaskValues] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
     """``reference_logits`` with the weights fetched on demand, one layer at a time.
@@ -130,7 +143,7 @@ def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callab
     """
     masks = masks or MaskValues()
     rms = cfg.normalization == "RMSNorm"
-    emb = tensor(R.EMBEDDING)
+    emb = _need(tensor, R.EMBEDDING)
     dtype = dtype or emb.dtype
     hm = None if masks.hidden is None else masks.hidden.to(dtype)
     x = emb[tokens].to(dtype) * cfg.input_multiplier
@@ -140,16 +153,18 @@ def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callab
     for i in range(cfg.num_layers):
         c = partial(_converted, layer(i), dtype)
         h = x
-        a = _norm(x, c(R.NORM1_WEIGHT), c(R.NORM1_BIAS), cfg.norm_eps, rms, hm)
-        x = x + _attention(cfg, a, c(R.QKV_WEIGHT), c(R.QKV_BIAS), c(R.PROJ_WEIGHT), c(R.PROJ_BIAS), masks)
-        m = _norm(x, c(R.NORM2_WEIGHT), c(R.NORM2_BIAS), cfg.norm_eps, rms, hm)
-        x = x + _mlp(cfg, m, c(R.FC1_WEIGHT), c(R.FC1_BIAS), c(R.FC2_WEIGHT), c(R.FC2_BIAS), masks)
+        w = partial(_need, c)
+        a = _norm(x, w(R.NORM1_WEIGHT), c(R.NORM1_BIAS), cfg.norm_eps, rms, hm)
+        x = x + _attention(cfg, a, w(R.QKV_WEIGHT), c(R.QKV_BIAS), w(R.PROJ_WEIGHT), c(R.PROJ_BIAS), masks)
+        m = _norm(x, w(R.NORM2_WEIGHT), c(R.NORM2_BIAS), cfg.norm_eps, rms, hm)
+        x = x + _mlp(cfg, m, w(R.FC1_WEIGHT), c(R.FC1_BIAS), w(R.FC2_WEIGHT), c(R.FC2_BIAS), masks)
         gate = masks.depth.get(i)
         if gate is not None:
             x = h + gate * (x - h)
     bias = tensor(R.FINAL_NORM_BIAS)
-    y = _norm(x, tensor(R.FINAL_NORM_WEIGHT).to(dtype), None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm)
-    out_w = emb if cfg.tie_embeddings else tensor(R.OUTPUT)
+    y = _norm(x, _need(tensor, R.FINAL_NORM_WEIGHT).to(dtype),
+              None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm)
+    out_w = emb if cfg.tie_embeddings else _need(tensor, R.OUTPUT)
     logits = _output_logits(y, out_w) * cfg.output_multiplier
     pad = torch.arange(logits.shape[-1], device=logits.device) >= cfg.vocab_size
     return logits.masked_fill(pad, torch.finfo(logits.dtype).min)

@@ -95,3 +95,18 @@ def test_lower_layers_load_neither_megatron_nor_the_cpu_bridge():
             "print(loaded); sys.exit(1 if loaded else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"loaded: {proc.stdout}{proc.stderr[-2000:]}"
+
+
+def test_only_the_engine_imports_megatron():
+    """``training.engine`` installs the CPU bridge before megatron-core loads; a module outside it that
+    imported megatron first (isort puts third-party imports above first-party ones) would load it
+    unpatched."""
+    bad = []
+    for name, path in _modules().items():
+        if name == "training.engine" or name.startswith("training.engine."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{name}:{node.lineno} imports {m}" for m in modules if m.split(".")[0] == "megatron"]
+    assert not bad, "\n".join(bad)

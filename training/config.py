@@ -351,7 +351,7 @@ def check_deepspeed_layout(parallel: ParallelConfig, path: str) -> None:
                           ("distributed_optimizer", False)):
         value = getattr(parallel, name)
         if value != allowed or type(value) is not type(allowed):
-            fix = {None: "null", False: "false"}.get(allowed, allowed)
+            fix = "null" if allowed is None else "false" if allowed is False else allowed
             why = ("ZeRO partitions the optimizer state already (deepspeed.zero_stage)"
                    if name == "distributed_optimizer" else "or use engine: megatron for tensor/pipeline parallelism")
             raise ConfigError(

@@ -77,7 +77,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(path, f"got {value!r}; expected {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -40,3 +40,15 @@ def test_bridge_refuses_late_install(tmp_path):
         assert out.returncode == 0
     else:
         assert out.returncode != 0 and "imported before the bridge was installed" in out.stderr
+
+
+def test_every_rewrite_substitutes_a_cuda_idiom():
+    """The bridge's rule (its docstring): it only replaces CUDA idioms by their CPU equivalents.
+    A behaviour fix would run on CPU only and hide a GPU bug; this lists every rewrite."""
+    from training.engine.cpu_bridge import MODULE_REWRITES
+
+    rewrites = {(module, r.old, r.new) for module, rs in MODULE_REWRITES.items() for r in rs}
+    assert len(rewrites) == sum(len(rs) for rs in MODULE_REWRITES.values())
+    for module, old, new in sorted(rewrites):
+        assert "cuda" in old.lower(), f"{module}: {old!r} is not a CUDA idiom; fix it in the project's code"
+        assert "cuda" not in new.lower(), f"{module}: {new!r} still uses CUDA"

@@ -13,6 +13,12 @@ with the module and the pattern, rather than silently running unpatched code
 
 Nothing is patched when CUDA is available: ``install()`` is a no-op there.
 
+The rule: every rewrite substitutes a CUDA idiom by its CPU equivalent, nothing else. A behaviour
+fix hidden here would run on CPU only, so the CPU tests would pass while GPUs run the unfixed code;
+such fixes belong in the project's own code (e.g. the distributed optimizer's torch-Adam ``step``
+in ``training.engine.megatron_checkpoint``). ``tests/training/test_cpu_bridge.py`` lists the
+rewrites and checks each one replaces a CUDA idiom.
+
 The hook must be installed before ``megatron.core`` is imported; every project module that imports
 megatron lives in ``training.engine``, whose ``__init__`` calls ``install()``.
 """
@@ -53,14 +59,6 @@ BF16_TYPE = Rewrite("'torch.cuda.BFloat16Tensor'", "'torch.BFloat16Tensor'")
 HALF_TYPE = Rewrite("'torch.cuda.HalfTensor'", "'torch.HalfTensor'")
 DOT_CUDA = Rewrite(".cuda()", ".cpu()")
 SYNC = Rewrite("torch.cuda.synchronize()", "None")
-# Not a CUDA idiom but a bug of the torch-Adam path (taken exactly when Apex/TE are absent, i.e.
-# on CPU): loading a fully_reshardable distributed-optimizer checkpoint copies every key of the
-# destination state, including torch Adam's 'step', which the source deliberately leaves out
-# (it is restored from param_groups) -> KeyError: 'step'. Copy the keys the source has.
-DISTOPT_STEP = Rewrite(
-    "            for key in dst_tensors:\n                dst_tensors[key].copy_(tensors[key])",
-    "            for key in tensors:\n                dst_tensors[key].copy_(tensors[key])",
-)
 
 #: module -> rewrites; every rewrite must match at least once in that module's source.
 MODULE_REWRITES: dict[str, tuple[Rewrite, ...]] = {
@@ -75,8 +73,7 @@ MODULE_REWRITES: dict[str, tuple[Rewrite, ...]] = {
     ),
     "megatron.core.optimizer.clip_grads": (DEVICE_STR_SQ, FLOAT_TYPE),
     "megatron.core.optimizer.optimizer": (DEVICE_STR_SQ, FLOAT_TYPE, BF16_TYPE, HALF_TYPE, DOT_CUDA),
-    "megatron.core.optimizer.distrib_optimizer": (DEVICE_CURRENT, FLOAT_TYPE, BF16_TYPE, HALF_TYPE, DOT_CUDA,
-                                                  DISTOPT_STEP),
+    "megatron.core.optimizer.distrib_optimizer": (DEVICE_CURRENT, FLOAT_TYPE, BF16_TYPE, HALF_TYPE, DOT_CUDA),
     "megatron.core.optimizer.grad_scaler": (DEVICE_STR_SQ,),
     "megatron.core.distributed.param_and_grad_buffer": (DEVICE_CURRENT, DEVICE_STR_DQ),
     "megatron.core.distributed.distributed_data_parallel": (DEVICE_CURRENT,),
@@ -171,7 +168,7 @@ def install() -> bool:
     if loaded_unpatched:
         raise BridgeError(
             "CPU bridge: megatron-core was imported before the bridge was installed "
-            f"({', '.join(loaded_unpatched)}); import training.megatron before megatron.core."
+            f"({', '.join(loaded_unpatched)}); import training.engine before megatron.core."
         )
     sys.meta_path.insert(0, _FINDER)
     return True

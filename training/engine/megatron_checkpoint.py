@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from megatron.core import dist_checkpointing
@@ -85,6 +86,41 @@ def _unshare_adam_steps(optimizer) -> None:
                 state["step"] = state["step"].clone()
 
 
+@contextlib.contextmanager
+def _distributed_optimizer_keeps_torch_adam_step(optimizer) -> Iterator[None]:
+    """Work around megatron-core's torch-Adam path of the distributed optimizer (used whenever
+    neither Apex nor Transformer Engine provides FusedAdam, on GPUs too).
+
+    Loading a ``fully_reshardable`` checkpoint, megatron first gives every parameter's torch Adam
+    state a ``step`` (from the saved param groups), then copies the saved per-parameter tensors
+    into *every* key of that state (``_set_main_param_and_optimizer_states``), but the saved ones
+    leave ``step`` out: ``KeyError: 'step'``. While loading, each distributed optimizer's copy is
+    handed the parameter's own ``step`` as the source for that key (copying a value onto itself),
+    so the other keys load as megatron intends and ``step`` keeps the value megatron set.
+    """
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not hasattr(opt, "_set_main_param_and_optimizer_states") or not hasattr(opt, "model_param_group_index_map"):
+            continue
+        original = opt._set_main_param_and_optimizer_states
+
+        def set_states(model_param, tensors, opt=opt, original=original):
+            group_index, group_order = opt.model_param_group_index_map[model_param]
+            main_param = opt.optimizer.param_groups[group_index]["params"][group_order]
+            own_step = opt.optimizer.state.get(main_param, {}).get("step")
+            if "step" not in tensors and isinstance(own_step, torch.Tensor):
+                tensors = dict(tensors, step=own_step.clone())
+            original(model_param, tensors)
+
+        opt._set_main_param_and_optimizer_states = set_states  # instance attribute: this object only
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states
+
+
 def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layout=None) -> dict[str, Any]:
     """Load model (and optimizer/scheduler/RNG when given) from ``path``; returns the metadata.
 
@@ -111,7 +147,8 @@ def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layo
             raise CheckpointError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}, "
                                   f"unexpected {list(result.unexpected_keys)[:5]}")
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        with _distributed_optimizer_keeps_torch_adam_step(optimizer):
+            optimizer.load_state_dict(loaded["optimizer"])
         _unshare_adam_steps(optimizer)
     if scheduler is not None and loaded.get("scheduler") is not None:
         scheduler.load_state_dict(loaded["scheduler"])

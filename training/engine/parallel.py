@@ -6,8 +6,10 @@ single plain process (world size 1, a free local port).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -73,6 +75,21 @@ def setup_layout(parallel: ParallelConfig, seed: int) -> Layout:
         dp_rank=parallel_state.get_data_parallel_rank(),
         backend=dist.get_backend(),
     )
+
+
+@contextlib.contextmanager
+def model_parallel_groups(parallel: ParallelConfig) -> Iterator[tuple[int, int]]:
+    """megatron's ``parallel_state`` for ``parallel``'s TP/PP (and virtual PP) on the process group
+    that is already initialised (no gloo side groups); yields this rank's (tp rank, pp rank) and
+    destroys the groups on exit."""
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pp, create_gloo_process_groups=False)
+    try:
+        yield parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
+    finally:
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
 
 
 def teardown() -> None:

@@ -30,13 +30,13 @@ from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 from torch.overrides import TorchFunctionMode
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils._device import _device_constructors
 
 from training.config import ModelConfig, ParallelConfig
 from training.engine.model import build as builder
+from training.engine.parallel import model_parallel_groups
 from training.plan.params import RankParams, rank_params
 from training.plan.report import table
 
@@ -63,16 +63,11 @@ def simulated_rank(parallel: ParallelConfig, tp_rank: int, pp_rank: int) -> Iter
     rank = pp_rank * parallel.tp + tp_rank
     dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
     try:
-        parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp,
-            virtual_pipeline_model_parallel_size=parallel.virtual_pp, create_gloo_process_groups=False)
-        got = (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank())
-        if got != (tp_rank, pp_rank):
-            raise RuntimeError(f"simulated rank {rank} came out as (tp, pp) = {got}, expected {(tp_rank, pp_rank)}")
-        yield
+        with model_parallel_groups(parallel) as got:
+            if got != (tp_rank, pp_rank):
+                raise RuntimeError(f"simulated rank {rank} came out as (tp, pp) = {got}, expected {(tp_rank, pp_rank)}")
+            yield
     finally:
-        if parallel_state.model_parallel_is_initialized():
-            parallel_state.destroy_model_parallel()
         dist.destroy_process_group()
 
 
