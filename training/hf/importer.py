@@ -40,7 +40,7 @@ from training.hf.architectures import fuse_qkv
 from training.hf.compare import DTYPES, Comparison, compare, load_hf_model, random_tokens
 from training.hf.errors import HFInteropError, RoundTripMismatch
 from training.hf.safetensors_io import read_tensors
-from training.hf.tokenizer import import_sentencepiece
+from training.hf.tokenizer import import_tokenizer
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 TOKENIZER_DIR = "tokenizer"
@@ -249,7 +249,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
     try:
         tok = None
         if not no_tokenizer:
-            tok = import_sentencepiece(hf_dir, staging / TOKENIZER_DIR, cfg.vocab_size)
+            tok = import_tokenizer(hf_dir, staging / TOKENIZER_DIR, cfg.vocab_size)
         comparison = None
         if check:
             tokens = random_tokens(cfg.vocab_size, min(cfg.seq_length, 64))

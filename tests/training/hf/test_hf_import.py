@@ -196,8 +196,10 @@ def test_import_refusals(llama_dir, tmp_path):
     save_file(weights, str(holes / "model.safetensors"), metadata={"format": "pt"})
     refused(holes, "no 'model.layers.1.mlp.up_proj.weight'")
     notok = _copy(llama_dir, tmp_path, "notok")
-    (notok / "tokenizer.model").unlink()
-    refused(notok, r"tokenizer.model not found.*--no-tokenizer")
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        (notok / name).unlink()
+    refused(notok, r"has no tokenizer \(neither tokenizer.json, tokenizer_config.json nor a sentencepiece "
+                   r"tokenizer.model\).*--no-tokenizer")
     report = import_hf(notok, tmp_path / "weights-only", no_tokenizer=True)
     assert report.tokenizer is None and not (tmp_path / "weights-only" / "tokenizer").exists()
     with pytest.raises(HFInteropError, match="refusing to overwrite"):
