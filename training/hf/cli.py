@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXPORT_EPILOG = """variants -> architectures (no custom code needed):
-  RMSNorm + swiglu (+ GQA, bias, tied/untied)      -> LlamaForCausalLM
-  LayerNorm + gelu (+ bias, GQA, tied/untied)      -> GPTNeoXForCausalLM
-  LayerNorm + swiglu, no bias                      -> StableLmForCausalLM
-  xpos, RMSNorm + gelu, LayerNorm + swiglu + bias  -> refused
+EXPORT_EPILOG = """variants -> architectures (--architecture auto):
+  RMSNorm + swiglu (+ GQA, bias, tied/untied)      -> LlamaForCausalLM (no custom code)
+  LayerNorm + gelu (+ bias, GQA, tied/untied)      -> GPTNeoXForCausalLM (no custom code)
+  LayerNorm + swiglu, no bias                      -> StableLmForCausalLM (no custom code)
+  anything else (xpos, RMSNorm + gelu, ...)        -> FLMForCausalLM: the project's model code,
+                                                      load with trust_remote_code=True
+  --architecture flm exports every variant as FLMForCausalLM; --architecture standard refuses
+  variants no standard architecture computes.
 example:
   flm export-hf runs/tiny/checkpoints exported/ --check
   python -c "import transformers as t; t.AutoModelForCausalLM.from_pretrained('exported')"
@@ -40,6 +43,9 @@ def register(subparsers) -> None:
     e.add_argument("--no-tokenizer", action="store_true", help="write weights and config only")
     e.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, float64, bfloat16, float16")
     e.add_argument("--max-shard-size", default="2GB", help="largest safetensors file (default 2GB)")
+    e.add_argument("--architecture", default="auto", choices=("auto", "standard", "flm"),
+                   help="auto (default): a standard transformers architecture when one computes the variant, else "
+                        "the project's own model code (FLMForCausalLM, trust_remote_code); standard; flm")
     e.add_argument("--check", action="store_true",
                    help="load the result with transformers and compare its logits with the project model's on "
                         "random tokens; prints max |dlogit| and fails if they differ")
@@ -104,7 +110,8 @@ def _run_export(args) -> int:
 
         _quiet()
         report = export_checkpoint(args.ckpt, args.out, tokenizer=args.tokenizer, no_tokenizer=args.no_tokenizer,
-                                   dtype=args.dtype, max_shard_size=args.max_shard_size, check=args.check)
+                                   dtype=args.dtype, max_shard_size=args.max_shard_size, check=args.check,
+                                   architecture=args.architecture)
         print(report.summary())
         return 0
 
