@@ -128,3 +128,8 @@ def test_foreign_code_is_not_run_and_cli_check(tmp_path, capsys):
         load_hf_model(tmp_path / "hf", torch.float32)
     assert main(["hf-compare", str(ckpt), str(tmp_path / "hf")]) == 2
     assert "refusing to run that code" in capsys.readouterr().err
+    from eval_iq.cli import main as iq_main
+
+    assert iq_main(["--model", "hf", "--model-path", str(tmp_path / "hf"), "--subtasks", "counting",
+                    "--output-dir", str(tmp_path / "iq")]) == 2
+    assert "flm iq: error:" in (err := capsys.readouterr().err) and "refusing to run that code" in err
