@@ -252,7 +252,8 @@ def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[st
     ``data:`` section (``prepared``: ``data.tokenizer`` or the first dataset's copy; ``default``: the
     default-corpus cache); for a grown checkpoint, its source checkpoint's. Relative data paths are
     resolved against the current directory (as training does). HFInteropError when there is none
-    (mock data; the message ends with ``hint``) or when its vocabulary is not ``model.vocab_size``.
+    (mock data; the message ends with ``hint``) or when its vocabulary is not ``model.vocab_size``
+    (a Hugging Face tokenizer may have fewer ids).
     """
     if explicit is not None:
         found = (_load(Path(explicit).expanduser(), "--tokenizer"), f"{explicit} (--tokenizer)")
@@ -262,7 +263,9 @@ def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[st
         raise HFInteropError(f"{ckpt} was trained on mock data (data.kind: mock), so it has no tokenizer; {hint}")
     tok, where = found
     vocab = meta["config"]["model"]["vocab_size"]
-    if tok.vocab_size != vocab:
+    # a Hugging Face tokenizer may have fewer ids than the model has rows (released models pad
+    # their embeddings); the project's sentencepiece tokenizers are trained to exactly vocab_size
+    if tok.vocab_size != vocab and not (tok.kind == "hf" and tok.vocab_size < vocab):
         raise HFInteropError(
             f"the tokenizer {where} has {tok.vocab_size} ids but {ckpt} has model.vocab_size {vocab}; "
             "this is not the tokenizer the model was trained with; pass the right one with --tokenizer PATH")

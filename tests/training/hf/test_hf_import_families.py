@@ -58,10 +58,23 @@ def test_qwen2_qkv_bias(bpe_dir, tmp_path):
     from training.data.tokenizer import load_tokenizer
 
     vocab = load_tokenizer(bpe_dir).vocab_size
-    src = random_hf_model(tmp_path / "qwen2", "qwen2", bpe_dir, vocab_size=vocab, tie_word_embeddings=True,
+    # like released Qwen2 models, the embedding has more rows than the tokenizer has ids
+    src = random_hf_model(tmp_path / "qwen2", "qwen2", bpe_dir, vocab_size=vocab + 48, tie_word_embeddings=True,
                           rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
     cfg, state = _round_trip(src, tmp_path, 48)
     assert cfg.bias and cfg.tie_embeddings and cfg.query_groups == 2 and cfg.rotary_base == 1000000
+    assert cfg.vocab_size == vocab + 48
+    # its tokenizer prepares training data the imported model accepts
+    from training.data.build import check_vocab_size
+    from training.data.config import DataConfig, DatasetConfig
+    from training.data.ingest import CorpusSpec
+    from training.data.prepare import prepare_dataset
+    from tests.training.data.data_helpers import MULTILINGUAL
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": MULTILINGUAL}) + "\n")
+    prepare_dataset(CorpusSpec(inputs=(str(corpus),)), tmp_path / "ck" / "tokenizer", tmp_path / "data", workers=1)
+    check_vocab_size(DataConfig(kind="prepared", datasets=[DatasetConfig(path=str(tmp_path / "data"))]), cfg.vocab_size)
     assert state[R.QKV_BIAS].abs().max() > 0.1  # the real (random, non-zero) q/k/v biases
     assert not state[R.PROJ_BIAS].any() and not state[R.FC1_BIAS].any() and not state[R.FC2_BIAS].any()
 
