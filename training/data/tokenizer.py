@@ -1,4 +1,9 @@
-"""Training and loading the sentencepiece tokenizer.
+"""The tokenizer interface, and training and loading the project's sentencepiece tokenizer.
+
+:class:`BaseTokenizer` is the one interface the data pipeline, ``flm import-hf``/``export-hf`` and
+the IQ backend use; :class:`Tokenizer` implements it for sentencepiece models and
+:class:`training.data.hf_tokenizer.HFTokenizer` for Hugging Face tokenizers. :func:`load_tokenizer`
+loads either from a path (:func:`is_hf_tokenizer` decides which).
 
 A tokenizer directory holds ``tokenizer.model`` (the sentencepiece model) and ``tokenizer.json``
 (its SHA-256, vocabulary size, special ids and how it was trained). The SHA-256 of the model file
