@@ -9,7 +9,8 @@
   then as ``prepared`` with that one dataset.
 
 The tokenizer's vocabulary must equal ``model.vocab_size`` (the model pads its embedding rows for
-tensor parallelism on its own; a Hugging Face tokenizer may have fewer ids than the model has rows); a mismatch, datasets tokenized by different tokenizers, or a
+tensor parallelism on its own; a Hugging Face tokenizer may have fewer ids than the model has
+rows); a mismatch, datasets tokenized by different tokenizers, or a
 ``data.tokenizer`` that is not the one the datasets were made with are ``DataError``.
 """
 

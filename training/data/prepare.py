@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -61,8 +62,10 @@ _EOS = 0
 _DTYPE = np.dtype("<u2")
 
 
-def _init_worker(tokenizer: BaseTokenizer, dtype: str) -> None:
+def _init_worker(tokenizer: BaseTokenizer, dtype: str, pooled: bool = False) -> None:
     global _TOKENIZER, _EOS, _DTYPE
+    if pooled:  # one thread per worker process, as sentencepiece's num_threads=1 (no oversubscription)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _TOKENIZER = tokenizer
     _EOS = tokenizer.eos_id
     _DTYPE = np.dtype(dtype)
@@ -122,7 +125,7 @@ def _encoded(spec: CorpusSpec, files, tokenizer: BaseTokenizer, dtype: np.dtype,
             yield file_index, skipped, *_encode_task(texts)
         return
     context = multiprocessing.get_context(_start_method())
-    with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(*init_args, True)) as pool:
         in_flight: collections.deque = collections.deque()
         for file_index, texts, skipped in _tasks(spec, files):
             in_flight.append((file_index, skipped, pool.apply_async(_encode_task, (texts,))))

@@ -66,7 +66,8 @@ def register(subparsers) -> None:
                    help="parallel section of the run config: key=value pairs (tp=2,pp=2) or a layout YAML; its tp "
                         "sets the vocabulary padding (default tp=1,pp=1)")
     i.add_argument("--dtype", default="float32", help="stored dtype: float32 (default), float64, bfloat16, float16")
-    i.add_argument("--seq-length", type=int, default=None, help="model.seq_length (default: max_position_embeddings, at most sliding_window)")
+    i.add_argument("--seq-length", type=int, default=None,
+                   help="model.seq_length (default: max_position_embeddings, at most sliding_window)")
     i.add_argument("--no-tokenizer", action="store_true", help="import the weights only")
     i.add_argument("--check", action="store_true",
                    help="compare the transformers model's logits with the imported weights' before writing")

@@ -261,7 +261,8 @@ def logical_from_llama(cfg, tensors: dict[str, torch.Tensor], padded_vocab: int,
                                      bias("self_attn.k_proj.bias", ng * d, has["qkv"]),
                                      bias("self_attn.v_proj.bias", ng * d, has["qkv"]), cfg),
                 R.PROJ_BIAS: bias("self_attn.o_proj.bias", H, has["proj"]),
-                R.FC1_BIAS: torch.cat([bias("mlp.gate_proj.bias", F, has["mlp"]), bias("mlp.up_proj.bias", F, has["mlp"])]),
+                R.FC1_BIAS: torch.cat([bias("mlp.gate_proj.bias", F, has["mlp"]),
+                                       bias("mlp.up_proj.bias", F, has["mlp"])]),
                 R.FC2_BIAS: bias("mlp.down_proj.bias", H, has["mlp"])})
         for key, t in layer.items():
             per_layer.setdefault(key, []).append(t)

@@ -240,8 +240,8 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
     return None
 
 
-NO_TOKENIZER_HINT = ("pass --tokenizer PATH (a tokenizer directory, .model or tokenizer.json file whose vocabulary matches "
-                     "model.vocab_size), or --no-tokenizer to export the weights only")
+NO_TOKENIZER_HINT = ("pass --tokenizer PATH (a tokenizer directory, .model or tokenizer.json file whose vocabulary "
+                     "matches model.vocab_size), or --no-tokenizer to export the weights only")
 
 
 def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[str | Path] = None,
@@ -290,7 +290,8 @@ def import_tokenizer(hf_dir: Path, out_dir: Path, vocab_size: int) -> dict[str, 
     if not ((hf_dir / TOKENIZER_JSON).is_file() or (hf_dir / TOKENIZER_CONFIG).is_file()):
         raise HFInteropError(
             f"{hf_dir} has no tokenizer (neither {TOKENIZER_JSON}, {TOKENIZER_CONFIG} nor a sentencepiece "
-            f"{MODEL_FILE}); copy the model's tokenizer files into it, or pass --no-tokenizer to import the weights only")
+            f"{MODEL_FILE}); copy the model's tokenizer files into it, or pass --no-tokenizer to import the "
+            "weights only")
     try:
         tok = load_hf_tokenizer(hf_dir)
     except DataError as err:

@@ -58,7 +58,8 @@ def test_directory_only_autotokenizer_reads(hf_dir, tmp_path):
     loaded = load_tokenizer(slow)
     assert loaded.kind == "hf" and loaded.eos_id == tok.eos_id
     auto = transformers.AutoTokenizer.from_pretrained(str(slow))
-    assert loaded.encode(MULTILINGUAL) == auto.encode(MULTILINGUAL, add_special_tokens=False) == tok.encode(MULTILINGUAL)
+    ids = tok.encode(MULTILINGUAL)
+    assert loaded.encode(MULTILINGUAL) == auto.encode(MULTILINGUAL, add_special_tokens=False) == ids
     loaded.save(tmp_path / "saved")
     assert load_tokenizer(tmp_path / "saved").sha256 == loaded.sha256
 
@@ -82,8 +83,9 @@ def test_prepare_with_hf_tokenizer(hf_dir, corpus_file, corpus_docs, tmp_path, c
     assert load_tokenizer(ds.tokenizer_path()).sha256 == tok.sha256  # the copy is self-contained
     for i in (0, 7, len(corpus_docs) - 1):
         assert ds.document(i).tolist() == tok.encode(corpus_docs[i]) + [tok.eos_id]
-    assert all(np.array_equal(np.fromfile(tmp_path / "ds" / s["file"], "<u2"), np.fromfile(tmp_path / "one" / s["file"], "<u2"))
-               for s in manifest["shards"])
+    for shard in manifest["shards"]:
+        ours, single = (np.fromfile(tmp_path / d / shard["file"], "<u2") for d in ("ds", "one"))
+        assert np.array_equal(ours, single)
     # the trainer's sources: with the tokenizer named, and with the copy inside the dataset
     for tokenizer in (str(hf_dir), None):
         cfg = DataConfig(kind="prepared", datasets=[DatasetConfig(path=str(tmp_path / "ds"))], tokenizer=tokenizer)

@@ -64,7 +64,8 @@ def test_llama_with_tokenizer_json_imports_trains_grows_trains_exports(tmp_path,
     # 5. grow the trained model (exact operators: same function, verified)
     padded = -(-vocab // 64) * 64
     plan = tmp_path / "plan.yaml"
-    plan.write_text(f"new: {{layers: 3, hidden: 64, ffn: 128, heads: 4, query_groups: 2, head_dim: 8, vocab: {padded}}}\n"
+    plan.write_text("new: {layers: 3, hidden: 64, ffn: 128, heads: 4, query_groups: 2, head_dim: 8, "
+                    f"vocab: {padded}}}\n"
                     "operators: {hidden: clone, ffn: zero, depth: zero}\n"
                     "depth: {placement: stack, init: copy}\n")
     assert main(["grow", str(tmp_path / "run1" / "checkpoints"), str(tmp_path / "grown"), "--plan", str(plan),
