@@ -60,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--parallelize",
         action="store_true",
-        help="--model hf: spread the model over all visible GPUs (accelerate device_map='auto') "
-        "instead of --device",
+        help="--model hf: spread the model over all visible GPUs (accelerate device_map='auto'; "
+        "--device is where inputs go)",
     )
     p.add_argument(
         "--skip-unavailable",
@@ -139,9 +139,8 @@ def _build_lm(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             trust = path.is_dir() and trust_remote_code(path)
         except HFInteropError as err:
             raise IQError(str(err)) from None
-        placement = {"parallelize": True} if args.parallelize else {"device": args.device}
-        lm = HFLM(pretrained=pretrained, batch_size=args.batch_size, dtype=args.dtype, trust_remote_code=trust,
-                  **placement)
+        lm = HFLM(pretrained=pretrained, device=args.device, batch_size=args.batch_size, dtype=args.dtype,
+                  trust_remote_code=trust, parallelize=args.parallelize)
         return lm, {"backend": "hf", "path": pretrained, "name": Path(pretrained).name or pretrained}
     if not args.checkpoint:
         raise IQError("--model flm needs --checkpoint DIR (a project checkpoint directory)")

@@ -198,3 +198,9 @@ def test_iq_scores_identical_through_exported_flm_model_of_tp2_checkpoint(traine
         assert [r["response"] for r in rows] == [r["response"] for r in their_samples[task]], task
         responses += [r["response"][0] for r in rows]
     assert sum(1 for r in responses if r.strip()) >= len(responses) // 2 and len(set(responses)) > 2, responses
+    # --parallelize (accelerate's device_map="auto"; here everything lands on the CPU): the same results
+    spread, spread_samples = _iq(["--model", "hf", "--model-path", str(root / "hf"), "--parallelize"],
+                                 root / "iq-hf-spread")
+    assert {n: s["acc"] for n, s in spread["subtasks"].items()} == {n: s["acc"] for n, s in ours["subtasks"].items()}
+    assert {t: [r["response"] for r in rows] for t, rows in spread_samples.items()} == {
+        t: [r["response"] for r in rows] for t, rows in our_samples.items()}
