@@ -59,7 +59,10 @@ def _token_name(value: Any) -> Optional[str]:
 
 
 def _named_specials(files: dict[str, bytes]) -> dict[str, str]:
-    """``{"eos": "</s>", ...}`` from tokenizer_config.json / special_tokens_map.json."""
+    """``{"eos": "</s>", ...}`` from tokenizer_config.json / special_tokens_map.json.
+
+    Read here rather than through ``AutoTokenizer``: these ``*_token`` fields are what it reads
+    too, and the data pipeline then needs neither transformers nor its start-up time."""
     out: dict[str, str] = {}
     for name in ("special_tokens_map.json", TOKENIZER_CONFIG):
         if name in files:

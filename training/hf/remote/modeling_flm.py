@@ -17,7 +17,11 @@ variant the project trains:
 Generation uses a KV cache (transformers' ``DynamicCache``): keys are cached after RoPE/xPos,
 which depend on absolute positions only, so cached and uncached forwards agree.
 
-This file must not import the flm-grow package: it is loaded from the export directory.
+This file must not import the flm-grow package: it is loaded from the export directory. Why
+norms, RoPE/xPos and attention are written here instead of reusing transformers' Llama/GPT-NeoX
+modules or its attention interface: those are internals that change between releases (an export
+must keep loading), none of them computes xPos, and writing the same formulas as the reference
+(float64 angles, explicit softmax) is what keeps the logits equal to the project's.
 """
 
 from __future__ import annotations
