@@ -3,8 +3,8 @@
 Pipeline: the main process streams documents (``ingest.iter_documents``) and groups them into
 tasks of about ``TASK_CHARS`` characters; ``workers`` processes encode the tasks with the
 tokenizer (sentencepiece or a Hugging Face ``tokenizer.json``, no special tokens added) and append
-``eos`` to every document; the main process writes the results in
-task order, so the output does not depend on the number of workers. At most ``2 x workers``
+``eos`` to every document; the main process writes the results in task order, so the output does
+not depend on the number of workers. At most ``2 x workers``
 tasks are in flight, which bounds memory for inputs larger than memory.
 
 Idempotence and interruption: the manifest records a fingerprint of the corpus contents, the
@@ -110,8 +110,8 @@ def _tasks(spec: CorpusSpec, files) -> Iterator[tuple[int, list[str], int]]:
 
 def _start_method() -> str:
     # fork: workers inherit the loaded modules instead of re-importing torch (seconds per worker).
-    # Workers only run the tokenizer (sentencepiece or Rust tokenizers) and numpy, so threads the parent may have (pyarrow pools) and
-    # their locks are never needed in a child.
+    # Workers only run the tokenizer (sentencepiece or the Rust tokenizers) and numpy, so threads the
+    # parent may have (pyarrow pools) and their locks are never needed in a child.
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
@@ -178,8 +178,8 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | BaseTokenizer, o
     """Tokenize ``corpus`` into a prepared dataset at ``out_dir`` (idempotent, atomic).
 
     ``tokenizer`` is anything ``load_tokenizer`` reads (a project tokenizer directory or ``.model``
-    file, a Hugging Face tokenizer directory or ``tokenizer.json``) or a loaded tokenizer. If ``out_dir``
-    holds a dataset with the same fingerprint, nothing is done; if it holds a different one,
+    file, a Hugging Face tokenizer directory or ``tokenizer.json``) or a loaded tokenizer. If
+    ``out_dir`` holds a dataset with the same fingerprint, nothing is done; if it holds a different one,
     DataError unless ``force``. Raises DataError for every input problem (see ``ingest``) and for
     an empty corpus.
     """

@@ -218,8 +218,8 @@ class PreparedDataset:
         self.__init__(state["path"])  # type: ignore[misc]
 
     def tokenizer_path(self) -> Path:
-        """The tokenizer copy inside the dataset (datasets written before Hugging Face tokenizers
-        were supported have no ``file`` entry: ``tokenizer.model``)."""
+        """The tokenizer copy inside the dataset, as the manifest's ``tokenizer.file`` names it
+        (``tokenizer.model`` when it names none)."""
         return self.path / self.manifest["tokenizer"].get("file", TOKENIZER_COPY)
 
     def tokens(self, start: int, stop: int) -> np.ndarray:

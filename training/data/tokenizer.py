@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -81,7 +82,7 @@ class TokenizerSpec:
             raise DataError("character_coverage must be in [0.9, 1.0]")
 
 
-class BaseTokenizer:
+class BaseTokenizer(ABC):
     """The tokenizer interface every part of the project uses (data pipeline, import/export, IQ).
 
     Two implementations: :class:`Tokenizer` (the project's sentencepiece models, ``kind =
@@ -119,17 +120,17 @@ class BaseTokenizer:
         return {name: (i if i >= 0 else None) for name, i in
                 (("unk", self.unk_id), ("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id))}
 
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str: ...
 
-    def save(self, out_dir: Path) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def save(self, out_dir: Path) -> None: ...
 
     def record(self) -> dict[str, Any]:
         return {"kind": self.kind, "sha256": self.sha256, "vocab_size": self.vocab_size,
