@@ -9,7 +9,8 @@ muP multipliers (:mod:`training.hf.fold`), and writes into ``out``:
 - for the FLM architecture, ``configuration_flm.py`` and ``modeling_flm.py`` (load with
   ``trust_remote_code=True``; :mod:`training.hf.flm_arch`);
 - ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + index (``max_shard_size``);
-- ``tokenizer.json``, ``tokenizer_config.json``, ``tokenizer.model`` (:mod:`training.hf.tokenizer`);
+- the tokenizer (:mod:`training.hf.tokenizer`): a sentencepiece one converted (``tokenizer.json``,
+  ``tokenizer_config.json``, ``tokenizer.model``), a Hugging Face one as its original files;
 - ``flm_export.json``: source checkpoint, step, model config, architecture, what was folded, the
   tokenizer's SHA-256, and the round-trip check when one was run.
 
@@ -77,7 +78,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
                       check: bool = False, architecture: str = "auto") -> ExportReport:
     """Export ``ckpt`` to the transformers directory ``out`` (see the module docstring).
 
-    ``tokenizer``: tokenizer directory or ``.model`` (default: the checkpoint's own, see
+    ``tokenizer``: tokenizer directory, ``.model`` or ``tokenizer.json`` (default: the checkpoint's own, see
     :func:`training.hf.tokenizer.checkpoint_tokenizer`); ``no_tokenizer``: weights and config only.
     ``dtype``: ``auto`` (the checkpoint's) or float32/float64/bfloat16/float16. ``architecture``:
     ``auto`` (a standard transformers architecture when one computes the variant, else the project's

@@ -17,8 +17,13 @@ gives (no BOS/EOS added, which is how the project trains: documents are separate
 form disagrees on :data:`SAMPLE_TEXTS`. Known differences: decoding ids that form *invalid* UTF-8
 (a stray byte piece) puts U+FFFD differently; for unigram models, :data:`UNIGRAM_LIMITATION`.
 
-:func:`checkpoint_tokenizer` finds a checkpoint's tokenizer; :func:`import_sentencepiece` turns the
-``tokenizer.model`` of a Hugging Face directory into a project tokenizer directory.
+A Hugging Face tokenizer (:class:`training.data.hf_tokenizer.HFTokenizer`) needs no conversion:
+:func:`save_hf_tokenizer` writes its original files back unchanged and checks transformers encodes
+:data:`SAMPLE_TEXTS` as the ``tokenizers`` pipeline does.
+
+:func:`checkpoint_tokenizer` finds a checkpoint's tokenizer; :func:`import_tokenizer` keeps the
+tokenizer of a Hugging Face model directory (:func:`import_sentencepiece` for a sentencepiece
+``tokenizer.model``, else the Hugging Face tokenizer files unchanged).
 """
 
 from __future__ import annotations
