@@ -1,4 +1,4 @@
-"""The project's sentencepiece tokenizer on the Hugging Face side, and back.
+"""Tokenizers on the Hugging Face side, and back (sentencepiece converted, Hugging Face kept as is).
 
 :func:`to_hf_tokenizer` builds a ``tokenizers`` pipeline that follows the sentencepiece model's own
 settings, so that ``AutoTokenizer`` encodes every text to the ids ``SentencePieceProcessor.encode``
