@@ -63,6 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for --model hf (default cpu)")
     p.add_argument("--dtype", default="float32", help="weights dtype for --model hf (default float32)")
     p.add_argument(
+        "--parallelize",
+        action="store_true",
+        help="--model hf: spread the model over all visible GPUs (accelerate device_map='auto'; "
+        "--device is where inputs go)",
+    )
+    p.add_argument(
         "--skip-unavailable",
         action="store_true",
         help="run the subtasks whose data is available and record the others as skipped",
@@ -131,7 +137,15 @@ def _build_lm(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         from lm_eval.models.huggingface import HFLM
 
         pretrained = str(path) if path.is_dir() else args.model_path
-        lm = HFLM(pretrained=pretrained, device=args.device, batch_size=args.batch_size, dtype=args.dtype)
+        from training.hf.errors import HFInteropError
+        from training.hf.flm_arch import trust_remote_code
+
+        try:  # FLM-shaped exports of this project carry its own model code
+            trust = path.is_dir() and trust_remote_code(path)
+        except HFInteropError as err:
+            raise IQError(str(err)) from None
+        lm = HFLM(pretrained=pretrained, device=args.device, batch_size=args.batch_size, dtype=args.dtype,
+                  trust_remote_code=trust, parallelize=args.parallelize)
         return lm, {"backend": "hf", "path": pretrained, "name": Path(pretrained).name or pretrained}
     if not args.checkpoint:
         raise IQError("--model flm needs --checkpoint DIR (a project checkpoint directory)")

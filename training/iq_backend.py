@@ -8,8 +8,9 @@ by ``flm grow`` / ``flm import-hf``) as logical tensors into this one process an
   forward that is tested equal to the megatron model), with the checkpoint's MSG growth masks at
   their saved ramp value, so a grown model mid-ramp is evaluated as the function it computes;
   the padded vocabulary columns are left out (``[b, s, vocab_size]``);
-- ``encode``: the run's sentencepiece tokenizer, no BOS (the model was trained without one);
-  ``decode`` drops the special pieces (unk/bos/eos/pad) as transformers' ``skip_special_tokens`` does;
+- ``encode``: the run's tokenizer (sentencepiece or Hugging Face, ``training.data.tokenizer.BaseTokenizer``),
+  no BOS (the model was trained without one); ``decode`` drops the special tokens as transformers'
+  ``skip_special_tokens`` does;
 - ``eos_token_id``/``bos_token_id`` from the tokenizer, ``max_length`` = ``model.seq_length``
   (what ``flm export-hf`` writes as ``max_position_embeddings``, so lm-eval's ``hf`` backend on the
   export truncates identically).
@@ -61,7 +62,6 @@ class CheckpointBackend:
         self.eos_token_id = int(tokenizer.eos_id)
         self.bos_token_id = int(tokenizer.bos_id) if tokenizer.bos_id >= 0 else None
         self.max_length = int(cfg.seq_length)
-        self._special = {i for i in (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) if i >= 0}
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -71,7 +71,7 @@ class CheckpointBackend:
         return list(self.tokenizer.encode(text))
 
     def decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode([t for t in tokens if int(t) not in self._special])
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 def load_backend(checkpoint_dir: str | Path, tokenizer: Optional[str | Path] = None) -> CheckpointBackend:

@@ -9,12 +9,14 @@
   then as ``prepared`` with that one dataset.
 
 The tokenizer's vocabulary must equal ``model.vocab_size`` (the model pads its embedding rows for
-tensor parallelism on its own); a mismatch, datasets tokenized by different tokenizers, or a
+tensor parallelism on its own; a Hugging Face tokenizer may have fewer ids than the model has
+rows); a mismatch, datasets tokenized by different tokenizers, or a
 ``data.tokenizer`` that is not the one the datasets were made with are ``DataError``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from training.data.shards import PreparedDataset
 from training.data.source import MockSource, SampleSource
 from training.data.splits import split_runs
 from training.data.tokenizer import TokenizerSpec, load_tokenizer, model_path, train_tokenizer
+
+logger = logging.getLogger(__name__)
 
 #: stream ids mixed into the seeds: train and validation draw from independent streams
 TRAIN, VALIDATION = 0, 1
@@ -88,8 +92,10 @@ def _entries(cfg: DataConfig, vocab_size: int) -> tuple[list[DatasetConfig], str
     return list(cfg.datasets), cfg.tokenizer
 
 
-def _open_datasets(entries: list[DatasetConfig], tokenizer: str | None) -> tuple[list[PreparedDataset], str, int]:
-    """The datasets plus (tokenizer description, vocab size), checking they share one tokenizer."""
+def _open_datasets(entries: list[DatasetConfig],
+                   tokenizer: str | None) -> tuple[list[PreparedDataset], str, int, str]:
+    """The datasets plus (tokenizer description, vocab size, tokenizer kind), checking they share one
+    tokenizer."""
     datasets = [PreparedDataset(Path(e.path).expanduser()) for e in entries]
     first = datasets[0]
     for ds in datasets[1:]:
@@ -106,8 +112,9 @@ def _open_datasets(entries: list[DatasetConfig], tokenizer: str | None) -> tuple
                 f"tokenizer {first.path} was prepared with ({first.tokenizer_sha256[:12]}); point data.tokenizer at "
                 "that tokenizer, set it to null, or prepare the data again with this one"
             )
-        return datasets, str(tok.path), tok.vocab_size
-    return datasets, f"{first.tokenizer_path()} (copy inside {first.path})", first.vocab_size
+        return datasets, str(tok.path), tok.vocab_size, tok.kind
+    kind = first.manifest["tokenizer"].get("kind", "sentencepiece")
+    return datasets, f"{first.tokenizer_path()} (copy inside {first.path})", first.vocab_size, kind
 
 
 def _dataset_seed(seed: int, ds: PreparedDataset, stream: int) -> list[int]:
@@ -122,19 +129,26 @@ def tokenizer_vocab_size(cfg: DataConfig) -> int | None:
     """
     if cfg.kind != "prepared":
         return None
-    _, _, vocab = _open_datasets(list(cfg.datasets), cfg.tokenizer)
+    _, _, vocab, _ = _open_datasets(list(cfg.datasets), cfg.tokenizer)
     return vocab
 
 
 def check_vocab_size(cfg: DataConfig, vocab_size: int) -> None:
-    """DataError unless ``vocab_size`` (model.vocab_size) equals the tokenizer's vocabulary."""
+    """DataError unless ``vocab_size`` (model.vocab_size) fits the tokenizer (see :func:`_check_vocab`)."""
     if cfg.kind != "prepared":
         return
-    _, where, vocab = _open_datasets(list(cfg.datasets), cfg.tokenizer)
-    _check_vocab(where, vocab, vocab_size)
+    _, where, vocab, kind = _open_datasets(list(cfg.datasets), cfg.tokenizer)
+    _check_vocab(where, vocab, vocab_size, kind)
 
 
-def _check_vocab(where: str, vocab: int, vocab_size: int) -> None:
+def _check_vocab(where: str, vocab: int, vocab_size: int, kind: str = "sentencepiece") -> None:
+    """model.vocab_size must equal the tokenizer's vocabulary; a Hugging Face tokenizer may have fewer
+    ids than the model has rows (released models pad their embeddings, e.g. Qwen2: 151665 ids,
+    151936 rows; the extra rows are never a target)."""
+    if kind == "hf" and vocab < vocab_size:
+        logger.info("model.vocab_size %d is larger than the %d ids of the tokenizer %s (the model's own padding)",
+                    vocab_size, vocab, where)
+        return
     if vocab != vocab_size:
         raise DataError(
             f"model.vocab_size is {vocab_size} but the tokenizer {where} has {vocab} ids; set model.vocab_size: "
@@ -148,8 +162,8 @@ def build_sources(cfg: DataConfig, *, seq_length: int, vocab_size: int) -> tuple
     if cfg.kind == "mock":
         return MockSource(vocab_size, seq_length, cfg.seed), MockSource(vocab_size, seq_length, cfg.seed + 1)
     entries, tokenizer = _entries(cfg, vocab_size)
-    datasets, where, vocab = _open_datasets(entries, tokenizer)
-    _check_vocab(where, vocab, vocab_size)
+    datasets, where, vocab, kind = _open_datasets(entries, tokenizer)
+    _check_vocab(where, vocab, vocab_size, kind)
     weights = [e.weight for e in entries]
     names = [str(ds.path) for ds in datasets]
     streams = []

@@ -126,7 +126,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="tokenize a corpus into packed token shards")
     _add_corpus_args(prep)
-    prep.add_argument("--tokenizer", required=True, help="tokenizer directory or .model file")
+    prep.add_argument("--tokenizer", required=True,
+                      help="project tokenizer directory or .model file, or a Hugging Face tokenizer (a model or "
+                           "tokenizer directory with tokenizer.json, or the tokenizer.json file)")
     prep.add_argument("--out", required=True, type=Path, help="prepared dataset directory to write")
     prep.add_argument("--workers", type=int, default=2, help="tokenizer worker processes")
     prep.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")

@@ -2,8 +2,9 @@
 
 Pipeline: the main process streams documents (``ingest.iter_documents``) and groups them into
 tasks of about ``TASK_CHARS`` characters; ``workers`` processes encode the tasks with the
-sentencepiece model and append ``eos`` to every document; the main process writes the results in
-task order, so the output does not depend on the number of workers. At most ``2 x workers``
+tokenizer (sentencepiece or a Hugging Face ``tokenizer.json``, no special tokens added) and append
+``eos`` to every document; the main process writes the results in task order, so the output does
+not depend on the number of workers. At most ``2 x workers``
 tasks are in flight, which bounds memory for inputs larger than memory.
 
 Idempotence and interruption: the manifest records a fingerprint of the corpus contents, the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -32,13 +34,14 @@ from training.data.shards import (
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
     DEFAULT_SHARD_TOKENS,
+    HF_TOKENIZER_COPY,
     INDEX_FILE,
     MANIFEST_FILE,
     TOKENIZER_COPY,
     ShardWriter,
     token_dtype,
 )
-from training.data.tokenizer import Tokenizer, load_tokenizer
+from training.data.tokenizer import BaseTokenizer, load_tokenizer
 
 #: characters of text per worker task: large enough to amortise inter-process overhead
 TASK_CHARS = 1 << 20
@@ -54,24 +57,24 @@ class PrepareResult:
 
 
 # --- worker side -------------------------------------------------------------------------------
-_PROCESSOR = None
+_TOKENIZER: BaseTokenizer | None = None
 _EOS = 0
 _DTYPE = np.dtype("<u2")
 
 
-def _init_worker(model_bytes: bytes, eos_id: int, dtype: str) -> None:
-    global _PROCESSOR, _EOS, _DTYPE
-    import sentencepiece as spm
-
-    _PROCESSOR = spm.SentencePieceProcessor(model_proto=model_bytes)
-    _EOS = eos_id
+def _init_worker(tokenizer: BaseTokenizer, dtype: str, pooled: bool = False) -> None:
+    global _TOKENIZER, _EOS, _DTYPE
+    if pooled:  # one thread per worker process, as sentencepiece's num_threads=1 (no oversubscription)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _TOKENIZER = tokenizer
+    _EOS = tokenizer.eos_id
     _DTYPE = np.dtype(dtype)
 
 
 def _encode_task(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Encode ``texts``: (concatenated ids with eos after each document, per-document lengths)."""
-    assert _PROCESSOR is not None, "worker not initialised"
-    ids = _PROCESSOR.encode(texts, num_threads=1)
+    assert _TOKENIZER is not None, "worker not initialised"
+    ids = _TOKENIZER.encode_batch(texts)
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     total = int(lengths.sum())
     out = np.empty(total, dtype=_DTYPE)
@@ -107,22 +110,22 @@ def _tasks(spec: CorpusSpec, files, task_chars: int) -> Iterator[tuple[int, list
 
 def _start_method() -> str:
     # fork: workers inherit the loaded modules instead of re-importing torch (seconds per worker).
-    # Workers only run sentencepiece and numpy, so threads the parent may have (pyarrow pools) and
-    # their locks are never needed in a child.
+    # Workers only run the tokenizer (sentencepiece or the Rust tokenizers) and numpy, so threads the
+    # parent may have (pyarrow pools) and their locks are never needed in a child.
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _encoded(spec: CorpusSpec, files, tokenizer: Tokenizer, dtype: np.dtype, task_chars: int,
+def _encoded(spec: CorpusSpec, files, tokenizer: BaseTokenizer, dtype: np.dtype, task_chars: int,
              workers: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """(file index, skipped, tokens, lengths) per task, in task order."""
-    init_args = (tokenizer.model_bytes, tokenizer.eos_id, dtype.str)
+    init_args = (tokenizer, dtype.str)
     if workers <= 1:
         _init_worker(*init_args)
         for file_index, texts, skipped in _tasks(spec, files, task_chars):
             yield file_index, skipped, *_encode_task(texts)
         return
     context = multiprocessing.get_context(_start_method())
-    with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(*init_args, True)) as pool:
         in_flight: collections.deque = collections.deque()
         for file_index, texts, skipped in _tasks(spec, files, task_chars):
             in_flight.append((file_index, skipped, pool.apply_async(_encode_task, (texts,))))
@@ -132,6 +135,25 @@ def _encoded(spec: CorpusSpec, files, tokenizer: Tokenizer, dtype: np.dtype, tas
         while in_flight:
             file_index, skipped, result = in_flight.popleft()
             yield file_index, skipped, *result.get()
+
+
+def save_tokenizer_copy(tok: BaseTokenizer, out_dir: Path) -> str:
+    """Save the copy of ``tok`` a prepared dataset carries; returns its name in ``out_dir``:
+    ``tokenizer.model`` for sentencepiece (as before), the directory ``tokenizer`` for Hugging Face
+    tokenizers (their files, unchanged)."""
+    if tok.kind == "sentencepiece":
+        tok.save(out_dir)
+        return TOKENIZER_COPY
+    tok.save(out_dir / HF_TOKENIZER_COPY)
+    return HF_TOKENIZER_COPY
+
+
+def _tokenizers_version() -> str | None:
+    try:
+        import tokenizers
+    except ImportError:
+        return None
+    return tokenizers.__version__
 
 
 def dataset_fingerprint(corpus_fp: str, tokenizer_sha256: str) -> str:
@@ -150,13 +172,14 @@ def _up_to_date(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     return manifest
 
 
-def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | Tokenizer, out_dir: str | Path, *,
+def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | BaseTokenizer, out_dir: str | Path, *,
                     workers: int = 2, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                     force: bool = False, task_chars: int = TASK_CHARS) -> PrepareResult:
     """Tokenize ``corpus`` into a prepared dataset at ``out_dir`` (idempotent, atomic).
 
-    ``tokenizer`` is a tokenizer directory, ``.model`` file or loaded ``Tokenizer``. If ``out_dir``
-    holds a dataset with the same fingerprint, nothing is done; if it holds a different one,
+    ``tokenizer`` is anything ``load_tokenizer`` reads (a project tokenizer directory or ``.model``
+    file, a Hugging Face tokenizer directory or ``tokenizer.json``) or a loaded tokenizer. If
+    ``out_dir`` holds a dataset with the same fingerprint, nothing is done; if it holds a different one,
     DataError unless ``force``. Raises DataError for every input problem (see ``ingest``) and for
     an empty corpus.
     """
@@ -166,7 +189,7 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | Tokenizer, out_d
     import sentencepiece as spm
 
     out_dir = Path(out_dir)
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    tok = tokenizer if isinstance(tokenizer, BaseTokenizer) else load_tokenizer(tokenizer)
     with output_lock(out_dir):
         old = read_json(out_dir / MANIFEST_FILE)
         known = {f["path"]: f for f in old["source"]["files"]} if old and "source" in old else None
@@ -208,7 +231,7 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | Tokenizer, out_d
                 raise DataError(
                     f"{source}: the corpus is empty (no non-empty documents); check the inputs and --text-field"
                 )
-            (tmp / TOKENIZER_COPY).write_bytes(tok.model_bytes)
+            copy = save_tokenizer_copy(tok, tmp)
             file_records = [dict(f.to_json(), **per_file[i]) for i, f in enumerate(files)]
             manifest = {
                 "format": DATASET_FORMAT,
@@ -216,8 +239,9 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | Tokenizer, out_d
                 "fingerprint": fingerprint,
                 "corpus_fingerprint": corpus_fp,
                 "source": {"description": source, "spec": corpus.to_json(), "files": file_records},
-                "tokenizer": {"sha256": tok.sha256, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
-                              "file": TOKENIZER_COPY, "origin": str(tok.path) if tok.path else None},
+                "tokenizer": {"kind": tok.kind, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                              "eos_id": tok.eos_id, "special_ids": tok.special_ids(), "file": copy,
+                              "origin": str(tok.path) if tok.path else None},
                 "dtype": dtype.str,
                 "documents": writer.total_docs,
                 "tokens": writer.total_tokens,
@@ -226,7 +250,8 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | Tokenizer, out_d
                 "index": {"file": INDEX_FILE, "dtype": "<i8", "meaning": "exclusive end offset of each document"},
                 "shards": shards,
                 "software": {"python": platform.python_version(), "numpy": np.__version__,
-                             "sentencepiece": spm.__version__, "datasets": datasets.__version__,
+                             "sentencepiece": spm.__version__, "tokenizers": _tokenizers_version(),
+                             "datasets": datasets.__version__,
                              "platform": sys.platform},
             }
             write_json(tmp / MANIFEST_FILE, manifest)

@@ -8,9 +8,10 @@ A prepared dataset directory contains
 * ``doc_ends.bin`` -- the index: little-endian ``int64``, one entry per document, the exclusive end
   offset of the document (including its ``eos``) in the concatenated stream. Strictly increasing;
   the last entry equals the number of tokens.
-* ``tokenizer.model`` -- a copy of the tokenizer that produced the ids (so the directory is
-  self-contained) and ``manifest.json`` with counts, hashes, the corpus fingerprint and the
-  tokenizer's SHA-256.
+* ``tokenizer.model`` (sentencepiece) or ``tokenizer/`` (a Hugging Face tokenizer's files) -- a copy
+  of the tokenizer that produced the ids (so the directory is self-contained) and
+  ``manifest.json`` with counts, hashes, the corpus fingerprint and the tokenizer's kind and
+  SHA-256 (``manifest["tokenizer"]["file"]`` names the copy).
 
 ``PreparedDataset`` maps the shards read-only and returns token slices of the stream.
 """
@@ -30,6 +31,8 @@ from training.data.fsutil import read_json
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "doc_ends.bin"
 TOKENIZER_COPY = "tokenizer.model"
+#: a Hugging Face tokenizer's copy (its files, unchanged) is this directory instead
+HF_TOKENIZER_COPY = "tokenizer"
 DATASET_FORMAT = "flm-packed-tokens"
 DATASET_FORMAT_VERSION = 1
 #: default shard size in tokens (256 MiB of uint16)
@@ -147,6 +150,13 @@ def is_prepared_dataset(path: str | Path) -> bool:
     return manifest is not None and manifest.get("format") == DATASET_FORMAT
 
 
+def dataset_tokenizer_path(dataset_dir: Path) -> Path:
+    """Where the tokenizer copy of the dataset at ``dataset_dir`` is, from its manifest (without
+    opening the shards); ``tokenizer.model`` when the manifest is missing or names no file."""
+    manifest = read_json(dataset_dir / MANIFEST_FILE) or {}
+    return dataset_dir / (manifest.get("tokenizer") or {}).get("file", TOKENIZER_COPY)
+
+
 class PreparedDataset:
     """Read-only access to a prepared dataset directory.
 
@@ -208,7 +218,9 @@ class PreparedDataset:
         self.__init__(state["path"])  # type: ignore[misc]
 
     def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER_COPY
+        """The tokenizer copy inside the dataset, as the manifest's ``tokenizer.file`` names it
+        (``tokenizer.model`` when it names none)."""
+        return self.path / self.manifest["tokenizer"].get("file", TOKENIZER_COPY)
 
     def tokens(self, start: int, stop: int) -> np.ndarray:
         """Tokens ``[start, stop)`` of the stream in the storage dtype (a view when in one shard)."""

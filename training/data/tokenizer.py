@@ -1,4 +1,9 @@
-"""Training and loading the sentencepiece tokenizer.
+"""The tokenizer interface, and training and loading the project's sentencepiece tokenizer.
+
+:class:`BaseTokenizer` is the one interface the data pipeline, ``flm import-hf``/``export-hf`` and
+the IQ backend use; :class:`Tokenizer` implements it for sentencepiece models and
+:class:`training.data.hf_tokenizer.HFTokenizer` for Hugging Face tokenizers. :func:`load_tokenizer`
+loads either from a path (:func:`is_hf_tokenizer` decides which).
 
 A tokenizer directory holds ``tokenizer.model`` (the sentencepiece model) and ``tokenizer.json``
 (its SHA-256, vocabulary size, special ids and how it was trained). The SHA-256 of the model file
@@ -26,6 +31,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -76,8 +82,65 @@ class TokenizerSpec:
             raise DataError("character_coverage must be in [0.9, 1.0]")
 
 
-class Tokenizer:
+class BaseTokenizer(ABC):
+    """The tokenizer interface every part of the project uses (data pipeline, import/export, IQ).
+
+    Two implementations: :class:`Tokenizer` (the project's sentencepiece models, ``kind =
+    "sentencepiece"``) and :class:`training.data.hf_tokenizer.HFTokenizer` (a Hugging Face
+    ``tokenizer.json``, ``kind = "hf"``). Contract:
+
+    * ``encode(text)`` / ``encode_batch(texts)``: ids with *no* special tokens added (the project
+      trains without BOS; documents are separated by ``eos`` in the packed data);
+    * ``decode(ids, skip_special_tokens=False)``;
+    * ``unk_id``/``bos_id``/``eos_id``/``pad_id`` (-1 where the tokenizer has none; ``eos`` always
+      exists), ``special_ids()`` (the same as a dict), ``vocab_size`` (ids ``0 .. vocab_size - 1``);
+    * ``sha256`` (= ``fingerprint``): the identity of the tokenizer, the SHA-256 of the file that
+      defines it (``tokenizer.model`` / ``tokenizer.json``); prepared datasets record it;
+    * ``save(out_dir)``: writes files that :func:`load_tokenizer` reads back to the same fingerprint;
+    * ``record()``: a JSON-ready description (kind, fingerprint, vocabulary, special ids, source).
+
+    Instances pickle cheaply (the defining bytes, not a loaded processor), so they can be handed to
+    worker processes.
+    """
+
+    kind: str = ""
+    path: Path | None = None
+    sha256: str = ""
+    vocab_size: int = 0
+    unk_id: int = -1
+    bos_id: int = -1
+    eos_id: int = -1
+    pad_id: int = -1
+
+    @property
+    def fingerprint(self) -> str:
+        return self.sha256
+
+    def special_ids(self) -> dict[str, int | None]:
+        return {name: (i if i >= 0 else None) for name, i in
+                (("unk", self.unk_id), ("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id))}
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    @abstractmethod
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str: ...
+
+    @abstractmethod
+    def save(self, out_dir: Path) -> None: ...
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sha256": self.sha256, "vocab_size": self.vocab_size,
+                "special_ids": self.special_ids(), "source": str(self.path) if self.path else None}
+
+
+class Tokenizer(BaseTokenizer):
     """A loaded sentencepiece model plus its identity (``sha256``) and special ids."""
+
+    kind = "sentencepiece"
 
     def __init__(self, model_bytes: bytes, path: Path | None = None):
         import hashlib
@@ -101,11 +164,29 @@ class Tokenizer:
             raise DataError(f"{where}: the tokenizer has no eos id; documents are separated by eos, "
                             "retrain it with `flm data tokenizer`")
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model_bytes": self.model_bytes, "path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model_bytes"], state["path"])  # type: ignore[misc]
+
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
 
-    def decode(self, ids: Any) -> str:
-        return self.processor.decode([int(i) for i in ids])
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.processor.encode(texts, num_threads=1)
+
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        # sentencepiece never renders control pieces (bos/eos/pad); unk decodes as " ⁇ "
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            special = {i for i in (self.unk_id, self.bos_id, self.eos_id, self.pad_id) if i >= 0}
+            ids = [i for i in ids if i not in special]
+        return self.processor.decode(ids)
+
+    def save(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MODEL_FILE).write_bytes(self.model_bytes)
 
 
 def model_path(path: str | Path) -> Path:
@@ -114,11 +195,34 @@ def model_path(path: str | Path) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer directory or ``.model`` file; DataError if it is missing or invalid."""
+def is_hf_tokenizer(path: str | Path) -> bool:
+    """Whether ``path`` is a Hugging Face tokenizer: a ``.json`` tokenizer file, or a directory whose
+    ``tokenizer.json`` is one (not the project's record next to a ``tokenizer.model``) or that has
+    no ``tokenizer.model`` but a ``tokenizer_config.json`` (``AutoTokenizer`` loads it)."""
+    from training.data.hf_tokenizer import is_tokenizer_json
+
+    path = Path(path)
+    if path.is_file():
+        return path.suffix == ".json"
+    if not path.is_dir():
+        return False
+    if (path / META_FILE).is_file() and is_tokenizer_json(path / META_FILE):
+        return True
+    return not (path / MODEL_FILE).is_file() and (path / "tokenizer_config.json").is_file()
+
+
+def load_tokenizer(path: str | Path) -> BaseTokenizer:
+    """Load a tokenizer: a project tokenizer directory or ``.model`` file (sentencepiece), or a
+    Hugging Face tokenizer (a directory with ``tokenizer.json`` or one ``AutoTokenizer`` loads, or a
+    ``tokenizer.json`` file; see :func:`is_hf_tokenizer`). DataError if it is missing or invalid."""
+    if is_hf_tokenizer(path):
+        from training.data.hf_tokenizer import load_hf_tokenizer
+
+        return load_hf_tokenizer(path)
     file = model_path(path)
     if not file.is_file():
-        raise DataError(f"tokenizer not found: {file}; train one with `flm data tokenizer --out {Path(path)}`")
+        raise DataError(f"tokenizer not found: {file}; train one with `flm data tokenizer --out {Path(path)}`, "
+                        "or give a Hugging Face tokenizer (a directory with tokenizer.json)")
     return Tokenizer(file.read_bytes(), file)
 
 

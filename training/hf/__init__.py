@@ -2,10 +2,12 @@
 
 - ``flm export-hf CKPT OUT`` (:func:`training.hf.export.export_checkpoint`): a checkpoint saved
   under any TP/PP/DP layout becomes a directory that ``AutoModelForCausalLM.from_pretrained`` and
-  ``AutoTokenizer.from_pretrained`` load without custom code (safetensors shards, config,
-  tokenizer). Which block variant maps to which architecture: :mod:`training.hf.architectures`.
-- ``flm import-hf HF_DIR OUT`` (:func:`training.hf.importer.import_hf`): a local Llama checkpoint
-  becomes a project checkpoint (logical, loads under any layout with ``flm train --init-from``).
+  ``AutoTokenizer.from_pretrained`` load (safetensors shards, config, tokenizer): a standard
+  architecture where one computes the variant (:mod:`training.hf.architectures`), else the
+  project's own model code (:mod:`training.hf.flm_arch`, ``trust_remote_code``).
+- ``flm import-hf HF_DIR OUT`` (:func:`training.hf.importer.import_hf`): a local Llama, Mistral or
+  Qwen2 checkpoint becomes a project checkpoint (logical, loads under any layout with
+  ``flm train --init-from``), keeping its tokenizer (:mod:`training.hf.tokenizer`).
 - ``flm hf-compare CKPT HF_DIR`` (:func:`training.hf.compare.compare_dirs`), also ``--check`` of
   both commands: the same tokens through both models, prints max |Δlogit|.
 

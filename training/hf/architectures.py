@@ -5,7 +5,7 @@
 | RMSNorm + SwiGLU + RoPE; any bias, GQA, head dim, tied/untied  | ``LlamaForCausalLM`` (``attention_bias = mlp_bias = bias``) |
 | LayerNorm + GELU + RoPE; bias or not, GQA, tied/untied; head dim = hidden / heads | ``GPTNeoXForCausalLM`` (``rotary_pct = 1``, ``use_parallel_residual = false``) |
 | LayerNorm + SwiGLU + RoPE, no bias; head dim = hidden / heads  | ``StableLmForCausalLM`` (``partial_rotary_factor = 1``, no qk-norm, sequential residual) |
-| xPos; RMSNorm + GELU; LayerNorm + SwiGLU with bias; GPT-NeoX/StableLM with kv_channels != hidden / heads | refused (:class:`HFInteropError` naming the reason) |
+| every variant (xPos; RMSNorm + GELU; LayerNorm + SwiGLU with bias; any head dim ...) | ``FLMForCausalLM``: the project's own code (:mod:`training.hf.flm_arch`, ``trust_remote_code``) |
 
 Why these are exact: all three are pre-norm decoders with the rotate-half RoPE convention that
 megatron uses (dims ``j`` and ``j + d/2`` form a pair), causal softmax attention scaled by
@@ -17,7 +17,9 @@ always has biases: a model without biases gets zero MLP biases (exact). ``exact 
 ``hidden_act: gelu`` in both.
 
 The input is the *export state* of :func:`training.hf.fold.export_state` (vocabulary trimmed to
-the tokenizer's rows, muP multipliers folded in), keyed like the logical state dict.
+the tokenizer's rows, muP multipliers folded in for the standard architectures, kept for FLM),
+keyed like the logical state dict. :func:`select_architecture` picks one: ``standard`` (refuse
+when none fits), ``flm``, or ``auto`` (standard when one fits, else FLM).
 """
 
 from __future__ import annotations
@@ -219,34 +221,78 @@ def _stablelm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def _transformers_class(name: str) -> Callable[[], type]:
+    def get() -> type:
+        import transformers
+
+        return getattr(transformers, name)
+
+    return get
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """One transformers architecture: when it fits, its config, and the export tensor mapping."""
+    """One transformers architecture: when it fits, its config, the export tensor mapping, its class,
+    and whether the muP multipliers are folded into the weights (standard architectures have none)."""
 
     name: str
     class_name: str
     refusal: Callable[..., Optional[str]]
     config: Callable[..., object]
     tensors: Callable[..., dict[str, Tensor]]
+    model_class: Callable[[], type]
+    folds_multipliers: bool = True
+    #: needs ``trust_remote_code`` (its code is written into the export)
+    remote_code: bool = False
 
 
 ARCHITECTURES = (
-    Architecture("llama", "LlamaForCausalLM", _llama_refusal, _llama_config, _llama_tensors),
-    Architecture("gpt_neox", "GPTNeoXForCausalLM", _neox_refusal, _neox_config, _neox_tensors),
-    Architecture("stablelm", "StableLmForCausalLM", _stablelm_refusal, _stablelm_config, _stablelm_tensors),
+    Architecture("llama", "LlamaForCausalLM", _llama_refusal, _llama_config, _llama_tensors,
+                 _transformers_class("LlamaForCausalLM")),
+    Architecture("gpt_neox", "GPTNeoXForCausalLM", _neox_refusal, _neox_config, _neox_tensors,
+                 _transformers_class("GPTNeoXForCausalLM")),
+    Architecture("stablelm", "StableLmForCausalLM", _stablelm_refusal, _stablelm_config, _stablelm_tensors,
+                 _transformers_class("StableLmForCausalLM")),
 )
+
+
+def _flm() -> Architecture:
+    from training.hf import flm_arch
+
+    return Architecture("flm", flm_arch.CLASS_NAME, lambda cfg: None, flm_arch.flm_config, flm_arch.flm_tensors,
+                        flm_arch.model_class, folds_multipliers=False, remote_code=True)
+
 
 XPOS_REFUSAL = (
-    "position_embedding 'xpos' has no transformers architecture: xPos scales queries and keys by a "
-    "per-position factor that none of the standard models (Llama, GPT-NeoX, StableLM) computes, so an "
-    "export would silently compute a different function. Evaluate such a checkpoint with "
-    "`flm iq --model flm --checkpoint CKPT` instead, or train with model.position_embedding: rope"
+    "position_embedding 'xpos' has no standard transformers architecture: xPos scales queries and keys by a "
+    "per-position factor that none of the standard models (Llama, GPT-NeoX, StableLM) computes. Export it with "
+    "--architecture flm (or auto), which writes the project's own model code (trust_remote_code), or evaluate "
+    "it with `flm iq --model flm --checkpoint CKPT`"
 )
 
+CHOICES = ("auto", "standard", "flm")
 
-def select_architecture(cfg) -> Architecture:
-    """The architecture that computes model config ``cfg`` exactly; HFInteropError listing why each
-    candidate does not fit when none does."""
+
+def select_architecture(cfg, choice: str = "auto") -> Architecture:
+    """The architecture to export model config ``cfg`` with.
+
+    ``standard``: the standard transformers architecture that computes the variant exactly
+    (HFInteropError listing why each candidate does not fit when none does); ``flm``: the project's
+    own model code (:mod:`training.hf.flm_arch`), which computes every variant; ``auto``: the
+    standard one when there is one, else ``flm``."""
+    if choice not in CHOICES:
+        raise HFInteropError(f"--architecture {choice!r} is not one of {', '.join(CHOICES)}")
+    if choice == "flm":
+        return _flm()
+    try:
+        return _standard(cfg)
+    except HFInteropError:
+        if choice == "auto":
+            return _flm()
+        raise
+
+
+def _standard(cfg) -> Architecture:
     if cfg.position_embedding != "rope":
         raise HFInteropError(XPOS_REFUSAL)
     reasons = []
@@ -256,10 +302,10 @@ def select_architecture(cfg) -> Architecture:
             return arch
         reasons.append(f"{arch.class_name}: {reason}")
     raise HFInteropError(
-        f"no transformers architecture computes the variant {cfg.normalization} + {cfg.activation}"
+        f"no standard transformers architecture computes the variant {cfg.normalization} + {cfg.activation}"
         f"{' + bias' if cfg.bias else ''} (head dim {cfg.head_dim}) exactly: " + "; ".join(reasons)
         + ". Supported: RMSNorm + swiglu (Llama), LayerNorm + gelu (GPT-NeoX), LayerNorm + swiglu "
-        "without bias (StableLM)"
+        "without bias (StableLM); export with --architecture flm (or auto) to write the project's own model code"
     )
 
 
@@ -273,7 +319,7 @@ def check_against_model(arch: Architecture, hf_config, tensors: dict[str, Tensor
     HFInteropError if anything is missing, unexpected or of another shape."""
     import transformers
 
-    cls = getattr(transformers, arch.class_name)
+    cls = arch.model_class()
     with torch.device("meta"):
         model = cls(hf_config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -11,18 +11,25 @@ from pathlib import Path
 
 from training.hf.errors import HFInteropError
 
-EXPORT_EPILOG = """variants -> architectures (no custom code needed):
-  RMSNorm + swiglu (+ GQA, bias, tied/untied)      -> LlamaForCausalLM
-  LayerNorm + gelu (+ bias, GQA, tied/untied)      -> GPTNeoXForCausalLM
-  LayerNorm + swiglu, no bias                      -> StableLmForCausalLM
-  xpos, RMSNorm + gelu, LayerNorm + swiglu + bias  -> refused
+EXPORT_EPILOG = """variants -> architectures (--architecture auto):
+  RMSNorm + swiglu (+ GQA, bias, tied/untied)      -> LlamaForCausalLM (no custom code)
+  LayerNorm + gelu (+ bias, GQA, tied/untied)      -> GPTNeoXForCausalLM (no custom code)
+  LayerNorm + swiglu, no bias                      -> StableLmForCausalLM (no custom code)
+  anything else (xpos, RMSNorm + gelu, ...)        -> FLMForCausalLM: the project's model code,
+                                                      load with trust_remote_code=True
+  --architecture flm exports every variant as FLMForCausalLM; --architecture standard refuses
+  variants no standard architecture computes.
 example:
   flm export-hf runs/tiny/checkpoints exported/ --check
   python -c "import transformers as t; t.AutoModelForCausalLM.from_pretrained('exported')"
+  (FLM exports: from_pretrained('exported', trust_remote_code=True))
 """
 
-IMPORT_EPILOG = """example:
+IMPORT_EPILOG = """model_type: llama, mistral (sliding_window bounds seq_length), qwen2 (q/k/v biases).
+The model's tokenizer is kept: a sentencepiece tokenizer.model, else its Hugging Face tokenizer.json.
+example:
   flm import-hf path/to/llama imported/ --layout tp=2 --check
+  flm data prepare corpus/ --tokenizer imported/tokenizer --out data/
   flm train configs/runs/tiny.yaml <printed model.* overrides> parallel.tp=2 --nproc 2 --init-from imported/
   flm grow imported/ grown/ --plan plan.yaml --verify
 """
@@ -37,28 +44,32 @@ def register(subparsers) -> None:
     e.add_argument("ckpt", help="checkpoint directory (step_N) or a checkpoint root with a 'latest' file")
     e.add_argument("out", help="new directory for the transformers model")
     e.add_argument("--tokenizer", default=None, metavar="PATH",
-                   help="tokenizer directory or .model (default: the one of the run's data config; required for "
-                        "checkpoints trained on mock data)")
+                   help="tokenizer directory, .model or tokenizer.json (default: the checkpoint's, from the run's "
+                        "data config or its import; required for checkpoints trained on mock data)")
     e.add_argument("--no-tokenizer", action="store_true", help="write weights and config only")
     e.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, float64, bfloat16, float16")
     e.add_argument("--max-shard-size", default="2GB", help="largest safetensors file (default 2GB)")
+    e.add_argument("--architecture", default="auto", choices=("auto", "standard", "flm"),
+                   help="auto (default): a standard transformers architecture when one computes the variant, else "
+                        "the project's own model code (FLMForCausalLM, trust_remote_code); standard; flm")
     e.add_argument("--check", action="store_true",
                    help="load the result with transformers and compare its logits with the project model's on "
                         "random tokens; prints max |dlogit| and fails if they differ")
     e.set_defaults(func=_run_export)
 
     i = subparsers.add_parser(
-        "import-hf", help="import a local Hugging Face Llama checkpoint as a project checkpoint",
-        description="Read HF_DIR (config.json, safetensors, tokenizer.model) and write OUT, a checkpoint that "
+        "import-hf", help="import a local Hugging Face Llama/Mistral/Qwen2 checkpoint as a project checkpoint",
+        description="Read HF_DIR (config.json, safetensors, the tokenizer) and write OUT, a checkpoint that "
                     "`flm train --init-from` loads under any layout and `flm grow` grows.",
         epilog=IMPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    i.add_argument("hf_dir", help="local transformers model directory (Llama)")
+    i.add_argument("hf_dir", help="local transformers model directory (llama, mistral, qwen2)")
     i.add_argument("out", help="new checkpoint directory")
     i.add_argument("--layout", default="tp=1,pp=1",
                    help="parallel section of the run config: key=value pairs (tp=2,pp=2) or a layout YAML; its tp "
                         "sets the vocabulary padding (default tp=1,pp=1)")
     i.add_argument("--dtype", default="float32", help="stored dtype: float32 (default), float64, bfloat16, float16")
-    i.add_argument("--seq-length", type=int, default=None, help="model.seq_length (default: max_position_embeddings)")
+    i.add_argument("--seq-length", type=int, default=None,
+                   help="model.seq_length (default: max_position_embeddings, at most sliding_window)")
     i.add_argument("--no-tokenizer", action="store_true", help="import the weights only")
     i.add_argument("--check", action="store_true",
                    help="compare the transformers model's logits with the imported weights' before writing")
@@ -89,7 +100,8 @@ def _run_export(args) -> int:
 
     _quiet()
     report = export_checkpoint(args.ckpt, args.out, tokenizer=args.tokenizer, no_tokenizer=args.no_tokenizer,
-                               dtype=args.dtype, max_shard_size=args.max_shard_size, check=args.check)
+                               dtype=args.dtype, max_shard_size=args.max_shard_size, check=args.check,
+                               architecture=args.architecture)
     print(report.summary())
     return 0
 

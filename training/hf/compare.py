@@ -99,10 +99,18 @@ def promote_to_float64(model) -> int:
 
 
 def load_hf_model(hf_dir: str | Path, dtype: torch.dtype):
-    """``AutoModelForCausalLM`` from ``hf_dir`` in ``dtype`` (sdpa attention; float64 promoted)."""
+    """``AutoModelForCausalLM`` from ``hf_dir`` in ``dtype`` (sdpa attention; float64 promoted).
+    An FLM export is loaded with ``trust_remote_code`` only if its code files are this project's
+    (:func:`training.hf.flm_arch.trust_remote_code`; its own attention, no ``attn_implementation``)."""
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, attn_implementation="sdpa")
+    from training.hf.flm_arch import trust_remote_code
+
+    if trust_remote_code(Path(hf_dir)):
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, trust_remote_code=True)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype,
+                                                                  attn_implementation="sdpa")
     model.eval()
     if dtype == torch.float64:
         promote_to_float64(model)

@@ -6,8 +6,11 @@ variant exactly (:mod:`training.hf.architectures`), trims the padded vocabulary 
 muP multipliers (:mod:`training.hf.fold`), and writes into ``out``:
 
 - ``config.json``, ``generation_config.json`` (special token ids);
+- for the FLM architecture, ``configuration_flm.py`` and ``modeling_flm.py`` (load with
+  ``trust_remote_code=True``; :mod:`training.hf.flm_arch`);
 - ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + index (``max_shard_size``);
-- ``tokenizer.json``, ``tokenizer_config.json``, ``tokenizer.model`` (:mod:`training.hf.tokenizer`);
+- the tokenizer (:mod:`training.hf.tokenizer`): a sentencepiece one converted (``tokenizer.json``,
+  ``tokenizer_config.json``, ``tokenizer.model``), a Hugging Face one as its original files;
 - ``flm_export.json``: source checkpoint, step, model config, architecture, what was folded, the
   tokenizer's SHA-256, and the round-trip check when one was run.
 
@@ -33,6 +36,7 @@ from growth import roles as R
 from training.hf.architectures import SpecialIds, check_against_model, select_architecture
 from training.hf.compare import DTYPES, Comparison, checkpoint_masks, compare, load_hf_model, random_tokens
 from training.hf.errors import HFInteropError, RoundTripMismatch
+from training.hf.flm_arch import copy_code
 from training.hf.fold import export_state
 from training.hf.safetensors_io import parse_size, write_shards
 from training.hf.tokenizer import checkpoint_tokenizer, save_hf_tokenizer
@@ -71,13 +75,15 @@ def _model_state(params: dict[str, torch.Tensor], cfg, src: Path) -> dict[str, t
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Path] = None,
                       no_tokenizer: bool = False, dtype: str = "auto", max_shard_size: str = "2GB",
-                      check: bool = False) -> ExportReport:
+                      check: bool = False, architecture: str = "auto") -> ExportReport:
     """Export ``ckpt`` to the transformers directory ``out`` (see the module docstring).
 
-    ``tokenizer``: tokenizer directory or ``.model`` (default: the checkpoint's own, see
+    ``tokenizer``: tokenizer directory, ``.model`` or ``tokenizer.json`` (default: the checkpoint's own, see
     :func:`training.hf.tokenizer.checkpoint_tokenizer`); ``no_tokenizer``: weights and config only.
-    ``dtype``: ``auto`` (the checkpoint's) or float32/float64/bfloat16/float16. Raises
-    HFInteropError (or CheckpointError for a path that is not a checkpoint).
+    ``dtype``: ``auto`` (the checkpoint's) or float32/float64/bfloat16/float16. ``architecture``:
+    ``auto`` (a standard transformers architecture when one computes the variant, else the project's
+    own FLM code), ``standard`` or ``flm`` (:func:`training.hf.architectures.select_architecture`).
+    Raises HFInteropError (or CheckpointError for a path that is not a checkpoint).
     """
     from training.checkpoint import read_meta, resolve
     from training.config import ModelConfig
@@ -90,7 +96,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
     src = resolve(ckpt)
     meta = read_meta(src)
     cfg = from_dict(ModelConfig, meta["config"]["model"])
-    arch = select_architecture(cfg)
+    arch = select_architecture(cfg, architecture)
     masks = checkpoint_masks(meta)
     if masks is not None and not masks.is_done():
         raise HFInteropError(
@@ -110,7 +116,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
         target = DTYPES[dtype]
     else:
         raise HFInteropError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    exp, folded = export_state(cfg, state, target)
+    exp, folded = export_state(cfg, state, target, fold=arch.folds_multipliers)
     ids = SpecialIds() if tok is None else SpecialIds(
         *(i if i >= 0 else None for i in (tok.bos_id, tok.eos_id, tok.pad_id)))
     hf_config = arch.config(cfg, cfg.vocab_size, ids, target)
@@ -123,6 +129,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
     staging.mkdir(parents=True)
     try:
         files = _write(staging, hf_config, tensors, shard_bytes)
+        if arch.remote_code:
+            files += copy_code(staging)
         tok_record = None if tok is None else save_hf_tokenizer(tok, staging, cfg.seq_length)
         comparison = None
         if check:

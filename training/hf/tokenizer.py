@@ -1,4 +1,4 @@
-"""The project's sentencepiece tokenizer on the Hugging Face side, and back.
+"""Tokenizers on the Hugging Face side, and back (sentencepiece converted, Hugging Face kept as is).
 
 :func:`to_hf_tokenizer` builds a ``tokenizers`` pipeline that follows the sentencepiece model's own
 settings, so that ``AutoTokenizer`` encodes every text to the ids ``SentencePieceProcessor.encode``
@@ -17,8 +17,13 @@ gives (no BOS/EOS added, which is how the project trains: documents are separate
 form disagrees on :data:`SAMPLE_TEXTS`. Known differences: decoding ids that form *invalid* UTF-8
 (a stray byte piece) puts U+FFFD differently; for unigram models, :data:`UNIGRAM_LIMITATION`.
 
-:func:`checkpoint_tokenizer` finds a checkpoint's tokenizer; :func:`import_sentencepiece` turns the
-``tokenizer.model`` of a Hugging Face directory into a project tokenizer directory.
+A Hugging Face tokenizer (:class:`training.data.hf_tokenizer.HFTokenizer`) needs no conversion:
+:func:`save_hf_tokenizer` writes its original files back unchanged and checks transformers encodes
+:data:`SAMPLE_TEXTS` as the ``tokenizers`` pipeline does.
+
+:func:`checkpoint_tokenizer` finds a checkpoint's tokenizer; :func:`import_tokenizer` keeps the
+tokenizer of a Hugging Face model directory (:func:`import_sentencepiece` for a sentencepiece
+``tokenizer.model``, else the Hugging Face tokenizer files unchanged).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from training.data.tokenizer import META_FILE, MODEL_FILE, Tokenizer
+from training.data.tokenizer import META_FILE, MODEL_FILE, BaseTokenizer, Tokenizer
 from training.hf.errors import HFInteropError
 
 #: texts every exported tokenizer must encode exactly like sentencepiece (digits, whitespace runs,
@@ -145,10 +150,16 @@ def encoding_mismatches(tokenizer: Tokenizer, hf_tokenizer, texts=SAMPLE_TEXTS) 
     return out
 
 
-def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int) -> dict[str, Any]:
-    """Write the converted tokenizer (``tokenizer.json``, ``tokenizer_config.json``) and a copy of the
-    sentencepiece model (``tokenizer.model``) into ``out_dir``; check the written files encode
-    :data:`SAMPLE_TEXTS` like ``tokenizer`` (HFInteropError otherwise). Returns a JSON-ready record."""
+def save_hf_tokenizer(tokenizer: BaseTokenizer, out_dir: Path, model_max_length: int) -> dict[str, Any]:
+    """Write ``tokenizer`` in Hugging Face form into ``out_dir`` and check the written files encode
+    :data:`SAMPLE_TEXTS` like ``tokenizer`` (HFInteropError otherwise). Returns a JSON-ready record.
+
+    A sentencepiece tokenizer is converted (``tokenizer.json``, ``tokenizer_config.json`` with
+    ``model_max_length``) and its ``tokenizer.model`` copied; a Hugging Face tokenizer is written
+    back unchanged (its own files, byte for byte), checked with ``add_special_tokens=False`` (how the
+    project encodes)."""
+    if tokenizer.kind == "hf":
+        return _save_hf_files(tokenizer, out_dir)
     import transformers
 
     to_hf_tokenizer(tokenizer, model_max_length).save_pretrained(str(out_dir))
@@ -165,13 +176,33 @@ def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int
             f"from token {first} on (transformers {bad[0]['hf'][first:first + 6]}, sentencepiece "
             f"{bad[0]['sentencepiece'][first:first + 6]}); this sentencepiece model uses settings the conversion does "
             "not reproduce, so the export is refused")
-    return {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size, "source": str(tokenizer.path),
-            "special_tokens": special_pieces(tokenizer), "checked_texts": len(texts),
+    return {"kind": tokenizer.kind, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+            "source": str(tokenizer.path), "special_tokens": special_pieces(tokenizer), "checked_texts": len(texts),
             "limitation": UNIGRAM_LIMITATION if unigram else None}
 
 
+def _save_hf_files(tokenizer: BaseTokenizer, out_dir: Path) -> dict[str, Any]:
+    import transformers
+
+    tokenizer.save(out_dir)
+    try:
+        loaded = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+    except Exception as err:  # transformers raises many types for unreadable tokenizer files
+        raise HFInteropError(f"transformers cannot load the tokenizer files of {tokenizer.path} ({err}); "
+                             "fix them or export with --no-tokenizer") from None
+    for text in SAMPLE_TEXTS:
+        ours, theirs = tokenizer.encode(text), loaded.encode(text, add_special_tokens=False)
+        if ours != theirs:
+            raise HFInteropError(
+                f"the tokenizer files of {tokenizer.path} encode {text!r} differently in transformers ({theirs[:8]}) "
+                f"and in the tokenizers library ({ours[:8]}); the export is refused")
+    return {"kind": tokenizer.kind, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+            "source": str(tokenizer.path), "files": sorted(tokenizer.files),  # type: ignore[attr-defined]
+            "special_ids": tokenizer.special_ids(), "checked_texts": len(SAMPLE_TEXTS), "limitation": None}
+
+
 # ------------------------------------------------------------------ which tokenizer a checkpoint has
-def _load(path: Path, what: str) -> Tokenizer:
+def _load(path: Path, what: str) -> BaseTokenizer:
     from training.data.errors import DataError
     from training.data.tokenizer import load_tokenizer
 
@@ -181,8 +212,8 @@ def _load(path: Path, what: str) -> Tokenizer:
         raise HFInteropError(f"{what}: {err}") from None
 
 
-def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tuple[Tokenizer, str]]:
-    from training.data.shards import TOKENIZER_COPY
+def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tuple[BaseTokenizer, str]]:
+    from training.data.shards import dataset_tokenizer_path
 
     own = meta.get("tokenizer")
     if own:
@@ -195,7 +226,7 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
             path = Path(data["tokenizer"]).expanduser()
             return _load(path, f"data.tokenizer of {ckpt}'s run config"), f"{path} (data.tokenizer)"
         first = Path(data["datasets"][0]["path"]).expanduser()
-        path = first / TOKENIZER_COPY
+        path = dataset_tokenizer_path(first)
         return _load(path, f"the copy inside the dataset {first} of {ckpt}'s run config"), f"{path} (dataset copy)"
     if kind == "default":
         vocab = meta["config"]["model"]["vocab_size"]
@@ -214,19 +245,20 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
     return None
 
 
-NO_TOKENIZER_HINT = ("pass --tokenizer PATH (a tokenizer directory or .model file whose vocabulary matches "
-                     "model.vocab_size), or --no-tokenizer to export the weights only")
+NO_TOKENIZER_HINT = ("pass --tokenizer PATH (a tokenizer directory, .model or tokenizer.json file whose vocabulary "
+                     "matches model.vocab_size), or --no-tokenizer to export the weights only")
 
 
 def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[str | Path] = None,
-                         hint: str = NO_TOKENIZER_HINT) -> tuple[Tokenizer, str]:
+                         hint: str = NO_TOKENIZER_HINT) -> tuple[BaseTokenizer, str]:
     """(tokenizer, where it came from) of checkpoint ``ckpt`` with metadata ``meta``.
 
     Order: ``explicit`` (``--tokenizer``); the tokenizer recorded by ``flm import-hf``; the run's
     ``data:`` section (``prepared``: ``data.tokenizer`` or the first dataset's copy; ``default``: the
     default-corpus cache); for a grown checkpoint, its source checkpoint's. Relative data paths are
     resolved against the current directory (as training does). HFInteropError when there is none
-    (mock data; the message ends with ``hint``) or when its vocabulary is not ``model.vocab_size``.
+    (mock data; the message ends with ``hint``) or when its vocabulary is not ``model.vocab_size``
+    (a Hugging Face tokenizer may have fewer ids).
     """
     if explicit is not None:
         found = (_load(Path(explicit).expanduser(), "--tokenizer"), f"{explicit} (--tokenizer)")
@@ -236,7 +268,9 @@ def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[st
         raise HFInteropError(f"{ckpt} was trained on mock data (data.kind: mock), so it has no tokenizer; {hint}")
     tok, where = found
     vocab = meta["config"]["model"]["vocab_size"]
-    if tok.vocab_size != vocab:
+    # a Hugging Face tokenizer may have fewer ids than the model has rows (released models pad
+    # their embeddings); the project's sentencepiece tokenizers are trained to exactly vocab_size
+    if tok.vocab_size != vocab and not (tok.kind == "hf" and tok.vocab_size < vocab):
         raise HFInteropError(
             f"the tokenizer {where} has {tok.vocab_size} ids but {ckpt} has model.vocab_size {vocab}; "
             "this is not the tokenizer the model was trained with; pass the right one with --tokenizer PATH")
@@ -244,6 +278,37 @@ def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[st
 
 
 # ------------------------------------------------------------------ import: HF dir -> project tokenizer
+def import_tokenizer(hf_dir: Path, out_dir: Path, vocab_size: int) -> dict[str, Any]:
+    """Keep the tokenizer of the Hugging Face model directory ``hf_dir`` in ``out_dir``.
+
+    A sentencepiece ``tokenizer.model`` (Llama 1/2 style) becomes a project tokenizer directory
+    (:func:`import_sentencepiece`); otherwise the directory's Hugging Face tokenizer
+    (``tokenizer.json``, or what ``AutoTokenizer`` reads) is copied unchanged
+    (:class:`training.data.hf_tokenizer.HFTokenizer`), which ``flm data prepare --tokenizer``,
+    ``flm export-hf`` and ``flm iq`` use as it is. HFInteropError when there is neither, when the
+    files cannot be read, or when the tokenizer has more ids than the embedding has rows."""
+    from training.data.errors import DataError
+    from training.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, load_hf_tokenizer
+
+    if (hf_dir / MODEL_FILE).is_file() and _is_sentencepiece(hf_dir / MODEL_FILE):
+        return import_sentencepiece(hf_dir, out_dir, vocab_size)
+    if not ((hf_dir / TOKENIZER_JSON).is_file() or (hf_dir / TOKENIZER_CONFIG).is_file()):
+        raise HFInteropError(
+            f"{hf_dir} has no tokenizer (neither {TOKENIZER_JSON}, {TOKENIZER_CONFIG} nor a sentencepiece "
+            f"{MODEL_FILE}); copy the model's tokenizer files into it, or pass --no-tokenizer to import the "
+            "weights only")
+    try:
+        tok = load_hf_tokenizer(hf_dir)
+    except DataError as err:
+        raise HFInteropError(f"{hf_dir}: {err}; or pass --no-tokenizer to import the weights only") from None
+    if tok.vocab_size > vocab_size:
+        raise HFInteropError(
+            f"{hf_dir / TOKENIZER_JSON} has {tok.vocab_size} ids but the model's embedding has only {vocab_size} rows "
+            f"(config.json vocab_size); the tokenizer does not belong to these weights")
+    tok.save(out_dir)
+    return dict(tok.record(), imported_from=str(hf_dir))
+
+
 def import_sentencepiece(hf_dir: Path, out_dir: Path, vocab_size: int) -> dict[str, Any]:
     """Copy ``hf_dir/tokenizer.model`` into ``out_dir`` as a project tokenizer directory
     (``tokenizer.model`` + ``tokenizer.json`` record). HFInteropError when it is missing, not

@@ -87,3 +87,46 @@ def max_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / (1 + max |a|)."""
     a, b = a.double(), b.double()
     return float((a - b).abs().max() / (1 + a.abs().max()))
+
+
+def bpe_tokenizer(out: Path, vocab_size: int = 400) -> Path:
+    """A byte-level BPE ``tokenizer.json`` (+ ``tokenizer_config.json``) trained offline on IQ-style
+    and multilingual text with the ``tokenizers`` library (how most models since 2023 ship)."""
+    from tests.training.data.data_helpers import MULTILINGUAL, write_hf_bpe_tokenizer
+
+    return write_hf_bpe_tokenizer(out, iq_texts() + [MULTILINGUAL] * 3, vocab_size)
+
+
+#: transformers config class and defaults per ``model_type`` (tiny shapes; GQA 4 heads / 2 groups)
+HF_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
+
+
+def random_hf_model(out: Path, model_type: str = "llama", tokenizer: Optional[Path] = None, seed: int = 0,
+                    **config: Any) -> Path:
+    """A random ``<model_type>ForCausalLM`` saved with ``save_pretrained`` (safetensors) into ``out``,
+    with the files of ``tokenizer`` (a Hugging Face tokenizer directory) copied next to it. Norm gains
+    around 1 and weights x5 (biases included): logits of order 1, far from uniform."""
+    import shutil
+
+    import transformers
+
+    cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[model_type]
+    cfg = cls[0](**{**HF_TINY, **config})
+    torch.manual_seed(seed)
+    model = cls[1](cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.3)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+            else:
+                p.mul_(5.0)
+    model.save_pretrained(str(out))
+    if tokenizer is not None:
+        for f in tokenizer.iterdir():
+            shutil.copyfile(f, out / f.name)
+    return out

@@ -90,10 +90,15 @@ def test_refusals_are_clear_and_leave_nothing(tmp_path, sp_tokenizer):
         assert not out.exists() and not list(tmp_path.glob(f".out-{path.name}*"))
 
     llama = variant("llama-gqa-untied")
-    refused(dataclasses.replace(llama, position_embedding="xpos"), "xpos.*no transformers architecture.*flm iq")
-    refused(dataclasses.replace(llama, activation="gelu"), r"RMSNorm \+ gelu.*Llama needs RMSNorm \+ SwiGLU")
-    refused(variant("stablelm-gqa-untied", bias=True), "StableLM has no output-projection or MLP biases")
-    refused(variant("neox-untied-nobias", kv_channels=12), "GPT-NeoX derives the head dim as hidden_size / heads")
+    # --architecture standard: only a standard transformers architecture (auto falls back to FLM code)
+    std = {"architecture": "standard"}
+    refused(dataclasses.replace(llama, position_embedding="xpos"),
+            "xpos.*no standard transformers architecture.*--architecture flm", **std)
+    refused(dataclasses.replace(llama, activation="gelu"), r"RMSNorm \+ gelu.*Llama needs RMSNorm \+ SwiGLU", **std)
+    refused(variant("stablelm-gqa-untied", bias=True), "StableLM has no output-projection or MLP biases", **std)
+    refused(variant("neox-untied-nobias", kv_channels=12), "GPT-NeoX derives the head dim as hidden_size / heads",
+            **std)
+    refused(llama, "--architecture 'gpt2' is not one of auto, standard, flm", architecture="gpt2")
     refused(dataclasses.replace(variant("neox-gqa-tied-bias"), input_multiplier=0.0),
             "input_multiplier is 0 with tied embeddings")
     masks = {"ramp_steps": 10, "steps_done": 4, "ffn_old": 24, "ffn_new": 48}

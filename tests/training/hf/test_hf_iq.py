@@ -145,3 +145,61 @@ def test_backend_computes_the_checkpoint_function(tmp_path, sp_tokenizer):
     tok = load_tokenizer(sp_tokenizer)
     assert backend.encode("The key") == tok.encode("The key")
     assert backend.decode(tok.encode("The key") + [2, 0]) == "The key"
+
+
+#: FLM-101B's block (LayerNorm + GELU + biases, tied) with xPos and a muP input multiplier
+FLM_MODEL = ["model.seq_length=128", "model.position_embedding=xpos", "model.xpos_scale_base=64",
+             "model.num_query_groups=2", "model.input_multiplier=2.0"]
+
+
+@pytest.fixture(scope="module")
+def trained_tp2(tmp_path_factory):
+    """An FLM-shaped (xPos) model trained 60 steps under TP2 (2 processes) on IQ-style text prepared
+    with a byte-level BPE tokenizer.json, and its export (the project's model code: FLMForCausalLM)."""
+    from tests.training.hf.hf_helpers import bpe_tokenizer
+    from tests.helpers import flm
+    from training.cli import main
+    from training.data.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("iq-tp2")
+    tok = bpe_tokenizer(root / "tok")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in iq_texts(size=60)))
+    assert main(["data", "prepare", str(corpus), "--tokenizer", str(tok), "--out", str(root / "data"),
+                 "--workers", "1"]) == 0
+    flm("train", TINY, *FLM_MODEL, f"model.vocab_size={load_tokenizer(tok).vocab_size}", "parallel.tp=2",
+        "data.kind=prepared", f"data.datasets=[{{path: {root / 'data'}, weight: 1.0}}]", "train.steps=60",
+        "train.lr=3e-3", "train.eval_interval=1000", "logging.progress_bar=false", "logging.tensorboard=false",
+        f"output_dir={root / 'run'}", nproc=2, timeout=900)
+    losses = [r["loss"] for r in read_metrics(root / "run")]
+    assert losses[-1] < losses[0] - 1.0, losses
+    ckpt = root / "run" / "checkpoints"
+    assert main(["export-hf", str(ckpt), str(root / "hf"), "--check"]) == 0
+    return root, ckpt
+
+
+@pytest.mark.slow
+def test_iq_scores_identical_through_exported_flm_model_of_tp2_checkpoint(trained_tp2, capsys):
+    """The scalable path (lm-eval's hf backend on the export: batching by length, KV-cache generation,
+    accelerate placement) gives the in-process adapter's scores and generations on a TP2 checkpoint."""
+    from training.checkpoint import read_meta, resolve
+
+    root, ckpt = trained_tp2
+    assert read_meta(resolve(ckpt))["layout"]["tp"] == 2
+    assert json.loads((root / "hf" / "config.json").read_text())["architectures"] == ["FLMForCausalLM"]
+    ours, our_samples = _iq(["--model", "flm", "--checkpoint", str(ckpt)], root / "iq-flm")
+    theirs, their_samples = _iq(["--model", "hf", "--model-path", str(root / "hf")], root / "iq-hf")
+    assert theirs["model"]["backend"] == "hf"
+    for name, sub in ours["subtasks"].items():
+        assert sub["acc"] == theirs["subtasks"][name]["acc"], name
+    responses = []
+    for task, rows in our_samples.items():
+        assert [r["response"] for r in rows] == [r["response"] for r in their_samples[task]], task
+        responses += [r["response"][0] for r in rows]
+    assert sum(1 for r in responses if r.strip()) >= len(responses) // 2 and len(set(responses)) > 2, responses
+    # --parallelize (accelerate's device_map="auto"; here everything lands on the CPU): the same results
+    spread, spread_samples = _iq(["--model", "hf", "--model-path", str(root / "hf"), "--parallelize"],
+                                 root / "iq-hf-spread")
+    assert {n: s["acc"] for n, s in spread["subtasks"].items()} == {n: s["acc"] for n, s in ours["subtasks"].items()}
+    assert {t: [r["response"] for r in rows] for t, rows in spread_samples.items()} == {
+        t: [r["response"] for r in rows] for t, rows in our_samples.items()}

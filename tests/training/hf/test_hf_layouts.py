@@ -1,7 +1,7 @@
 """Checkpoints saved under TP2 and under PP2 (real 2-process gloo runs of the Trainer, one optimizer
-step on random non-trivial weights) export, for each architecture, to transformers models whose
-logits equal the project model's: float32 within 1e-5·(1 + max|logit|), float64 exports within
-1e-10. One torchrun launch saves all of them (process start-up dominates on a 2-core box)."""
+step on random non-trivial weights) export, for each architecture and as the project's own FLM
+code, to transformers models whose logits equal the project model's: float32 within
+1e-5·(1 + max|logit|), float64 exports within 1e-10. One torchrun launch saves all of them (process start-up dominates on a 2-core box)."""
 
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ def saved(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["auto", "flm"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("name", LAYOUT_VARIANTS)
-def test_export_of_sharded_checkpoint_matches(saved, name, layout, tmp_path):
+def test_export_of_sharded_checkpoint_matches(saved, name, layout, architecture, tmp_path):
     from training.checkpoint import read_meta, resolve
     from training.hf.export import export_checkpoint
     from training.checkpoint.logical import read_logical
@@ -65,8 +66,9 @@ def test_export_of_sharded_checkpoint_matches(saved, name, layout, tmp_path):
     state = {k: v for k, v in params.items() if not k.startswith("optimizer.")}
     for dtype in (torch.float32, torch.float64):
         out = tmp_path / f"hf-{dtype}"
-        report = export_checkpoint(ckpt, out, no_tokenizer=True, dtype=str(dtype).replace("torch.", ""))
-        assert report.architecture == ARCH_OF[name.split("-")[0]]
+        report = export_checkpoint(ckpt, out, no_tokenizer=True, dtype=str(dtype).replace("torch.", ""),
+                                   architecture=architecture)
+        assert report.architecture == (ARCH_OF[name.split("-")[0]] if architecture == "auto" else "FLMForCausalLM")
         result = compare(cfg, {k: v.to(dtype) for k, v in state.items()}, load_hf_model(out, dtype),
                          random_tokens(cfg.vocab_size, cfg.seq_length, batch=3, seed=2))
         assert result.within, result.summary()
