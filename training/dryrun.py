@@ -26,7 +26,6 @@ from typing import Optional
 
 from training.config import CONFIGS_DIR, RunConfig, stage_config
 from training.local_launch import torchrun_command
-from training.stage_plans import load_run
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,8 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    from training.stage_plans import load_run  # startup time: growth/ (torch) loads when the command runs
+
     cfg = load_run(args.config, overrides)
     out = Path(cfg.output_dir)
     if args.fresh and out.exists():

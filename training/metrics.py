@@ -11,10 +11,8 @@ import torch
 from tqdm import tqdm
 
 from training.config import ModelConfig
+from training.devices import PEAK_TFLOPS
 
-#: dense bf16 peak TFLOP/s per device, for MFU; CPUs have no entry (MFU is then not reported
-#: unless logging.peak_tflops is set)
-PEAK_TFLOPS = {"A100": 312.0, "A800": 312.0, "H100": 989.0, "H800": 989.0, "H200": 989.0, "H20": 148.0}
 
 
 def matmul_params(model: ModelConfig) -> int:

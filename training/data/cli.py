@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
+from training.config import load_run_config
 from training.data.errors import DataError
 from training.data.shards import DEFAULT_SHARD_TOKENS
 from training.data.tokenizer import TokenizerSpec
@@ -33,7 +35,7 @@ def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _corpus(args: argparse.Namespace):
-    from training.data.ingest import CorpusSpec
+    from training.data.ingest import CorpusSpec  # startup time: loaded when a data command runs
 
     return CorpusSpec(inputs=tuple(args.inputs), text_field=args.text_field, format=args.format,
                       text_unit=args.text_unit, hub_dataset=args.hub_dataset, hub_config=args.hub_config,
@@ -41,22 +43,20 @@ def _corpus(args: argparse.Namespace):
 
 
 def _quiet_datasets() -> None:
-    import logging
 
-    import datasets
+    import datasets  # startup time: loaded when a data command runs
 
     # datasets logs read failures itself before raising; each becomes one DataError line here instead
     datasets.utils.logging.set_verbosity(logging.CRITICAL)
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    from training.data.tokenizer import train_tokenizer
+    from training.data.tokenizer import train_tokenizer  # startup time: loaded when a data command runs
 
     vocab_size = args.vocab_size
     if vocab_size is None:
         if args.config is None:
             raise DataError("give the vocabulary size: --vocab-size N, or --config RUN.yaml to use its model.vocab_size")
-        from training.config import load_run_config
 
         vocab_size = load_run_config(args.config).model.vocab_size
     _quiet_datasets()
@@ -72,7 +72,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from training.data.prepare import prepare_dataset
+    from training.data.prepare import prepare_dataset  # startup time: loaded when a data command runs
 
     _quiet_datasets()
     result = prepare_dataset(_corpus(args), args.tokenizer, args.out, workers=args.workers,
@@ -86,7 +86,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_default_corpus(args: argparse.Namespace) -> int:
     if args.vocab_size is not None:
-        from training.data.build import prepare_default_data
+        from training.data.build import prepare_default_data  # startup time: loaded when a data command runs
 
         _quiet_datasets()
         info = prepare_default_data(args.out, args.vocab_size, workers=args.workers)
@@ -94,7 +94,7 @@ def cmd_default_corpus(args: argparse.Namespace) -> int:
         print(f"default data {args.out}: {state}; corpus={info.corpus_dir} tokenizer={info.tokenizer_dir} "
               f"dataset={info.dataset_dir} fingerprint={info.fingerprint}")
         return 0
-    from training.data.default_corpus import write_default_corpus
+    from training.data.default_corpus import write_default_corpus  # startup time: loaded when a data command runs
 
     result = write_default_corpus(args.out, force=args.force)
     m = result.manifest

@@ -23,9 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from training.config_base import join_key, ConfigError
-
-
+from training.config_base import ConfigError, join_key
 
 
 @dataclass

@@ -51,7 +51,7 @@ class DefaultCorpus:
 
 def _topics() -> list[dict[str, str]]:
     try:
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # large module (Python's own docs): loaded only to write the corpus
     except ImportError:  # some distributions package pydoc_data separately
         return []
     return [{"source": f"pydoc_data.topics:{name}", "text": topics[name]}

@@ -103,7 +103,7 @@ class HFTokenizer(BaseTokenizer):
 
     def __init__(self, files: dict[str, bytes], path: Optional[Path] = None,
                  config_ids: Optional[dict[str, int]] = None):
-        from tokenizers import Tokenizer as Backend
+        from tokenizers import Tokenizer as Backend  # optional heavy dependency: only Hugging Face tokenizers need it
 
         if TOKENIZER_JSON not in files:
             raise DataError(f"{path}: a Hugging Face tokenizer needs {TOKENIZER_JSON}")
@@ -184,7 +184,7 @@ def load_hf_tokenizer(path: str | Path) -> HFTokenizer:
 
 def _converted_by_transformers(path: Path) -> bytes:
     """``tokenizer.json`` of the fast tokenizer ``AutoTokenizer`` builds from ``path`` (local only)."""
-    import transformers
+    import transformers  # optional heavy dependency: only Hugging Face tokenizers need it
 
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import dataclasses
 import glob
 import gzip
 import json
@@ -199,7 +200,7 @@ def _local_only() -> Iterator[None]:
     builders unless it is offline; we switch that off (as HF_DATASETS_OFFLINE=1 would) while a
     local file is opened, without changing the process-wide setting for hub reads.
     """
-    import datasets.config as dconfig
+    import datasets.config as dconfig  # startup time (flm imports this module for its parser)
 
     overrides = {"HF_UPDATE_DOWNLOAD_COUNTS": False, "HF_HUB_OFFLINE": True, "HF_DATASETS_OFFLINE": True}
     saved = {name: getattr(dconfig, name) for name in overrides if hasattr(dconfig, name)}
@@ -285,15 +286,14 @@ def _failure(file: InputFile, text_field: str, err: BaseException | None, detail
 
 def _json_has_agent_traces() -> bool:
     """Whether this datasets release's JSON builder has the (newer) agent-trace detection switch."""
-    import dataclasses
 
-    from datasets.packaged_modules.json.json import JsonConfig
+    from datasets.packaged_modules.json.json import JsonConfig  # startup time (flm imports this module for its parser)
 
     return any(f.name == "parse_agent_traces" for f in dataclasses.fields(JsonConfig))
 
 
 def _load_local(file: InputFile, spec: CorpusSpec):
-    import datasets
+    import datasets  # startup time (flm imports this module for its parser)
 
     kwargs: dict[str, Any] = {}
     if file.format == "json":
@@ -311,7 +311,7 @@ def _load_local(file: InputFile, spec: CorpusSpec):
 
 
 def _check_parquet_schema(path: Path, text_field: str) -> None:
-    import pyarrow as pa
+    import pyarrow as pa  # startup time (flm imports this module for its parser)
     import pyarrow.parquet as pq
 
     try:
@@ -366,7 +366,7 @@ def _iter_file(index: int, file: InputFile, spec: CorpusSpec, batch_rows: int) -
 
 
 def _iter_hub(spec: CorpusSpec, batch_rows: int) -> Iterator[DocumentBatch]:
-    import datasets
+    import datasets  # startup time (flm imports this module for its parser)
     import datasets.config as dconfig
 
     name = spec.hub_dataset

@@ -150,7 +150,7 @@ def save_tokenizer_copy(tok: BaseTokenizer, out_dir: Path) -> str:
 
 def _tokenizers_version() -> str | None:
     try:
-        import tokenizers
+        import tokenizers  # heavy: only to prepare a corpus, not in every trainer process
     except ImportError:
         return None
     return tokenizers.__version__
@@ -185,7 +185,7 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | BaseTokenizer, o
     """
     if workers < 1:
         raise DataError(f"workers must be >= 1, got {workers}")
-    import datasets
+    import datasets  # heavy: only to prepare a corpus, not in every trainer process
     import sentencepiece as spm
 
     out_dir = Path(out_dir)

@@ -28,6 +28,7 @@ the data (see docs/data.md).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -143,9 +144,8 @@ class Tokenizer(BaseTokenizer):
     kind = "sentencepiece"
 
     def __init__(self, model_bytes: bytes, path: Path | None = None):
-        import hashlib
 
-        import sentencepiece as spm
+        import sentencepiece as spm  # startup time (flm imports this module for its parser)
 
         self.path = path
         self.model_bytes = model_bytes
@@ -199,7 +199,7 @@ def is_hf_tokenizer(path: str | Path) -> bool:
     """Whether ``path`` is a Hugging Face tokenizer: a ``.json`` tokenizer file, or a directory whose
     ``tokenizer.json`` is one (not the project's record next to a ``tokenizer.model``) or that has
     no ``tokenizer.model`` but a ``tokenizer_config.json`` (``AutoTokenizer`` loads it)."""
-    from training.data.hf_tokenizer import is_tokenizer_json
+    from training.data.hf_tokenizer import is_tokenizer_json  # startup time (flm imports this module for its parser)
 
     path = Path(path)
     if path.is_file():
@@ -216,7 +216,7 @@ def load_tokenizer(path: str | Path) -> BaseTokenizer:
     Hugging Face tokenizer (a directory with ``tokenizer.json`` or one ``AutoTokenizer`` loads, or a
     ``tokenizer.json`` file; see :func:`is_hf_tokenizer`). DataError if it is missing or invalid."""
     if is_hf_tokenizer(path):
-        from training.data.hf_tokenizer import load_hf_tokenizer
+        from training.data.hf_tokenizer import load_hf_tokenizer  # startup time (flm imports this module for its parser)
 
         return load_hf_tokenizer(path)
     file = model_path(path)
@@ -276,7 +276,7 @@ def sample_sentences(corpus: CorpusSpec, files, spec: TokenizerSpec) -> tuple[li
 
 
 def _train_bytes(sentences: list[str], spec: TokenizerSpec, source: str, num_threads: int) -> bytes:
-    import sentencepiece as spm
+    import sentencepiece as spm  # startup time (flm imports this module for its parser)
 
     model = io.BytesIO()
     try:
@@ -311,7 +311,7 @@ def _canonical(model_bytes: bytes) -> bytes:
     sentencepiece stores ``num_threads`` in the model, so identical vocabularies trained with
     different thread counts would get different SHA-256s; the count does not affect encoding.
     """
-    from sentencepiece import sentencepiece_model_pb2
+    from sentencepiece import sentencepiece_model_pb2  # startup time (flm imports this module for its parser)
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model_bytes)
@@ -353,7 +353,7 @@ def train_tokenizer(corpus: CorpusSpec, out_dir: str | Path, spec: TokenizerSpec
     If ``out_dir`` already holds a tokenizer trained from the same corpus fingerprint and spec it
     is returned untouched. If it holds a different one, DataError unless ``force``.
     """
-    import sentencepiece as spm
+    import sentencepiece as spm  # startup time (flm imports this module for its parser)
 
     spec.check()
     out_dir = Path(out_dir)

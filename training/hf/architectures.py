@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import transformers
 from torch import Tensor
 
 from growth import roles as R
+from training.hf import flm_arch
 from training.hf.errors import HFInteropError
 
 
@@ -79,7 +81,6 @@ def _llama_refusal(cfg) -> Optional[str]:
 
 
 def _llama_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
-    import transformers
 
     return transformers.LlamaConfig(
         vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
@@ -131,7 +132,6 @@ def _neox_refusal(cfg) -> Optional[str]:
 
 
 def _neox_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
-    import transformers
 
     return transformers.GPTNeoXConfig(
         vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
@@ -188,7 +188,6 @@ def _stablelm_refusal(cfg) -> Optional[str]:
 
 
 def _stablelm_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
-    import transformers
 
     return transformers.StableLmConfig(
         vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
@@ -223,7 +222,6 @@ def _stablelm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _transformers_class(name: str) -> Callable[[], type]:
     def get() -> type:
-        import transformers
 
         return getattr(transformers, name)
 
@@ -257,7 +255,6 @@ ARCHITECTURES = (
 
 
 def _flm() -> Architecture:
-    from training.hf import flm_arch
 
     return Architecture("flm", flm_arch.CLASS_NAME, lambda cfg: None, flm_arch.flm_config, flm_arch.flm_tensors,
                         flm_arch.model_class, folds_multipliers=False, remote_code=True)
@@ -317,7 +314,6 @@ def check_against_model(arch: Architecture, hf_config, tensors: dict[str, Tensor
     """Match ``tensors`` to the parameter names and shapes of the installed transformers' model
     (built on the meta device, no memory). Returns ``tensors`` renamed to the installed names;
     HFInteropError if anything is missing, unexpected or of another shape."""
-    import transformers
 
     cls = arch.model_class()
     with torch.device("meta"):

@@ -18,13 +18,24 @@ float64 comparison measures the conversion, not float32 rounding inside transfor
 
 from __future__ import annotations
 
+import json
 import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import transformers
 from torch import Tensor
+
+from growth import roles as R
+from growth.masks import MaskState
+from growth.reference import reference_logits
+from training.checkpoint import read_meta, resolve
+from training.checkpoint.logical import read_logical
+from training.config import ModelConfig
+from training.config_base import from_dict
+from training.hf.flm_arch import trust_remote_code
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -102,9 +113,7 @@ def load_hf_model(hf_dir: str | Path, dtype: torch.dtype):
     """``AutoModelForCausalLM`` from ``hf_dir`` in ``dtype`` (sdpa attention; float64 promoted).
     An FLM export is loaded with ``trust_remote_code`` only if its code files are this project's
     (:func:`training.hf.flm_arch.trust_remote_code`; its own attention, no ``attn_implementation``)."""
-    import transformers
 
-    from training.hf.flm_arch import trust_remote_code
 
     if trust_remote_code(Path(hf_dir)):
         model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, trust_remote_code=True)
@@ -119,7 +128,6 @@ def load_hf_model(hf_dir: str | Path, dtype: torch.dtype):
 
 def project_logits(cfg, state: dict[str, Tensor], tokens: Tensor, masks=None) -> Tensor:
     """Reference logits ``[b, s, vocab_size]`` of the logical ``state`` (its dtype)."""
-    from growth.reference import reference_logits
 
     with torch.no_grad():
         return reference_logits(cfg, state, tokens, masks)[..., : cfg.vocab_size]
@@ -152,7 +160,6 @@ def compare(cfg, state: dict[str, Tensor], hf_model, tokens: Tensor, masks=None,
 def checkpoint_masks(meta: dict[str, Any]):
     """The growth mask state of a checkpoint (None when it has none): trainer checkpoints keep it
     under ``growth_masks``, checkpoints written by ``flm grow`` under ``growth.masks``."""
-    from growth.masks import MaskState
 
     data = meta["growth_masks"] if "growth_masks" in meta else (meta.get("growth") or {}).get("masks")
     return MaskState.from_dict(data) if data else None
@@ -162,11 +169,6 @@ def compare_dirs(ckpt: str | Path, hf_dir: str | Path, *, dtype: str = "float32"
                  seq_length: Optional[int] = None, seed: int = 0) -> Comparison:
     """``flm hf-compare``: the checkpoint ``ckpt`` (any layout) against the transformers directory
     ``hf_dir`` on ``batch`` random sequences (default length: the model's ``seq_length``, at most 128)."""
-    from growth import roles as R
-    from training.checkpoint import read_meta, resolve
-    from training.config import ModelConfig
-    from training.config_base import from_dict
-    from training.checkpoint.logical import read_logical
 
     path = resolve(ckpt)
     meta = read_meta(path)
@@ -182,7 +184,6 @@ def compare_dirs(ckpt: str | Path, hf_dir: str | Path, *, dtype: str = "float32"
 
 def stored_dtype(hf_dir: str | Path) -> Optional[torch.dtype]:
     """The dtype ``config.json`` records for the weights (None if it records none)."""
-    import json
 
     data = json.loads((Path(hf_dir) / "config.json").read_text())
     return DTYPES.get(str(data.get("dtype") or data.get("torch_dtype")))

@@ -31,8 +31,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from transformers import GenerationConfig
 
 from growth import roles as R
+from training.checkpoint import read_meta, resolve
+from training.checkpoint.logical import read_logical
+from training.config import ModelConfig
+from training.config_base import from_dict
 from training.hf.architectures import SpecialIds, check_against_model, select_architecture
 from training.hf.compare import DTYPES, Comparison, checkpoint_masks, compare, load_hf_model, random_tokens
 from training.hf.errors import HFInteropError, RoundTripMismatch
@@ -85,10 +90,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
     own FLM code), ``standard`` or ``flm`` (:func:`training.hf.architectures.select_architecture`).
     Raises HFInteropError (or CheckpointError for a path that is not a checkpoint).
     """
-    from training.checkpoint import read_meta, resolve
-    from training.config import ModelConfig
-    from training.config_base import from_dict
-    from training.checkpoint.logical import read_logical
 
     out = Path(out)
     if out.exists():
@@ -153,7 +154,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
 
 
 def _write(staging: Path, hf_config, tensors: dict[str, torch.Tensor], shard_bytes: int) -> list[str]:
-    from transformers import GenerationConfig
 
     hf_config.save_pretrained(str(staging))
     GenerationConfig(bos_token_id=hf_config.bos_token_id, eos_token_id=hf_config.eos_token_id,

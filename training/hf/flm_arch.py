@@ -30,6 +30,8 @@ from torch import Tensor
 from growth import roles as R
 from training.hf import remote
 from training.hf.errors import HFInteropError
+from training.hf.remote.configuration_flm import FLMConfig
+from training.hf.remote.modeling_flm import FLMForCausalLM
 
 CLASS_NAME = "FLMForCausalLM"
 AUTO_MAP = {"AutoConfig": "configuration_flm.FLMConfig", "AutoModelForCausalLM": "modeling_flm.FLMForCausalLM"}
@@ -37,7 +39,6 @@ AUTO_MAP = {"AutoConfig": "configuration_flm.FLMConfig", "AutoModelForCausalLM":
 
 def flm_config(cfg, vocab: int, ids, dtype: torch.dtype):
     """``FLMConfig`` of the project model config ``cfg`` (``vocab`` rows; special ids ``ids``)."""
-    from training.hf.remote.configuration_flm import FLMConfig
 
     config = FLMConfig(
         vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
@@ -74,7 +75,6 @@ def flm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def model_class():
-    from training.hf.remote.modeling_flm import FLMForCausalLM
 
     return FLMForCausalLM
 

@@ -47,13 +47,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import transformers
+import yaml
 
 from growth import roles as R
+from training.checkpoint.logical import write_logical
+from training.config import CONFIGS_DIR, ParallelConfig, RunConfig
+from training.config_base import ConfigError, from_dict, parse_override, read_yaml, to_dict
 from training.hf.architectures import fuse_qkv
 from training.hf.compare import DTYPES, Comparison, compare, load_hf_model, random_tokens
 from training.hf.errors import HFInteropError, RoundTripMismatch
 from training.hf.safetensors_io import read_tensors
 from training.hf.tokenizer import import_tokenizer
+
 
 @dataclass(frozen=True)
 class Family:
@@ -115,8 +121,6 @@ def model_overrides(model: dict[str, Any]) -> list[str]:
 
 def parse_layout(text: str):
     """``"tp=2,pp=2"`` or a layout YAML (a path, or a name under ``configs/layouts``) -> ParallelConfig."""
-    from training.config import CONFIGS_DIR, ParallelConfig
-    from training.config_base import ConfigError, from_dict, parse_override, read_yaml
 
     try:
         if "=" in text:
@@ -137,7 +141,6 @@ def parse_layout(text: str):
 
 
 def _hf_config(hf_dir: Path):
-    import transformers
 
     if not hf_dir.is_dir():
         raise HFInteropError(f"Hugging Face model directory {hf_dir} does not exist")
@@ -283,11 +286,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
     ``check`` the transformers model and the imported weights must give the same logits (float32)
     before ``out`` appears. ``out`` must not exist; nothing is left there on failure.
     """
-    import transformers
 
-    from training.config import RunConfig
-    from training.config_base import ConfigError, from_dict, to_dict
-    from training.checkpoint.logical import write_logical
 
     hf_dir, out = Path(hf_dir), Path(out)
     if out.exists():
@@ -330,7 +329,6 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
         ckpt = write_logical(staging / out.name, state, meta)
         if tok is not None:
             shutil.move(str(staging / TOKENIZER_DIR), str(ckpt / TOKENIZER_DIR))
-        import yaml
 
         (ckpt / MODEL_YAML).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         os.replace(ckpt, out)

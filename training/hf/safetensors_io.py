@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from training.hf.errors import HFInteropError
 
@@ -39,7 +40,6 @@ def parse_size(text: str) -> int:
 
 def write_shards(tensors: dict[str, torch.Tensor], out_dir: Path, max_shard_bytes: int) -> list[str]:
     """Write ``tensors`` (independent, contiguous copies are made) into ``out_dir``; returns the files."""
-    from safetensors.torch import save_file
 
     groups: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -66,7 +66,6 @@ def write_shards(tensors: dict[str, torch.Tensor], out_dir: Path, max_shard_byte
 
 def read_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of ``hf_dir`` (single file or index + shards); HFInteropError naming what is missing."""
-    from safetensors.torch import load_file
 
     if (hf_dir / INDEX).is_file():
         weight_map = json.loads((hf_dir / INDEX).read_text()).get("weight_map", {})

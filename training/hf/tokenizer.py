@@ -29,11 +29,21 @@ tokenizer of a Hugging Face model directory (:func:`import_sentencepiece` for a 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from training.data.tokenizer import META_FILE, MODEL_FILE, BaseTokenizer, Tokenizer
+import transformers
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken, Regex, decoders, models, normalizers
+from tokenizers import Tokenizer as TkTokenizer
+
+from training.checkpoint import read_meta
+from training.data.errors import DataError
+from training.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, load_hf_tokenizer
+from training.data.shards import dataset_tokenizer_path
+from training.data.tokenizer import META_FILE, MODEL_FILE, BaseTokenizer, Tokenizer, load_tokenizer
 from training.hf.errors import HFInteropError
 
 #: texts every exported tokenizer must encode exactly like sentencepiece (digits, whitespace runs,
@@ -59,13 +69,11 @@ UNIGRAM_LIMITATION = ("unigram tokenizer: text that literally contains a control
 
 
 def _lookalike(text: str) -> bool:
-    import re
 
     return bool(re.search(r"<(s|/s|pad|unk|0x[0-9A-F]{2})>", text))
 
 
 def _proto(model_bytes: bytes):
-    from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model_bytes)
@@ -74,7 +82,6 @@ def _proto(model_bytes: bytes):
 
 def _backend(proto):
     """The ``tokenizers.Tokenizer`` that encodes like the sentencepiece model ``proto``."""
-    from tokenizers import AddedToken, Regex, Tokenizer as TkTokenizer, decoders, models, normalizers
 
     pieces = list(proto.pieces)
     spec, norm = proto.trainer_spec, proto.normalizer_spec
@@ -131,7 +138,6 @@ def special_pieces(tokenizer: Tokenizer) -> dict[str, Optional[str]]:
 
 def to_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):
     """A ``transformers`` fast tokenizer equivalent to ``tokenizer`` (see the module docstring)."""
-    import transformers
 
     specials = {k: v for k, v in special_pieces(tokenizer).items() if v is not None}
     return transformers.PreTrainedTokenizerFast(
@@ -160,7 +166,6 @@ def save_hf_tokenizer(tokenizer: BaseTokenizer, out_dir: Path, model_max_length:
     project encodes)."""
     if tokenizer.kind == "hf":
         return _save_hf_files(tokenizer, out_dir)
-    import transformers
 
     to_hf_tokenizer(tokenizer, model_max_length).save_pretrained(str(out_dir))
     (out_dir / MODEL_FILE).write_bytes(tokenizer.model_bytes)
@@ -182,7 +187,6 @@ def save_hf_tokenizer(tokenizer: BaseTokenizer, out_dir: Path, model_max_length:
 
 
 def _save_hf_files(tokenizer: BaseTokenizer, out_dir: Path) -> dict[str, Any]:
-    import transformers
 
     tokenizer.save(out_dir)
     try:
@@ -203,8 +207,6 @@ def _save_hf_files(tokenizer: BaseTokenizer, out_dir: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ which tokenizer a checkpoint has
 def _load(path: Path, what: str) -> BaseTokenizer:
-    from training.data.errors import DataError
-    from training.data.tokenizer import load_tokenizer
 
     try:
         return load_tokenizer(path)
@@ -213,7 +215,6 @@ def _load(path: Path, what: str) -> BaseTokenizer:
 
 
 def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tuple[BaseTokenizer, str]]:
-    from training.data.shards import dataset_tokenizer_path
 
     own = meta.get("tokenizer")
     if own:
@@ -235,7 +236,6 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
                            f"--out {path.parent} --vocab-size {vocab}`)"), f"{path} (default corpus)"
     source = (meta.get("growth") or {}).get("source")
     if source:
-        from training.checkpoint import read_meta
 
         src = Path(source)
         if src in seen or not src.exists():
@@ -287,8 +287,6 @@ def import_tokenizer(hf_dir: Path, out_dir: Path, vocab_size: int) -> dict[str, 
     (:class:`training.data.hf_tokenizer.HFTokenizer`), which ``flm data prepare --tokenizer``,
     ``flm export-hf`` and ``flm iq`` use as it is. HFInteropError when there is neither, when the
     files cannot be read, or when the tokenizer has more ids than the embedding has rows."""
-    from training.data.errors import DataError
-    from training.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, load_hf_tokenizer
 
     if (hf_dir / MODEL_FILE).is_file() and _is_sentencepiece(hf_dir / MODEL_FILE):
         return import_sentencepiece(hf_dir, out_dir, vocab_size)
@@ -346,7 +344,6 @@ def _is_sentencepiece(path: Path) -> bool:
 
 
 def _check_hf_dir_tokenizer(hf_dir: Path, tok: Tokenizer) -> None:
-    import transformers
 
     try:
         hf_tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from training.errors import UsageError
+from training.plan.hardware import GPUS, gpu_spec
 
 EPILOG = """examples:
   flm plan configs/runs/flm101b.yaml
@@ -30,7 +31,6 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def register(sub) -> None:
-    from training.plan.hardware import GPUS  # startup time: the table's module imports torch
 
     p = sub.add_parser(
         "plan", help="size a run before running it: memory per GPU, fit, days, GPU-hours, layout checks",
@@ -72,7 +72,6 @@ def cmd_plan(args) -> int:
 
     from training.config import stage_config
     from training.stage_plans import load_run
-    from training.plan.hardware import gpu_spec
     from training.plan.planner import PlanOptions, plan_run
     from training.plan.report import render, to_json
 

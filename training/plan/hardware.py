@@ -2,14 +2,14 @@
 
 Memory is what ``nvidia-smi`` reports as total for the 80 GB / 141 GB parts (81920 MiB for
 A100/A800 80GB, 81559 MiB for H100 SXM 80GB, 143771 MiB for H200 141GB); peaks are the dense
-(no sparsity) bf16 tensor-core figures of ``training.metrics.PEAK_TFLOPS``.
+(no sparsity) bf16 tensor-core figures of ``training.devices.PEAK_TFLOPS``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.metrics import PEAK_TFLOPS
+from training.devices import PEAK_TFLOPS
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3

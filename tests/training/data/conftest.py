@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from data_helpers import make_documents, write_jsonl
+from tests.training.data.data_helpers import make_documents, write_jsonl
 from training.data.ingest import CorpusSpec
 from training.data.tokenizer import TokenizerSpec, train_tokenizer
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from data_helpers import make_documents, write_jsonl
+from tests.training.data.data_helpers import make_documents, write_jsonl
 from training.data.build import build_sources, check_vocab_size, tokenizer_vocab_size
 from training.data.config import DataConfig, DatasetConfig
 from training.data.errors import DataError

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from data_helpers import make_documents, write_jsonl
+from tests.training.data.data_helpers import make_documents, write_jsonl
 from training.cli import main as flm_main
 from training.data import cli
 

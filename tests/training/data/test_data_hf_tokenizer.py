@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
-from data_helpers import MULTILINGUAL, make_documents, write_hf_bpe_tokenizer, write_jsonl
+from tests.training.data.data_helpers import MULTILINGUAL, make_documents, write_hf_bpe_tokenizer, write_jsonl
 from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
@@ -66,7 +66,7 @@ def test_directory_only_autotokenizer_reads(hf_dir, tmp_path):
 
 def test_prepare_with_hf_tokenizer(hf_dir, corpus_file, corpus_docs, tmp_path, capsys):
     from training.data.build import build_sources, check_vocab_size
-    from training.data.cli import main
+    from training.cli import main
     from training.data.config import DataConfig, DatasetConfig
     from training.data.shards import PreparedDataset
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_helpers import make_documents, write_jsonl
+from tests.training.data.data_helpers import make_documents, write_jsonl
 from training.data.build import build_sources
 from training.data.config import DataConfig, DatasetConfig
 from training.data.errors import DataError

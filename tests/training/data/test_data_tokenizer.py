@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data_helpers import write_jsonl
+from tests.training.data.data_helpers import write_jsonl
 from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.tokenizer import (
