@@ -32,7 +32,11 @@ def build_dataset(
     iq_data_dir: str | None = None,
     **_unused: Any,
 ):
-    """Return ``DatasetDict({"test": Dataset})`` of the generated instances of ``subtask``."""
+    """Return ``DatasetDict({"test": Dataset})`` of the generated instances of ``subtask``.
+
+    Raises :class:`~eval_iq.errors.DataNotFoundError` for a missing dataset; the task class
+    (:class:`eval_iq.lm_task.IQTask`) turns that into a skipped task with a warning.
+    """
     import datasets
 
     records = generate(subtask, seed=iq_seed, size=iq_size, shots=iq_shots, data_dir=iq_data_dir)
@@ -48,4 +52,5 @@ def build_dataset(
             "meta": datasets.Value("string"),
         }
     )
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(records, features=features)})
+    columns = {name: [r[name] for r in records] for name in features}
+    return datasets.DatasetDict({"test": datasets.Dataset.from_dict(columns, features=features)})

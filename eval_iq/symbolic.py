@@ -4,10 +4,12 @@ For subtask ``name`` and ``seed``:
 
 * **Symbols**: ``K`` distinct strings (K = number of labels) of 2-3 characters from
   :data:`SYMBOL_ALPHABET` (punctuation only, so never a word), none a prefix of another, none
-  occurring anywhere in the dataset's rendered texts. Fixed per (subtask, seed); ``choices`` of
+  occurring anywhere in the dataset's rendered texts, none reading as an operator
+  (:func:`reads_as_operator`: no ``=``, no doubled character, no pair such as ``<>`` or ``|>``). Fixed per (subtask, seed); ``choices`` of
   every instance list them in this order.
-* **Evaluation records**: a seeded permutation of the labelled validation records; instance ``i``
-  is its ``i``-th element; up to ``size`` (default 300) instances, all records if fewer.
+* **Evaluation records**: a seeded permutation of the labelled validation records with distinct
+  rendered texts (:func:`unique_positions`); instance ``i`` is its ``i``-th element; up to
+  ``size`` (default 300) instances, all records if fewer.
 * **Label -> symbol assignment** is drawn per instance and shown only by the demonstrations, so
   the model must learn the mapping in context. The gold symbol's position follows a balanced
   schedule (each block of K consecutive instances uses every symbol once as the gold answer,
@@ -25,13 +27,22 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from eval_iq.errors import MalformedDataError
 from eval_iq.instances import join_blocks, make_instance, rng_for
 from eval_iq.symbolic_data import SOURCES, SourceData, load_source
 
-SYMBOL_ALPHABET = "!#$%&*+<=>?@^|~"
+SYMBOL_ALPHABET = "!#$%&*+<>?@^|~"  # no "=", "-", "/", ".": they build most operators
+#: character pairs that read as an operator or markup in common languages; a symbol containing one
+#: is never drawn (any doubled character is refused too: &&, ||, ++, **, <<, >>, ??, !!, ~~, ...)
+OPERATOR_PAIRS = ("<>", "|>", "<|", "!~", "?:", "<$", "$>", "<*", "*>", "<&", "&>", "<@", "@>", "#!")
+
+
+def reads_as_operator(symbol: str) -> bool:
+    """True for a symbol that contains a doubled character or one of :data:`OPERATOR_PAIRS`."""
+    return any(a == b for a, b in zip(symbol, symbol[1:])) or any(p in symbol for p in OPERATOR_PAIRS)
 
 
 def draw_symbols(subtask: str, seed: int, k: int, corpus: str) -> list[str]:
@@ -40,7 +51,7 @@ def draw_symbols(subtask: str, seed: int, k: int, corpus: str) -> list[str]:
     chosen: list[str] = []
     for _ in range(100_000):
         cand = "".join(rng.choice(SYMBOL_ALPHABET) for _ in range(rng.choice((2, 3))))
-        if any(c.startswith(cand) or cand.startswith(c) for c in chosen) or cand in corpus:
+        if reads_as_operator(cand) or any(c.startswith(cand) or cand.startswith(c) for c in chosen) or cand in corpus:
             continue
         chosen.append(cand)
         if len(chosen) == k:
@@ -65,6 +76,18 @@ def _symbols_for(name: str, seed: int, data: SourceData) -> tuple[str, ...]:
     source = SOURCES[name]
     corpus = "\n".join(source.render(r) for r in data.eval_records + data.shot_records)
     return tuple(draw_symbols(name, seed, len(source.labels), corpus))
+
+
+def unique_positions(records: Sequence[dict[str, Any]], texts: list[str]) -> list[int]:
+    """Positions of the records that can be queries: the first record of each rendered text, in
+    file order. Copies of a text are dropped (CLUEWSC's FewCLUE dev repeats 32 texts, WSC 3);
+    a text that occurs with different labels is dropped altogether (its gold is ambiguous)."""
+    first: dict[str, int] = {}
+    labels: dict[str, set[str]] = {}
+    for j, (rec, text) in enumerate(zip(records, texts)):
+        first.setdefault(text, j)
+        labels.setdefault(text, set()).add(rec["label"])
+    return [j for text, j in first.items() if len(labels[text]) == 1]
 
 
 def _order(name: str, seed: int, n: int) -> list[int]:
@@ -121,10 +144,11 @@ def generate_symbolic(
         )
         for lab in labels
     }
-    order = _order(name, seed, len(data.eval_records))
+    positions = unique_positions(data.eval_records, eval_texts)
+    order = _order(name, seed, len(positions))
     out = []
     for i in range(min(size, len(order))):
-        query_pos = order[i]
+        query_pos = positions[order[i]]
         query = data.eval_records[query_pos]
         query_text = eval_texts[query_pos]
         rng = rng_for(name, seed, i)
