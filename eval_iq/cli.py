@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     import datasets
 
     datasets.disable_progress_bars()
-    from eval_iq.runner import RunSettings, evaluate, instance_digest, make_plan
+    from eval_iq.runner import RunSettings, benchmark, instance_digest, make_plan
     from eval_iq.symbolic_data import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
@@ -177,11 +177,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.export_instances:
         _export(plan.run, settings, Path(args.export_instances))
         return 0
-    digests = {s.name: instance_digest(s, settings) for s in plan.run}
+    digests = {s.name: instance_digest(s, settings) for s in plan.run}  # data errors before model loading
     lm, model_info = _build_lm(args)
-    lm_results = evaluate(lm, plan.run, settings)
 
-    from eval_iq.report import markdown_table, summarize, write_outputs
+    from eval_iq.report import markdown_table, write_outputs
 
     settings_doc = {
         "seed": settings.seed,
@@ -192,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
         "online": bool(args.online),
         "batch_size": args.batch_size,
     }
-    summary = summarize(lm_results, plan.run, settings_doc, model_info, digests, plan.skipped)
+    summary, lm_results = benchmark(lm, plan, settings, model_info, settings_doc, digests)
     paths = write_outputs(summary, lm_results, Path(args.output_dir))
     print(markdown_table(summary))
     for kind in ("results", "table", "chart"):

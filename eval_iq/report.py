@@ -3,7 +3,7 @@
 Aggregation follows the spec: a category's score is the unweighted mean of its subtasks' ``acc``;
 ``flm_iq`` is the unweighted mean of the four category scores. A category (or ``flm_iq``) computed
 from fewer subtasks than the spec defines is marked ``complete: false`` and flagged in the table.
-(lm-eval's own group rows average leaf subtasks instead; see docs/iq-benchmark.md.)
+lm-eval's group rows compute the same numbers (see :mod:`eval_iq.lm_groups`).
 Extra subtasks outside the benchmark (BUSTM) are reported but not aggregated.
 """
 
@@ -37,8 +37,13 @@ def summarize(
     model: dict[str, Any],
     digests: dict[str, dict[str, Any]] | None = None,
     skipped: dict[str, str] | None = None,
+    truncation: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Build the results document (plain JSON data). Scores are fractions in [0, 1]."""
+    """Build the results document (plain JSON data). Scores are fractions in [0, 1].
+
+    ``truncation`` (:func:`eval_iq.truncation.truncation_report`) gives each subtask's
+    ``truncated`` count (documents whose prompt the model saw left-truncated; ``None`` = not
+    measured) and ``truncation`` details."""
     subtasks: dict[str, Any] = {}
     for spec in specs:
         res = lm_results["results"].get(spec.task)
@@ -55,6 +60,8 @@ def summarize(
             "chance": spec.chance,
             "chance_note": spec.chance_note,
             "in_benchmark": spec.in_benchmark,
+            "truncated": (truncation or {}).get(spec.name, {}).get("truncated"),
+            "truncation": (truncation or {}).get(spec.name),
             **(digests or {}).get(spec.name, {}),
         }
     categories: dict[str, Any] = {}
@@ -114,7 +121,7 @@ def _paper_category(model: str, members: list[str]) -> str:
 def markdown_table(summary: dict[str, Any]) -> str:
     """Markdown report: one row per subtask, then categories and FLM IQ. Percent."""
     models = list(PAPER_MODELS)
-    head = ["Subtask", "Category", "n", "This model", "Chance", *models]
+    head = ["Subtask", "Category", "n", "Truncated", "This model", "Chance", *models]
     lines = [
         f"# FLM IQ benchmark: {summary['model'].get('name', 'model')}",
         "",
@@ -124,24 +131,37 @@ def markdown_table(summary: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
     for name, s in summary["subtasks"].items():
-        cells = [s["title"], CATEGORIES[s["category"]], str(s["n"]), _pct(s["acc"]), _pct(s["chance"])]
+        trunc = "?" if s.get("truncated") is None else str(s["truncated"])
+        cells = [s["title"], CATEGORIES[s["category"]], str(s["n"]), trunc, _pct(s["acc"]), _pct(s["chance"])]
         lines.append("| " + " | ".join(cells + [_paper_pct(m, name) for m in models]) + " |")
     for cat, c in summary["categories"].items():
         if not c["subtasks"]:
             continue
         mark = "" if c["complete"] else " (partial)"
         chance = _mean([SUBTASKS[n].chance for n in c["subtasks"]])
-        cells = [f"**{CATEGORIES[cat]}{mark}**", "", "", _pct(c["acc"]), _pct(chance)]
+        cells = [f"**{CATEGORIES[cat]}{mark}**", "", "", "", _pct(c["acc"]), _pct(chance)]
         lines.append("| " + " | ".join(cells + [_paper_category(m, c["subtasks"]) for m in models]) + " |")
     o = summary["flm_iq"]
     if o["acc"] is not None:
         mark = "" if o["complete"] else " (partial)"
-        lines.append(f"| **FLM IQ{mark}** | mean of categories | | {_pct(o['acc'])} | | | | |")
+        lines.append(f"| **FLM IQ{mark}** | mean of categories | | | {_pct(o['acc'])} | | | | |")
     lines.append("")
     lines.append(
         "Scores are accuracy in percent; paper rows: FLM-101B paper (arXiv 2309.03852). "
-        "Chance: expected accuracy of a uniform random guess (see results JSON)."
+        "Chance: expected accuracy of a uniform random guess (see results JSON). "
+        "Truncated: instances whose prompt exceeded the model's context and lost its beginning "
+        "(? = not measured)."
     )
+    cut = {n: s for n, s in summary["subtasks"].items() if s.get("truncated")}
+    if cut:
+        lines.append("")
+        lines.append(
+            "**Warning: truncated prompts.** "
+            + "; ".join(f"{s['title']}: {s['truncated']} of {s['truncation']['n']} (longest "
+                        f"{s['truncation']['max_tokens']} tokens, {s['truncation']['limit']} kept)"
+                        for s in cut.values())
+            + ". These scores are not comparable with untruncated runs."
+        )
     if summary["skipped"]:
         lines.append("")
         lines.append("Skipped: " + "; ".join(summary["skipped"].values()))

@@ -119,3 +119,31 @@ def evaluate(
     if results is None:
         raise RuntimeError("lm-eval returned no results (non-zero rank?)")
     return results
+
+
+def benchmark(
+    lm: Any,
+    plan: Plan,
+    settings: RunSettings,
+    model_info: dict[str, Any],
+    settings_doc: dict[str, Any],
+    digests: dict[str, dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``plan`` on ``lm`` and summarise: ``(results document, lm-eval results)``.
+
+    The results document (:func:`eval_iq.report.summarize`) has the instance digests (computed
+    here unless given: :func:`instance_digest` per subtask), the skipped subtasks and the
+    truncation counts (:mod:`eval_iq.truncation`, which warns); ``model_info`` gains the model's
+    ``max_length`` when it has one.
+    """
+    from eval_iq.report import summarize
+    from eval_iq.truncation import truncation_report
+
+    if digests is None:
+        digests = {s.name: instance_digest(s, settings) for s in plan.run}
+    lm_results = evaluate(lm, plan.run, settings)
+    truncation = truncation_report(lm, lm_results, {s.name: s.task for s in plan.run})
+    if getattr(lm, "max_length", None) is not None:
+        model_info = {**model_info, "max_length": int(lm.max_length)}
+    summary = summarize(lm_results, plan.run, settings_doc, model_info, digests, plan.skipped, truncation)
+    return summary, lm_results
