@@ -169,36 +169,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def bar_chart(summary: dict[str, Any], path: str | Path) -> Path:
-    """PNG: per subtask, bars for this model and the paper's models; a black tick at chance."""
-    import matplotlib
+    """PNG chart of the results (:mod:`eval_iq.chart`)."""
+    from eval_iq.chart import save_chart
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    names = list(summary["subtasks"])
-    series = [("This model", [100 * summary["subtasks"][n]["acc"] for n in names])]
-    series += [(m, [paper_score(m, n) for n in names]) for m in PAPER_MODELS]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(names) + 2), 5))
-    for k, (label, values) in enumerate(series):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
-        pts = [(x, v) for x, v in zip(xs, values) if v is not None]
-        if pts:
-            ax.bar([p[0] for p in pts], [p[1] for p in pts], width, label=label)
-    for i, n in enumerate(names):
-        c = 100 * summary["subtasks"][n]["chance"]
-        ax.hlines(c, i - 0.45, i + 0.45, colors="black", linewidth=1.5, label="chance" if i == 0 else None)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([summary["subtasks"][n]["title"] for n in names], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"FLM IQ: {summary['model'].get('name', 'model')}")
-    ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_chart(summary, path)
 
 
 def _sample_record(sample: dict[str, Any]) -> dict[str, Any]:
