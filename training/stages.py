@@ -124,9 +124,10 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
             if rank0:
                 print(f"flm train: stage {i} ({cfg.name}): {what}", file=sys.stderr)
             trainer.fit()
-            if rank0:
-                _record_stage(run, i, cfg, trainer, time.time() - started)
+            wall_s = time.time() - started
             del trainer
+            if rank0:
+                _record_stage(run, i, cfg, None, wall_s, iq=_stage_iq(run, cfg))
     finally:
         teardown()
     return 0
@@ -160,7 +161,18 @@ def grow_into(run: RunConfig, index: int) -> Path:
     return dst
 
 
-def _record_stage(run: RunConfig, index: int, cfg: RunConfig, trainer, wall_s: float) -> None:
+def _stage_iq(run: RunConfig, cfg: RunConfig) -> Optional[dict]:
+    """The IQ benchmark on the stage's final checkpoint when ``iq_eval`` is set (never raises)."""
+    if run.iq_eval is None:
+        return None
+    from eval_iq.stage_eval import evaluate_stage
+
+    q = run.iq_eval
+    return evaluate_stage(_final_checkpoint(cfg), Path(cfg.output_dir) / "iq", tasks=q.tasks, limit=q.limit,
+                          data_dir=q.data_dir)
+
+
+def _record_stage(run: RunConfig, index: int, cfg: RunConfig, trainer, wall_s: float, iq: Optional[dict] = None) -> None:
     """Append the stage's summary to <output_dir>/stages.jsonl (what the dry-run report reads)."""
     from training.metrics import flops_per_token, total_params
 
@@ -172,5 +184,7 @@ def _record_stage(run: RunConfig, index: int, cfg: RunConfig, trainer, wall_s: f
         "params": total_params(cfg.model), "steps": cfg.train.steps, "tokens": tokens,
         "flops": flops_per_token(cfg.model) * tokens, "wall_s": wall_s, "output_dir": cfg.output_dir,
     }
+    if iq is not None:
+        record["iq"] = iq
     with open(out / "stages.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
