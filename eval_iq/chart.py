@@ -44,8 +44,9 @@ def _category_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         if not c["subtasks"]:
             continue
         subs = [summary["subtasks"][n] for n in c["subtasks"]]
-        # stderr of an unweighted mean of independent subtask means: sqrt(sum se^2) / k
-        ses = [math.sqrt(s["acc"] * (1 - s["acc"]) / s["n"]) if s.get("n") else float("nan") for s in subs]
+        # stderr of an unweighted mean of independent subtask means: sqrt(sum se^2) / k, each se
+        # taken from the subtask's Wilson interval (never 0 at a score of 0% or 100%)
+        ses = [(hi - lo) / (2 * Z95) for lo, hi in (wilson_interval(s["acc"], s.get("n")) for s in subs)]
         se = math.sqrt(sum(x * x for x in ses)) / len(ses)
         paper = {}
         for m in PAPER_MODELS:

@@ -16,7 +16,7 @@ without the key are untouched):
 * ``leaves``: lm-eval's own leaf aggregation.
 
 In both modes a group whose leaf tasks lack a value (a skipped dataset, see
-:func:`eval_iq.lm_hooks.build_dataset`) gets the display alias ``"<alias> (partial: without
+:class:`eval_iq.lm_task.IQTask`) gets the display alias ``"<alias> (partial: without
 ...)"`` and a warning, so lm-eval's table says which scores are partial.
 """
 

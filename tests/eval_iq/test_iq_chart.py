@@ -49,6 +49,11 @@ def test_chart_annotates_values_marks_na_and_shows_n_and_limit(tmp_path):
     assert labels == ["Symbolic mapping (partial)", "Rule understanding (partial)",
                       "Pattern mining (partial)", "Anti-interference (partial)", "FLM IQ (partial)"]
     assert any(isinstance(c, BarContainer) for c in bottom.containers)
+    cat_err = [c for c in bottom.containers if isinstance(c, ErrorbarContainer)]
+    assert len(cat_err) == 5
+    # rules scored 0%: its interval still has a width (Wilson-based, not "0 +- 0")
+    rules_bar = cat_err[1].lines[2][0].get_segments()[0]
+    assert rules_bar[0][1] == pytest.approx(0.0) and rules_bar[1][1] > 3
     out = save_chart(summary, tmp_path / "report.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
