@@ -53,7 +53,8 @@ def evaluate_checkpoint(
     plan = make_plan(specs, resolved, skip_unavailable=True)
     settings = RunSettings(limit=limit, data_dir=resolved)
     lm = BackendLM(backend if backend is not None else load_project_backend(checkpoint_dir), batch_size=batch_size)
-    model = {"backend": "flm", "path": str(checkpoint_dir), "name": Path(checkpoint_dir).resolve().parent.name}
+    name = "/".join(Path(checkpoint_dir).resolve().parts[-3:])  # <stage dir>/checkpoints/step_N
+    model = {"backend": "flm", "path": str(checkpoint_dir), "name": name}
     settings_doc = {"seed": settings.seed, "limit": limit, "data_dir": str(resolved) if resolved else None}
     summary, lm_results = benchmark(lm, plan, settings, model, settings_doc)
     write_outputs(summary, lm_results, out_dir)

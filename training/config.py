@@ -338,6 +338,9 @@ class RunConfig:
 
     def validate(self, path: str) -> None:
         if self.iq_eval is not None:
+            if not self.stages:
+                raise ConfigError(join_key(path, "iq_eval"), "runs at the end of each stage of a staged run (stages:); "
+                                  "for a single run use `flm iq --model flm --checkpoint CKPT` or set iq_eval=null")
             self.iq_eval.check(join_key(path, "iq_eval"))
         for i, stage in enumerate(self.stages):
             where = join_key(path, f"stages[{i}]")
@@ -441,7 +444,7 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     train.steps = stage_steps(stage.tokens, train, stage.model)
     name = stage.name or f"stage{index}"
     single = dataclasses.replace(run, name=f"{run.name}/{name}", output_dir=str(Path(run.output_dir) / f"stage{index}-{name}"),
-                                 model=stage.model, parallel=stage.parallel, train=train, stages=[])
+                                 model=stage.model, parallel=stage.parallel, train=train, stages=[], iq_eval=None)
     try:
         single.validate("")
     except ConfigError as err:

@@ -53,6 +53,9 @@ def test_iq_eval_section_is_parsed_and_checked(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_run_config(run, ["iq_eval.limit=0"])
     assert info.value.key == "iq_eval.limit" and "must be >= 1" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_run_config(run, ["stages=[]"])
+    assert info.value.key == "iq_eval" and "flm iq --model flm" in str(info.value)
 
 
 def test_evaluate_checkpoint_writes_outputs_and_a_compact_record(tiny_llama_dir, tmp_path, shared_data):
