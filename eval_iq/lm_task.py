@@ -15,6 +15,7 @@ runs the rest. Malformed data and every other error still raise.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -44,6 +45,7 @@ class IQTask(ConfigurableTask):
         errors: list[str] = []
         build = config.get("custom_dataset")
 
+        @functools.wraps(build)  # the run's dumped config shows the YAML's function
         def guarded(**build_kwargs: Any) -> datasets.DatasetDict:
             try:
                 return build(**build_kwargs)
