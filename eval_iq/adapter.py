@@ -23,9 +23,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+import transformers
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import (
+    handle_stop_sequences,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+    resolve_max_length,
+)
 from tqdm import tqdm
 
 from eval_iq.errors import BackendUnavailableError
@@ -232,7 +238,6 @@ class HFBackend:
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int | None = None) -> None:
-        from lm_eval.models.utils import resolve_max_length
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -245,7 +250,6 @@ class HFBackend:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str = "float32") -> HFBackend:
-        import transformers
 
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))

@@ -91,7 +91,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _list_subtasks() -> str:
-    from eval_iq.registry import SUBTASKS
+    from eval_iq.registry import SUBTASKS  # startup time: loaded when the command runs, not for flm's parser
 
     rows = [f"{'subtask':24} {'lm-eval task':32} {'category':18} {'size':>5} {'shots':>9} {'chance':>7}"]
     for s in SUBTASKS.values():
@@ -116,7 +116,7 @@ def _check_positive(args: argparse.Namespace) -> None:
 
 
 def _export(specs, settings, out_dir: Path) -> None:
-    from eval_iq.generate import generate
+    from eval_iq.generate import generate  # startup time: loaded when the command runs, not for flm's parser
     from eval_iq.instances import write_jsonl
 
     for spec in specs:
@@ -134,10 +134,10 @@ def _build_lm(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                 f"model directory not found: {path} (offline runs need a local directory; "
                 f"pass --online for a hub id)"
             )
-        from lm_eval.models.huggingface import HFLM
+        from lm_eval.models.huggingface import HFLM  # startup time: loaded when the command runs, not for flm's parser
 
         pretrained = str(path) if path.is_dir() else args.model_path
-        from training.hf.errors import HFInteropError
+        from training.hf.errors import HFInteropError  # startup time: loaded when the command runs, not for flm's parser
         from training.hf.flm_arch import trust_remote_code
 
         try:  # FLM-shaped exports of this project carry its own model code
@@ -149,7 +149,7 @@ def _build_lm(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         return lm, {"backend": "hf", "path": pretrained, "name": Path(pretrained).name or pretrained}
     if not args.checkpoint:
         raise IQError("--model flm needs --checkpoint DIR (a project checkpoint directory)")
-    from eval_iq.adapter import BackendLM, load_project_backend
+    from eval_iq.adapter import BackendLM, load_project_backend  # startup time: loaded when the command runs, not for flm's parser
 
     backend = load_project_backend(args.checkpoint)
     lm = BackendLM(backend, batch_size=args.batch_size)
@@ -160,7 +160,7 @@ def _build_lm(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``flm iq``; returns the process exit code (errors are ``IQError``s, reported by
     the caller: ``flm``'s main, or :func:`main` here)."""
-    from eval_iq.registry import resolve_subtasks
+    from eval_iq.registry import resolve_subtasks  # startup time: loaded when the command runs, not for flm's parser
 
     if args.list:
         print(_list_subtasks())
@@ -168,13 +168,13 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(args)
     specs = resolve_subtasks(args.subtasks)
     if not args.online:
-        from eval_iq.offline import enable_offline_mode
+        from eval_iq.offline import enable_offline_mode  # startup time: loaded when the command runs, not for flm's parser
 
         enable_offline_mode()
-    import datasets
+    import datasets  # startup time: loaded when the command runs, not for flm's parser
 
     datasets.disable_progress_bars()
-    from eval_iq.runner import RunSettings, evaluate, instance_digest, make_plan
+    from eval_iq.runner import RunSettings, benchmark, instance_digest, make_plan  # startup time: loaded when the command runs, not for flm's parser
     from eval_iq.symbolic_data import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
@@ -189,11 +189,10 @@ def run(args: argparse.Namespace) -> int:
     if args.export_instances:
         _export(plan.run, settings, Path(args.export_instances))
         return 0
-    digests = {s.name: instance_digest(s, settings) for s in plan.run}
+    digests = {s.name: instance_digest(s, settings) for s in plan.run}  # data errors before model loading
     lm, model_info = _build_lm(args)
-    lm_results = evaluate(lm, plan.run, settings)
 
-    from eval_iq.report import markdown_table, summarize, write_outputs
+    from eval_iq.report import markdown_table, write_outputs  # startup time: loaded when the command runs, not for flm's parser
 
     settings_doc = {
         "seed": settings.seed,
@@ -204,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         "online": bool(args.online),
         "batch_size": args.batch_size,
     }
-    summary = summarize(lm_results, plan.run, settings_doc, model_info, digests, plan.skipped)
+    summary, lm_results = benchmark(lm, plan, settings, model_info, settings_doc, digests)
     paths = write_outputs(summary, lm_results, Path(args.output_dir))
     print(markdown_table(summary))
     for kind in ("results", "table", "chart"):

@@ -1,7 +1,9 @@
 """Anti-interference: answer from the one or two facts that matter in a noisy story.
 
 Stories are written one sentence per line, followed by ``Question: ...`` and ``Answer:``; the
-default 2 demonstrations are complete solved stories of the same kind.
+default 2 demonstrations are complete solved stories of the same kind. Demonstration stories differ
+from the query's; their answers are drawn independently of the query's answer (a demonstration may
+share it, as in real bAbI), so copying a demonstration's answer scores chance, not zero.
 
 * Multiple Key Retrieval: four "The key of the <colour> <container> is <NNNN>." facts hidden among
   6-10 distractors (positions, other people's actions, and look-alike "code" facts, sometimes
@@ -18,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from eval_iq.instances import rng_for
+from eval_iq.instances import instance_rng
 from eval_iq.textgen import Example, build_generation_instance, draw_shots
 
 # bAbI v1.1 vocabulary (tasks 1 and 2); tests check it against ../shared/data/babi.
@@ -43,10 +45,12 @@ def _story_example(lines: list[str], question: str, answer: str, meta: dict[str,
     return Example(text, answer, meta)
 
 
-def _build(subtask: str, seed: int, index: int, shots: int, make) -> dict[str, Any]:
-    rng = rng_for(subtask, seed, index)
+def _build(subtask: str, seed: int, index: int, shots: int, attempt: int, make) -> dict[str, Any]:
+    rng = instance_rng(subtask, seed, index, attempt)
     query = make(rng)
-    demos = draw_shots(rng, query, shots, make)
+    # closed answers (a location, one of the stated keys): only the stories must differ; the
+    # demonstrations' answers follow the generator's distribution, independent of the query's
+    demos = draw_shots(rng, query, shots, make, distinct_answers=False)
     return build_generation_instance(
         subtask, seed, index, query, demos, in_label="Story:\n", out_label="Answer:"
     )
@@ -80,8 +84,8 @@ def _mkr_example(rng: random.Random) -> Example:
     return _story_example(lines, f"What is the key of the {target}?", keys[target], {"target": target})
 
 
-def multi_key_retrieval(seed: int, index: int, shots: int) -> dict[str, Any]:
-    return _build("multi_key_retrieval", seed, index, shots, _mkr_example)
+def multi_key_retrieval(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
+    return _build("multi_key_retrieval", seed, index, shots, attempt, _mkr_example)
 
 
 # --------------------------------------------------------------------------- single supporting fact
@@ -98,8 +102,8 @@ def _single_sf_example(rng: random.Random) -> Example:
     return _story_example(lines, f"Where is {person}?", where[person], {"person": person})
 
 
-def single_supporting_fact(seed: int, index: int, shots: int) -> dict[str, Any]:
-    return _build("single_supporting_fact", seed, index, shots, _single_sf_example)
+def single_supporting_fact(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
+    return _build("single_supporting_fact", seed, index, shots, attempt, _single_sf_example)
 
 
 # --------------------------------------------------------------------------- two supporting facts
@@ -146,5 +150,5 @@ def _two_sf_example(rng: random.Random) -> Example:
             )
 
 
-def two_supporting_facts(seed: int, index: int, shots: int) -> dict[str, Any]:
-    return _build("two_supporting_facts", seed, index, shots, _two_sf_example)
+def two_supporting_facts(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
+    return _build("two_supporting_facts", seed, index, shots, attempt, _two_sf_example)

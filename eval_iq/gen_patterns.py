@@ -17,7 +17,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
-from eval_iq.instances import rng_for
+from eval_iq.instances import instance_rng
 from eval_iq.textgen import Example, build_generation_instance, draw_shots
 
 WORDS = (
@@ -72,8 +72,9 @@ def _instance(
     shots: int,
     make_for: Callable[[random.Random, tuple[str, ...]], Callable[[random.Random], Example]],
     accept: Callable[[list[Example]], bool] | None = None,
+    attempt: int = 0,
 ) -> dict[str, Any]:
-    rng = rng_for(subtask, seed, index)
+    rng = instance_rng(subtask, seed, index, attempt)
     kind = rng.choice(sorted(ELEMENT_POOLS))
     make = make_for(rng, ELEMENT_POOLS[kind])
     query = make(rng)
@@ -83,7 +84,7 @@ def _instance(
     )
 
 
-def head_tail(seed: int, index: int, shots: int) -> dict[str, Any]:
+def head_tail(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
     def make_for(rng: random.Random, pool: tuple[str, ...]):
         def make(r: random.Random) -> Example:
             seq = r.sample(pool, r.randint(3, 8))
@@ -91,10 +92,10 @@ def head_tail(seed: int, index: int, shots: int) -> dict[str, Any]:
 
         return make
 
-    return _instance("head_tail", seed, index, shots, make_for)
+    return _instance("head_tail", seed, index, shots, make_for, attempt=attempt)
 
 
-def full_repeating(seed: int, index: int, shots: int) -> dict[str, Any]:
+def full_repeating(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
     def make_for(rng: random.Random, pool: tuple[str, ...]):
         times = rng.choice((2, 3))
 
@@ -104,10 +105,10 @@ def full_repeating(seed: int, index: int, shots: int) -> dict[str, Any]:
 
         return make
 
-    return _instance("full_repeating", seed, index, shots, make_for)
+    return _instance("full_repeating", seed, index, shots, make_for, attempt=attempt)
 
 
-def head_slicing(seed: int, index: int, shots: int) -> dict[str, Any]:
+def head_slicing(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
     def make_for(rng: random.Random, pool: tuple[str, ...]):
         k = rng.choice((2, 3, 4))
 
@@ -120,4 +121,4 @@ def head_slicing(seed: int, index: int, shots: int) -> dict[str, Any]:
     def lengths_vary(demos: list[Example]) -> bool:
         return len(demos) < 2 or len({len(d.text.split()) for d in demos}) >= 2
 
-    return _instance("head_slicing", seed, index, shots, make_for, lengths_vary)
+    return _instance("head_slicing", seed, index, shots, make_for, lengths_vary, attempt)

@@ -4,8 +4,9 @@
   sequence written ``"A, A+S, ..., B"``. Default 0-shot, so the header states the output format.
 * Replace-Lowercase: a random mixed string of letters and digits; every lowercase letter is
   replaced with the character the rule names. The rule's character is fixed within an instance.
-* Replace-Word: a template sentence containing a given word once or twice; every occurrence
-  (whole word) is replaced with another given word. The word pair is fixed within an instance.
+* Replace-Word: a template sentence with two different nouns, one of them the given word; that
+  word (whole word) is replaced with another given word. The word pair is fixed within an
+  instance. All words start with a consonant, so articles stay grammatical after replacement.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 import string
 from typing import Any
 
-from eval_iq.instances import rng_for
+from eval_iq.instances import instance_rng
 from eval_iq.textgen import Example, build_generation_instance, draw_shots
 
 
@@ -33,8 +34,8 @@ def _counting_example(rng: random.Random) -> Example:
     return Example(text, ", ".join(map(str, seq)), {"start": seq[0], "end": seq[-1], "step": step})
 
 
-def counting(seed: int, index: int, shots: int) -> dict[str, Any]:
-    rng = rng_for("counting", seed, index)
+def counting(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
+    rng = instance_rng("counting", seed, index, attempt)
     query = _counting_example(rng)
     demos = draw_shots(rng, query, shots, _counting_example)
     header = "Answer with the whole sequence on one line, numbers separated by a comma and a space."
@@ -55,8 +56,8 @@ def _mixed_string(rng: random.Random) -> str:
             return s
 
 
-def replace_lowercase(seed: int, index: int, shots: int) -> dict[str, Any]:
-    rng = rng_for("replace_lowercase", seed, index)
+def replace_lowercase(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
+    rng = instance_rng("replace_lowercase", seed, index, attempt)
     char = rng.choice(REPLACEMENT_CHARS)
 
     def make(r: random.Random) -> Example:
@@ -93,7 +94,7 @@ TARGET_WORDS = (
     "table",
     "letter",
     "train",
-    "apple",
+    "pillow",
     "basket",
     "candle",
     "mirror",
@@ -117,7 +118,7 @@ REPLACEMENT_WORDS = (
     "tiger",
     "rocket",
     "pencil",
-    "island",
+    "saddle",
     "camera",
     "wizard",
     "planet",
@@ -130,32 +131,34 @@ REPLACEMENT_WORDS = (
     "ladder",
     "comet",
     "parrot",
-    "anchor",
+    "wagon",
 )
-ADJECTIVES = ("old", "small", "quiet", "bright", "green", "tired", "happy", "heavy", "little", "brave")
+ADJECTIVES = ("calm", "small", "quiet", "bright", "green", "tired", "happy", "heavy", "little", "brave")
 PLACES = ("market", "station", "bridge", "forest", "harbor", "school", "village", "library", "road", "square")
 VERBS = ("saw", "found", "carried", "painted", "watched", "followed", "cleaned", "moved")
-# Each template has exactly two noun slots ({n0}, {n1}); the rule's word fills one or both.
+# Each template has exactly two noun slots ({n0}, {n1}); the rule's word fills one of them and the
+# other gets a different noun. Every noun and adjective starts with a consonant, so the article
+# "a" stays right after any replacement (no "a anchor").
 SENTENCE_TEMPLATES = (
     "The {adj} {n0} {verb} a {n1} near the {place}.",
     "A {n0} {verb} the {n1} at the {place}.",
     "Yesterday the {n0} {verb} the {adj} {n1}.",
     "Near the {place}, a {adj} {n0} {verb} the {n1}.",
     "The {n0} and the {n1} waited by the {place}.",
-    "Every morning the {n0} {verb} a {n1} to the {place}.",
+    "Every morning the {n0} {verb} a {n1} near the {place}.",
     "In the {place} the {n0} quietly {verb} a {adj} {n1}.",
 )
 
 
-def replace_word(seed: int, index: int, shots: int) -> dict[str, Any]:
-    rng = rng_for("replace_word", seed, index)
+def replace_word(seed: int, index: int, shots: int, attempt: int = 0) -> dict[str, Any]:
+    rng = instance_rng("replace_word", seed, index, attempt)
     word = rng.choice(TARGET_WORDS)
     repl = rng.choice(REPLACEMENT_WORDS)
     others = [w for w in TARGET_WORDS if w != word]
 
     def make(r: random.Random) -> Example:
         template = r.choice(SENTENCE_TEMPLATES)
-        slots = r.choice([(0,), (1,), (0, 1)])
+        slots = r.choice([(0,), (1,)])
         fill = {"adj": r.choice(ADJECTIVES), "verb": r.choice(VERBS), "place": r.choice(PLACES)}
         nouns = [word if i in slots else r.choice(others) for i in range(2)]
         source = template.format(**fill, n0=nouns[0], n1=nouns[1])

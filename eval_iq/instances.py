@@ -33,6 +33,17 @@ def rng_for(subtask: str, seed: int, index: int | str, purpose: str = "instance"
     return random.Random(f"flm_iq|{subtask}|{int(seed)}|{index}|{purpose}")
 
 
+def instance_rng(subtask: str, seed: int, index: int, attempt: int = 0) -> random.Random:
+    """The generator of draw ``attempt`` of instance ``index`` (attempt 0 is the first draw;
+    :func:`eval_iq.generate.generate` redraws an instance whose query repeats an earlier one)."""
+    return rng_for(subtask, seed, index, "instance" if attempt == 0 else f"instance-redraw-{attempt}")
+
+
+def query_block(prompt: str) -> str:
+    """The query part of a prompt: its last blank-line separated block (what makes an instance)."""
+    return prompt.rsplit("\n\n", 1)[-1]
+
+
 def make_instance(
     subtask: str,
     seed: int,

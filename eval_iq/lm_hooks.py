@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import datasets
+
 from eval_iq.generate import DEFAULT_SEED, generate
 from eval_iq.scoring import process_generation  # re-exported for the YAMLs
 
@@ -32,8 +34,11 @@ def build_dataset(
     iq_data_dir: str | None = None,
     **_unused: Any,
 ):
-    """Return ``DatasetDict({"test": Dataset})`` of the generated instances of ``subtask``."""
-    import datasets
+    """Return ``DatasetDict({"test": Dataset})`` of the generated instances of ``subtask``.
+
+    Raises :class:`~eval_iq.errors.DataNotFoundError` for a missing dataset; the task class
+    (:class:`eval_iq.lm_task.IQTask`) turns that into a skipped task with a warning.
+    """
 
     records = generate(subtask, seed=iq_seed, size=iq_size, shots=iq_shots, data_dir=iq_data_dir)
     features = datasets.Features(
@@ -48,4 +53,5 @@ def build_dataset(
             "meta": datasets.Value("string"),
         }
     )
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(records, features=features)})
+    columns = {name: [r[name] for r in records] for name in features}
+    return datasets.DatasetDict({"test": datasets.Dataset.from_dict(columns, features=features)})

@@ -16,7 +16,7 @@ from typing import Literal
 
 from eval_iq.errors import UnknownSubtaskError
 
-HARNESS_VERSION = "1.0"  # bump when instances or prompts change
+HARNESS_VERSION = "1.1"  # bump when instances or prompts change (1.1: issue 18)
 
 OutputType = Literal["multiple_choice", "generate_until"]
 

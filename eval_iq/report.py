@@ -3,7 +3,7 @@
 Aggregation follows the spec: a category's score is the unweighted mean of its subtasks' ``acc``;
 ``flm_iq`` is the unweighted mean of the four category scores. A category (or ``flm_iq``) computed
 from fewer subtasks than the spec defines is marked ``complete: false`` and flagged in the table.
-(lm-eval's own group rows average leaf subtasks instead; see docs/iq-benchmark.md.)
+lm-eval's group rows compute the same numbers (see :mod:`eval_iq.lm_groups`).
 Extra subtasks outside the benchmark (BUSTM) are reported but not aggregated.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from eval_iq.chart import save_chart
 from eval_iq.reference import PAPER_MODELS, paper_score
 from eval_iq.registry import BENCHMARK_SUBTASKS, CATEGORIES, HARNESS_VERSION, SUBTASKS, SubtaskSpec
 
@@ -37,8 +39,13 @@ def summarize(
     model: dict[str, Any],
     digests: dict[str, dict[str, Any]] | None = None,
     skipped: dict[str, str] | None = None,
+    truncation: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Build the results document (plain JSON data). Scores are fractions in [0, 1]."""
+    """Build the results document (plain JSON data). Scores are fractions in [0, 1].
+
+    ``truncation`` (:func:`eval_iq.truncation.truncation_report`) gives each subtask's
+    ``truncated`` count (documents whose prompt the model saw left-truncated; ``None`` = not
+    measured) and ``truncation`` details."""
     subtasks: dict[str, Any] = {}
     for spec in specs:
         res = lm_results["results"].get(spec.task)
@@ -55,6 +62,8 @@ def summarize(
             "chance": spec.chance,
             "chance_note": spec.chance_note,
             "in_benchmark": spec.in_benchmark,
+            "truncated": (truncation or {}).get(spec.name, {}).get("truncated"),
+            "truncation": (truncation or {}).get(spec.name),
             **(digests or {}).get(spec.name, {}),
         }
     categories: dict[str, Any] = {}
@@ -90,7 +99,6 @@ def summarize(
 
 def _lm_eval_version() -> str:
     try:
-        from importlib.metadata import version
 
         return version("lm_eval")
     except Exception:  # pragma: no cover - metadata missing only in broken installs
@@ -114,7 +122,7 @@ def _paper_category(model: str, members: list[str]) -> str:
 def markdown_table(summary: dict[str, Any]) -> str:
     """Markdown report: one row per subtask, then categories and FLM IQ. Percent."""
     models = list(PAPER_MODELS)
-    head = ["Subtask", "Category", "n", "This model", "Chance", *models]
+    head = ["Subtask", "Category", "n", "Truncated", "This model", "Chance", *models]
     lines = [
         f"# FLM IQ benchmark: {summary['model'].get('name', 'model')}",
         "",
@@ -124,24 +132,37 @@ def markdown_table(summary: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
     for name, s in summary["subtasks"].items():
-        cells = [s["title"], CATEGORIES[s["category"]], str(s["n"]), _pct(s["acc"]), _pct(s["chance"])]
+        trunc = "?" if s.get("truncated") is None else str(s["truncated"])
+        cells = [s["title"], CATEGORIES[s["category"]], str(s["n"]), trunc, _pct(s["acc"]), _pct(s["chance"])]
         lines.append("| " + " | ".join(cells + [_paper_pct(m, name) for m in models]) + " |")
     for cat, c in summary["categories"].items():
         if not c["subtasks"]:
             continue
         mark = "" if c["complete"] else " (partial)"
         chance = _mean([SUBTASKS[n].chance for n in c["subtasks"]])
-        cells = [f"**{CATEGORIES[cat]}{mark}**", "", "", _pct(c["acc"]), _pct(chance)]
+        cells = [f"**{CATEGORIES[cat]}{mark}**", "", "", "", _pct(c["acc"]), _pct(chance)]
         lines.append("| " + " | ".join(cells + [_paper_category(m, c["subtasks"]) for m in models]) + " |")
     o = summary["flm_iq"]
     if o["acc"] is not None:
         mark = "" if o["complete"] else " (partial)"
-        lines.append(f"| **FLM IQ{mark}** | mean of categories | | {_pct(o['acc'])} | | | | |")
+        lines.append(f"| **FLM IQ{mark}** | mean of categories | | | {_pct(o['acc'])} | | | | |")
     lines.append("")
     lines.append(
         "Scores are accuracy in percent; paper rows: FLM-101B paper (arXiv 2309.03852). "
-        "Chance: expected accuracy of a uniform random guess (see results JSON)."
+        "Chance: expected accuracy of a uniform random guess (see results JSON). "
+        "Truncated: instances whose prompt exceeded the model's context and lost its beginning "
+        "(? = not measured)."
     )
+    cut = {n: s for n, s in summary["subtasks"].items() if s.get("truncated")}
+    if cut:
+        lines.append("")
+        lines.append(
+            "**Warning: truncated prompts.** "
+            + "; ".join(f"{s['title']}: {s['truncated']} of {s['truncation']['n']} (longest "
+                        f"{s['truncation']['max_tokens']} tokens, {s['truncation']['limit']} kept)"
+                        for s in cut.values())
+            + ". These scores are not comparable with untruncated runs."
+        )
     if summary["skipped"]:
         lines.append("")
         lines.append("Skipped: " + "; ".join(summary["skipped"].values()))
@@ -149,36 +170,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def bar_chart(summary: dict[str, Any], path: str | Path) -> Path:
-    """PNG: per subtask, bars for this model and the paper's models; a black tick at chance."""
-    import matplotlib
+    """PNG chart of the results (:mod:`eval_iq.chart`)."""
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    names = list(summary["subtasks"])
-    series = [("This model", [100 * summary["subtasks"][n]["acc"] for n in names])]
-    series += [(m, [paper_score(m, n) for n in names]) for m in PAPER_MODELS]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(names) + 2), 5))
-    for k, (label, values) in enumerate(series):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
-        pts = [(x, v) for x, v in zip(xs, values) if v is not None]
-        if pts:
-            ax.bar([p[0] for p in pts], [p[1] for p in pts], width, label=label)
-    for i, n in enumerate(names):
-        c = 100 * summary["subtasks"][n]["chance"]
-        ax.hlines(c, i - 0.45, i + 0.45, colors="black", linewidth=1.5, label="chance" if i == 0 else None)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([summary["subtasks"][n]["title"] for n in names], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"FLM IQ: {summary['model'].get('name', 'model')}")
-    ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_chart(summary, path)
 
 
 def _sample_record(sample: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
+
 from eval_iq.errors import IQError
 from eval_iq.generate import DEFAULT_SEED, generate
 from eval_iq.instances import sha256_of
+from eval_iq.offline import is_offline
 from eval_iq.registry import SubtaskSpec
+from eval_iq.report import summarize
 from eval_iq.symbolic_data import SOURCES, local_file, resolve_data_dir
+from eval_iq.truncation import truncation_report
 from eval_iq.yaml_tasks import TASKS_DIR
 
 
@@ -55,7 +61,6 @@ def unavailable_reason(spec: SubtaskSpec, data_dir: Path | None) -> str | None:
         return None
     resolved = resolve_data_dir(data_dir)
     if resolved is None:
-        from eval_iq.offline import is_offline
 
         if SOURCES[spec.name].hub_path is None:
             return f"{spec.name} has no hub copy; pass --data-dir"
@@ -99,8 +104,6 @@ def evaluate(
     Per-sample logs are kept (``results["samples"]``). ``bootstrap_iters`` only enables the
     closed-form standard error of the mean (no resampling is done for ``acc``).
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=settings.metadata())
@@ -119,3 +122,29 @@ def evaluate(
     if results is None:
         raise RuntimeError("lm-eval returned no results (non-zero rank?)")
     return results
+
+
+def benchmark(
+    lm: Any,
+    plan: Plan,
+    settings: RunSettings,
+    model_info: dict[str, Any],
+    settings_doc: dict[str, Any],
+    digests: dict[str, dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``plan`` on ``lm`` and summarise: ``(results document, lm-eval results)``.
+
+    The results document (:func:`eval_iq.report.summarize`) has the instance digests (computed
+    here unless given: :func:`instance_digest` per subtask), the skipped subtasks and the
+    truncation counts (:mod:`eval_iq.truncation`, which warns); ``model_info`` gains the model's
+    ``max_length`` when it has one.
+    """
+
+    if digests is None:
+        digests = {s.name: instance_digest(s, settings) for s in plan.run}
+    lm_results = evaluate(lm, plan.run, settings)
+    truncation = truncation_report(lm, lm_results, {s.name: s.task for s in plan.run})
+    if getattr(lm, "max_length", None) is not None:
+        model_info = {**model_info, "max_length": int(lm.max_length)}
+    summary = summarize(lm_results, plan.run, settings_doc, model_info, digests, plan.skipped, truncation)
+    return summary, lm_results

@@ -251,7 +251,7 @@ def normalise_records(
 
 
 def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    import datasets
+    import datasets  # startup time (flm imports this module for its parser)
 
     try:
         ds = datasets.load_dataset("json", data_files=str(path), split="train")
@@ -301,7 +301,7 @@ def _load_local(name: str, data_dir: str, mtimes: tuple[float, ...]) -> SourceDa
 
 @functools.lru_cache(maxsize=32)
 def _load_hub(name: str) -> SourceData:
-    import datasets
+    import datasets  # startup time (flm imports this module for its parser)
 
     source = SOURCES[name]
     if source.hub_path is None:

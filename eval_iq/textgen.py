@@ -3,7 +3,9 @@
 Every generation subtask formats one example as ``"<input label> <input>\\n<output label> <answer>"``
 and the query the same way without the answer, so the prompt ends with the output label and the
 model's continuation is the answer (e.g. ``"...\\nOutput:"`` -> ``" 3 9"``). Demonstrations never
-repeat the query's input or answer, so the answer never appears in an answer slot of the prompt.
+repeat the query's input. In open-ended subtasks they never repeat its answer either (so the answer
+never appears in an answer slot of the prompt); in closed-answer subtasks their answers are drawn
+independently of the query's (see :func:`draw_shots`).
 """
 
 from __future__ import annotations
@@ -40,8 +42,17 @@ def draw_shots(
     n_shots: int,
     make: Callable[[random.Random], Example],
     accept: Callable[[list[Example]], bool] | None = None,
+    *,
+    distinct_answers: bool = True,
 ) -> list[Example]:
-    """Draw ``n_shots`` examples whose inputs and answers differ from the query and each other.
+    """Draw ``n_shots`` examples whose inputs differ from the query's and from each other.
+
+    ``distinct_answers=True`` (open-ended subtasks: rules, patterns) also requires every answer
+    to differ from the query's and from each other, so no answer slot of the prompt gives the
+    query's answer away. ``distinct_answers=False`` (closed-answer subtasks, e.g. bAbI's six
+    locations) leaves the demonstrations' answers as ``make`` draws them, independent of the
+    query's: rejecting the query's answer there would let a model rule it out (raising chance)
+    and make copying a demonstration's answer always wrong.
 
     ``accept`` may reject a complete shot list (e.g. "lengths must vary"); the draw is repeated.
     Raises ``RuntimeError`` if no acceptable list is found (a generator bug, not a user error).
@@ -54,7 +65,7 @@ def draw_shots(
         while len(shots) < n_shots and tries < MAX_TRIES:
             tries += 1
             ex = make(rng)
-            if ex.text in seen_text or ex.answer in seen_answer:
+            if ex.text in seen_text or (distinct_answers and ex.answer in seen_answer):
                 continue
             seen_text.add(ex.text)
             seen_answer.add(ex.answer)

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from eval_iq.registry import GROUP_TITLES, HARNESS_VERSION, SUBTASKS, SubtaskSpec, group_members
+from eval_iq.lm_groups import METADATA_KEY
+from eval_iq.registry import GROUP_TITLES, HARNESS_VERSION, SUBTASKS, TOP_GROUP, SubtaskSpec, group_members
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 TASK_VERSION = HARNESS_VERSION
@@ -26,12 +27,15 @@ def render_task(spec: SubtaskSpec) -> str:
     lines = [
         f"task: {spec.task}",
         f"task_alias: {_q(spec.title)}",
+        "class: !function hooks.IQTask",
         "custom_dataset: !function hooks.build_dataset",
         "dataset_kwargs:",
         f"  subtask: {spec.name}",
         "test_split: test",
         f"output_type: {spec.output_type}",
         "doc_to_text: prompt",
+        "# fixed by the benchmark: the demonstrations are part of the generated prompt (set their",
+        "# number with metadata iq_shots); lm-eval ignores --num_fewshot for a task whose config says 0",
         "num_fewshot: 0",
     ]
     if spec.is_generation:
@@ -57,6 +61,9 @@ def render_task(spec: SubtaskSpec) -> str:
 
 
 def render_group(name: str, members: list[str]) -> str:
+    """A group YAML. ``flm_iq`` averages its four category groups (``iq_aggregate: children``,
+    see :mod:`eval_iq.lm_groups`); the other groups average their leaf subtasks, unweighted."""
+    mode = "children" if name == TOP_GROUP else "leaves"
     lines = [
         f"group: {name}",
         f"group_alias: {_q(GROUP_TITLES[name])}",
@@ -69,6 +76,7 @@ def render_group(name: str, members: list[str]) -> str:
         "    filter_list: [none]",
         "metadata:",
         f"  version: {TASK_VERSION}",
+        f"  {METADATA_KEY}: {mode}",
     ]
     return HEADER + "\n".join(lines) + "\n"
 

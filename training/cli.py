@@ -52,7 +52,10 @@ def cmd_config_show(args) -> int:
     from training.config import run_config_to_dict  # startup time (as above)
     from training.stage_plans import load_run  # startup time: imports growth/ and torch
 
+    from eval_iq.stage_eval import stage_end_iq  # (with the above)
+
     cfg = load_run(args.config, args.overrides)
+    stage_end_iq.check(cfg)
     if args.world_size is not None:
         dp = cfg.parallel.data_parallel_size(args.world_size)
         cfg.train.micro_batches(dp)
@@ -74,9 +77,11 @@ def cmd_train(args) -> int:
     # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         return _relaunch_under_torchrun(args.nproc)
-    from training.run import train_from_cli  # startup time: the engine (megatron, torch) loads only to train
+    # startup time: the engine (megatron, torch) loads only to train
+    from eval_iq.stage_eval import stage_end_iq
+    from training.run import train_from_cli
 
-    return train_from_cli(args)
+    return train_from_cli(args, stage_end=stage_end_iq)
 
 
 def build_parser() -> argparse.ArgumentParser:

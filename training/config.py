@@ -291,6 +291,30 @@ class StageConfig:
 
 
 @dataclass
+class IQEvalConfig:
+    """The ``iq_eval:`` section: the IQ benchmark on each stage's final checkpoint of a growth run
+    (``eval_iq.stage_eval``; results in ``<stage dir>/iq/``, scores in ``stages.jsonl`` and the
+    dry-run report). Needs a tokenizer with the checkpoint (not ``data.kind: mock``)."""
+
+    #: subtasks, categories or groups, as ``flm iq --subtasks`` takes them
+    tasks: list[str] = field(default_factory=lambda: ["rules", "patterns", "anti_interference"])
+    #: evaluate the first N instances of each subtask (null: all)
+    limit: Optional[int] = 20
+    #: SuperGLUE/CLUE directory for symbolic mapping (null: $FLM_IQ_DATA_DIR); missing data is skipped
+    data_dir: Optional[str] = None
+
+    def check(self, path: str) -> None:
+        """Called by ``RunConfig.validate`` (a ``validate`` method's errors would be reported as
+        "expected IQEvalConfig or null" by the conversion of an optional section). The task names are
+        the benchmark's, a layer above the configs: ``eval_iq.stage_eval.StageIQ.check`` checks them
+        when a run is shown or started."""
+        if not self.tasks:
+            raise ConfigError(join_key(path, "tasks"), "give at least one subtask, category or group")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(join_key(path, "limit"), f"must be >= 1 or null (all instances), got {self.limit}")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/run"
@@ -307,8 +331,15 @@ class RunConfig:
     #: a growth run: stages trained one after the other, each grown from the previous one; when
     #: empty, the run is the single stage described by model/parallel/train
     stages: list[StageConfig] = field(default_factory=list)
+    #: the IQ benchmark at the end of every stage (null: none)
+    iq_eval: Optional[IQEvalConfig] = None
 
     def validate(self, path: str) -> None:
+        if self.iq_eval is not None:
+            if not self.stages:
+                raise ConfigError(join_key(path, "iq_eval"), "runs at the end of each stage of a staged run (stages:); "
+                                  "for a single run use `flm iq --model flm --checkpoint CKPT` or set iq_eval=null")
+            self.iq_eval.check(join_key(path, "iq_eval"))
         for i, stage in enumerate(self.stages):
             where = join_key(path, f"stages[{i}]")
             if i == 0 and stage.growth is not None:
@@ -410,7 +441,7 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     train.steps = stage_steps(stage.tokens, train, stage.model)
     name = stage.name or f"stage{index}"
     single = dataclasses.replace(run, name=f"{run.name}/{name}", output_dir=str(Path(run.output_dir) / f"stage{index}-{name}"),
-                                 model=stage.model, parallel=stage.parallel, train=train, stages=[])
+                                 model=stage.model, parallel=stage.parallel, train=train, stages=[], iq_eval=None)
     try:
         single.validate("")
     except ConfigError as err:

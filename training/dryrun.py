@@ -7,7 +7,8 @@ growth of width and depth, embedded default corpus), then writes ``<output_dir>/
 - ``stages.md``: per stage: shape, parameters, tokens, wall time, FLOPs, exactness at entry;
 - ``metrics.jsonl``: every stage's metrics in one file, with the stage index;
 - the stages' TensorBoard directories and the final checkpoint are listed in ``stages.md``;
-- ``iq/``: the IQ benchmark on the final model (a small subset), when the checkpoint has a tokenizer.
+- ``iq/``: the IQ benchmark on the final model (a small subset), when the checkpoint has a tokenizer;
+- ``stages.md`` also shows the IQ scores at the end of each stage when the run has ``iq_eval``.
 
 Re-running resumes: a finished run only regenerates the report.
 """
@@ -22,8 +23,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
+from eval_iq.stage_eval import stages_markdown
 from training.config import CONFIGS_DIR, RunConfig, stage_config
 from training.local_launch import torchrun_command
 
@@ -42,7 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", default=None, help="where the run and its report go (default: the config's)")
     p.add_argument("--nproc", type=int, default=2, help="processes (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="delete a previous dry run in the output dir first")
-    p.add_argument("--skip-iq", action="store_true", help="do not run the IQ benchmark on the final model")
+    p.add_argument("--skip-iq", action="store_true",
+                   help="do not run the IQ benchmark (neither per stage nor on the final model)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run)
 
@@ -51,6 +53,8 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    if args.skip_iq:
+        overrides.append("iq_eval=null")
     from training.stage_plans import load_run  # startup time: growth/ (torch) loads when the command runs
 
     cfg = load_run(args.config, overrides)
@@ -132,6 +136,10 @@ def write_report(cfg: RunConfig) -> Path:
         "TensorBoard: " + ", ".join(f"`{stage_config(cfg, i).output_dir}/tensorboard`" for i in range(len(cfg.stages))),
         "", f"Final checkpoint: `{final_checkpoint(cfg)}`", "",
     ]
+
+    iq = stages_markdown([(f"{i} {cfg.stages[i].name}", stage_info.get(i, {}).get("iq")) for i in range(len(cfg.stages))])
+    if iq:
+        lines += ["## IQ benchmark at the end of each stage", "", iq]
     (report / "stages.md").write_text("\n".join(lines))
 
     fig, ax = plt.subplots(figsize=(8, 4.5))

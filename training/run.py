@@ -15,7 +15,7 @@ from training.engine.factory import make_trainer
 from training.engine.parallel import teardown
 from training.errors import UsageError
 from training.stage_plans import load_run
-from training.stages import run_stages
+from training.stages import StageEndHook, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ def check_same_model(ckpt_model: dict, model: ModelConfig, ckpt_path: Path) -> N
             )
 
 
-def train_from_cli(args) -> int:
-    """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``."""
+def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
+    """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``; ``stage_end``
+    runs after each stage of a staged run (``training.stages.StageEndHook``)."""
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -47,7 +48,8 @@ def train_from_cli(args) -> int:
             raise UsageError("--resume: a staged run resumes from its own output_dir; use --resume without a path")
         if args.stage is not None and not 0 <= args.stage < len(cfg.stages):
             raise UsageError(f"--stage {args.stage} is out of range; the run has stages 0..{len(cfg.stages) - 1}")
-        return run_stages(cfg, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from)
+        return run_stages(cfg, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from,
+                          stage_end=stage_end)
     if args.stage is not None:
         raise UsageError("--stage needs a run config with a stages: list")
     return run_training(cfg, resume=args.resume, init_from=args.init_from)

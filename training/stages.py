@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch.distributed as dist
 
@@ -37,6 +37,17 @@ log = logging.getLogger(__name__)
 
 GROWN_DIR = "grown"
 
+#: called on rank 0 after each stage, with the whole run, the stage's index, its config and its final
+#: checkpoint, while the other ranks wait; returns fields for the stage's ``stages.jsonl`` record
+#: (the IQ benchmark per stage, ``eval_iq.stage_eval.stage_end_iq``, is wired in by ``flm``'s CLI:
+#: the benchmark is a layer above this one)
+class StageEndHook(Protocol):
+    def check(self, run: RunConfig) -> None:
+        """Refuse (ConfigError) what the hook cannot do for ``run``, before anything trains."""
+
+    def __call__(self, run: RunConfig, index: int, cfg: RunConfig, final_checkpoint: Optional[Path]) -> Optional[dict]:
+        ...
+
 
 def stage_dir(run: RunConfig, index: int) -> Path:
     return Path(stage_config(run, index).output_dir)
@@ -49,9 +60,12 @@ def _final_checkpoint(cfg: RunConfig) -> Optional[Path]:
 
 
 def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int] = None,
-               init_from: Optional[str] = None) -> int:
-    """Train the stages of ``run`` (all, or ``only_stage``) in this job; collective over all ranks."""
+               init_from: Optional[str] = None, stage_end: Optional[StageEndHook] = None) -> int:
+    """Train the stages of ``run`` (all, or ``only_stage``) in this job; collective over all ranks.
+    ``stage_end`` (rank 0, after each stage) adds fields to the stage's record."""
     validate_stages(run)
+    if stage_end is not None:
+        stage_end.check(run)
     init_process_group()
     rank0 = dist.get_rank() == 0
     indices = range(len(run.stages)) if only_stage is None else [only_stage]
@@ -88,9 +102,11 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
             if rank0:
                 log.info("stage %d (%s): %s", i, cfg.name, what)
             trainer.fit()
-            if rank0:
-                _record_stage(run, i, cfg, trainer, time.time() - started)
+            wall_s = time.time() - started
             del trainer
+            if rank0:
+                extra = stage_end(run, i, cfg, _final_checkpoint(cfg)) if stage_end is not None else None
+                _record_stage(run, i, cfg, wall_s, extra)
     finally:
         teardown()
     return 0
@@ -119,7 +135,7 @@ def grow_into(run: RunConfig, index: int) -> Path:
     return dst
 
 
-def _record_stage(run: RunConfig, index: int, cfg: RunConfig, trainer, wall_s: float) -> None:
+def _record_stage(run: RunConfig, index: int, cfg: RunConfig, wall_s: float, extra: Optional[dict] = None) -> None:
     """Append the stage's summary to <output_dir>/stages.jsonl (what the dry-run report reads)."""
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,5 +145,6 @@ def _record_stage(run: RunConfig, index: int, cfg: RunConfig, trainer, wall_s: f
         "params": total_params(cfg.model), "steps": cfg.train.steps, "tokens": tokens,
         "flops": flops_per_token(cfg.model) * tokens, "wall_s": wall_s, "output_dir": cfg.output_dir,
     }
+    record.update(extra or {})
     with open(out / "stages.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")

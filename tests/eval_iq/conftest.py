@@ -57,10 +57,12 @@ def _synthetic_afqmc(directory: Path) -> None:
     subjects = ["花呗", "借呗", "余额宝", "信用卡", "账单", "红包", "积分", "转账"]
     actions = ["怎么还款", "可以提前还吗", "为什么用不了", "怎么开通", "额度怎么提升", "在哪里查看"]
     directory.mkdir(parents=True)
+    pairs = [(s, a) for s in subjects for a in actions]  # 48: every dev record is a distinct text
+    rng.shuffle(pairs)
     for name, n in (("dev.json", 40), ("train.json", 24)):
         with (directory / name).open("w", encoding="utf-8") as fh:
             for i in range(n):
-                s, a = rng.choice(subjects), rng.choice(actions)
+                s, a = pairs[i] if name == "dev.json" else rng.choice(pairs)
                 same = i % 2 == 0
                 s2, a2 = (s, a) if same else (rng.choice([x for x in subjects if x != s]), a)
                 row = {"sentence1": f"{s}{a}", "sentence2": f"请问{s2}{a2}", "label": "1" if same else "0"}

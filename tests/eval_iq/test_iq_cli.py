@@ -198,3 +198,31 @@ def test_offline_mode_reaches_already_imported_libraries(monkeypatch):
 
     with pytest.raises(OfflineModeIsEnabled):
         HfApi().model_info("gpt2")
+
+
+@pytest.mark.slow
+def test_flm_iq_and_lm_eval_print_the_same_flm_iq(tiny_llama_dir, iq_data_dir, tmp_path, no_network):
+    """The same model and instances through `flm iq` and through lm-eval's `flm_iq` group."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from eval_iq.yaml_tasks import TASKS_DIR
+
+    out = tmp_path / "out"
+    args = ["--model-path", str(tiny_llama_dir), "--limit", "2", "--size", "4", "--data-dir", str(iq_data_dir),
+            "--output-dir", str(out)]
+    assert flm(args) == 0
+    ours = json.loads((out / "results.json").read_text())
+    lm = HFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=8, dtype="float32")
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
+                     metadata={"iq_size": 4, "iq_data_dir": str(iq_data_dir)})
+    theirs = simple_evaluate(model=lm, tasks=["flm_iq"], task_manager=tm, limit=2, bootstrap_iters=0)
+    for name, sub in ours["subtasks"].items():
+        assert theirs["results"][sub["task"]]["acc,none"] == sub["acc"], name
+    for cat, c in ours["categories"].items():
+        assert theirs["groups"][f"flm_iq_{cat}"]["acc,none"] == pytest.approx(c["acc"]), cat
+    assert ours["flm_iq"]["complete"] is True
+    assert theirs["groups"]["flm_iq"]["acc,none"] == pytest.approx(ours["flm_iq"]["acc"])
+    leaf_mean = sum(s["acc"] for s in ours["subtasks"].values()) / len(ours["subtasks"])
+    assert ours["flm_iq"]["acc"] != pytest.approx(leaf_mean)  # the comparison tells the two apart

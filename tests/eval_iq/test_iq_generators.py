@@ -46,7 +46,8 @@ def test_prompt_never_contains_the_answer(name):
     for inst in generate(name):
         prompt, answer = inst["prompt"], inst["answer"]
         assert prompt.endswith("\n" + label), "the prompt must end where the answer starts"
-        assert answer not in answer_slots(prompt, label), "a demonstration gives the query's answer"
+        if SUBTASKS[name].category != "anti_interference":  # closed answers may repeat (by design)
+            assert answer not in answer_slots(prompt, label), "a demonstration gives the query's answer"
         if name in RULES:  # rule answers cannot occur naturally in the prompt
             assert answer not in prompt
 

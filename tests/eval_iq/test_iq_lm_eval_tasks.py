@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,15 +122,17 @@ def test_groups_aggregate_as_documented(iq_data_dir, constant_lm_class):
         assert groups[f"flm_iq_{cat}"]["acc,none"] == pytest.approx(
             sum(leaf[n] for n in members) / len(members)
         )
-    # lm-eval's flm_iq row averages the 17 leaves; the report's FLM IQ averages the 4 categories
-    assert groups["flm_iq"]["acc,none"] == pytest.approx(sum(leaf.values()) / 17)
+    # FLM IQ is the mean of the 4 categories in lm-eval's flm_iq row and in flm iq's report alike
+    cats = [groups[f"flm_iq_{c}"]["acc,none"] for c in CATEGORIES]
+    assert groups["flm_iq"]["acc,none"] == pytest.approx(sum(cats) / 4)
+    assert groups["flm_iq"]["acc,none"] != pytest.approx(sum(leaf.values()) / 17)  # not the leaf mean
     specs = [SUBTASKS[n] for n in BENCHMARK_SUBTASKS]
     summary = summarize(res, specs, {}, {"name": "constant"})
     for cat in CATEGORIES:
         assert summary["categories"][cat]["acc"] == pytest.approx(groups[f"flm_iq_{cat}"]["acc,none"])
         assert summary["categories"][cat]["complete"]
-    cats = [summary["categories"][c]["acc"] for c in CATEGORIES]
-    assert summary["flm_iq"] == {"acc": pytest.approx(sum(cats) / 4), "complete": True}
+    assert summary["flm_iq"] == {"acc": pytest.approx(groups["flm_iq"]["acc,none"]), "complete": True}
+    assert "partial" not in groups["flm_iq"]["alias"]
 
 
 def test_tasks_load_from_any_working_directory_without_install(tmp_path):
@@ -180,3 +183,110 @@ def test_lm_eval_cli_runs_group_from_elsewhere(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Rule understanding" in out.stdout and "acc" in out.stdout
+
+
+def test_group_run_with_a_missing_dataset_completes_with_a_warning(shared_data, constant_lm_class, caplog):
+    """../shared/data has no AFQMC: lm_eval --tasks flm_iq runs the rest, warns which subtask it
+    skipped and why, marks the groups that contain it partial, and still prints FLM IQ equal to
+    flm iq's (from the 16 subtasks it ran)."""
+    import logging
+
+    instances = [i for n in BENCHMARK_SUBTASKS if n != "afqmc" for i in generate(n, size=SIZE, data_dir=shared_data)]
+    with caplog.at_level(logging.WARNING):
+        res = run_lm_eval(constant_lm_class(instances), ["flm_iq"], shared_data)
+    skipped = [r.getMessage() for r in caplog.records if "skipping IQ subtask" in r.getMessage()]
+    assert len(skipped) == 1 and "flm_iq_clue_afqmc" in skipped[0] and "no eval file" in skipped[0]
+    assert "acc,none" not in res["results"].get("flm_iq_clue_afqmc", {})
+    groups = res["groups"]
+    for g in ("flm_iq_clue", "flm_iq_symbolic", "flm_iq"):
+        assert "(partial: without flm_iq_clue_afqmc)" in groups[g]["alias"], g
+    for g in ("flm_iq_superglue", "flm_iq_rules", "flm_iq_patterns", "flm_iq_anti_interference"):
+        assert "partial" not in groups[g]["alias"], g
+    ran = [SUBTASKS[n] for n in BENCHMARK_SUBTASKS if n != "afqmc"]
+    summary = summarize(res, ran, {}, {"name": "constant"}, skipped={"afqmc": "missing"})
+    assert summary["categories"]["symbolic"]["complete"] is False
+    assert summary["categories"]["symbolic"]["acc"] == pytest.approx(groups["flm_iq_symbolic"]["acc,none"])
+    assert groups["flm_iq"]["acc,none"] == pytest.approx(summary["flm_iq"]["acc"])
+
+
+def test_num_fewshot_is_fixed_by_the_benchmark(tmp_path):
+    """The YAMLs say so, and lm-eval leaves a task whose config says 0 at 0 demonstrations."""
+    from lm_eval.tasks import TaskManager
+
+    text = (TASKS_DIR / "task_counting.yaml").read_text()
+    assert "iq_shots" in text and "num_fewshot: 0" in text
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"iq_size": 2})
+    task = tm.load(["flm_iq_head_tail"])["tasks"]["flm_iq_head_tail"]
+    assert task.get_config("num_fewshot") == 0
+
+
+def _fake_eval_iq(root: Path, version: str) -> Path:
+    """A different ``eval_iq`` package (another checkout or an old install) at ``root``."""
+    pkg = root / "eval_iq"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f'__version__ = "{version}"\nFAKE = True\n')
+    return root
+
+
+def _load_in_subprocess(tmp_path, script: str, pythonpath: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=180,
+    )
+
+
+def test_hook_loads_the_sibling_code_not_an_installed_copy(tmp_path):
+    fake = _fake_eval_iq(tmp_path / "elsewhere", "0.9")
+    out = _load_in_subprocess(tmp_path, f"""
+        import sys
+        from lm_eval.tasks import TaskManager
+        tm = TaskManager(include_path={str(TASKS_DIR)!r}, include_defaults=False, metadata={{"iq_size": 2}})
+        task = tm.load(["flm_iq_counting"])["tasks"]["flm_iq_counting"]
+        import eval_iq
+        print(eval_iq.__file__, len(list(task.eval_docs)))
+    """, fake)
+    assert out.returncode == 0, out.stderr[-3000:]
+    path, n = out.stdout.split()
+    assert Path(path).resolve() == (REPO_ROOT / "eval_iq" / "__init__.py").resolve() and n == "2"
+
+
+def test_hook_refuses_an_already_imported_eval_iq_of_another_version(tmp_path):
+    fake = _fake_eval_iq(tmp_path / "elsewhere", "0.9")
+    out = _load_in_subprocess(tmp_path, f"""
+        import eval_iq
+        assert eval_iq.FAKE
+        from lm_eval.tasks import TaskManager
+        tm = TaskManager(include_path={str(TASKS_DIR)!r}, include_defaults=False, metadata={{"iq_size": 2}})
+        tm.load(["flm_iq_counting"])
+    """, fake)
+    assert out.returncode != 0
+    from eval_iq import __version__
+
+    assert f"are version {__version__}, but this process already imported eval_iq 0.9" in out.stderr, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_runs_flm_iq_with_the_shipped_data(tmp_path, shared_data):
+    """The docs' usage example: the whole benchmark from lm_eval's CLI with ../shared/data."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "run", "--model", "dummy", "--tasks", "flm_iq", "--include_path",
+         str(TASKS_DIR), "--limit", "1", "--metadata", json.dumps({"iq_size": 3, "iq_data_dir": str(shared_data)})],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "FLM IQ (mean of the four categories) (partial: without flm_iq_clue_afqmc)" in out.stdout
+    assert "skipping IQ subtask flm_iq_clue_afqmc" in out.stderr
+
+
+def test_tasks_readme_lists_every_task_and_group():
+    readme = (TASKS_DIR / "README.md").read_text(encoding="utf-8")
+    for heading in ("### Paper", "### Citation", "### Groups, Tags, and Tasks", "### Checklist"):
+        assert heading in readme, heading
+    for name in [*ALL_TASKS, *group_members()]:
+        assert f"`{name}`" in readme, name
+    from eval_iq import __version__
+
+    assert f"* {__version__}:" in readme, "add the harness version to the README's changelog"
