@@ -166,7 +166,7 @@ def inexact_reasons(plan: GrowthPlan, cfg=None) -> list[tuple[str, str]]:
     Without ``cfg`` only variant-independent reasons are found; with the model config the block
     variant is taken into account too (``check_plan``).
     """
-    ops, old, new = plan.operators, plan.old, plan.new
+    ops = plan.operators
     out = []
     if ops.depth == "stack":
         out.append(("operators.depth", "stack (G_stack) is never function-preserving"))

@@ -19,6 +19,11 @@ from training.data.config import DataConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
+#: ``ModelConfig`` fields that do not change the function a checkpoint's weights compute: how
+#: long the training sequences are (positions enter only through differences), how fresh weights
+#: are drawn, dropout. Every other field defines the function (``function_fields``).
+NON_FUNCTION_FIELDS = ("seq_length", "init_std", "hidden_dropout", "attention_dropout")
+
 
 
 
@@ -54,6 +59,20 @@ class ModelConfig:
     output_multiplier: float = 1.0
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
+
+    @classmethod
+    def function_fields(cls) -> tuple[str, ...]:
+        """The fields that define the function of the weights (all but ``NON_FUNCTION_FIELDS``):
+        a checkpoint loads only into a config that agrees with it on every one of them."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in NON_FUNCTION_FIELDS)
+
+    def function_values(self) -> dict[str, Any]:
+        """``function_fields`` -> value, with the two fields that have a null shorthand resolved
+        (``num_query_groups`` null = heads, ``kv_channels`` null = hidden / heads), so equal models
+        compare equal however they were written."""
+        values = {name: getattr(self, name) for name in self.function_fields()}
+        values.update(num_query_groups=self.query_groups, kv_channels=self.head_dim)
+        return values
 
     @property
     def query_groups(self) -> int:
@@ -262,7 +281,7 @@ class StageGrowthConfig:
     lr_policy: Literal["inherit", "rewind", "restart"] = "inherit"
 
     def validate(self, path: str) -> None:
-        for dim, op in self.operators.items():
+        for dim in self.operators:
             if dim not in ("hidden", "ffn", "heads", "depth"):
                 raise ConfigError(join_key(path, f"operators.{dim}"), "unknown dimension; allowed: hidden, ffn, heads, depth")
         if self.ramp_steps < 1:
@@ -429,10 +448,7 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     stage = run.stages[index]
     where = join_key(path, f"stages[{index}]")
     train_data = dict(to_dict(run.train), **stage.train)
-    try:
-        train = from_dict(TrainConfig, train_data, join_key(where, "train"))
-    except ConfigError:
-        raise
+    train = from_dict(TrainConfig, train_data, join_key(where, "train"))
     if stage.growth is not None and stage.growth.lr_policy == "rewind":
         train.warmup_steps = 0
     elif stage.growth is not None and stage.growth.lr_policy == "restart":

@@ -105,7 +105,7 @@ def write_report(cfg: RunConfig) -> Path:
     for i in range(len(cfg.stages)):
         scfg = stage_config(cfg, i)
         metrics_path = Path(scfg.output_dir) / "metrics.jsonl"
-        records = [json.loads(l) for l in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
         for r in records:
             merged.append(dict(r, stage=i))
         if records and i > 0:

@@ -8,33 +8,16 @@ from typing import Optional
 
 from training import checkpoint
 from training.checkpoint import CheckpointError
-from training.config import ModelConfig, RunConfig
-from training.config_base import to_dict
+from training.config import RunConfig
 from training.data.build import run_sources
 from training.engine.factory import make_trainer
 from training.engine.parallel import teardown
 from training.errors import UsageError
+from training.model_check import check_same_model
 from training.stage_plans import load_run
 from training.stages import StageEndHook, run_stages
 
 log = logging.getLogger(__name__)
-
-#: the model fields a checkpoint must agree on with the config it is loaded into
-SAME_MODEL_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                     "kv_channels", "vocab_size", "make_vocab_size_divisible_by", "normalization", "activation",
-                     "tie_embeddings", "bias")
-
-
-def check_same_model(ckpt_model: dict, model: ModelConfig, ckpt_path: Path) -> None:
-    """A checkpoint loads only into the same model shape/variant; name the first field that differs."""
-    ours = to_dict(model)
-    for key in SAME_MODEL_FIELDS:
-        if ckpt_model.get(key) != ours.get(key):
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} has model.{key}={ckpt_model.get(key)!r} but the config says "
-                f"{ours.get(key)!r}; use the checkpoint's model config (flm grow changes shapes)"
-            )
-
 
 def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
     """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``; ``stage_end``

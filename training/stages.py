@@ -31,7 +31,8 @@ from training.engine.factory import make_trainer
 from training.engine.parallel import init_process_group, teardown
 from training.grow import grow_checkpoint
 from training.metrics import flops_per_token, total_params
-from training.stage_plans import growth_plan, validate_stages
+from training.model_check import check_same_model
+from training.stage_plans import growth_plan, stage_model, validate_stages
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ class StageEndHook(Protocol):
 
     def __call__(self, run: RunConfig, index: int, cfg: RunConfig, final_checkpoint: Optional[Path]) -> Optional[dict]:
         ...
+
+
+def trained_stage_config(run: RunConfig, index: int) -> RunConfig:
+    """Stage ``index``'s single-stage config with the model it trains (``stage_plans.stage_model``:
+    the grown model, derived fields included), not its ``model:`` section as written."""
+    return dataclasses.replace(stage_config(run, index), model=stage_model(run, index))
 
 
 def stage_dir(run: RunConfig, index: int) -> Path:
@@ -71,7 +78,7 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
     indices = range(len(run.stages)) if only_stage is None else [only_stage]
     try:
         for i in indices:
-            cfg = stage_config(run, i)
+            cfg = trained_stage_config(run, i)
             cfg.parallel.data_parallel_size(dist.get_world_size())
             if _final_checkpoint(cfg) is not None:
                 if not resume:
@@ -95,6 +102,7 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
                 what = f"started from {init_from}"
             elif i > 0:
                 source = grow_into(run, i)
+                check_same_model(checkpoint.read_meta(source)["config"]["model"], cfg.model, source)
                 trainer.init_from(source)
                 what = f"started from the grown checkpoint {source}"
             else:

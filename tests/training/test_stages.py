@@ -115,7 +115,7 @@ def test_dryrun_command_writes_the_report(tmp_path):
     assert (report / "loss_vs_tokens.png").stat().st_size > 10_000
     table = (report / "stages.md").read_text()
     assert "| 1 | g | TP2 PP1 | 4 x 128" in table and "exact: max abs Δlogit" in table
-    records = [json.loads(l) for l in (report / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (report / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records} == {0, 1}
     again = flm("dryrun", "--config", str(run), "--skip-iq", "stages.1.tokens=1024")  # re-run: resumes, report again
     assert "is complete" in again.stderr

@@ -46,7 +46,7 @@ def test_variant_trains_with_decreasing_loss(tmp_path, name):
     trainer = make_trainer(tmp_path, VARIANTS[name])
     results = trainer.fit()
     losses = [r.loss for r in results]
-    assert len(losses) == 10 and all(l == l for l in losses)
+    assert len(losses) == 10 and all(loss == loss for loss in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
     assert trainer.evaluate() < losses[0]
 

@@ -145,11 +145,6 @@ def _map(path: Path, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype)
 
 
-def is_prepared_dataset(path: str | Path) -> bool:
-    manifest = read_json(Path(path) / MANIFEST_FILE)
-    return manifest is not None and manifest.get("format") == DATASET_FORMAT
-
-
 def dataset_tokenizer_path(dataset_dir: Path) -> Path:
     """Where the tokenizer copy of the dataset at ``dataset_dir`` is, from its manifest (without
     opening the shards); ``tokenizer.model`` when the manifest is missing or names no file."""

@@ -68,11 +68,6 @@ def _layers(state: dict[str, Tensor]) -> int:
     return int(state[R.QKV_WEIGHT].shape[0])
 
 
-def _get(state: dict[str, Tensor], key: str, i: int) -> Optional[Tensor]:
-    t = state.get(key)
-    return None if t is None else t[i]
-
-
 # ---------------------------------------------------------------------------------------- Llama
 def _llama_refusal(cfg) -> Optional[str]:
     if cfg.normalization != "RMSNorm" or cfg.activation != "swiglu":

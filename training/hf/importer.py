@@ -245,7 +245,7 @@ def logical_from_llama(cfg, tensors: dict[str, torch.Tensor], padded_vocab: int,
     for i in range(L):
         p = f"model.layers.{i}."
 
-        def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        def take(name: str, shape: tuple[int, ...], p: str = p) -> torch.Tensor:
             return _take(tensors, p + name, shape, where)
 
         q, k, v = take("self_attn.q_proj.weight", (nq * d, H)), take("self_attn.k_proj.weight", (ng * d, H)), \
@@ -256,7 +256,7 @@ def logical_from_llama(cfg, tensors: dict[str, torch.Tensor], padded_vocab: int,
                  R.NORM1_WEIGHT: take("input_layernorm.weight", (H,)),
                  R.NORM2_WEIGHT: take("post_attention_layernorm.weight", (H,))}
         if cfg.bias:
-            def bias(name: str, size: int, present: bool) -> torch.Tensor:
+            def bias(name: str, size: int, present: bool, layer: dict = layer) -> torch.Tensor:
                 return take(name, (size,)) if present else torch.zeros(size, dtype=layer[R.PROJ_WEIGHT].dtype)
 
             layer.update({

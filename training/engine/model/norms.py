@@ -33,7 +33,7 @@ class FLMNorm(torch.nn.Module):
             else torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype, device=device))
         )
         for p in self.parameters():
-            setattr(p, "sequence_parallel", config.sequence_parallel)
+            p.sequence_parallel = config.sequence_parallel
         self.hidden_mask: Optional[Tensor] = None
 
     def forward(self, x: Tensor) -> Tensor:

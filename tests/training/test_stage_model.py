@@ -1,0 +1,136 @@
+"""What was verified is what gets trained: a grown stage trains the model its transition produced
+(fields the operators derive included), starting from the loss the transition's check verified,
+for every exact operator on every dimension; stage sections that disagree are refused at load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO
+from training.config_base import ConfigError
+from training.data.source import MockSource
+from training.engine.factory import make_trainer
+from training.engine.parallel import init_process_group, teardown
+from training.grow import verify_tokens
+from training.model_check import check_same_model
+from training.stage_plans import load_run, stage_model
+from training.stages import grow_into, run_stages, trained_stage_config
+
+SMALL = ("num_layers: 2, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 4, kv_channels: 8, "
+         "vocab_size: 128, make_vocab_size_divisible_by: 32, seq_length: 32, normalization: RMSNorm, "
+         "activation: swiglu, bias: false, tie_embeddings: false")
+GROWN = {  # one dimension grown per case (heads keep kv_channels 8, so the projection widths grow)
+    "hidden": SMALL.replace("hidden_size: 32", "hidden_size: 64"),
+    "ffn": SMALL.replace("ffn_hidden_size: 64", "ffn_hidden_size: 128"),
+    "heads": SMALL.replace("num_attention_heads: 4", "num_attention_heads: 8"),
+    "depth": SMALL.replace("num_layers: 2", "num_layers: 4"),
+}
+CASES = [(dim, op) for dim in ("hidden", "ffn", "heads") for op in ("msg", "zero", "clone")] + [
+    ("depth", "msg"), ("depth", "zero")]
+
+RUN = """
+name: exact
+output_dir: {out}
+data: {{kind: mock, seed: 5}}
+train: {{global_batch_size: 4, micro_batch_size: 2, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 1, eval_interval: 1000}}
+logging: {{progress_bar: false, tensorboard: false}}
+checkpoint: {{save_interval: 0}}
+stages:
+  - name: small
+    model: {{{small}}}
+    tokens: 512
+  - name: {name}
+    model: {{{grown}}}
+    tokens: 256
+    growth: {{operators: {{{dim}: {op}}}, ramp_steps: 4}}
+"""
+
+
+def write_run(tmp_path, dim="hidden", op="msg", grown=None, name=None):
+    path = tmp_path / f"{dim}-{op}.yaml"
+    path.write_text(RUN.format(out=tmp_path / "run", small=SMALL, grown=grown or GROWN[dim], dim=dim, op=op,
+                               name=name or f"{dim}-{op}"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_small(tmp_path_factory):
+    """Stage 0 trained once (its final checkpoint is shared by every case: same run directory)."""
+    tmp = tmp_path_factory.mktemp("stages")
+    run_stages(load_run(write_run(tmp)), only_stage=0)
+    return tmp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dim,op", CASES, ids=[f"{d}-{o}" for d, o in CASES])
+def test_first_step_of_a_grown_stage_starts_from_the_verified_loss(trained_small, dim, op):
+    run = load_run(write_run(trained_small, dim, op))
+    init_process_group()
+    try:
+        grown = grow_into(run, 1)
+        record = json.loads((grown.parent / "growth.json").read_text())
+        assert record["exact"] and record["preserved"], record
+        cfg = trained_stage_config(run, 1)
+        meta = json.loads((grown / "flm_checkpoint.json").read_text())
+        check_same_model(meta["config"]["model"], cfg.model, grown)  # the trained model is the grown one
+        source = MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0)
+        trainer = make_trainer(cfg, train_source=source, valid_source=source)
+        trainer.init_from(grown)
+        plan_seed = meta["growth"]["plan"]["seed"]
+        tokens = verify_tokens(cfg.model.vocab_size, cfg.model.seq_length, seed=plan_seed).numpy().astype(np.int64)
+        loss = trainer._forward_only_loss(trainer._micro_batches(tokens))
+        assert loss == pytest.approx(record["verify"]["new_loss"], rel=2e-5), (loss, record["verify"])
+        del trainer
+    finally:
+        teardown()
+
+
+def test_derived_fields_come_from_the_growth(tmp_path):
+    """hidden clone halves output_multiplier, zero-padding an RMSNorm hidden size scales norm_eps:
+    the stage trains those values although its model section leaves the run's."""
+    clone = stage_model(load_run(write_run(tmp_path, "hidden", "clone")), 1)
+    assert clone.output_multiplier == 0.5 and clone.hidden_size == 64
+    zero = stage_model(load_run(write_run(tmp_path, "hidden", "zero")), 1)
+    assert zero.norm_eps == pytest.approx(1e-5 * 32 / 64) and zero.output_multiplier == 1.0
+
+
+@pytest.mark.parametrize("change,key", [
+    ("activation: swiglu", "activation"),
+    ("rotary_base: 500", "rotary_base"),
+    ("input_multiplier: 2.0", "input_multiplier"),
+    ("seq_length: 64", "seq_length"),
+])
+def test_a_stage_section_that_growth_cannot_produce_is_refused(tmp_path, change, key):
+    grown = GROWN["hidden"]
+    field = change.split(":")[0]
+    if field in grown:
+        grown = ", ".join(p for p in grown.split(", ") if not p.startswith(field))
+    if change == "activation: swiglu":
+        change = "activation: gelu"
+    with pytest.raises(ConfigError) as info:
+        load_run(write_run(tmp_path, grown=f"{grown}, {change}"))
+    assert info.value.key == f"stages[1].model.{key}"
+    assert str(info.value).count("\n") == 0
+
+
+def test_checkpoint_of_another_function_is_refused(tmp_path):
+    """check_same_model compares every function-defining field (multipliers, eps, xPos, rotary base)."""
+    from training.checkpoint import CheckpointError
+    from training.config import ModelConfig
+    from training.config_base import to_dict
+
+    ours = ModelConfig()
+    for field, value in (("output_multiplier", 0.5), ("norm_eps", 1e-6), ("position_embedding", "xpos"),
+                         ("rotary_base", 500), ("xpos_scale_base", 64.0), ("input_multiplier", 2.0)):
+        theirs = dict(to_dict(ours), **{field: value})
+        with pytest.raises(CheckpointError, match=f"model.{field}="):
+            check_same_model(theirs, ours, tmp_path)
+    check_same_model(dict(to_dict(ours), seq_length=4096, hidden_dropout=0.1), ours, tmp_path)  # not the function
+
+
+def test_shipped_runs_load():
+    for path in sorted((REPO / "configs" / "runs").glob("*.yaml")):
+        load_run(path)
