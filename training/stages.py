@@ -24,6 +24,7 @@ from typing import Optional
 import torch.distributed as dist
 
 from training import checkpoint
+from training.checkpoint.lock import lock_if_rank0
 from training.config import RunConfig, stage_config
 from training.config_base import to_dict
 from training.data.build import run_sources
@@ -52,6 +53,15 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
                init_from: Optional[str] = None) -> int:
     """Train the stages of ``run`` (all, or ``only_stage``) in this job; collective over all ranks."""
     validate_stages(run)
+    lock = lock_if_rank0(run.output_dir)
+    try:
+        return _run_stages(run, resume, only_stage, init_from)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_stages(run: RunConfig, resume: bool, only_stage: Optional[int], init_from: Optional[str]) -> int:
     init_process_group()
     rank0 = dist.get_rank() == 0
     indices = range(len(run.stages)) if only_stage is None else [only_stage]
@@ -72,15 +82,18 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
             trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
             trainer.extra_meta = {"stage": i, "stage_name": run.stages[i].name}
             started = time.time()
-            latest = checkpoint.latest_in(trainer.checkpoint_root()) if resume else None
+            latest = (checkpoint.find_resumable(trainer.checkpoint_root(), check_hash=cfg.checkpoint.verify_hash)
+                      if resume else None)
             if latest is not None:
                 trainer.load(latest)
                 what = f"resumed from {latest} at step {trainer.step_count}"
             elif init_from and i == indices[0]:
+                checkpoint.verify_collective(checkpoint.resolve(init_from), check_hash=cfg.checkpoint.verify_hash)
                 trainer.init_from(Path(init_from))
                 what = f"started from {init_from}"
             elif i > 0:
                 source = grow_into(run, i)
+                checkpoint.verify_collective(source, check_hash=cfg.checkpoint.verify_hash)
                 trainer.init_from(source)
                 what = f"started from the grown checkpoint {source}"
             else:
