@@ -12,16 +12,19 @@ traceback. It also sets up the project's logger once (``training.log``, rank-awa
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from typing import Optional
 
 from eval_iq import cli as iq_cli
-from training import dryrun, grow_cli
+from training import ckpt_cli, dryrun, grow_cli
 from training.data import cli as data_cli
-from training.errors import FLMError
+from training.errors import PREEMPT_MARKER_ENV, PREEMPTED_EXIT_CODE, FLMError
 from training.hf import cli as hf_cli
 from training.local_launch import torchrun_command
 from training.log import setup_logging
@@ -37,7 +40,7 @@ EPILOG = """examples:
 """
 
 #: subcommands owned by other modules: each has ``register(subparsers)``
-REGISTRATIONS = (data_cli, grow_cli, dryrun, iq_cli, hf_cli, plan_cli)
+REGISTRATIONS = (data_cli, grow_cli, ckpt_cli, dryrun, iq_cli, hf_cli, plan_cli)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -63,13 +66,57 @@ def cmd_config_show(args) -> int:
     return 0
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; elsewhere a no-op).
+
+    The torchrun agent ``flm --nproc`` starts, and each worker of a launcher, get SIGTERM when the
+    process that started them is gone (killed with -9 too), so no worker trains on unsupervised:
+    SIGTERM makes a worker finish its step, save and exit (``PREEMPTED_EXIT_CODE``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), sig)
+
+
 def _relaunch_under_torchrun(nproc: int) -> int:
+    """``flm --nproc N``: run this command under torchrun and supervise it.
+
+    SIGTERM/SIGUSR1/SIGINT to this launcher go on to torchrun as SIGTERM (torchrun's handled
+    signal: it passes it to the workers, which save and stop); the launcher returns the workers'
+    ``PREEMPTED_EXIT_CODE`` (torchrun reports a plain failure for it). torchrun and its workers get
+    SIGTERM when the launcher dies, however it dies."""
     argv = list(sys.argv[1:])
     i = argv.index("--nproc")
     del argv[i:i + 2]
     cmd = torchrun_command(nproc, argv)
     log.info("+ %s", " ".join(cmd))
-    return subprocess.call(cmd)
+    fd, marker = tempfile.mkstemp(prefix="flm-preempted-")
+    os.close(fd)
+    os.unlink(marker)
+    env = dict(os.environ, **{PREEMPT_MARKER_ENV: marker})
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+
+    def forward(signum, frame):
+        proc.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if os.path.exists(marker):
+        os.unlink(marker)
+        return PREEMPTED_EXIT_CODE
+    return code if code >= 0 else 128 - code
 
 
 def cmd_train(args) -> int:
@@ -77,6 +124,8 @@ def cmd_train(args) -> int:
     # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         return _relaunch_under_torchrun(args.nproc)
+    if "RANK" in os.environ:  # a worker of a launcher: stop (saving) when the launcher is gone
+        die_with_parent()
     # startup time: the engine (megatron, torch) loads only to train
     from eval_iq.stage_eval import stage_end_iq
     from training.run import train_from_cli
@@ -153,6 +202,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(args.func(args) or 0)
     except FLMError as err:
         print(f"flm {args.command}: error: {err}", file=sys.stderr)
+        if err.exit_code == PREEMPTED_EXIT_CODE and os.environ.get(PREEMPT_MARKER_ENV):
+            with open(os.environ[PREEMPT_MARKER_ENV], "a"):
+                pass
         return err.exit_code
     except KeyboardInterrupt:
         return 130

@@ -220,6 +220,9 @@ class CheckpointConfig:
     save_interval: int = 0
     #: how many step checkpoints to keep (older ones are deleted after a successful save)
     keep_last: int = 2
+    #: check the hash of every file when resuming (sizes are always checked); false skips the
+    #: read of the whole checkpoint on very large runs (`flm ckpt verify` checks one offline)
+    verify_hash: bool = True
 
     def validate(self, path: str) -> None:
         if self.save_interval < 0:
@@ -254,6 +257,48 @@ class LoggingConfig:
     progress_bar: bool = True
     #: peak TFLOP/s of one device for MFU; null = known GPUs are detected, CPUs report no MFU
     peak_tflops: Optional[float] = None
+
+
+@dataclass
+class DivergenceConfig:
+    """The ``divergence:`` section: loss spikes and runs of skipped steps (see docs/faults.md).
+
+    A step is a *spike* when its (finite) loss exceeds ``mean + spike_sigmas * std`` of the last
+    ``window`` good steps and also ``spike_ratio * mean``; its update is skipped like a non-finite
+    loss under ``train.on_nan: skip``. Each one is a warning and a ``spike``/``skipped`` field of
+    the metrics record. After ``max_consecutive`` skipped or spiking steps in a row, ``action``:
+    ``stop`` ends the run with a one-line error (exit status 1); ``rollback`` reloads the newest
+    checkpoint, skips the data up to and including the offending batches, multiplies the LR by
+    ``rollback_lr_factor`` and continues (at most ``max_rollbacks`` times, then stop).
+    """
+
+    #: spike threshold in standard deviations of the recent losses; 0 turns spike detection off
+    spike_sigmas: float = 0.0
+    #: a spike must also exceed this multiple of the recent mean loss
+    spike_ratio: float = 1.5
+    #: how many recent good steps the statistics use (spikes are looked for once it is full)
+    window: int = 20
+    #: skipped (non-finite or spiking) steps in a row tolerated before ``action``
+    max_consecutive: int = 5
+    action: Literal["stop", "rollback"] = "stop"
+    #: rollback: the LR (peak and minimum of the schedule) is multiplied by this after each rollback
+    rollback_lr_factor: float = 0.5
+    #: rollback: how many rollbacks a run may do before it stops
+    max_rollbacks: int = 3
+
+    def validate(self, path: str) -> None:
+        if self.spike_sigmas < 0:
+            raise ConfigError(join_key(path, "spike_sigmas"), "must be >= 0 (0: spike detection off)")
+        if self.spike_ratio < 1:
+            raise ConfigError(join_key(path, "spike_ratio"), "must be >= 1")
+        if self.window < 2:
+            raise ConfigError(join_key(path, "window"), "must be >= 2")
+        if self.max_consecutive < 1:
+            raise ConfigError(join_key(path, "max_consecutive"), "must be >= 1")
+        if not 0 < self.rollback_lr_factor <= 1:
+            raise ConfigError(join_key(path, "rollback_lr_factor"), "must be in (0, 1]")
+        if self.max_rollbacks < 0:
+            raise ConfigError(join_key(path, "max_rollbacks"), "must be >= 0")
 
 
 @dataclass
@@ -352,6 +397,8 @@ class RunConfig:
     stages: list[StageConfig] = field(default_factory=list)
     #: the IQ benchmark at the end of every stage (null: none)
     iq_eval: Optional[IQEvalConfig] = None
+    #: loss spikes and skipped-step limits (docs/faults.md)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
 
     def validate(self, path: str) -> None:
         if self.iq_eval is not None:

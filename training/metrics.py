@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,11 +63,37 @@ def device_peak_tflops(override: Optional[float]) -> Optional[float]:
     return None
 
 
+def truncate_jsonl(path: Path, after_step: int) -> int:
+    """Drop the records of steps after ``after_step`` (and a torn last line) from a metrics file,
+    atomically; returns how many lines were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            dropped += 1
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) > after_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricsSink:
     """Writes metrics on the logging rank only; other ranks get a no-op sink."""
 
     def __init__(self, out_dir: Optional[Path], *, tensorboard: bool, progress_total: Optional[int],
-                 progress_initial: int = 0):
+                 progress_initial: int = 0, resume_step: Optional[int] = None):
+        """``resume_step``: the step the run continues after; records of later steps (written by the
+        interrupted run before its last checkpoint was superseded) are dropped from metrics.jsonl and
+        TensorBoard, so every step appears once."""
         self.enabled = out_dir is not None
         self._jsonl = None
         self._tb = None
@@ -74,12 +101,15 @@ class MetricsSink:
         if not self.enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_jsonl(out_dir / "metrics.jsonl", resume_step)
         self._jsonl = open(out_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             # optional heavy dependency: tensorboard loads only where logging.tensorboard is on
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=purge)
         if progress_total is not None:
             self._bar = tqdm(total=progress_total, initial=progress_initial, unit="step", dynamic_ncols=True)
 

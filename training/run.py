@@ -8,6 +8,7 @@ from typing import Optional
 
 from training import checkpoint
 from training.checkpoint import CheckpointError
+from training.checkpoint.lock import lock_if_rank0, refuse_used
 from training.config import RunConfig
 from training.data.build import run_sources
 from training.engine.factory import make_trainer
@@ -41,15 +42,41 @@ def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
 def run_training(cfg: RunConfig, *, resume: Optional[str] = None, init_from: Optional[str] = None) -> int:
     """Train one stage (collective over all ranks): from scratch, from ``resume`` ("latest" or a
     path) or from the weights of ``init_from``."""
+    ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output_dir) / "checkpoints"
+    if resume is None:
+        refuse_used(ckpt_root, cfg.output_dir)
+    lock = lock_if_rank0(cfg.output_dir)
+    try:
+        return _train(cfg, resume, init_from)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, resume: Optional[str], init_from: Optional[str]) -> int:
     train_src, valid_src = run_sources(cfg)
     trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
     rank0 = trainer.layout.rank == 0
+    check_hash = cfg.checkpoint.verify_hash
     try:
         source = None
-        if resume is not None:
-            source = checkpoint.latest_in(trainer.checkpoint_root()) if resume == "latest" else checkpoint.resolve(resume)
+        if resume == "latest":
+            source = checkpoint.find_resumable(trainer.checkpoint_root(), check_hash=check_hash)
             if source is None and rank0:
                 log.info("no checkpoint under %s; starting fresh", trainer.checkpoint_root())
+        elif resume is not None:
+            path = Path(resume)
+            if checkpoint.is_checkpoint(path):
+                source = path
+                checkpoint.verify_collective(source, check_hash=check_hash)
+            else:  # a checkpoint root: its latest, with the fallback
+                if not path.is_dir():
+                    raise CheckpointError(f"checkpoint path {path} does not exist; pass a step_N directory or a "
+                                          "checkpoint root")
+                source = checkpoint.find_resumable(path, check_hash=check_hash)
+                if source is None:
+                    raise CheckpointError(f"no checkpoint in {path}: neither {checkpoint.META_FILE} nor step_N "
+                                          "directories; pass a step_N directory or a checkpoint root")
         if source is not None:
             check_same_model(checkpoint.read_meta(source)["config"]["model"], cfg.model, source)
             trainer.load(source)
@@ -57,6 +84,7 @@ def run_training(cfg: RunConfig, *, resume: Optional[str] = None, init_from: Opt
                 log.info("resumed from %s at step %d", source, trainer.step_count)
         elif init_from is not None:
             path = checkpoint.resolve(init_from)
+            checkpoint.verify_collective(path, check_hash=check_hash)
             check_same_model(checkpoint.read_meta(path)["config"]["model"], cfg.model, path)
             trainer.init_from(path)
             if rank0:

@@ -24,6 +24,7 @@ from typing import Optional, Protocol
 import torch.distributed as dist
 
 from training import checkpoint
+from training.checkpoint.lock import lock_if_rank0
 from training.config import RunConfig, stage_config
 from training.config_base import to_dict
 from training.data.build import run_sources
@@ -73,6 +74,16 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
     validate_stages(run)
     if stage_end is not None:
         stage_end.check(run)
+    lock = lock_if_rank0(run.output_dir)
+    try:
+        return _run_stages(run, resume, only_stage, init_from, stage_end)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_stages(run: RunConfig, resume: bool, only_stage: Optional[int], init_from: Optional[str],
+                stage_end: Optional[StageEndHook]) -> int:
     init_process_group()
     rank0 = dist.get_rank() == 0
     indices = range(len(run.stages)) if only_stage is None else [only_stage]
@@ -93,16 +104,19 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
             trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
             trainer.extra_meta = {"stage": i, "stage_name": run.stages[i].name}
             started = time.time()
-            latest = checkpoint.latest_in(trainer.checkpoint_root()) if resume else None
+            latest = (checkpoint.find_resumable(trainer.checkpoint_root(), check_hash=cfg.checkpoint.verify_hash)
+                      if resume else None)
             if latest is not None:
                 trainer.load(latest)
                 what = f"resumed from {latest} at step {trainer.step_count}"
             elif init_from and i == indices[0]:
+                checkpoint.verify_collective(checkpoint.resolve(init_from), check_hash=cfg.checkpoint.verify_hash)
                 trainer.init_from(Path(init_from))
                 what = f"started from {init_from}"
             elif i > 0:
                 source = grow_into(run, i)
                 check_same_model(checkpoint.read_meta(source)["config"]["model"], cfg.model, source)
+                checkpoint.verify_collective(source, check_hash=cfg.checkpoint.verify_hash)
                 trainer.init_from(source)
                 what = f"started from the grown checkpoint {source}"
             else:

@@ -5,12 +5,19 @@ Contracts:
   finished, and ``latest`` is replaced atomically afterwards. A crash mid-save leaves the previous
   checkpoint and ``latest`` untouched; a stale ``.partial`` directory is removed by the next save.
 - An existing complete checkpoint is never overwritten.
+- ``flm_checkpoint.json`` records the size and hash of every other file (``files``, ``hash_algo``;
+  ``training.checkpoint.integrity``), computed before the rename, so loads can verify them.
+- A full disk is reported as such (``DiskFullError``, naming the directory); the previous
+  checkpoint and ``latest`` stay valid.
+- Pruning (``keep_last``) keeps the newest ``keep_last`` checkpoints whose files have their recorded
+  sizes and removes only older ones: a damaged checkpoint never displaces the last good one.
 
 Collective over all ranks of the initialized process group (callers start it; nothing here does).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,8 +26,43 @@ from typing import Any, Callable, Optional
 
 import torch.distributed as dist
 
-from training.checkpoint.meta import (FORMAT_VERSION, LATEST_FILE, META_FILE, CheckpointError, is_checkpoint,
-                                      step_dir_name)
+from training.checkpoint.integrity import HASH_ALGO, is_intact, manifest, step_dirs
+from training.checkpoint.meta import FORMAT_VERSION, LATEST_FILE, META_FILE, CheckpointError, step_dir_name
+
+#: below this many free bytes a failed write is taken for a full disk even when the error does not say so
+#: (megatron's writer processes report a short write as "unexpected pos ...")
+LOW_SPACE_BYTES = 16 << 20
+
+
+class DiskFullError(CheckpointError):
+    """No space left while writing a checkpoint (the message names the directory)."""
+
+
+def _is_disk_full(err: BaseException, where: Path) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        return shutil.disk_usage(where).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def _disk_full(where: Path) -> DiskFullError:
+    try:
+        free = f"{shutil.disk_usage(where).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"disk full while writing a checkpoint into {where} ({free}); the previous checkpoint is intact: "
+        "free space (or lower checkpoint.keep_last, or set checkpoint.dir elsewhere) and resume with --resume"
+    )
 
 
 def _rank0() -> bool:
@@ -54,15 +96,28 @@ def write_atomically(final: str | Path, write: Callable[[Path], dict[str, Any]],
     try:
         meta = write(partial)
         _barrier()
-    except BaseException:
+        if _rank0():
+            meta = dict(meta, format_version=FORMAT_VERSION, hash_algo=HASH_ALGO, files=manifest(partial, HASH_ALGO))
+            _write_durably(partial / META_FILE, json.dumps(meta, indent=2))
+    except BaseException as err:
         if remove_partial_on_error and _rank0():
             shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, CheckpointError) and _is_disk_full(err, partial.parent):
+            if _rank0():  # the partial files only take the space a retry needs
+                shutil.rmtree(partial, ignore_errors=True)
+            raise _disk_full(partial.parent) from err
         raise
     if _rank0():
-        (partial / META_FILE).write_text(json.dumps(dict(meta, format_version=FORMAT_VERSION), indent=2))
         os.replace(partial, final)
     _barrier()
     return final
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def commit(root: str | Path, step: int, write: Callable[[Path], None], meta: dict[str, Any], layout,
@@ -91,6 +146,11 @@ def commit(root: str | Path, step: int, write: Callable[[Path], None], meta: dic
 
 
 def _prune(root: Path, keep_last: int) -> None:
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and is_checkpoint(p))
-    for old in steps[:-keep_last]:
+    """Remove checkpoints older than the newest ``keep_last`` ones that pass the size check."""
+    steps = [p for _, p in step_dirs(root)]
+    good = [p for p in steps if is_intact(p, check_hash=False)]
+    if not good:
+        return
+    oldest_kept = good[-keep_last:][0]
+    for old in steps[:steps.index(oldest_kept)]:
         shutil.rmtree(old, ignore_errors=True)

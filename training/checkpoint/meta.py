@@ -47,7 +47,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             f"{path} is not a checkpoint of this project (no {META_FILE}); pass a step_N directory "
             "or a checkpoint root that has a 'latest' file"
         )
-    return json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta_path} is corrupt ({err.__class__.__name__}: {err}); "
+                              "resume from another checkpoint (flm ckpt verify checks one)") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} is corrupt (not a JSON object)")
+    return meta
 
 
 def resolve(path: str | Path) -> Path:

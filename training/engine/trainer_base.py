@@ -15,11 +15,14 @@ with another DP size or engine) sees the same batches.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -28,14 +31,16 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from growth.masks import MaskState
 from training import checkpoint
+from training.checkpoint.integrity import find_resumable
 from training.config import RunConfig, run_config_to_dict
 from training.data.source import SampleSource
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, setup_layout
-from training.errors import FLMError
+from training.errors import PREEMPTED_EXIT_CODE, FLMError, PreemptedError
 from training.metrics import MetricsSink, device_peak_tflops, flops_per_token
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,30 @@ class NonFiniteLossError(FLMError, RuntimeError):
     """The loss was not finite and ``train.on_nan`` is ``raise`` (the message names the step)."""
 
     exit_code = 1
+
+
+class DivergenceError(FLMError, RuntimeError):
+    """Too many skipped or spiking steps in a row (``divergence:``); the message names the steps."""
+
+    exit_code = 1
+
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _injected_loss(run_name: str, batch: int, loss: float) -> float:
+    """Fault injection: ``FLM_FAULT_LOSS=<run name>:<first>-<last>:<nan|spike>`` replaces the loss of
+    the global batches ``first..last`` (1-based, by data position, so a rollback that skips them
+    sees no more faults) with NaN or ``loss * 1e6``."""
+    spec = os.environ.get("FLM_FAULT_LOSS")
+    if not spec:
+        return loss
+    name, _, rest = spec.rpartition(":")
+    name, _, span = name.rpartition(":")
+    first, _, last = span.partition("-")
+    if name != run_name or not int(first) <= batch <= int(last or first):
+        return loss
+    return float("nan") if rest == "nan" else loss * 1e6
 
 
 @dataclass
@@ -92,6 +121,12 @@ class BaseTrainer(ABC):
         self.extra_meta: dict[str, Any] = {}
         self._flops_per_token = flops_per_token(cfg.model)
         self._peak = device_peak_tflops(cfg.logging.peak_tflops)
+        #: divergence policy state: recent good losses, why the last step was skipped, rollbacks done
+        self._recent_losses: collections.deque = collections.deque(maxlen=cfg.divergence.window)
+        self._skip_reason: Optional[str] = None
+        self._checked_loss: Optional[float] = None
+        self.rollbacks = 0
+        self._signal: Optional[int] = None
 
     # ---------------------------------------------------------------- engine interface
     @property
@@ -146,16 +181,38 @@ class BaseTrainer(ABC):
         return out
 
     def _skip_non_finite(self, loss: float, step: int) -> bool:
-        """NaN policy for the global-batch loss (the same value on every rank, so every rank decides
-        alike): True when the step must be skipped; raises under ``train.on_nan=raise``."""
-        if math.isfinite(loss):
+        """NaN and spike policy for the global-batch loss (the same value on every rank, so every
+        rank decides alike): True when the step's update must be skipped (a non-finite loss under
+        ``train.on_nan=skip``, or a spike, see ``divergence:``); raises under ``train.on_nan=raise``."""
+        batch = self.consumed_samples // self.cfg.train.global_batch_size + 1
+        loss = _injected_loss(self.cfg.name, batch, loss)
+        self._checked_loss = loss
+        self._skip_reason = None
+        if not math.isfinite(loss):
+            if self.cfg.train.on_nan == "raise":
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {step} (consumed samples {self.consumed_samples}); "
+                    "set train.on_nan=skip to skip such steps, or lower train.lr"
+                )
+            self._skip_reason = "non_finite"
+            if self.layout.rank == 0:
+                log.warning("step %d: loss is %s; update skipped", step, loss)
+            return True
+        if self._is_spike(loss):
+            self._skip_reason = "spike"
+            if self.layout.rank == 0:
+                mean = sum(self._recent_losses) / len(self._recent_losses)
+                log.warning("step %d: loss spike %.4g (recent mean %.4g); update skipped", step, loss, mean)
+            return True
+        return False
+
+    def _is_spike(self, loss: float) -> bool:
+        d = self.cfg.divergence
+        if not d.spike_sigmas or len(self._recent_losses) < d.window:
             return False
-        if self.cfg.train.on_nan == "raise":
-            raise NonFiniteLossError(
-                f"loss is {loss} at step {step} (consumed samples {self.consumed_samples}); "
-                "set train.on_nan=skip to skip such steps, or lower train.lr"
-            )
-        return True
+        mean = sum(self._recent_losses) / len(self._recent_losses)
+        std = math.sqrt(sum((x - mean) ** 2 for x in self._recent_losses) / len(self._recent_losses))
+        return loss > mean + d.spike_sigmas * std and loss > d.spike_ratio * mean
 
     @torch.no_grad()
     def evaluate(self, batches: Optional[int] = None) -> float:
@@ -249,9 +306,12 @@ class BaseTrainer(ABC):
             tensorboard=self.cfg.logging.tensorboard,
             progress_total=until if self.cfg.logging.progress_bar else None,
             progress_initial=self.step_count,
+            resume_step=self.step_count,
         )
         tokens_per_step = tcfg.global_batch_size * self.cfg.model.seq_length
         results = []
+        consecutive = 0
+        previous_handlers = self._install_signal_handlers()
         try:
             while self.step_count < until:
                 mask_value = self.mask_value
@@ -259,24 +319,119 @@ class BaseTrainer(ABC):
                 result = self.step()
                 dt = time.perf_counter() - t0
                 results.append(result)
+                reason = self._skip_reason if result.skipped else None
+                consecutive = consecutive + 1 if reason else 0
+                if not result.skipped and math.isfinite(result.loss):
+                    self._recent_losses.append(result.loss)
                 record = {"step": result.step, "loss": result.loss, "lr": result.lr,
                           "grad_norm": result.grad_norm, "skipped": result.skipped,
                           "consumed_samples": self.consumed_samples,
                           "tokens": self.consumed_samples * self.cfg.model.seq_length,
                           "step_time_s": dt, "tokens_per_s": tokens_per_step / dt,
                           "mask_value": mask_value}
+                if reason:
+                    record.update(skip_reason=reason, consecutive_skips=consecutive)
+                if reason == "spike":
+                    record["spike_loss"] = self._checked_loss
+                if self.rollbacks:
+                    record["rollbacks"] = self.rollbacks
                 achieved = record["tokens_per_s"] * self._flops_per_token / self.layout.world_size / 1e12
                 record["tflops_per_device"] = achieved
                 record["mfu"] = achieved / self._peak if self._peak else None
                 if result.step % tcfg.eval_interval == 0 or result.step == until:
                     record["val_loss"] = self.evaluate()
-                if result.step % tcfg.log_interval == 0 or "val_loss" in record:
+                if result.step % tcfg.log_interval == 0 or "val_loss" in record or reason:
                     sink.log(record)
+                if consecutive >= self.cfg.divergence.max_consecutive:
+                    self._diverged(result.step, consecutive, reason)
+                    consecutive = 0
+                    continue
                 if ccfg.save_interval and result.step % ccfg.save_interval == 0 and result.step != until:
                     self.save()
                 self._maybe_inject_fault(result.step)
-            if not checkpoint.is_checkpoint(self.checkpoint_root() / checkpoint.step_dir_name(self.step_count)):
-                self.save()
+                if self._preemption_requested():
+                    self._save_if_missing()
+                    raise PreemptedError(
+                        f"stopped by {signal.Signals(self._signal or signal.SIGTERM).name} after step {self.step_count}; "
+                        f"checkpoint saved in {self.checkpoint_root()}; continue with --resume "
+                        f"(exit status {PREEMPTED_EXIT_CODE})"
+                    )
+            self._save_if_missing()
         finally:
+            self._restore_signal_handlers(previous_handlers)
             sink.close()
         return results
+
+    def _save_if_missing(self) -> None:
+        if not checkpoint.is_checkpoint(self.checkpoint_root() / checkpoint.step_dir_name(self.step_count)):
+            self.save()
+
+    # ---------------------------------------------------------------- preemption
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGUSR1 set a flag; the loop stops after the current step, saving first."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        self._signal = None
+
+        def handler(signum, frame):
+            if self._signal is None:
+                self._signal = signum
+                sys.stderr.write(f"flm: {signal.Signals(signum).name} received: saving after the current step\n")
+
+        return {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    def _preemption_requested(self) -> bool:
+        """Whether any rank got a preemption signal (collective: every rank stops at the same step)."""
+        flag = int(self._signal is not None)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+            t = torch.tensor([flag], dtype=torch.int32, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = int(t.item())
+            if flag and self._signal is None:
+                self._signal = signal.SIGTERM
+        return bool(flag)
+
+    # ---------------------------------------------------------------- divergence
+    def _diverged(self, step: int, consecutive: int, reason: Optional[str]) -> None:
+        """``divergence.max_consecutive`` skipped or spiking steps in a row: stop, or roll back."""
+        d = self.cfg.divergence
+        what = (f"{consecutive} skipped steps in a row ({reason.replace('_', '-')} loss) up to step {step}, "
+                f"consumed samples {self.consumed_samples}")
+        if d.action == "stop":
+            raise DivergenceError(
+                f"{what}; the run diverged and stops without saving: resume from the last checkpoint with a "
+                "lower train.lr, or set divergence.action=rollback"
+            )
+        if self.rollbacks >= d.max_rollbacks:
+            raise DivergenceError(f"{what}, after {self.rollbacks} rollbacks (divergence.max_rollbacks); "
+                                  "the run stops: lower train.lr or inspect the data around these samples")
+        target = find_resumable(self.checkpoint_root(), check_hash=self.cfg.checkpoint.verify_hash)
+        if target is None:
+            raise DivergenceError(f"{what}; no checkpoint to roll back to in {self.checkpoint_root()} "
+                                  "(set checkpoint.save_interval)")
+        skip_to = self.consumed_samples
+        self.load(target)
+        skipped = skip_to - self.consumed_samples
+        self.consumed_samples = skip_to
+        self._scale_lr(d.rollback_lr_factor)
+        self.rollbacks += 1
+        if self.layout.rank == 0:
+            log.warning("%s; rolled back to %s (step %d), skipped %d samples of data, LR x%g (rollback %d of at most %d)",
+                        what, target, self.step_count, skipped, d.rollback_lr_factor, self.rollbacks, d.max_rollbacks)
+
+    def _scale_lr(self, factor: float) -> None:
+        """Multiply the LR schedule's peak and minimum by ``factor`` (saved with the scheduler state)."""
+        scheduler = self.scheduler
+        scheduler.max_lr *= factor
+        scheduler.min_lr *= factor
+        scheduler.init_lr *= factor
+        for group in scheduler.optimizer.param_groups:
+            for key in ("max_lr", "min_lr"):
+                if group.get(key) is not None:
+                    group[key] *= factor
