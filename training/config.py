@@ -163,6 +163,10 @@ class TrainConfig:
     #: activation recomputation (megatron-core): none; selective = core attention only
     #: (Korthikanti et al. 2022); full = every layer's activations
     recompute: Literal["none", "selective", "full"] = "none"
+    #: core attention: fused = torch's scaled_dot_product_attention (flash / memory-efficient
+    #: kernels on GPU, the fused CPU kernel); unfused = megatron's DotProductAttention (baddbmm +
+    #: softmax + bmm). Same math (tested equal in fp32); growth masks and xPos work with both
+    attention: Literal["fused", "unfused"] = "fused"
 
     def validate(self, path: str) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval", "eval_interval"):

@@ -25,6 +25,7 @@ from training.data.source import SampleSource
 from training.engine import megatron_checkpoint
 from training.engine.model.build import build_model, transformer_config
 from training.engine.optim import build_optimizer, build_scheduler
+from training.engine.parallel import process_device
 
 # re-exported: callers import these from here
 from training.engine.trainer_base import BaseTrainer, NonFiniteLossError, StepResult, token_mean_loss, use_bf16  # noqa: F401
@@ -38,7 +39,7 @@ class Trainer(BaseTrainer):
         super().__init__(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
         self.tconfig = transformer_config(cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo",
                                           recompute=cfg.train.recompute)
-        chunks = build_model(cfg.model, self.tconfig)
+        chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]
         ddp_config = DistributedDataParallelConfig(
@@ -92,8 +93,7 @@ class Trainer(BaseTrainer):
         return self._reduce_loss(losses)
 
     def _reduce_loss(self, losses) -> torch.Tensor:
-        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-        value = torch.zeros(1, dtype=torch.float64, device=device)
+        value = torch.zeros(1, dtype=torch.float64, device=process_device())
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             value += torch.stack([x["lm loss"].double() for x in losses]).mean()
             dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
