@@ -12,13 +12,11 @@ weights, and the distributed optimizer), in one CPU process:
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from megatron.core.transformer.module import Float16Module
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from megatron.core.transformer.module import Float16Module
 from tests.growth.helpers import grown_plan
 from tests.helpers import REPO
 from training.checkpoint.dcp_io import TensorReader

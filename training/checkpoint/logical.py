@@ -19,9 +19,9 @@ Loading moments into an engine's optimizer is the engine's job
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from pathlib import Path
-from collections.abc import Container
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 

@@ -42,9 +42,11 @@ class Trainer(BaseTrainer):
         chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]
+        overlap_grad, overlap_param = cfg.parallel.overlap(self.layout.backend)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
+            overlap_grad_reduce=overlap_grad,
+            overlap_param_gather=overlap_param,
             use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         )
         self.model = [
@@ -55,6 +57,15 @@ class Trainer(BaseTrainer):
         self.optimizer = build_optimizer(cfg.train, self.model, bf16=self.bf16,
                                          distributed=cfg.parallel.distributed_optimizer)
         self.scheduler = build_scheduler(cfg.train, self.optimizer)
+        self._overlap_param_gather = overlap_param
+        if overlap_grad:  # as Megatron-LM wires it: reduce only after the last micro-batch, per chunk
+            no_sync = [m.no_sync for m in self.model]
+            grad_sync = [m.start_grad_sync for m in self.model]
+            self.tconfig.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+            self.tconfig.grad_sync_func = grad_sync[0] if len(grad_sync) == 1 else grad_sync
+        if overlap_param:  # parameters are gathered by forward pre-hooks of the next step
+            param_sync = [m.start_param_sync for m in self.model]
+            self.tconfig.param_sync_func = param_sync[0] if len(param_sync) == 1 else param_sync
         self.tconfig.finalize_model_grads_func = finalize_model_grads
         self.tconfig.grad_scale_func = self.optimizer.scale_loss
         self._fwd_bwd = get_forward_backward_func()
@@ -133,6 +144,10 @@ class Trainer(BaseTrainer):
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, root: Optional[Path] = None) -> Path:
+        if self._overlap_param_gather:  # the last step's parameter all-gather may still be pending
+            for m in self.model:
+                m.disable_forward_pre_hook(param_sync=True)
+                m.enable_forward_pre_hook()
         return megatron_checkpoint.save(root or self.checkpoint_root(), step=self.step_count, model_chunks=self.model,
                                optimizer=self.optimizer, scheduler=self.scheduler, layout=self.layout,
                                meta=self.checkpoint_meta(), keep_last=self.cfg.checkpoint.keep_last)
