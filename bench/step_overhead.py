@@ -3,7 +3,12 @@ implementation of the same model and optimizer, measured in the same run.
 
     python bench/step_overhead.py [--layers 4 --hidden 256 --seq 128 --batch 8 --steps 20]
 
-Prints both medians and the ratio engine / plain (goal: <= 1.1). Both sides: same shapes, fp32,
+    python bench/step_overhead.py --compare-attention [--seq 1024 --hidden 256 ...]
+
+Prints both medians and the ratio engine / plain (goal: <= 1.1). With ``--compare-attention`` it
+times the engine twice instead, with ``train.attention=fused`` (torch's
+scaled_dot_product_attention) and ``unfused`` (megatron's baddbmm + softmax + bmm), and prints the
+ratio fused / unfused (goal at seq 1024, hidden 256: <= 0.8). Both sides: same shapes, fp32,
 AdamW (same hyper-parameters), gradient clipping at 1.0, global batch = one micro-batch, the
 same input batch each step. The plain side is a minimal pre-LN GPT (nn.Linear, F.layer_norm,
 RoPE, torch SDPA-free causal attention written like megatron's: baddbmm + softmax + bmm).
@@ -98,6 +103,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--compare-attention", action="store_true",
+                    help="time the engine with fused vs unfused core attention (no plain side)")
     args = ap.parse_args()
 
     from training.config import load_run_config
@@ -112,12 +119,26 @@ def main() -> None:
         "train.precision=fp32", "logging.progress_bar=false", "logging.tensorboard=false",
         "output_dir=/tmp/flm-bench-step",
     ]
-    cfg = load_run_config(None, overrides)
     source = MockSource(args.vocab, args.seq, seed=0)
-    trainer = Trainer(cfg, train_source=source)
     first = source.sample(0)
-    trainer.train_source = type("Fixed", (), {"seq_length": args.seq, "sample": lambda self, i: first})()
-    engine = time_steps(trainer.step, args.steps)
+
+    def engine_step_time(attention: str) -> float:
+        cfg = load_run_config(None, [*overrides, f"train.attention={attention}"])
+        trainer = Trainer(cfg, train_source=source)
+        trainer.train_source = type("Fixed", (), {"seq_length": args.seq, "sample": lambda self, i: first})()
+        return time_steps(trainer.step, args.steps)
+
+    shape = (f"shape: L={args.layers} h={args.hidden} heads={args.heads} seq={args.seq} batch={args.batch} "
+             f"vocab={args.vocab}; threads={torch.get_num_threads()}")
+    if args.compare_attention:
+        unfused = engine_step_time("unfused")
+        fused = engine_step_time("fused")
+        print(shape)
+        print(f"engine step, unfused core attention (baddbmm + softmax + bmm): {unfused * 1e3:.1f} ms (median of {args.steps})")
+        print(f"engine step, fused core attention (scaled_dot_product_attention): {fused * 1e3:.1f} ms")
+        print(f"ratio fused / unfused: {fused / unfused:.3f}  (goal <= 0.8)")
+        return
+    engine = engine_step_time("fused")
 
     torch.manual_seed(0)
     model = PlainGPT(args.vocab, args.hidden, args.heads, 4 * args.hidden, args.layers, args.seq)
@@ -133,8 +154,7 @@ def main() -> None:
         opt.step()
 
     plain = time_steps(plain_step, args.steps)
-    print(f"shape: L={args.layers} h={args.hidden} heads={args.heads} seq={args.seq} batch={args.batch} vocab={args.vocab}; "
-          f"threads={torch.get_num_threads()}")
+    print(shape)
     print(f"engine step (megatron-core GPTModel + DDP + optimizer + schedule): {engine * 1e3:.1f} ms (median of {args.steps})")
     print(f"plain torch step (same model math, torch AdamW):                   {plain * 1e3:.1f} ms")
     print(f"ratio engine / plain: {engine / plain:.3f}  (goal <= 1.1)")

@@ -122,6 +122,13 @@ class ParallelConfig:
     virtual_pp: Optional[int] = None
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
+    #: overlap the data-parallel gradient reduction with the backward pass (megatron DDP's
+    #: overlap_grad_reduce); null: on under NCCL (GPUs), off on gloo (CPU), where it does not apply
+    overlap_grad_reduce: Optional[bool] = None
+    #: overlap the distributed optimizer's parameter all-gather with the next forward pass (megatron
+    #: DDP's overlap_param_gather; needs distributed_optimizer and overlap_grad_reduce); null: on
+    #: under NCCL with the distributed optimizer, off otherwise
+    overlap_param_gather: Optional[bool] = None
 
     def validate(self, path: str) -> None:
         for name in ("tp", "pp"):
@@ -133,6 +140,19 @@ class ParallelConfig:
             raise ConfigError(join_key(path, "virtual_pp"), "needs pp >= 2 and a value >= 2 (or null)")
         if self.sequence_parallel and self.tp == 1:
             raise ConfigError(join_key(path, "sequence_parallel"), "needs tp >= 2; set it to false for tp=1")
+        if self.overlap_param_gather and not self.distributed_optimizer:
+            raise ConfigError(join_key(path, "overlap_param_gather"),
+                              "needs distributed_optimizer: true (only the distributed optimizer gathers parameters)")
+        if self.overlap_param_gather and self.overlap_grad_reduce is False:
+            raise ConfigError(join_key(path, "overlap_param_gather"), "needs overlap_grad_reduce (true or null)")
+
+    def overlap(self, backend: str) -> tuple[bool, bool]:
+        """(overlap_grad_reduce, overlap_param_gather) for a process group of ``backend`` (the null
+        defaults resolved: on under NCCL, off on gloo)."""
+        grad = self.overlap_grad_reduce if self.overlap_grad_reduce is not None else backend == "nccl"
+        param = (self.overlap_param_gather if self.overlap_param_gather is not None
+                 else grad and self.distributed_optimizer and backend == "nccl")
+        return grad, param
 
     def data_parallel_size(self, world_size: int) -> int:
         """DP size for ``world_size`` processes, or ConfigError if the layout does not fit."""
@@ -182,6 +202,10 @@ class TrainConfig:
     #: activation recomputation (megatron-core): none; selective = core attention only
     #: (Korthikanti et al. 2022); full = every layer's activations
     recompute: Literal["none", "selective", "full"] = "none"
+    #: core attention: fused = torch's scaled_dot_product_attention (flash / memory-efficient
+    #: kernels on GPU, the fused CPU kernel); unfused = megatron's DotProductAttention (baddbmm +
+    #: softmax + bmm). Same math (tested equal in fp32); growth masks and xPos work with both
+    attention: Literal["fused", "unfused"] = "fused"
 
     def validate(self, path: str) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval", "eval_interval"):

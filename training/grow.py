@@ -3,7 +3,9 @@
 ``grow_checkpoint(src, dst, plan)`` (collective when a process group is initialized, e.g. the
 trainer's in a staged run; a plain process needs none) reads a checkpoint saved under any TP/PP/DP layout and writes a
 logical checkpoint at ``dst`` that loads under any layout with ``flm train --init-from`` (weights,
-Adam moments, Adam step, growth masks, consumed samples).
+Adam moments, Adam step, growth masks, consumed samples). A bf16 run's fp32 master weights
+(``optimizer.state.fp32_param.*``) grow with the same operator as the weights, in fp32, so growth
+does not round them to bf16.
 
 It streams: every grown tensor is declared to the writer (``training.checkpoint.dcp_io``) with its shape and
 cut into chunks (one layer per chunk for ``decoder.layers.*``); a chunk is computed only when the
@@ -40,7 +42,7 @@ from growth.roles import logical_keys, role_of
 from growth.verify import VerifyReport, verify_weights
 from training.checkpoint import CheckpointError, read_meta, resolve
 from training.checkpoint.dcp_io import ChunkedTensor, TensorReader
-from training.checkpoint.logical import moment_key, write_logical_chunks
+from training.checkpoint.logical import master_key, moment_key, stored_master_key, write_logical_chunks
 from training.config import ModelConfig, RunConfig
 from training.config_base import ConfigError, from_dict, read_yaml, to_dict
 
@@ -148,7 +150,9 @@ def _check_source(reader: TensorReader, g: Growth, src: Path) -> list[str]:
         raise GrowthError(f"{src} does not hold the model its config describes: missing {missing[:5]}, "
                           f"unexpected {unknown[:5]}")
     for key in keys:
-        for name in [key] + [moment_key(m, key) for m, _ in MOMENTS if moment_key(m, key) in reader]:
+        for name in [key, stored_master_key(reader, reader.dtype, key)] + [moment_key(m, key) for m, _ in MOMENTS]:
+            if name is None or name not in reader:
+                continue
             want = g.old_shape(key)
             if reader.shape(name) != want:
                 raise GrowthError(f"{src}: {name} has shape {reader.shape(name)}, the plan's old model {want}")
@@ -172,6 +176,16 @@ def _entries(g: Growth, reader: TensorReader, keys: list[str]) -> list[ChunkedTe
                                          grow_layer(g, key, j, source(key, j), dtype=dtype)[None]))
         else:
             entries.append(ChunkedTensor(key, new_shape, dtype, produce=lambda _, key=key: grow_tensor(g, key, reader.read(key))))
+        master = stored_master_key(reader, reader.dtype, key)
+        if master is not None:  # a bf16 run's fp32 master weights grow exactly as the weights do, in fp32
+            mdtype = reader.dtype(master)
+            if layered:
+                entries.append(ChunkedTensor(master_key(key), new_shape, mdtype, rows=1, produce=lambda j, key=key,
+                                             master=master, mdtype=mdtype: grow_layer(g, key, j, source(master, j),
+                                                                                      dtype=mdtype)[None]))
+            else:
+                entries.append(ChunkedTensor(master_key(key), new_shape, mdtype, produce=lambda _, key=key, master=master:
+                                             grow_tensor(g, key, reader.read(master))))
         for m, order in MOMENTS:
             name = moment_key(m, key)
             if name not in reader:

@@ -51,16 +51,22 @@ def flops_per_token(model: ModelConfig) -> float:
     return 6.0 * matmul_params(model) + attn
 
 
+def peak_tflops_of(device_name: str) -> Optional[float]:
+    """Dense bf16 peak TFLOP/s of a GPU by its name (``torch.cuda.get_device_name()``, e.g.
+    ``NVIDIA H100 80GB HBM3``), from ``PEAK_TFLOPS``; None for an unknown device. The longest
+    matching key wins (``H200`` before ``H20``)."""
+    matches = [key for key in PEAK_TFLOPS if key in device_name]
+    return PEAK_TFLOPS[max(matches, key=len)] if matches else None
+
+
 def device_peak_tflops(override: Optional[float]) -> Optional[float]:
+    """The peak MFU is measured against: ``logging.peak_tflops`` when set, else this process's GPU's
+    (``peak_tflops_of``); None on CPU (MFU is then not reported)."""
     if override:
         return override
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    for key, value in PEAK_TFLOPS.items():
-        if key in name:
-            return value
-    return None
+    return peak_tflops_of(torch.cuda.get_device_name())
 
 
 def truncate_jsonl(path: Path, after_step: int) -> int:

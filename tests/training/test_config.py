@@ -108,3 +108,17 @@ def test_deepspeed_engine_config_defaults_and_staged_layouts(tmp_path):
 def test_deepspeed_engine_refused_layout_fails_the_cli_before_launching():
     bad = flm("train", str(TINY), "engine=deepspeed", "parallel.tp=2", check=False)
     assert bad.returncode == 2 and "parallel.tp" in bad.stderr and "engine: deepspeed" in bad.stderr
+
+
+def test_overlap_defaults_on_for_nccl_off_on_gloo():
+    cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", [])
+    assert cfg.parallel.overlap("gloo") == (False, False)
+    assert cfg.parallel.overlap("nccl") == (True, False)  # no distributed optimizer: no parameter gather
+    distopt = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", ["parallel.distributed_optimizer=true"])
+    assert distopt.parallel.overlap("nccl") == (True, True)
+    explicit = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
+                               ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
+                                "parallel.overlap_param_gather=true"])
+    assert explicit.parallel.overlap("gloo") == (True, True)
+    with pytest.raises(ConfigError, match="overlap_param_gather"):
+        load_run_config(REPO / "configs" / "runs" / "tiny.yaml", ["parallel.overlap_param_gather=true"])

@@ -19,6 +19,8 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pp=2"]),
     "dp2": (2, []),
     "dp2-distopt": (2, ["parallel.distributed_optimizer=true"]),
+    "dp2-distopt-overlap": (2, ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
+                                "parallel.overlap_param_gather=true"]),
     "tp2-sp": (2, ["parallel.tp=2", "parallel.sequence_parallel=true"]),
     "tp2xpp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
 }

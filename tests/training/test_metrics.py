@@ -26,3 +26,23 @@ def test_progress_bar_starts_at_the_resumed_step(tmp_path):
         assert sink._bar.n == 9
     finally:
         sink.close()
+
+
+def test_peak_table_matches_device_names():
+    from training.metrics import peak_tflops_of
+
+    assert peak_tflops_of("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops_of("NVIDIA H200") == 989.0
+    assert peak_tflops_of("NVIDIA H20") == 148.0
+    assert peak_tflops_of("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops_of("NVIDIA A800 80GB PCIe") == 312.0
+    assert peak_tflops_of("Tesla V100") is None
+
+
+def test_mfu_uses_the_model_flops_formula():
+    from training.config import ModelConfig
+    from training.metrics import flops_per_token, matmul_params
+
+    m = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4, vocab_size=512,
+                    seq_length=64)
+    assert flops_per_token(m) == 6.0 * matmul_params(m) + 12 * 2 * 64 * 64

@@ -16,6 +16,10 @@ CASES = {
     "pp2-to-tp2": ((2, ["parallel.pp=2"]), (2, ["parallel.tp=2"])),
     "distopt-dp2-to-tp2": ((2, ["parallel.distributed_optimizer=true"]),
                            (2, ["parallel.tp=2", "parallel.distributed_optimizer=true"])),
+    "distopt-overlap-dp2-to-dp2": ((2, ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
+                                         "parallel.overlap_param_gather=true"]),
+                                   (2, ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
+                                         "parallel.overlap_param_gather=true"])),
 }
 
 

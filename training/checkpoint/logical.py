@@ -19,8 +19,9 @@ Loading moments into an engine's optimizer is the engine's job
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -31,8 +32,30 @@ from training.checkpoint.meta import resolve
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
+#: the fp32 master weights of a mixed-precision (bf16) run: megatron's mixed-precision optimizer
+#: stores them under ``optimizer.state.fp32_param.<param key>`` (the name logical checkpoints use),
+#: the distributed optimizer's ``fully_reshardable`` format under ``optimizer.state.param.<param key>``
+MASTER = "fp32_param"
+MASTER_STORED = (MASTER, "param")
+
+
 def moment_key(moment: str, key: str) -> str:
     return f"optimizer.state.{moment}.{key}"
+
+
+def master_key(key: str) -> str:
+    """Where a logical checkpoint stores the fp32 master weights of parameter ``key`` (bf16 runs only)."""
+    return moment_key(MASTER, key)
+
+
+def stored_master_key(stored: Container[str], dtype_of: Callable[[str], torch.dtype], key: str) -> Optional[str]:
+    """The key under which a checkpoint holding keys ``stored`` keeps master weights of parameter
+    ``key`` that differ from the parameter (a bf16 run's fp32 masters), or None (an fp32 run: the
+    parameter is its own master)."""
+    for name in MASTER_STORED:
+        if moment_key(name, key) in stored and dtype_of(moment_key(name, key)) != dtype_of(key):
+            return moment_key(name, key)
+    return None
 
 
 def read_logical(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
@@ -54,7 +77,7 @@ def layer_rows(key: str) -> Optional[int]:
     stacked per-layer tensors (``decoder.layers.*``, stored one layer per chunk as megatron stores
     them, so they can be read back layer by layer), None (one chunk) for the others."""
     param = key
-    for m in MOMENTS:
+    for m in (*MOMENTS, *MASTER_STORED):
         param = param.removeprefix(moment_key(m, ""))
     return 1 if param.startswith("decoder.layers.") else None
 

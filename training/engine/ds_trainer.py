@@ -127,7 +127,7 @@ class DeepSpeedTrainer(BaseTrainer):
         deepspeed = import_deepspeed()
         self.tconfig = transformer_config(cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo",
                                           recompute=cfg.train.recompute)
-        (gpt,) = build_model(cfg.model, self.tconfig)
+        (gpt,) = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
         module = Float16Module(self.tconfig, gpt) if self.bf16 else gpt
         self.entries = ds_checkpoint.param_entries(module)  # before ZeRO-3 partitions the parameters
         t = cfg.train

@@ -6,6 +6,8 @@
 - ``load_moments`` puts logical Adam moments (``training.checkpoint.logical``) into *any* optimizer
   under *any* layout: each parameter's moment slice is read with the parameter's own sharding (so
   TP/PP slicing is megatron's), then copied into the plain or the distributed optimizer's state.
+  The fp32 master weights of a bf16 run (``optimizer.state.fp32_param.*``, carried by growth) go
+  into the optimizer's main parameters the same way (into the parameter itself in an fp32 run).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from megatron.core.transformer.module import Float16Module
 
 from training.checkpoint.atomic import commit
-from training.checkpoint.logical import MOMENTS, moment_key
+from training.checkpoint.logical import MASTER, MASTER_STORED, MOMENTS, moment_key
 from training.checkpoint.meta import CheckpointError, read_meta, resolve
 from training.engine.optim import inner_optimizers, set_torch_adam_step
 
@@ -179,8 +181,13 @@ def restore_rng(path: str | Path, layout) -> bool:
 
 
 def _renamed(sh, key: str):
-    """A copy of a model sharded entry reading ``key`` into a fresh tensor of the same local shape."""
-    return dataclasses.replace(sh, key=key, data=torch.empty_like(sh.data))
+    """A copy of a model sharded entry reading ``key`` into a fresh fp32 tensor of the same local
+    shape (optimizer state is fp32 also when the model is bf16: reading it into the model's dtype
+    would round the moments and master weights)."""
+    data = torch.empty_like(sh.data, dtype=torch.float32)
+    if isinstance(sh, ShardedTensor):
+        return dataclasses.replace(sh, key=key, data=data, dtype=torch.float32)
+    return dataclasses.replace(sh, key=key, data=data)
 
 
 def _float16_main_params(optimizer) -> dict[int, torch.Tensor]:
@@ -194,10 +201,13 @@ def _float16_main_params(optimizer) -> dict[int, torch.Tensor]:
 
 
 def load_moments(ckpt: str | Path, model_chunks, optimizer, step: int) -> int:
-    """Copy the checkpoint's Adam moments into ``optimizer`` for this rank's shards; set Adam's step.
+    """Copy the checkpoint's Adam moments (and fp32 master weights, when it has them) into
+    ``optimizer`` for this rank's shards; set Adam's step.
 
     Returns the number of parameters whose moments were loaded. Parameters without moments in the
-    checkpoint keep zero moments (documented growth rule for new tensors).
+    checkpoint keep zero moments (documented growth rule for new tensors). Master weights go into
+    the optimizer's fp32 main parameters; the model's bf16 weights stay as loaded from the
+    checkpoint (the rounding of those masters), and the first step copies the updated masters back.
     """
     path = resolve(ckpt)
     available = set(dist_checkpointing.load_tensors_metadata(str(path)))
@@ -208,8 +218,9 @@ def load_moments(ckpt: str | Path, model_chunks, optimizer, step: int) -> int:
         for name, sh in model_state_dict(chunk).items():
             if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)) or id(sh.data) not in params_by_id:
                 continue
-            for m in MOMENTS:
-                key = moment_key(m, sh.key)
+            masters = [moment_key(n, sh.key) for n in MASTER_STORED if moment_key(n, sh.key) in available]
+            for m in (*MOMENTS, MASTER):
+                key = masters[0] if m == MASTER and masters else moment_key(m, sh.key)
                 if key in available:
                     slot = f"{ci}/{m}/{name}"
                     request[slot] = _renamed(sh, key)
@@ -228,12 +239,14 @@ def load_moments(ckpt: str | Path, model_chunks, optimizer, step: int) -> int:
                 continue
             rng = opt._get_model_param_range_map(param)["param"]
             states = opt._get_main_param_and_optimizer_states(param)
-            states[m].copy_(local.reshape(-1)[rng.start:rng.end])
+            target = states["param" if m == MASTER else m]
+            target.detach().copy_(local.reshape(-1)[rng.start:rng.end].to(target.dtype))
         else:
             main = main_of.get(id(param), param)
-            state = _state_of(optimizer, main)
-            state[m].copy_(local.to(state[m].dtype))
-        done.add(id(param))
+            target = main.detach() if m == MASTER else _state_of(optimizer, main)[m]
+            target.copy_(local.to(target.dtype))
+        if m != MASTER:
+            done.add(id(param))
     for opt in inner_optimizers(optimizer):
         set_torch_adam_step(opt, step)
     return len(done)

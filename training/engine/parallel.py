@@ -38,6 +38,15 @@ class Layout:
         return self.tp_rank == 0 and self.dp_rank == 0 and self.pp_rank == self.pp - 1
 
 
+def process_device() -> torch.device:
+    """The device this process computes on: the current CUDA device (set from ``LOCAL_RANK`` by
+    ``init_process_group``) when CUDA is available, else the CPU. The one place that decides it:
+    the model (``build_model``), batches and loss reductions all ask here."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def init_process_group() -> None:
     if dist.is_initialized():
         return

@@ -25,6 +25,7 @@ from training.data.source import SampleSource
 from training.engine import megatron_checkpoint
 from training.engine.model.build import build_model, transformer_config
 from training.engine.optim import build_optimizer, build_scheduler
+from training.engine.parallel import process_device
 
 # re-exported: callers import these from here
 from training.engine.trainer_base import BaseTrainer, NonFiniteLossError, StepResult, token_mean_loss, use_bf16  # noqa: F401
@@ -38,12 +39,14 @@ class Trainer(BaseTrainer):
         super().__init__(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
         self.tconfig = transformer_config(cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo",
                                           recompute=cfg.train.recompute)
-        chunks = build_model(cfg.model, self.tconfig)
+        chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]
+        overlap_grad, overlap_param = cfg.parallel.overlap(self.layout.backend)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
+            overlap_grad_reduce=overlap_grad,
+            overlap_param_gather=overlap_param,
             use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         )
         self.model = [
@@ -54,6 +57,15 @@ class Trainer(BaseTrainer):
         self.optimizer = build_optimizer(cfg.train, self.model, bf16=self.bf16,
                                          distributed=cfg.parallel.distributed_optimizer)
         self.scheduler = build_scheduler(cfg.train, self.optimizer)
+        self._overlap_param_gather = overlap_param
+        if overlap_grad:  # as Megatron-LM wires it: reduce only after the last micro-batch, per chunk
+            no_sync = [m.no_sync for m in self.model]
+            grad_sync = [m.start_grad_sync for m in self.model]
+            self.tconfig.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+            self.tconfig.grad_sync_func = grad_sync[0] if len(grad_sync) == 1 else grad_sync
+        if overlap_param:  # parameters are gathered by forward pre-hooks of the next step
+            param_sync = [m.start_param_sync for m in self.model]
+            self.tconfig.param_sync_func = param_sync[0] if len(param_sync) == 1 else param_sync
         self.tconfig.finalize_model_grads_func = finalize_model_grads
         self.tconfig.grad_scale_func = self.optimizer.scale_loss
         self._fwd_bwd = get_forward_backward_func()
@@ -92,8 +104,7 @@ class Trainer(BaseTrainer):
         return self._reduce_loss(losses)
 
     def _reduce_loss(self, losses) -> torch.Tensor:
-        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-        value = torch.zeros(1, dtype=torch.float64, device=device)
+        value = torch.zeros(1, dtype=torch.float64, device=process_device())
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             value += torch.stack([x["lm loss"].double() for x in losses]).mean()
             dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
@@ -133,6 +144,10 @@ class Trainer(BaseTrainer):
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, root: Optional[Path] = None) -> Path:
+        if self._overlap_param_gather:  # the last step's parameter all-gather may still be pending
+            for m in self.model:
+                m.disable_forward_pre_hook(param_sync=True)
+                m.enable_forward_pre_hook()
         return megatron_checkpoint.save(root or self.checkpoint_root(), step=self.step_count, model_chunks=self.model,
                                optimizer=self.optimizer, scheduler=self.scheduler, layout=self.layout,
                                meta=self.checkpoint_meta(), keep_last=self.cfg.checkpoint.keep_last)

@@ -39,7 +39,7 @@ from training.checkpoint.integrity import find_resumable
 from training.config import RunConfig, run_config_to_dict
 from training.data.source import SampleSource
 from training.engine.model.masks import apply_masks, clear_masks
-from training.engine.parallel import Layout, setup_layout
+from training.engine.parallel import Layout, process_device, setup_layout
 from training.errors import PREEMPTED_EXIT_CODE, FLMError, PreemptedError
 from training.metrics import MetricsSink, device_peak_tflops, flops_per_token
 
@@ -167,7 +167,7 @@ class BaseTrainer(ABC):
 
     def _micro_batches(self, samples: np.ndarray) -> list[dict[str, torch.Tensor]]:
         mbs = self.cfg.train.micro_batch_size
-        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        device = process_device()
         out = []
         for i in range(0, samples.shape[0], mbs):
             chunk = torch.from_numpy(samples[i:i + mbs]).to(device)

@@ -93,7 +93,7 @@ def build_rank(model: ModelConfig, parallel: ParallelConfig, tp_rank: int, pp_ra
         config = builder.transformer_config(model, parallel, bf16=bf16, gloo=True)
         config.perform_initialization = False
         with MetaAllocation():
-            chunks = builder.build_model(model, config)
+            chunks = builder.build_model(model, config, device="meta")
         params = [list(c.parameters()) for c in chunks]
         return BuiltRank(
             tp_rank=tp_rank, pp_rank=pp_rank,

@@ -13,6 +13,13 @@ Inputs (megatron layout, after RoPE): query ``[s, b, heads_local, d]``, key/valu
   each head's output are multiplied per head, keys and values per group; at c = 0 a new head
   contributes exactly 0, also when it joins an existing query group (whose keys/values are shared
   with old heads, so masking the query alone would leave it attending uniformly).
+- ``fused=True`` (the default of the layer spec): the scores, softmax, dropout and weighted sum run
+  in one call of ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient
+  kernels on GPU, the fused kernel on CPU) instead of megatron's baddbmm + softmax + bmm. Same
+  math: scale ``1/sqrt(d)`` (megatron's query-key layer scaling only rescales inside its softmax), causal
+  mask, groups expanded to their heads as megatron does (GQA), attention dropout with probability
+  ``attention_dropout`` only in training mode, drawn inside the model-parallel RNG tracker like
+  megatron's. xPos and head masks are applied around it, identically for both paths.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from megatron.core import parallel_state
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
 from torch import Tensor
 
 
@@ -43,9 +52,13 @@ def _local_slice(mask: Tensor) -> Tensor:
 
 
 class FLMCoreAttention(DotProductAttention):
-    def __init__(self, *args, xpos_scale_base: Optional[float] = None, **kwargs):
+    def __init__(self, *args, xpos_scale_base: Optional[float] = None, fused: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.xpos_scale_base = xpos_scale_base
+        self.fused = fused
+        if fused and (self.config.softmax_type != "vanilla" or self.config.window_size is not None):
+            raise ValueError("fused core attention supports vanilla softmax without sliding windows; "
+                             "use train.attention=unfused")
         self.head_mask: Optional[Tensor] = None
         self.group_mask: Optional[Tensor] = None
         self._xpos_cache: dict = {}
@@ -63,14 +76,44 @@ class FLMCoreAttention(DotProductAttention):
             query = query * f
             key = key / f
         if self.head_mask is None:
-            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
-                                   packed_seq_params)
+            return self._core(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
         hm = _local_slice(self.head_mask).to(query.dtype)
         gm = _local_slice(self.group_mask).to(query.dtype)
         query = query * hm[None, None, :, None]
         key = key * gm[None, None, :, None]
         value = value * gm[None, None, :, None]
-        context = super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
-                                  packed_seq_params)
+        context = self._core(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
         s, b, _ = context.shape
         return (context.view(s, b, hm.shape[0], -1) * hm[None, None, :, None]).view(s, b, -1)
+
+    def _core(self, query: Tensor, key: Tensor, value: Tensor, attention_mask, attn_mask_type, attention_bias,
+              packed_seq_params) -> Tensor:
+        if not self.fused:
+            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
+                                   packed_seq_params)
+        assert packed_seq_params is None and attention_bias is None, "not supported by the project's core attention"
+        heads, groups = self.num_attention_heads_per_partition, self.num_query_groups_per_partition
+        if heads > groups:  # GQA: every head of a group sees its group's key/value (as megatron expands them)
+            key = key.repeat_interleave(heads // groups, dim=2)
+            value = value.repeat_interleave(heads // groups, dim=2)
+        # [s, b, n, d] -> [b, n, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
+        causal = mask_type == AttnMaskType.causal
+        mask = None if causal or attention_mask is None else ~attention_mask  # megatron: True = masked out
+        p = self.attention_dropout.p if self.training else 0.0
+        # megatron divides softmax_scale by the layer number under query-key layer scaling and
+        # multiplies it back inside its softmax: the net scale is the plain one
+        scale = self.softmax_scale * (self.layer_number if self.config.apply_query_key_layer_scaling else 1)
+
+        def attend() -> Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
+                                                  scale=scale)
+
+        if p > 0 and not self.config.sequence_parallel:
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                context = attend()
+        else:
+            context = attend()
+        s, b = query.shape[0], query.shape[1]
+        return context.permute(2, 0, 1, 3).reshape(s, b, -1)

@@ -8,6 +8,14 @@ added with forward hooks, so its forward stays untouched:
 - logits x ``output_multiplier`` (muP), and padded vocabulary rows (``vocab_size`` ..
   ``padded_vocab_size``) pushed to the dtype's minimum so they never take probability mass: the
   loss and any sampling see exactly the tokenizer's vocabulary.
+
+Device placement (as Megatron-LM does it): the chunks are built where megatron's initialisation
+puts them and then moved, once, by ``place_model`` to the process's device
+(``training.engine.parallel.process_device``, or an explicit ``device``). Everything a chunk owns
+moves with it: parameters, buffers (the padded-vocabulary mask is a non-persistent buffer) and
+the plain tensor attributes megatron and our hooks keep on modules (RoPE's ``inv_freq``, growth
+masks). Growth masks applied later are created on the device of the chunk's parameters
+(``training.engine.model.masks``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from training.config import ModelConfig, ParallelConfig
 from training.engine.model.spec import block_spec
+from training.engine.parallel import process_device
 
 
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, bf16: bool, gloo: bool,
@@ -86,7 +95,9 @@ def _output_hook(module, inputs, output):
     return logits, bias
 
 
-def _vocab_padding_mask(vocab_size: int, padded: int, device) -> Optional[torch.Tensor]:
+def _vocab_padding_mask(vocab_size: int, padded: int) -> Optional[torch.Tensor]:
+    """True on this TP rank's padded rows (None when it has none); created on the default device and
+    moved with the chunk by ``place_model``."""
     if padded == vocab_size:
         return None
     tp = parallel_state.get_tensor_model_parallel_world_size()
@@ -95,17 +106,18 @@ def _vocab_padding_mask(vocab_size: int, padded: int, device) -> Optional[torch.
     start, end = rank * per_rank, (rank + 1) * per_rank
     if end <= vocab_size:  # decided from the sizes, not the tensor: works on the meta device too
         return None
-    return torch.arange(start, end, device=device) >= vocab_size
+    return torch.arange(start, end) >= vocab_size
 
 
 def build_model_chunk(model: ModelConfig, config: TransformerConfig, *, pre_process: bool, post_process: bool,
-                      vp_stage: Optional[int] = None) -> GPTModel:
+                      vp_stage: Optional[int] = None, attention: str = "fused") -> GPTModel:
     tp = config.tensor_model_parallel_size
     padded = model.padded_vocab_size(tp)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=block_spec(
-            config, vp_stage, model.xpos_scale_base if model.position_embedding == "xpos" else None),
+            config, vp_stage, model.xpos_scale_base if model.position_embedding == "xpos" else None,
+            fused_attention=attention == "fused"),
         vocab_size=padded,
         max_sequence_length=model.seq_length,
         pre_process=pre_process,
@@ -121,14 +133,47 @@ def build_model_chunk(model: ModelConfig, config: TransformerConfig, *, pre_proc
         gpt.embedding.register_forward_hook(_embedding_hook)
     if post_process:
         gpt.output_layer.output_multiplier = model.output_multiplier
-        device = next(gpt.parameters()).device
-        gpt.output_layer.vocab_padding_mask = _vocab_padding_mask(model.vocab_size, padded, device)
+        # a buffer, so that moving the chunk moves it; not persistent: it is derived from the config
+        gpt.output_layer.register_buffer(
+            "vocab_padding_mask", _vocab_padding_mask(model.vocab_size, padded), persistent=False)
         gpt.output_layer.register_forward_hook(_output_hook)
     return gpt
 
 
-def build_model(model: ModelConfig, config: TransformerConfig) -> list[GPTModel]:
-    """Model chunks of this rank (one per virtual pipeline stage). Needs parallel_state initialised."""
+def place_model(chunks: list[torch.nn.Module], device: torch.device | str) -> list[torch.nn.Module]:
+    """Move every tensor of ``chunks`` to ``device`` (in place; returns ``chunks``): parameters and
+    buffers with ``Module.to``, and the plain tensor attributes of their modules (megatron's RoPE
+    ``inv_freq``, the growth masks and depth gates) that ``Module.to`` does not see."""
+    device = torch.device(device)
+    for chunk in chunks:
+        chunk.to(device)
+        for module in chunk.modules():
+            for name, value in list(vars(module).items()):
+                if isinstance(value, torch.Tensor) and value.device != device:
+                    setattr(module, name, value.to(device))
+    return chunks
+
+
+def tensors_off_device(chunks: list[torch.nn.Module], device: torch.device | str) -> list[str]:
+    """Names of every parameter, buffer and tensor attribute of ``chunks`` not on ``device`` (empty
+    when the placement is complete)."""
+    device = torch.device(device)
+    off = []
+    for i, chunk in enumerate(chunks):
+        for name, module in chunk.named_modules():
+            tensors = dict(module.named_parameters(recurse=False))
+            tensors.update(module.named_buffers(recurse=False))
+            tensors.update({k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
+            off += [f"chunk {i}: {name}.{k} on {v.device}" for k, v in tensors.items()
+                    if v is not None and v.device != device]
+    return off
+
+
+def build_model(model: ModelConfig, config: TransformerConfig, *, device: Optional[torch.device | str] = None,
+                attention: str = "fused") -> list[GPTModel]:
+    """Model chunks of this rank (one per virtual pipeline stage) on ``device`` (default: the
+    process's device). Needs parallel_state initialised. ``attention``: ``fused`` (torch's
+    ``scaled_dot_product_attention``) or ``unfused`` (megatron's ``DotProductAttention``)."""
     vpp = config.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):
@@ -139,6 +184,7 @@ def build_model(model: ModelConfig, config: TransformerConfig) -> list[GPTModel]
                 pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
                 post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
                 vp_stage=stage,
+                attention=attention,
             )
         )
-    return chunks
+    return place_model(chunks, process_device() if device is None else device)

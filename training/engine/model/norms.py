@@ -26,12 +26,9 @@ class FLMNorm(torch.nn.Module):
         self.rms = config.normalization == "RMSNorm"
         self.eps = eps
         self.hidden_size = hidden_size
-        device = None if torch.cuda.is_available() and not config.use_cpu_initialization else "cpu"
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype, device=device))
-        self.bias = (
-            None if self.rms
-            else torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype, device=device))
-        )
+        # created on the default device; ``build.place_model`` moves the whole chunk to the process's device
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        self.bias = None if self.rms else torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
         for p in self.parameters():
             p.sequence_parallel = config.sequence_parallel
         self.hidden_mask: Optional[Tensor] = None

@@ -29,8 +29,9 @@ from training.engine.model.mlp import FLMMLP
 from training.engine.model.norms import FLMNorm
 
 
-def layer_spec(config, xpos_scale_base: Optional[float] = None) -> ModuleSpec:
-    """``xpos_scale_base``: None for plain RoPE, else xPos with this scale base."""
+def layer_spec(config, xpos_scale_base: Optional[float] = None, fused_attention: bool = True) -> ModuleSpec:
+    """``xpos_scale_base``: None for plain RoPE, else xPos with this scale base; ``fused_attention``:
+    torch's ``scaled_dot_product_attention`` (else megatron's unfused core attention)."""
     return ModuleSpec(
         module=FLMTransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -40,7 +41,8 @@ def layer_spec(config, xpos_scale_base: Optional[float] = None) -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=functools.partial(FLMCoreAttention, xpos_scale_base=xpos_scale_base),
+                    core_attention=functools.partial(FLMCoreAttention, xpos_scale_base=xpos_scale_base,
+                                                     fused=fused_attention),
                     linear_proj=RowParallelLinear,
                     q_layernorm=IdentityOp,
                     k_layernorm=IdentityOp,
@@ -63,8 +65,8 @@ def layer_spec(config, xpos_scale_base: Optional[float] = None) -> ModuleSpec:
     )
 
 
-def block_spec(config, vp_stage: Optional[int] = None, xpos_scale_base: Optional[float] = None
-               ) -> TransformerBlockSubmodules:
+def block_spec(config, vp_stage: Optional[int] = None, xpos_scale_base: Optional[float] = None,
+               fused_attention: bool = True) -> TransformerBlockSubmodules:
     """Layers of this pipeline stage plus the final norm (an ``FLMNorm`` too)."""
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(config, xpos_scale_base)] * n, layer_norm=FLMNorm)
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(config, xpos_scale_base, fused_attention)] * n, layer_norm=FLMNorm)
