@@ -206,8 +206,16 @@ class TrainConfig:
     #: kernels on GPU, the fused CPU kernel); unfused = megatron's DotProductAttention (baddbmm +
     #: softmax + bmm). Same math (tested equal in fp32); growth masks and xPos work with both
     attention: Literal["fused", "unfused"] = "fused"
+    #: the LR schedule is entered at this step (its value at step n is the schedule's at offset + n);
+    #: set per stage by a staged run's ``lr_schedule: {kind: global}`` (docs/growth.md)
+    schedule_offset_steps: int = 0
+    #: after growth: the LR rises linearly from 0 to the schedule's value over this many steps
+    rewarmup_steps: int = 0
 
     def validate(self, path: str) -> None:
+        for name in ("schedule_offset_steps", "rewarmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(join_key(path, name), "must be >= 0")
         for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval", "eval_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(join_key(path, name), "must be a positive integer")
@@ -348,8 +356,13 @@ class StageGrowthConfig:
     #: rewind = straight back to this stage's peak LR, no warmup (MSG); restart = full warmup again,
     #: as long as the first stage's (G_stack)
     lr_policy: Literal["inherit", "rewind", "restart"] = "inherit"
+    #: with ``lr_schedule: {kind: equivalent_step}``: where (in tokens of the run-level schedule) this
+    #: stage enters the schedule
+    equivalent_tokens: Optional[int] = None
 
     def validate(self, path: str) -> None:
+        if self.equivalent_tokens is not None and self.equivalent_tokens < 0:
+            raise ConfigError(join_key(path, "equivalent_tokens"), "must be >= 0")
         for dim in self.operators:
             if dim not in ("hidden", "ffn", "heads", "depth"):
                 raise ConfigError(join_key(path, f"operators.{dim}"), "unknown dimension; allowed: hidden, ffn, heads, depth")
@@ -403,6 +416,31 @@ class IQEvalConfig:
 
 
 @dataclass
+class LRScheduleConfig:
+    """The ``lr_schedule:`` section of a staged run: how the stages' learning rates relate.
+
+    - ``per_stage``: every stage has its own warmup and decay over its own steps (the stage's
+      ``lr_policy`` decides its warmup);
+    - ``global``: one schedule over the whole run's tokens (warmup over ``warmup_tokens``, decay to
+      ``min_lr`` at the run's last token); each stage enters it where the previous stage stopped, at
+      its own peak (``stages[i].train.lr``; FLM-101B: 4e-4, 3.4e-4, 2e-4), after an optional linear
+      re-warmup of ``rewarmup_steps`` steps;
+    - ``equivalent_step``: as ``global``, but a grown stage enters the schedule at
+      ``stages[i].growth.equivalent_tokens`` (MSG: the tokens a from-scratch run of the grown shape
+      would need to reach the current loss) instead of where the previous stage stopped.
+    """
+
+    kind: Literal["per_stage", "global", "equivalent_step"] = "per_stage"
+    warmup_tokens: int = 0
+    rewarmup_steps: int = 0
+
+    def validate(self, path: str) -> None:
+        for name in ("warmup_tokens", "rewarmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(join_key(path, name), "must be >= 0")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/run"
@@ -423,6 +461,8 @@ class RunConfig:
     iq_eval: Optional[IQEvalConfig] = None
     #: loss spikes and skipped-step limits (docs/faults.md)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    #: how the stages' learning rates relate (staged runs; docs/growth.md)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
     def validate(self, path: str) -> None:
         if self.iq_eval is not None:
@@ -520,12 +560,15 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     where = join_key(path, f"stages[{index}]")
     train_data = dict(to_dict(run.train), **stage.train)
     train = from_dict(TrainConfig, train_data, join_key(where, "train"))
-    if stage.growth is not None and stage.growth.lr_policy == "rewind":
-        train.warmup_steps = 0
-    elif stage.growth is not None and stage.growth.lr_policy == "restart":
-        first = dict(to_dict(run.train), **run.stages[0].train)
-        train.warmup_steps = int(first.get("warmup_steps", train.warmup_steps))
     train.steps = stage_steps(stage.tokens, train, stage.model)
+    if run.lr_schedule.kind == "per_stage":
+        if stage.growth is not None and stage.growth.lr_policy == "rewind":
+            train.warmup_steps = 0
+        elif stage.growth is not None and stage.growth.lr_policy == "restart":
+            first = dict(to_dict(run.train), **run.stages[0].train)
+            train.warmup_steps = int(first.get("warmup_steps", train.warmup_steps))
+    else:
+        _run_level_schedule(run, index, train, stage.model, where)
     name = stage.name or f"stage{index}"
     single = dataclasses.replace(run, name=f"{run.name}/{name}", output_dir=str(Path(run.output_dir) / f"stage{index}-{name}"),
                                  model=stage.model, parallel=stage.parallel, train=train, stages=[], iq_eval=None)
@@ -534,6 +577,25 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     except ConfigError as err:
         raise ConfigError(join_key(where, err.key), err.message) from None
     return single
+
+
+def _run_level_schedule(run: RunConfig, index: int, train: TrainConfig, model: ModelConfig, where: str) -> None:
+    """Stage ``index``'s ``train`` section under a ``global`` / ``equivalent_step`` schedule: the
+    run-level schedule (in tokens) in this stage's steps, entered at the stage's offset."""
+    tokens_per_step = train.global_batch_size * model.seq_length
+    total = sum(s.tokens for s in run.stages)
+    entry = sum(s.tokens for s in run.stages[:index])
+    growth = run.stages[index].growth
+    if run.lr_schedule.kind == "equivalent_step" and growth is not None:
+        if growth.equivalent_tokens is None:
+            raise ConfigError(join_key(where, "growth.equivalent_tokens"),
+                              "lr_schedule equivalent_step needs the tokens at which this stage enters the schedule "
+                              "(where a from-scratch run of this shape would have the current loss)")
+        entry = growth.equivalent_tokens
+    train.schedule_offset_steps = entry // tokens_per_step
+    train.warmup_steps = math.ceil(run.lr_schedule.warmup_tokens / tokens_per_step)
+    train.lr_decay_steps = max(math.ceil(total / tokens_per_step), train.schedule_offset_steps + train.steps)
+    train.rewarmup_steps = run.lr_schedule.rewarmup_steps if index > 0 else 0
 
 
 def load_run_data(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:

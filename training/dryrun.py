@@ -3,7 +3,8 @@
 Trains ``configs/runs/dryrun.yaml`` (three stages on two gloo processes, DP2 -> TP2 -> PP2, MSG
 growth of width and depth, embedded default corpus), then writes ``<output_dir>/report/``:
 
-- ``loss_vs_tokens.png``: train and validation loss against tokens seen, growth marked;
+- ``loss_vs_tokens.png``: train and validation loss against tokens seen, growth marked, and below
+  it the learning rate every step used (the run's ``lr_schedule``);
 - ``stages.md``: per stage: shape, parameters, tokens, wall time, FLOPs, exactness at entry;
 - ``metrics.jsonl``: every stage's metrics in one file, with the stage index;
 - the stages' TensorBoard directories and the final checkpoint are listed in ``stages.md``;
@@ -142,8 +143,11 @@ def write_report(cfg: RunConfig) -> Path:
         lines += ["## IQ benchmark at the end of each stage", "", iq]
     (report / "stages.md").write_text("\n".join(lines))
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
     for i in range(len(cfg.stages)):
+        lr = [(r["tokens"], r["lr"]) for r in merged if r["stage"] == i and r.get("lr") is not None]
+        if lr:  # the LR each step actually used (metrics.jsonl), so the schedule across stages is visible
+            ax_lr.plot(*zip(*lr), lw=1, label=f"stage {i}")
         pts = [(r["tokens"], r["loss"]) for r in merged if r["stage"] == i]
         val = [(r["tokens"], r["val_loss"]) for r in merged if r["stage"] == i and r.get("val_loss") is not None]
         if pts:
@@ -152,7 +156,10 @@ def write_report(cfg: RunConfig) -> Path:
             ax.plot(*zip(*val), "o-", ms=3, label=f"stage {i} validation")
     for j, x in enumerate(boundaries):
         ax.axvline(x, color="k", ls="--", lw=0.8, label="growth" if j == 0 else None)
-    ax.set_xlabel("tokens")
+    for x in boundaries:
+        ax_lr.axvline(x, color="k", ls="--", lw=0.8)
+    ax_lr.set_xlabel("tokens")
+    ax_lr.set_ylabel(f"LR ({cfg.lr_schedule.kind})", fontsize=8)
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"{cfg.name}: loss vs tokens with growth transitions")
     ax.legend(fontsize=7)

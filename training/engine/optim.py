@@ -69,12 +69,38 @@ def set_torch_adam_step(opt: torch.optim.Optimizer, step: int) -> None:
             state["step"] = torch.tensor(float(step))
 
 
+class EnteredScheduler(OptimizerParamScheduler):
+    """megatron's scheduler entered at step ``offset`` of its schedule, with an optional linear
+    re-warmup over the first ``rewarmup_steps`` steps after the entry (a grown stage of a run-level
+    schedule). ``num_steps`` counts from the schedule's start, so checkpoints resume it exactly."""
+
+    def __init__(self, optimizer, *, offset: int, rewarmup_steps: int, **kwargs) -> None:
+        self.offset, self.rewarmup_steps = offset, rewarmup_steps
+        super().__init__(optimizer, **kwargs)
+        if offset:
+            self.step(increment=offset)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # megatron's loader adds the saved step count to the current one (it expects a fresh
+        # scheduler at step 0); the saved count already includes the entry offset
+        self.num_steps = 0
+        super().load_state_dict(state_dict)
+
+    def get_lr(self, param_group: dict) -> float:
+        lr = super().get_lr(param_group)
+        if self.rewarmup_steps:
+            lr *= min(1.0, (self.num_steps - self.offset) / self.rewarmup_steps)
+        return lr
+
+
 def build_scheduler(train: TrainConfig, optimizer) -> OptimizerParamScheduler:
-    """LR at optimizer step ``n`` (1-based): linear warmup to ``lr`` over ``warmup_steps``, then
-    decay (cosine/linear/constant) to ``min_lr`` at ``lr_decay_steps`` (default: ``steps``)."""
+    """LR at optimizer step ``n`` (1-based) of this run: the schedule's value at step
+    ``schedule_offset_steps + n`` — linear warmup to ``lr`` over ``warmup_steps``, then decay
+    (cosine/linear/constant) to ``min_lr`` at ``lr_decay_steps`` (default: ``steps``) — times a
+    linear re-warmup over the first ``rewarmup_steps`` steps."""
     decay_steps = train.lr_decay_steps or train.steps
-    return OptimizerParamScheduler(
-        optimizer,
+    return EnteredScheduler(
+        optimizer, offset=train.schedule_offset_steps, rewarmup_steps=train.rewarmup_steps,
         init_lr=0.0,
         max_lr=train.lr,
         min_lr=train.min_lr,
