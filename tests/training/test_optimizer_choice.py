@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from megatron.core import optimizer as megatron_optimizer
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from megatron.core import optimizer as megatron_optimizer
 from tests.helpers import REPO
 from training.config import load_run_config
 from training.config_base import ConfigError
