@@ -35,6 +35,7 @@ soon as they are used).
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import math
@@ -184,9 +185,9 @@ def run_checks(out: Path, smoke: bool = False) -> int:
         sync()
         return losses
 
-    def release(*trainers) -> None:
-        for t in trainers:
-            del t
+    def release() -> None:
+        """Return the memory of trainers the caller has just deleted."""
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -212,18 +213,21 @@ def run_checks(out: Path, smoke: bool = False) -> int:
             checks.record(f"train {name}", finite and worst <= (2e-2 if precision == "bf16" else 1e-4),
                           losses=losses, max_rel_vs_fp32=worst, seconds=time.perf_counter() - t0)
             if path is not None:
-                release(run)
+                del run
+                release()
                 resumed = trainer(name + "-resumed", *batch, f"train.precision={precision}",
                                   f"parallel.distributed_optimizer={str(distopt).lower()}")
                 resumed.load(path)
                 again = steps(resumed, 3)
                 worst = max(_rel(a, b) for a, b in zip(again, losses[3:]))
                 checks.record(f"resume {name}", worst <= 1e-3, losses=again, expected=losses[3:], max_rel=worst)
-                release(resumed)
+                del resumed
+                release()
                 if distopt:
                     shutil.rmtree(path.parent, ignore_errors=True)
             else:
-                release(run)
+                del run
+                release()
 
     # 3: growth of the bf16 checkpoint, a few steps after it
     src, old_loss = grow_src
@@ -251,7 +255,8 @@ def run_checks(out: Path, smoke: bool = False) -> int:
                   rel <= 2e-3 and carried and all(math.isfinite(x) for x in after),
                   loss_before=old_loss, loss_after=new_loss, rel=rel, fp32_masters_carried=carried,
                   losses_after=after, grow_seconds=grow_s)
-    release(grown)
+    del grown
+    release()
     shutil.rmtree(work, ignore_errors=True)
 
     # 4: ~1.3B bf16 timed window
@@ -271,7 +276,8 @@ def run_checks(out: Path, smoke: bool = False) -> int:
     checks.record(f"{params / 1e9:.2f}B bf16 timed window", all(math.isfinite(x) for x in timed), params=params,
                   step_s=dt, tokens_per_s=tokens_s, tflops_per_gpu=tflops, mfu=mfu,
                   mfu_goal_met=None if mfu is None else mfu >= 0.45)
-    release(big)
+    del big
+    release()
     teardown()
 
     total = time.perf_counter() - t_start
