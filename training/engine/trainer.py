@@ -8,9 +8,10 @@ shared with the DeepSpeed engine in ``training.engine.trainer_base``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist

@@ -30,7 +30,7 @@ class FLMNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         self.bias = None if self.rms else torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
         for p in self.parameters():
-            setattr(p, "sequence_parallel", config.sequence_parallel)
+            p.sequence_parallel = config.sequence_parallel
         self.hidden_mask: Optional[Tensor] = None
 
     def forward(self, x: Tensor) -> Tensor:
