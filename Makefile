@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dryrun test test-fast lint install clean-venv
+.PHONY: dryrun test test-fast lint install clean-venv gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ test: lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The GPU check (bench/gpu_check.py, docs/benchmarks.md): `make gpu-wheels` where a package registry
+# is reachable (pip download of the Python 3.12 wheels the GPU machine lacks into .gpu-wheels/),
+# then, with that folder carried over, `make gpu-check` on the CUDA machine (no venv, no registry:
+# the machine's own python and torch).
+gpu-wheels:
+	$(PYTHON) bench/gpu_check.py wheels
+
+gpu-check:
+	$(PYTHON) bench/gpu_check.py run
 
 clean-venv:
 	rm -rf $(VENV)

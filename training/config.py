@@ -173,6 +173,14 @@ class ParallelConfig:
         return dp
 
 
+#: why growth refuses TE/Apex FusedAdam (``train.optimizer_impl: fused``)
+FUSED_ADAM_GROWTH = (
+    "growth carries Adam's per-parameter step and moments of torch's AdamW; Transformer Engine / Apex "
+    "FusedAdam keep the step in their own bookkeeping, which growth cannot carry (the grown model would "
+    "silently restart bias correction); set train.optimizer_impl=torch for growth runs"
+)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation: AdamW, warmup + cosine to a floor, clipping, batch sizes, precision."""
@@ -206,6 +214,12 @@ class TrainConfig:
     #: kernels on GPU, the fused CPU kernel); unfused = megatron's DotProductAttention (baddbmm +
     #: softmax + bmm). Same math (tested equal in fp32); growth masks and xPos work with both
     attention: Literal["fused", "unfused"] = "fused"
+    #: the Adam implementation of the megatron engine. torch: torch.optim.AdamW, also where
+    #: Transformer Engine or Apex is installed (megatron would silently pick their FusedAdam);
+    #: growth carries its per-parameter step. fused: TE's / Apex's FusedAdam (must be installed),
+    #: whose step bookkeeping growth cannot carry: refused for growth runs and moment-carrying
+    #: --init-from
+    optimizer_impl: Literal["torch", "fused"] = "torch"
     #: the LR schedule is entered at this step (its value at step n is the schedule's at offset + n);
     #: set per stage by a staged run's ``lr_schedule: {kind: global}`` (docs/growth.md)
     schedule_offset_steps: int = 0
@@ -476,8 +490,13 @@ class RunConfig:
                 raise ConfigError(join_key(where, "growth"), "the first stage is trained from scratch; remove its growth section")
             if i > 0 and stage.growth is None:
                 raise ConfigError(join_key(where, "growth"), "every stage after the first needs a growth section")
-            stage_config(self, i, path)  # the merged single-stage config must be valid too
+            merged = stage_config(self, i, path)  # the merged single-stage config must be valid too
+            if len(self.stages) > 1 and merged.train.optimizer_impl == "fused":
+                raise ConfigError(join_key(path, "train.optimizer_impl"), FUSED_ADAM_GROWTH)
         m, p = self.model, self.parallel
+        if self.engine == "deepspeed" and self.train.optimizer_impl != "torch":
+            raise ConfigError(join_key(path, "train.optimizer_impl"),
+                              "engine: deepspeed trains with torch's AdamW; set train.optimizer_impl=torch")
         if self.engine == "deepspeed":
             check_deepspeed_layout(p, join_key(path, "parallel"))
         for name, value in (("num_attention_heads", m.num_attention_heads),

@@ -1,13 +1,56 @@
 """Optimizer and LR schedule: megatron-core's optimizer (AdamW, clipping, distributed optimizer)
-and ``OptimizerParamScheduler`` (linear warmup, cosine/linear decay to a floor)."""
+and ``OptimizerParamScheduler`` (linear warmup, cosine/linear decay to a floor).
+
+The Adam implementation is explicit (``train.optimizer_impl``): megatron-core picks Transformer
+Engine's or Apex's FusedAdam whenever one is importable (NGC images), torch's AdamW otherwise.
+``torch`` (the default) forces torch's AdamW everywhere, so that the per-parameter state growth
+and ``load_moments`` map (``exp_avg``, ``exp_avg_sq``, ``step``) is what the optimizer uses;
+``fused`` takes the FusedAdam and is refused where growth would have to carry its state.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+from megatron.core import optimizer as megatron_optimizer
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from training.config import TrainConfig
+from training.config import FUSED_ADAM_GROWTH, TrainConfig
+from training.errors import FLMError
+
+
+class OptimizerChoiceError(FLMError, ValueError):
+    """The chosen Adam implementation is unavailable, or growth cannot carry its state."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def _adam_implementation(impl: str) -> Iterator[None]:
+    """megatron-core reads its module-level choice (``USING_PYTORCH_OPTIMIZER``) when it builds the
+    optimizer; ``torch`` sets it for the build, ``fused`` requires that TE or Apex provided one."""
+    fused_available = not megatron_optimizer.USING_PYTORCH_OPTIMIZER
+    if impl == "fused":
+        if not fused_available:
+            raise OptimizerChoiceError("train.optimizer_impl=fused needs Transformer Engine or Apex FusedAdam, "
+                                       "and neither is importable here; use train.optimizer_impl=torch")
+        yield
+        return
+    saved = megatron_optimizer.USING_PYTORCH_OPTIMIZER
+    megatron_optimizer.USING_PYTORCH_OPTIMIZER = True
+    try:
+        yield
+    finally:
+        megatron_optimizer.USING_PYTORCH_OPTIMIZER = saved
+
+
+def check_growth_can_carry(train: TrainConfig) -> None:
+    """Refuse to carry growth's optimizer state into a FusedAdam (``train.optimizer_impl=fused``)."""
+    if train.optimizer_impl != "torch":
+        raise OptimizerChoiceError(f"train.optimizer_impl={train.optimizer_impl}: {FUSED_ADAM_GROWTH}")
 
 
 def build_optimizer(train: TrainConfig, model_chunks, *, bf16: bool, distributed: bool):
@@ -24,8 +67,13 @@ def build_optimizer(train: TrainConfig, model_chunks, *, bf16: bool, distributed
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=distributed,
     )
-    optimizer = get_megatron_optimizer(config, model_chunks)
-    init_adam_state(optimizer)
+    with _adam_implementation(train.optimizer_impl):
+        optimizer = get_megatron_optimizer(config, model_chunks)
+    if train.optimizer_impl == "torch":
+        kinds = {type(o) for o in inner_optimizers(optimizer)}
+        if kinds != {torch.optim.AdamW}:
+            raise OptimizerChoiceError(f"internal: train.optimizer_impl=torch built {sorted(k.__name__ for k in kinds)}")
+        init_adam_state(optimizer)
     return optimizer
 
 

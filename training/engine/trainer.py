@@ -8,9 +8,10 @@ shared with the DeepSpeed engine in ``training.engine.trainer_base``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,7 @@ from training.config import RunConfig
 from training.data.source import SampleSource
 from training.engine import megatron_checkpoint
 from training.engine.model.build import build_model, transformer_config
-from training.engine.optim import build_optimizer, build_scheduler
+from training.engine.optim import build_optimizer, build_scheduler, check_growth_can_carry
 from training.engine.parallel import process_device
 
 # re-exported: callers import these from here
@@ -169,6 +170,7 @@ class Trainer(BaseTrainer):
         """
         meta = megatron_checkpoint.load(path, model_chunks=self.model)
         if self._carry_moments(meta, moments):
+            check_growth_can_carry(self.cfg.train)
             megatron_checkpoint.load_moments(path, self.model, self.optimizer, self.adam_step)
         self._continue_growth(meta)
         return meta

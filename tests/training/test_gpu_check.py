@@ -1,0 +1,25 @@
+"""``make gpu-check``'s code path, shrunk (``--smoke``: tiny shapes, CPU allowed): every check of the
+GPU run executes and passes here, so the GPU run fails only for GPU reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.helpers import REPO
+
+
+def test_gpu_check_smoke_run_passes(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "run", "--smoke", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    names = [c["check"].split(" ")[0] for c in report["checks"]]
+    assert names == ["train", "train", "train", "resume", "train", "resume", "grow", f"{names[-1]}"]
+    assert all(c["ok"] for c in report["checks"])
+    grow = next(c for c in report["checks"] if c["check"].startswith("grow"))
+    assert grow["fp32_masters_carried"] and grow["rel"] <= 2e-3
+    assert "tokens_per_s" in report["checks"][-1]
