@@ -101,9 +101,11 @@ def write_logical_chunks(out: str | Path, entries: list[ChunkedTensor],
     return write_atomically(out, write)
 
 
-def write_logical(out: str | Path, params: dict[str, torch.Tensor], meta: dict[str, Any],
+def write_logical(out: str | Path, params: dict[str, torch.Tensor],
+                  meta: dict[str, Any] | Callable[[Path], dict[str, Any]],
                   moments: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> Path:
-    """Write a checkpoint from full tensors (collective). Atomic; never overwrites."""
+    """Write a checkpoint from full tensors (collective). Atomic; never overwrites. ``meta`` as in
+    ``write_logical_chunks`` (a function may add files to the directory: they join the manifest)."""
     entries = [in_memory(k, v.contiguous(), layer_rows(k)) for k, v in params.items()]
     for m, tensors in (moments or {}).items():
         entries += [in_memory(moment_key(m, k), v.contiguous(), layer_rows(k)) for k, v in tensors.items()]

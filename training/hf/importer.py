@@ -326,11 +326,15 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
                               "check": None if comparison is None else comparison.to_dict()}}
         if tok is not None:
             meta["tokenizer"] = TOKENIZER_DIR
-        ckpt = write_logical(staging / out.name, state, meta)
-        if tok is not None:
-            shutil.move(str(staging / TOKENIZER_DIR), str(ckpt / TOKENIZER_DIR))
 
-        (ckpt / MODEL_YAML).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        def with_files(partial: Path) -> dict:
+            # inside the atomic write, so the tokenizer and model.yaml are in the checkpoint's manifest
+            if tok is not None:
+                shutil.move(str(staging / TOKENIZER_DIR), str(partial / TOKENIZER_DIR))
+            (partial / MODEL_YAML).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            return meta
+
+        ckpt = write_logical(staging / out.name, state, with_files)
         os.replace(ckpt, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
