@@ -69,7 +69,7 @@ DAMAGE = {
 
 
 def _one_line_error(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if "error:" in line]
+    errors = [line for line in stderr.splitlines() if line.startswith("flm ") and "error:" in line]
     assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
     return errors[0]
 
