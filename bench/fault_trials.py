@@ -146,7 +146,7 @@ def main() -> int:
         kind = kinds[t % len(kinds)]
         out = work / f"trial{t:03d}-{kind}"
         log = work / f"trial{t:03d}.log"
-        delay = rng.uniform(0, spans[kind])
+        delay = rng.uniform(0, 0.95 * spans[kind])
         code, _, killed = run(command(kind, out, args.nproc, False), log, out, kill_after=delay)
         resumes = 0
         while code != 0 and resumes < 5:
