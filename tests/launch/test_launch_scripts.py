@@ -167,8 +167,8 @@ def test_stage_batch_script_dry_run(tmp_path):
 
 @pytest.mark.parametrize("signal_to", ["script-usr1", "trainer-usr1", "script-term"])
 def test_stage_batch_script_saves_then_requeues(tmp_path, signal_to):
-    """The USR1 that `sbatch --signal=B:USR1@300` sends before the time limit: the script passes
-    SIGTERM to srun, the trainers save and exit 75 (here a stand-in that does what flm does: creates
+    """The USR1 that `sbatch --signal=B:USR1@300` sends before the time limit: the script sends USR1
+    to the trainers (by the pids they record in $FLM_PID_DIR, through `srun --overlap`), they save and exit 75 (here a stand-in that does what flm does: creates
     $FLM_PREEMPT_MARKER and exits 75), then the script calls `scontrol requeue` and exits 75. A signal
     sent to the trainers directly (scancel --signal=USR1) requeues too; a SIGTERM to the batch script
     itself (scancel, or a preemption Slurm requeues on its own) does not."""
@@ -176,7 +176,8 @@ def test_stage_batch_script_saves_then_requeues(tmp_path, signal_to):
     fake_python = tmp_path / "python"
     fake_python.write_text("#!/usr/bin/env bash\n"
                            "trap 'touch \"$FLM_PREEMPT_MARKER\"; exit 75' TERM USR1\n"
-                           f"echo $$ > {tmp_path}/pid\nsleep 60 & wait\n")
+                           f"echo $$ > {tmp_path}/pid\nmkdir -p \"$FLM_PID_DIR\"; echo $$ > \"$FLM_PID_DIR/h.0.pid\"\n"
+                           "sleep 60 & wait\n")
     fake_python.chmod(0o755)
     env.update(SLURM_JOB_ID="77", FLM_PYTHON=str(fake_python), FLM_REPO=str(REPO), TMPDIR=str(tmp_path))
     log = open(tmp_path / "job.log", "w")
