@@ -76,14 +76,18 @@ def run(cmd: list[str], log: Path, root: Path, kill_after: float | None = None) 
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=err, stderr=err, start_new_session=True)
         started = None
         killed = False
-        while proc.poll() is None:
-            if started is None and _first_record(root):
-                started = time.monotonic()
-            if kill_after is not None and started is not None and time.monotonic() - started >= kill_after:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.01)
+        try:
+            while proc.poll() is None:
+                if started is None and _first_record(root):
+                    started = time.monotonic()
+                if kill_after is not None and started is not None and time.monotonic() - started >= kill_after:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.01)
+        except BaseException:  # the benchmark itself interrupted: take the trial's processes along
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         code = proc.wait()
         # kill -9 of the group takes the workers of megatron's writer along; wait for them to vanish
         try:
@@ -130,6 +134,7 @@ def main() -> int:
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the trial directories")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a trial's processes are killed too
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="flm-fault-trials-"))
     kinds = ["train", "staged"] if args.kind == "both" else [args.kind]

@@ -109,7 +109,7 @@ def test_slurm_chain_preempted_by_usr1_resumes_bit_exact(cluster, tmp_path):
 
     log = _logs(out)
     assert "got USR1 before its time limit" in log and "exited with status 75" in log, log[-4000:]
-    assert "stopped by SIGTERM after step" in log and "requeueing it" in log
+    assert "stopped by SIGUSR1 after step" in log and "requeueing it" in log
     assert "stage 1 (t/g): resumed from" in log
     ref_losses, got = _losses(ref), _losses(out)
     assert sorted(got) == sorted(ref_losses)
