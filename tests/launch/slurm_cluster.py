@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from training.cli import die_with_parent
+
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "srun")
 
 
@@ -123,8 +125,10 @@ def start(directory: Path, gpus: int = 2) -> Cluster:
     try:
         for daemon, args in (("slurmctld", ["-D", "-i"]), ("slurmd", ["-D", "-N", "localhost"])):
             log = open(directory / f"{daemon}.out", "w")
+            # the daemons end with the test process, however it ends (SIGTERM from the kernel)
             cluster.procs.append(subprocess.Popen([f"/usr/sbin/{daemon}", *args], env=cluster.env, stdout=log,
-                                                  stderr=subprocess.STDOUT, start_new_session=True))
+                                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                                  preexec_fn=die_with_parent))
         deadline = time.monotonic() + 60
         while True:
             for proc in cluster.procs:
