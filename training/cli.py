@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,19 @@ def _relaunch_under_torchrun(nproc: int) -> int:
     return code if code >= 0 else 128 - code
 
 
+PID_DIR_ENV = "FLM_PID_DIR"
+
+
+def _write_pid_file() -> None:
+    """``FLM_PID_DIR`` set (launch/slurm/stage.sbatch): record this worker's pid there, so the job
+    script can signal the trainers themselves (a signal to torchrun or srun would end the step)."""
+    directory = os.environ.get(PID_DIR_ENV)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, f"{socket.gethostname()}.{os.environ['RANK']}.pid"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+
 def cmd_train(args) -> int:
     # RANK is set by every launcher (torchrun, DeepSpeed's); LOCAL_RANK alone is not a sign of one
     # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
@@ -126,6 +140,7 @@ def cmd_train(args) -> int:
         return _relaunch_under_torchrun(args.nproc)
     if "RANK" in os.environ:  # a worker of a launcher: stop (saving) when the launcher is gone
         die_with_parent()
+        _write_pid_file()
     # startup time: the engine (megatron, torch) loads only to train
     from eval_iq.stage_eval import stage_end_iq
     from training.run import train_from_cli

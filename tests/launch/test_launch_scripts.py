@@ -165,14 +165,21 @@ def test_stage_batch_script_dry_run(tmp_path):
     assert "--stage" not in argv and argv[-1] == "--resume"
 
 
-def test_stage_batch_script_requeues_itself_on_usr1(tmp_path):
-    """The USR1 that `sbatch --signal=B:USR1@300` sends before the time limit: the script calls
-    `scontrol requeue` on its job and keeps waiting for srun; the job's exit status is srun's."""
+@pytest.mark.parametrize("signal_to", ["script-usr1", "trainer-usr1", "script-term"])
+def test_stage_batch_script_saves_then_requeues(tmp_path, signal_to):
+    """The USR1 that `sbatch --signal=B:USR1@300` sends before the time limit: the script sends USR1
+    to the trainers (by the pids they record in $FLM_PID_DIR, through `srun --overlap`), they save and exit 75 (here a stand-in that does what flm does: creates
+    $FLM_PREEMPT_MARKER and exits 75), then the script calls `scontrol requeue` and exits 75. A signal
+    sent to the trainers directly (scancel --signal=USR1) requeues too; a SIGTERM to the batch script
+    itself (scancel, or a preemption Slurm requeues on its own) does not."""
     env = install(tmp_path / "bin", tmp_path / "slurm")
     fake_python = tmp_path / "python"
-    fake_python.write_text(f"#!/usr/bin/env bash\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    fake_python.write_text("#!/usr/bin/env bash\n"
+                           "trap 'touch \"$FLM_PREEMPT_MARKER\"; exit 75' TERM USR1\n"
+                           f"echo $$ > {tmp_path}/pid\nmkdir -p \"$FLM_PID_DIR\"; echo $$ > \"$FLM_PID_DIR/h.0.pid\"\n"
+                           "sleep 60 & wait\n")
     fake_python.chmod(0o755)
-    env.update(SLURM_JOB_ID="77", FLM_PYTHON=str(fake_python), FLM_REPO=str(REPO))
+    env.update(SLURM_JOB_ID="77", FLM_PYTHON=str(fake_python), FLM_REPO=str(REPO), TMPDIR=str(tmp_path))
     log = open(tmp_path / "job.log", "w")
     job = subprocess.Popen(["bash", str(REPO / "launch/slurm/stage.sbatch"), FLM, "1"], cwd=REPO,
                            env=dict(os.environ, **env), stdout=log, stderr=subprocess.STDOUT)
@@ -182,21 +189,25 @@ def test_stage_batch_script_requeues_itself_on_usr1(tmp_path):
             assert time.monotonic() < deadline, "the batch script never started srun"
             time.sleep(0.05)
         worker = int((tmp_path / "pid").read_text())
-        job.send_signal(signal.SIGUSR1)
-        while not (tmp_path / "slurm" / "requeue").exists():
-            assert time.monotonic() < deadline, "no scontrol requeue after USR1"
-            time.sleep(0.05)
-        time.sleep(0.2)
-        assert job.poll() is None, "the script must keep waiting for srun after requeueing"
-        os.kill(worker, signal.SIGTERM)  # what Slurm does to the job's steps on requeue
-        assert job.wait(timeout=30) == 143
+        if signal_to == "script-usr1":
+            job.send_signal(signal.SIGUSR1)
+        elif signal_to == "trainer-usr1":
+            os.kill(worker, signal.SIGUSR1)
+        else:
+            job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=30) == 75
     finally:
         if job.poll() is None:
             job.kill()
         log.close()
-    assert (tmp_path / "slurm" / "requeue").read_text().split() == ["77"]
     text = (tmp_path / "job.log").read_text()
-    assert "requeueing it" in text and "exited with status 143" in text
+    assert "exited with status 75" in text
+    requeued = (tmp_path / "slurm" / "requeue")
+    if signal_to == "script-term":
+        assert not requeued.exists() and "requeueing" not in text
+    else:
+        assert requeued.read_text().split() == ["77"] and "requeueing it" in text
+    assert not list(tmp_path.glob("flm-preempted-*")), "the marker is removed"
 
 
 def test_deepspeed_dry_run_checks_the_hostfile(tmp_path):

@@ -21,8 +21,9 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch.distributed as dist
 
@@ -102,7 +103,8 @@ def write_atomically(final: str | Path, write: Callable[[Path], dict[str, Any]],
     except BaseException as err:
         if remove_partial_on_error and _rank0():
             shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(err, Exception) and not isinstance(err, CheckpointError) and _is_disk_full(err, partial.parent):
+        # (torch's CheckpointException, what megatron's writer failures arrive as, is a BaseException)
+        if not isinstance(err, (KeyboardInterrupt, SystemExit, CheckpointError)) and _is_disk_full(err, partial.parent):
             if _rank0():  # the partial files only take the space a retry needs
                 shutil.rmtree(partial, ignore_errors=True)
             raise _disk_full(partial.parent) from err

@@ -346,7 +346,8 @@ class BaseTrainer(ABC):
                     self._diverged(result.step, consecutive, reason)
                     consecutive = 0
                     continue
-                if ccfg.save_interval and result.step % ccfg.save_interval == 0 and result.step != until:
+                # periodic saves only after a good step: a rollback never returns into a run of bad steps
+                if ccfg.save_interval and result.step % ccfg.save_interval == 0 and result.step != until and not consecutive:
                     self.save()
                 self._maybe_inject_fault(result.step)
                 if self._preemption_requested():

@@ -1,0 +1,124 @@
+"""A real Slurm cluster on this machine (slurmctld + slurmd on 127.0.0.1, tests/launch/slurm_cluster.py):
+``launch/slurm/submit.sh`` chains a two-stage growth run as two jobs; the second job gets the USR1
+of a time-limit warning (``scancel --signal=USR1 --batch``) in the middle of its stage, the trainers
+save and exit 75, ``stage.sbatch`` requeues the job, and the restarted job resumes: every step of
+both stages appears once with exactly the loss of an uninterrupted chain on the same cluster.
+Skipped with the reason where Slurm cannot run (not installed and no root/apt-get, daemons fail)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+from tests.launch import slurm_cluster
+
+RUN = """
+name: t
+output_dir: {out}
+data: {{kind: mock, seed: 3}}
+train: {{global_batch_size: 8, micro_batch_size: 2, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 1, eval_interval: 1000}}
+logging: {{progress_bar: false, tensorboard: false}}
+checkpoint: {{save_interval: 2, keep_last: 5}}
+stages:
+  - name: s
+    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 512, seq_length: 64}}
+    parallel: {{tp: 1, dp: 1}}
+    tokens: 1024
+  - name: g
+    model: {{num_layers: 2, hidden_size: 128, ffn_hidden_size: 512, num_attention_heads: 8, vocab_size: 512, seq_length: 64}}
+    parallel: {{tp: 2, dp: 1}}
+    tokens: 3072
+    growth: {{default_operator: msg, ramp_steps: 2}}
+"""
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    try:
+        c = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    except slurm_cluster.Unavailable as err:
+        pytest.skip(f"no real Slurm here: {err}")
+    yield c
+    c.stop()
+
+
+def _submit(cluster, tmp_path: Path, name: str) -> tuple[Path, list[str]]:
+    out = tmp_path / name
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(RUN.format(out=out))
+    env = dict(cluster.env, FLM_PYTHON=sys.executable, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(REPO / "launch/slurm/submit.sh"), "--gpus-per-node", "2", str(config)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = re.findall(r"as job (\d+)", proc.stdout)
+    assert len(jobs) == 2, proc.stdout
+    return out, jobs
+
+
+def _wait(cluster, job: str, states=("COMPLETED",), timeout: float = 600) -> str:
+    end = time.monotonic() + timeout
+    while True:
+        state = cluster.job_state(job)
+        if state in states or state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state
+        assert time.monotonic() < end, f"job {job} still {state}"
+        time.sleep(1)
+
+
+def _losses(out: Path) -> dict[tuple[str, int], list[float]]:
+    got: dict[tuple[str, int], list[float]] = {}
+    for stage in ("stage0-s", "stage1-g"):
+        for line in (out / stage / "metrics.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            got.setdefault((stage, r["step"]), []).append(r["loss"])
+    return got
+
+
+def _logs(out: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((out / "logs").glob("*.log")))
+
+
+def test_slurm_chain_preempted_by_usr1_resumes_bit_exact(cluster, tmp_path):
+    ref, ref_jobs = _submit(cluster, tmp_path, "ref")
+    assert _wait(cluster, ref_jobs[1]) == "COMPLETED", _logs(ref)[-4000:]
+
+    out, jobs = _submit(cluster, tmp_path, "run")
+    metrics = out / "stage1-g" / "metrics.jsonl"
+    end = time.monotonic() + 600
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.monotonic() < end and cluster.job_state(jobs[1]) not in ("FAILED", "COMPLETED"), _logs(out)[-4000:]
+        time.sleep(0.2)
+    # what `sbatch --signal=B:USR1@300` sends before the time limit
+    cluster.run("scancel", "--signal=USR1", "--batch", jobs[1])
+    end = time.monotonic() + 600  # Slurm holds a requeued job about two minutes (its old credential expires)
+    while "(restart 1)" not in _logs(out):
+        assert time.monotonic() < end, _logs(out)[-4000:]
+        time.sleep(1)
+    assert _wait(cluster, jobs[1]) == "COMPLETED", _logs(out)[-4000:]
+
+    log = _logs(out)
+    assert "got USR1 before its time limit" in log and "exited with status 75" in log, log[-4000:]
+    assert "stopped by SIGUSR1 after step" in log and "requeueing it" in log
+    assert "stage 1 (t/g): resumed from" in log
+    ref_losses, got = _losses(ref), _losses(out)
+    assert sorted(got) == sorted(ref_losses)
+    assert got == ref_losses, "every step once, with the uninterrupted chain's loss"
+    # no process of the run is left on the machine
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(out) in _cmdline(p)]
+
+
+def _cmdline(p: Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
