@@ -67,9 +67,15 @@ def bench_tokenization(root: Path, copies: int, workers: int, vocab_size: int, r
         m = result.manifest
         prep_tokens = m["tokens"] - m["documents"]
         assert result.prepared and prep_tokens == loop_tokens, (prep_tokens, loop_tokens)
-    return {"chars": sum(map(len, all_texts)), "documents": len(all_texts), "tokens": loop_tokens,
-            "loop_tok_s": loop_tokens / min(loop_s), "prepare_tok_s": prep_tokens / min(prep_s),
-            "loop_s": min(loop_s), "prepare_s": min(prep_s)}
+    return {
+        "chars": sum(map(len, all_texts)),
+        "documents": len(all_texts),
+        "tokens": loop_tokens,
+        "loop_tok_s": loop_tokens / min(loop_s),
+        "prepare_tok_s": prep_tokens / min(prep_s),
+        "loop_s": min(loop_s),
+        "prepare_s": min(prep_s),
+    }
 
 
 class TinyGPT(torch.nn.Module):
@@ -77,8 +83,9 @@ class TinyGPT(torch.nn.Module):
         super().__init__()
         self.embed = torch.nn.Embedding(vocab, hidden)
         self.pos = torch.nn.Embedding(seq, hidden)
-        layer = torch.nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.0, batch_first=True,
-                                                 norm_first=True, activation="gelu")
+        layer = torch.nn.TransformerEncoderLayer(
+            hidden, heads, 4 * hidden, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
+        )
         self.blocks = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = torch.nn.LayerNorm(hidden)
         self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(seq), persistent=False)
@@ -113,8 +120,9 @@ def bench_train_step(batches: list[torch.Tensor], steps: int, repeats: int) -> f
     return steps / best
 
 
-def bench_loader(root: Path, batches: int, repeats: int, batch_size: int = 8,
-                 seq: int = 64) -> tuple[float, list[torch.Tensor]]:
+def bench_loader(
+    root: Path, batches: int, repeats: int, batch_size: int = 8, seq: int = 64
+) -> tuple[float, list[torch.Tensor]]:
     info = prepare_default_data(root / "default", vocab_size=512)
     train, _ = build_sources(info.data_config(), seq_length=seq, vocab_size=512)
     train.sample(0)  # first chunk/epoch permutations are built lazily; time the steady state
@@ -143,26 +151,40 @@ def main() -> int:
     import datasets
 
     datasets.utils.logging.set_verbosity_error()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"python {platform.python_version()}, torch {torch.__version__} (threads {torch.get_num_threads()}); "
-          f"each timing is the best of {args.repeats} runs")
-    print(f"load average at start (other processes on these CPUs lower the parallel numbers): "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"python {platform.python_version()}, torch {torch.__version__} (threads {torch.get_num_threads()}); "
+        f"each timing is the best of {args.repeats} runs"
+    )
+    print(
+        f"load average at start (other processes on these CPUs lower the parallel numbers): "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tok = bench_tokenization(root, args.copies, args.workers, args.vocab_size, args.repeats)
-        print(f"[tokenize] {tok['documents']} documents, {tok['chars'] / 1e6:.1f} M chars, {tok['tokens'] / 1e6:.2f} M tokens, "
-              f"vocab {args.vocab_size}")
-        print(f"[tokenize] plain sentencepiece encode loop : {tok['loop_tok_s'] / 1e6:6.2f} M tok/s ({tok['loop_s']:.2f} s)")
-        print(f"[tokenize] flm data prepare, {args.workers} workers    : {tok['prepare_tok_s'] / 1e6:6.2f} M tok/s "
-              f"({tok['prepare_s']:.2f} s, incl. datasets reading, hashing, writing shards)")
-        print(f"[tokenize] ratio prepare / loop            : {tok['prepare_tok_s'] / tok['loop_tok_s']:.2f}x (goal >= 1.5x)")
+        print(
+            f"[tokenize] {tok['documents']} documents, {tok['chars'] / 1e6:.1f} M chars, {tok['tokens'] / 1e6:.2f} M tokens, "
+            f"vocab {args.vocab_size}"
+        )
+        print(
+            f"[tokenize] plain sentencepiece encode loop : {tok['loop_tok_s'] / 1e6:6.2f} M tok/s ({tok['loop_s']:.2f} s)"
+        )
+        print(
+            f"[tokenize] flm data prepare, {args.workers} workers    : {tok['prepare_tok_s'] / 1e6:6.2f} M tok/s "
+            f"({tok['prepare_s']:.2f} s, incl. datasets reading, hashing, writing shards)"
+        )
+        print(
+            f"[tokenize] ratio prepare / loop            : {tok['prepare_tok_s'] / tok['loop_tok_s']:.2f}x (goal >= 1.5x)"
+        )
 
         loader_bps, batches = bench_loader(root, args.loader_batches, args.repeats)
         step_rate = bench_train_step(batches, args.train_steps, args.repeats)
         print(f"[loader]   batches/s (8 x 65 tokens, blend + shuffle + pack): {loader_bps:8.1f}")
-        print(f"[loader]   stand-in trainer steps/s (plain torch GPT: 2 layers, hidden 64, seq 64, batch 8, "
-              f"fwd+bwd+AdamW, CPU): {step_rate:6.1f}")
+        print(
+            f"[loader]   stand-in trainer steps/s (plain torch GPT: 2 layers, hidden 64, seq 64, batch 8, "
+            f"fwd+bwd+AdamW, CPU): {step_rate:6.1f}"
+        )
         print(f"[loader]   ratio loader / trainer: {loader_bps / step_rate:.1f}x (goal >= 20x)")
         if args.json:
             print(json.dumps({"tokenize": tok, "loader_batches_s": loader_bps, "train_steps_s": step_rate}))

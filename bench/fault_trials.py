@@ -54,8 +54,15 @@ stages:
 
 def command(kind: str, out: Path, nproc: int, resume: bool) -> list[str]:
     if kind == "train":
-        args = ["train", str(REPO / "configs/runs/tiny.yaml"), f"output_dir={out}", "train.steps=6",
-                "checkpoint.save_interval=1", "checkpoint.keep_last=3", *COMMON]
+        args = [
+            "train",
+            str(REPO / "configs/runs/tiny.yaml"),
+            f"output_dir={out}",
+            "train.steps=6",
+            "checkpoint.save_interval=1",
+            "checkpoint.keep_last=3",
+            *COMMON,
+        ]
     else:
         config = out.parent / f"{out.name}.yaml"
         if not config.exists():
@@ -162,9 +169,12 @@ def main() -> int:
         same = code == 0 and got == refs[kind]
         corrupt += len(bad) + int(code != 0)
         exact += int(same)
-        print(f"trial {t + 1}/{args.trials} {kind}: kill -9 after {delay:.2f}s of training "
-              f"({'killed' if killed else 'finished first'}), {resumes} resume(s): "
-              f"{'bit-exact' if same else 'DIFFERENT'}{'' if not bad else f', corrupt: {bad[0]}'}", flush=True)
+        print(
+            f"trial {t + 1}/{args.trials} {kind}: kill -9 after {delay:.2f}s of training "
+            f"({'killed' if killed else 'finished first'}), {resumes} resume(s): "
+            f"{'bit-exact' if same else 'DIFFERENT'}{'' if not bad else f', corrupt: {bad[0]}'}",
+            flush=True,
+        )
         if not args.keep and same and not bad:
             shutil.rmtree(out, ignore_errors=True)
     print(f"{exact}/{args.trials} bit-exact, {corrupt} corrupt")

@@ -50,8 +50,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 #: (import name, pip requirement) of what the engine needs besides torch
-PACKAGES = [("megatron.core", "megatron-core==0.16.1"), ("numpy", "numpy"), ("packaging", "packaging"),
-            ("yaml", "pyyaml"), ("tqdm", "tqdm"), ("einops", "einops")]
+PACKAGES = [
+    ("megatron.core", "megatron-core==0.16.1"),
+    ("numpy", "numpy"),
+    ("packaging", "packaging"),
+    ("yaml", "pyyaml"),
+    ("tqdm", "tqdm"),
+    ("einops", "einops"),
+]
 DEFAULT_WHEELS = REPO / ".gpu-wheels"
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
@@ -60,8 +66,20 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 def collect_wheels(dest: Path) -> int:
     """``pip download`` the wheels for CPython 3.12 (run where a registry is reachable)."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--python-version", "3.12", "--only-binary=:all:",
-           "--implementation", "cp", "--no-deps", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--python-version",
+        "3.12",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--no-deps",
+        "-d",
+        str(dest),
+    ]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     cmd += [req for _, req in PACKAGES]
@@ -77,14 +95,32 @@ def collect_wheels(dest: Path) -> int:
 def install_missing(wheels: Path) -> Path:
     """Install the packages this Python lacks from ``wheels`` into ``wheels/site``; returns it."""
     site = wheels / "site"
-    missing = [req for mod, req in PACKAGES if importlib.util.find_spec(mod.split(".")[0]) is None
-               or (mod == "megatron.core" and importlib.util.find_spec(mod) is None)]
+    missing = [
+        req
+        for mod, req in PACKAGES
+        if importlib.util.find_spec(mod.split(".")[0]) is None
+        or (mod == "megatron.core" and importlib.util.find_spec(mod) is None)
+    ]
     if missing:
         if not any(wheels.glob("*.whl")):
-            raise SystemExit(f"missing {missing} and no wheels in {wheels}: run `make gpu-wheels` on a machine "
-                             "with a package registry and carry the folder here")
-        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(wheels),
-               "--target", str(site), "--upgrade", *missing]
+            raise SystemExit(
+                f"missing {missing} and no wheels in {wheels}: run `make gpu-wheels` on a machine "
+                "with a package registry and carry the folder here"
+            )
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            str(wheels),
+            "--target",
+            str(site),
+            "--upgrade",
+            *missing,
+        ]
         print("+", " ".join(cmd), flush=True)
         subprocess.check_call(cmd)
     return site
@@ -102,17 +138,35 @@ def _model(path: str, **changes) -> list[str]:
 #: (350M model, its grown FFN width and depth, the ~1.3B model, micro-batch, global batch) of the GPU run;
 #: ``--smoke`` shrinks everything to run the same code on a CPU in seconds (tests/test_gpu_check.py)
 SHAPES = {
-    "gpu": dict(small=dict(seq_length=1024), grown=(5120, 28),
-                big=dict(num_layers=24, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=16,
-                         seq_length=2048), micro=4, batch=8),
-    "smoke": dict(small=dict(num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4,
-                             vocab_size=512, seq_length=64), grown=(320, 3),
-                  big=dict(num_layers=2, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4,
-                           vocab_size=512, seq_length=64), micro=2, batch=4),
+    "gpu": dict(
+        small=dict(seq_length=1024),
+        grown=(5120, 28),
+        big=dict(num_layers=24, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=16, seq_length=2048),
+        micro=4,
+        batch=8,
+    ),
+    "smoke": dict(
+        small=dict(
+            num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4, vocab_size=512, seq_length=64
+        ),
+        grown=(320, 3),
+        big=dict(
+            num_layers=2, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4, vocab_size=512, seq_length=64
+        ),
+        micro=2,
+        batch=4,
+    ),
 }
-COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=100000",
-          "train.eval_batches=1", "train.warmup_steps=2", "train.lr=3e-4", "train.min_lr=3e-5",
-          "data.kind=mock"]
+COMMON = [
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "train.eval_interval=100000",
+    "train.eval_batches=1",
+    "train.warmup_steps=2",
+    "train.lr=3e-4",
+    "train.min_lr=3e-5",
+    "data.kind=mock",
+]
 
 
 class Checks:
@@ -170,14 +224,17 @@ def run_checks(out: Path, smoke: bool = False) -> int:
     shutil.rmtree(work, ignore_errors=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke run)"
     peak = peak_tflops_of(device)
-    print(f"device: {device} (peak {peak} TFLOP/s bf16 dense), torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}", flush=True)
+    print(
+        f"device: {device} (peak {peak} TFLOP/s bf16 dense), torch {torch.__version__}, CUDA {torch.version.cuda}",
+        flush=True,
+    )
     checks = Checks(out)
     t_start = time.perf_counter()
 
     def trainer(name: str, *overrides: str) -> Trainer:
-        cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
-                              [*small, *COMMON, f"output_dir={work / name}", *overrides])
+        cfg = load_run_config(
+            REPO / "configs" / "runs" / "tiny.yaml", [*small, *COMMON, f"output_dir={work / name}", *overrides]
+        )
         return Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0))
 
     def steps(t: Trainer, n: int) -> list[float]:
@@ -199,8 +256,9 @@ def run_checks(out: Path, smoke: bool = False) -> int:
         for distopt in (False, True):
             name = f"350m-{precision}-{'distopt' if distopt else 'plain'}"
             t0 = time.perf_counter()
-            run = trainer(name, *batch, f"train.precision={precision}",
-                          f"parallel.distributed_optimizer={str(distopt).lower()}")
+            run = trainer(
+                name, *batch, f"train.precision={precision}", f"parallel.distributed_optimizer={str(distopt).lower()}"
+            )
             first = steps(run, 3)
             path = run.save() if precision == "bf16" else None
             if path is not None and not distopt:  # the loss growth must preserve: the saved weights'
@@ -210,13 +268,22 @@ def run_checks(out: Path, smoke: bool = False) -> int:
             if precision == "fp32" and not distopt:
                 fp32 = losses
             worst = max(_rel(a, b) for a, b in zip(losses, fp32))
-            checks.record(f"train {name}", finite and worst <= (2e-2 if precision == "bf16" else 1e-4),
-                          losses=losses, max_rel_vs_fp32=worst, seconds=time.perf_counter() - t0)
+            checks.record(
+                f"train {name}",
+                finite and worst <= (2e-2 if precision == "bf16" else 1e-4),
+                losses=losses,
+                max_rel_vs_fp32=worst,
+                seconds=time.perf_counter() - t0,
+            )
             if path is not None:
                 del run
                 release()
-                resumed = trainer(name + "-resumed", *batch, f"train.precision={precision}",
-                                  f"parallel.distributed_optimizer={str(distopt).lower()}")
+                resumed = trainer(
+                    name + "-resumed",
+                    *batch,
+                    f"train.precision={precision}",
+                    f"parallel.distributed_optimizer={str(distopt).lower()}",
+                )
                 resumed.load(path)
                 again = steps(resumed, 3)
                 worst = max(_rel(a, b) for a, b in zip(again, losses[3:]))
@@ -233,8 +300,13 @@ def run_checks(out: Path, smoke: bool = False) -> int:
     src, old_loss = grow_src
     old_cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", small).model
     new_cfg = dataclasses.replace(old_cfg, ffn_hidden_size=ffn_new, num_layers=layers_new)
-    plan = plan_for(old_cfg, new_cfg, {"ffn": "msg", "depth": "msg"}, ramp={"steps": 20},
-                    depth={"placement": "stack", "init": "copy"})
+    plan = plan_for(
+        old_cfg,
+        new_cfg,
+        {"ffn": "msg", "depth": "msg"},
+        ramp={"steps": 20},
+        depth={"placement": "stack", "init": "copy"},
+    )
     t0 = time.perf_counter()
     dst = work / "grown"
     grow_checkpoint(src, dst, plan, run_verify=False)  # function preservation is measured on the GPU below
@@ -243,27 +315,42 @@ def run_checks(out: Path, smoke: bool = False) -> int:
     old_reader, new_reader = TensorReader(src), TensorReader(dst)
     old_master = old_reader.read(stored_master_key(old_reader, old_reader.dtype, fc1), 0, 1)[0]
     new_master = new_reader.read(master_key(fc1), 0, 1)[0]
-    carried = torch.equal(new_master[:old_master.shape[0]], old_master)
-    grown = trainer("grown", *batch, "train.precision=bf16", f"model.ffn_hidden_size={ffn_new}",
-                    f"model.num_layers={layers_new}")
+    carried = torch.equal(new_master[: old_master.shape[0]], old_master)
+    grown = trainer(
+        "grown", *batch, "train.precision=bf16", f"model.ffn_hidden_size={ffn_new}", f"model.num_layers={layers_new}"
+    )
     grown.init_from(dst)
     new_loss = grown.evaluate(1)
     after = steps(grown, 3)
     rel = _rel(new_loss, old_loss)
-    checks.record(f"grow 350m bf16 (msg ffn {old_cfg.ffn_hidden_size}->{ffn_new}, depth {old_cfg.num_layers}->"
-                  f"{layers_new}) + 3 steps",
-                  rel <= 2e-3 and carried and all(math.isfinite(x) for x in after),
-                  loss_before=old_loss, loss_after=new_loss, rel=rel, fp32_masters_carried=carried,
-                  losses_after=after, grow_seconds=grow_s)
+    checks.record(
+        f"grow 350m bf16 (msg ffn {old_cfg.ffn_hidden_size}->{ffn_new}, depth {old_cfg.num_layers}->"
+        f"{layers_new}) + 3 steps",
+        rel <= 2e-3 and carried and all(math.isfinite(x) for x in after),
+        loss_before=old_loss,
+        loss_after=new_loss,
+        rel=rel,
+        fp32_masters_carried=carried,
+        losses_after=after,
+        grow_seconds=grow_s,
+    )
     del grown
     release()
     shutil.rmtree(work, ignore_errors=True)
 
     # 4: ~1.3B bf16 timed window
-    cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
-                          [*_model("models/small-350m.yaml", **shape["big"]), *COMMON, f"output_dir={work / '1b'}",
-                           "train.precision=bf16", f"train.global_batch_size={shape['batch']}",
-                           f"train.micro_batch_size={shape['micro']}", "train.steps=100"])
+    cfg = load_run_config(
+        REPO / "configs" / "runs" / "tiny.yaml",
+        [
+            *_model("models/small-350m.yaml", **shape["big"]),
+            *COMMON,
+            f"output_dir={work / '1b'}",
+            "train.precision=bf16",
+            f"train.global_batch_size={shape['batch']}",
+            f"train.micro_batch_size={shape['micro']}",
+            "train.steps=100",
+        ],
+    )
     big = Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0))
     params = sum(p.numel() for m in big.model for p in m.parameters())
     steps(big, 3)
@@ -273,19 +360,36 @@ def run_checks(out: Path, smoke: bool = False) -> int:
     tokens_s = cfg.train.global_batch_size * cfg.model.seq_length / dt
     tflops = tokens_s * flops_per_token(cfg.model) / 1e12
     mfu = tflops / peak if peak else None
-    checks.record(f"{params / 1e9:.2f}B bf16 timed window", all(math.isfinite(x) for x in timed), params=params,
-                  step_s=dt, tokens_per_s=tokens_s, tflops_per_gpu=tflops, mfu=mfu,
-                  mfu_goal_met=None if mfu is None else mfu >= 0.45)
+    checks.record(
+        f"{params / 1e9:.2f}B bf16 timed window",
+        all(math.isfinite(x) for x in timed),
+        params=params,
+        step_s=dt,
+        tokens_per_s=tokens_s,
+        tflops_per_gpu=tflops,
+        mfu=mfu,
+        mfu_goal_met=None if mfu is None else mfu >= 0.45,
+    )
     del big
     release()
     teardown()
 
     total = time.perf_counter() - t_start
-    summary = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "peak_tflops": peak,
-               "seconds": total, "ok": checks.ok, "checks": checks.results}
+    summary = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "peak_tflops": peak,
+        "seconds": total,
+        "ok": checks.ok,
+        "checks": checks.results,
+    }
     (out / "gpu-check.json").write_text(json.dumps(summary, indent=2))
-    print(f"gpu-check: {'all checks passed' if checks.ok else 'FAILED'} in {total:.0f} s; "
-          f"results in {out / 'gpu-check.json'}", flush=True)
+    print(
+        f"gpu-check: {'all checks passed' if checks.ok else 'FAILED'} in {total:.0f} s; "
+        f"results in {out / 'gpu-check.json'}",
+        flush=True,
+    )
     return 0 if checks.ok else 1
 
 

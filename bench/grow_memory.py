@@ -21,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,24 +75,40 @@ def make_checkpoint(path: Path, layers: int, hidden: int, vocab: int) -> dict:
     import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from growth.roles import logical_shapes
     from growth.shape import ModelShape
+    from training.checkpoint.logical import write_logical
     from training.config import RunConfig
     from training.config_base import from_dict, to_dict
-    from training.checkpoint.logical import write_logical
 
-    run = from_dict(RunConfig, {"model": {"num_layers": layers, "hidden_size": hidden, "ffn_hidden_size": 4 * hidden,
-                                          "num_attention_heads": hidden // 64, "vocab_size": vocab,
-                                          "tie_embeddings": False}})
+    run = from_dict(
+        RunConfig,
+        {
+            "model": {
+                "num_layers": layers,
+                "hidden_size": hidden,
+                "ffn_hidden_size": 4 * hidden,
+                "num_attention_heads": hidden // 64,
+                "vocab_size": vocab,
+                "tie_embeddings": False,
+            }
+        },
+    )
     shapes = logical_shapes(run.model, ModelShape.from_model_config(run.model))
     gen = torch.Generator().manual_seed(0)
     params = {k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
-    moments = {m: {k: torch.rand(s, generator=gen) * 1e-4 for k, s in shapes.items()} for m in ("exp_avg", "exp_avg_sq")}
+    moments = {
+        m: {k: torch.rand(s, generator=gen) * 1e-4 for k, s in shapes.items()} for m in ("exp_avg", "exp_avg_sq")
+    }
     write_logical(path, params, {"config": to_dict(run), "step": 10, "consumed_samples": 0, "adam_step": 10}, moments)
     return {"model": to_dict(run.model), "bytes": 3 * sum(v.numel() * 4 for v in params.values())}
 
 
 def child(mode: str, src: Path, dst: Path, plan: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO)), mode, str(src), str(dst), str(plan)],
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD.format(repo=str(REPO)), mode, str(src), str(dst), str(plan)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -113,12 +128,24 @@ def main() -> int:
     info = make_checkpoint(out / "src", args.layers, args.hidden, args.vocab)
     h, L = args.hidden, args.layers
     plan = out / "plan.yaml"
-    plan.write_text(json.dumps({
-        "new": {"layers": L + L // 2, "hidden": 2 * h, "ffn": 8 * h, "heads": 2 * h // 64, "query_groups": 2 * h // 64,
-                "head_dim": 64, "vocab": info["model"]["vocab_size"] + (-info["model"]["vocab_size"]) % 64},
-        "operators": {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"},
-        "depth": {"placement": "interleave"}, "ramp": {"steps": 100},
-    }))
+    plan.write_text(
+        json.dumps(
+            {
+                "new": {
+                    "layers": L + L // 2,
+                    "hidden": 2 * h,
+                    "ffn": 8 * h,
+                    "heads": 2 * h // 64,
+                    "query_groups": 2 * h // 64,
+                    "head_dim": 64,
+                    "vocab": info["model"]["vocab_size"] + (-info["model"]["vocab_size"]) % 64,
+                },
+                "operators": {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"},
+                "depth": {"placement": "interleave"},
+                "ramp": {"steps": 100},
+            }
+        )
+    )
     # interleaved repeats, medians: the disk's write speed on shared machines varies several-fold
     # from minute to minute, and a ratio of two runs minutes apart would measure that
     runs: dict[str, list[dict]] = {"load+save": [], "grow": [], "grow+verify": []}
@@ -129,19 +156,27 @@ def main() -> int:
             runs[name].append(child(mode, out / "src", dst, plan))
             if rep < args.repeats - 1:
                 shutil.rmtree(dst)
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("time_s",)} |
-           {"extra": statistics.median((r["peak_kb"] - r["base_kb"]) * 1024 for r in rs),
-            "times": [round(r["time_s"], 1) for r in rs]}
-           for name, rs in runs.items()}
+    med = {
+        name: {k: statistics.median(r[k] for r in rs) for k in ("time_s",)}
+        | {
+            "extra": statistics.median((r["peak_kb"] - r["base_kb"]) * 1024 for r in rs),
+            "times": [round(r["time_s"], 1) for r in rs],
+        }
+        for name, rs in runs.items()
+    }
     largest_new = 4 * max(2 * h * info["model"]["vocab_size"], (L + L // 2) * 8 * h * 2 * h)
     ckpt_mb = sum(f.stat().st_size for f in (out / "src").rglob("*") if f.is_file()) / 2**20
     grown_mb = sum(f.stat().st_size for f in (out / f"grow-{args.repeats - 1}").rglob("*") if f.is_file()) / 2**20
-    print(f"checkpoint: {ckpt_mb:.0f} MiB (params + 2 Adam moments), model {info['model']['num_layers']} x "
-          f"{info['model']['hidden_size']}, vocab {info['model']['vocab_size']}; grown: {grown_mb:.0f} MiB; "
-          f"medians of {args.repeats} interleaved runs")
+    print(
+        f"checkpoint: {ckpt_mb:.0f} MiB (params + 2 Adam moments), model {info['model']['num_layers']} x "
+        f"{info['model']['hidden_size']}, vocab {info['model']['vocab_size']}; grown: {grown_mb:.0f} MiB; "
+        f"medians of {args.repeats} interleaved runs"
+    )
     for name, r in med.items():
-        print(f"{name:11s}: {r['time_s']:6.1f} s {r['times']}, peak RSS above baseline {r['extra'] / 2**20:6.0f} MiB "
-              f"= {r['extra'] / largest_new:4.1f} x the largest grown tensor ({largest_new / 2**20:.0f} MiB)")
+        print(
+            f"{name:11s}: {r['time_s']:6.1f} s {r['times']}, peak RSS above baseline {r['extra'] / 2**20:6.0f} MiB "
+            f"= {r['extra'] / largest_new:4.1f} x the largest grown tensor ({largest_new / 2**20:.0f} MiB)"
+        )
     print(f"ratio time grow / load+save: {med['grow']['time_s'] / med['load+save']['time_s']:.2f} (goal <= 2)")
     print(f"ratio grow peak extra memory / largest tensor: {med['grow']['extra'] / largest_new:.1f} (goal <= 3)")
     return 0

@@ -30,19 +30,44 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SMALL = {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 256, "num_attention_heads": 4,
-         "vocab_size": 2048, "seq_length": 128}
-LARGE = {"num_layers": 4, "hidden_size": 128, "ffn_hidden_size": 512, "num_attention_heads": 8,
-         "vocab_size": 2048, "seq_length": 128}
-TRAIN = {"global_batch_size": 16, "micro_batch_size": 8, "lr": 2.0e-3, "min_lr": 2.0e-4, "warmup_steps": 20,
-         "eval_interval": 10, "eval_batches": 4}
+SMALL = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "ffn_hidden_size": 256,
+    "num_attention_heads": 4,
+    "vocab_size": 2048,
+    "seq_length": 128,
+}
+LARGE = {
+    "num_layers": 4,
+    "hidden_size": 128,
+    "ffn_hidden_size": 512,
+    "num_attention_heads": 8,
+    "vocab_size": 2048,
+    "seq_length": 128,
+}
+TRAIN = {
+    "global_batch_size": 16,
+    "micro_batch_size": 8,
+    "lr": 2.0e-3,
+    "min_lr": 2.0e-4,
+    "warmup_steps": 20,
+    "eval_interval": 10,
+    "eval_batches": 4,
+}
 TOKENS_PER_STEP = TRAIN["global_batch_size"] * LARGE["seq_length"]
 
 
 def run_config(name: str, out: Path, stages: list[dict]) -> Path:
-    cfg = {"name": name, "output_dir": str(out / name), "data": {"kind": "default", "seed": 1234},
-           "train": TRAIN, "logging": {"progress_bar": False, "tensorboard": False},
-           "checkpoint": {"save_interval": 0, "keep_last": 1}, "stages": stages}
+    cfg = {
+        "name": name,
+        "output_dir": str(out / name),
+        "data": {"kind": "default", "seed": 1234},
+        "train": TRAIN,
+        "logging": {"progress_bar": False, "tensorboard": False},
+        "checkpoint": {"save_interval": 0, "keep_last": 1},
+        "stages": stages,
+    }
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -58,7 +83,9 @@ def val_curve(stage_dir: Path, flops_per_token: float, flops_offset: float, stag
     for line in (stage_dir / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
         if r.get("val_loss") is not None:
-            points.append((flops_offset + r["step"] * TOKENS_PER_STEP * flops_per_token, r["val_loss"], stage, r["step"]))
+            points.append(
+                (flops_offset + r["step"] * TOKENS_PER_STEP * flops_per_token, r["val_loss"], stage, r["step"])
+            )
     return points
 
 
@@ -96,14 +123,28 @@ def main() -> int:
     f_small = flops_per_token(from_dict(ModelConfig, SMALL))
     f_large = flops_per_token(from_dict(ModelConfig, LARGE))
 
-    scratch = run_config("scratch", out, [{"name": "large", "model": LARGE, "tokens": args.scratch_steps * TOKENS_PER_STEP}])
-    grown = run_config("grown", out, [
-        {"name": "small", "model": SMALL, "tokens": args.small_steps * TOKENS_PER_STEP},
-        {"name": "large", "model": LARGE, "tokens": args.grown_steps * TOKENS_PER_STEP,
-         "train": {"warmup_steps": 5},
-         "growth": {"default_operator": "msg", "depth_placement": "interleave", "ramp_steps": args.ramp_steps,
-                    "lr_policy": args.lr_policy}},
-    ])
+    scratch = run_config(
+        "scratch", out, [{"name": "large", "model": LARGE, "tokens": args.scratch_steps * TOKENS_PER_STEP}]
+    )
+    grown = run_config(
+        "grown",
+        out,
+        [
+            {"name": "small", "model": SMALL, "tokens": args.small_steps * TOKENS_PER_STEP},
+            {
+                "name": "large",
+                "model": LARGE,
+                "tokens": args.grown_steps * TOKENS_PER_STEP,
+                "train": {"warmup_steps": 5},
+                "growth": {
+                    "default_operator": "msg",
+                    "depth_placement": "interleave",
+                    "ramp_steps": args.ramp_steps,
+                    "lr_policy": args.lr_policy,
+                },
+            },
+        ],
+    )
     train(scratch)
     train(grown)
 
@@ -126,7 +167,9 @@ def main() -> int:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([p[0] for p in s_curve], [p[1] for p in s_curve], "o-", ms=3, label="from scratch (final shape)")
-    ax.plot([p[0] for p in g_small + g_large], [p[1] for p in g_small + g_large], "o-", ms=3, label="grown (small -> final)")
+    ax.plot(
+        [p[0] for p in g_small + g_large], [p[1] for p in g_small + g_large], "o-", ms=3, label="grown (small -> final)"
+    )
     ax.axvline(small_flops, color="k", ls="--", lw=0.8, label="growth")
     ax.axhline(target, color="gray", ls=":", lw=0.8, label="scratch final val loss")
     ax.set_xlabel("training FLOPs")
@@ -137,14 +180,20 @@ def main() -> int:
 
     print(f"final shape {LARGE}; small shape {SMALL}; {TOKENS_PER_STEP} tokens/step; lr policy {args.lr_policy}")
     print(f"scratch: {args.scratch_steps} steps, final val loss L* = {target:.4f}, FLOPs {flops_scratch:.3e}")
-    print(f"grown:   {args.small_steps} small + {args.grown_steps} final-shape steps; final val loss {g_large[-1][1]:.4f}")
+    print(
+        f"grown:   {args.small_steps} small + {args.grown_steps} final-shape steps; final val loss {g_large[-1][1]:.4f}"
+    )
     if flops_grown is None:
         print("grown run did not reach L* with the final-shape model: speedup < 1x at this budget")
     else:
-        print(f"grown FLOPs to reach L*: {flops_grown:.3e} -> speedup FLOPs_scratch/FLOPs_grown - 1 = "
-              f"{flops_scratch / flops_grown - 1:.2f} ({flops_scratch / flops_grown:.2f}x; goal >= 1.5x)")
-    print(f"loss bump after growth: {bump:+.4f} nats ({100 * bump / before:+.2f}% of the pre-growth val loss "
-          f"{before:.4f}; goal <= 1%)")
+        print(
+            f"grown FLOPs to reach L*: {flops_grown:.3e} -> speedup FLOPs_scratch/FLOPs_grown - 1 = "
+            f"{flops_scratch / flops_grown - 1:.2f} ({flops_scratch / flops_grown:.2f}x; goal >= 1.5x)"
+        )
+    print(
+        f"loss bump after growth: {bump:+.4f} nats ({100 * bump / before:+.2f}% of the pre-growth val loss "
+        f"{before:.4f}; goal <= 1%)"
+    )
     print(f"plot: {out / 'growth_vs_scratch.png'}")
     return 0
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 
 
 class PlainBlock(torch.nn.Module):
@@ -103,8 +104,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--compare-attention", action="store_true",
-                    help="time the engine with fused vs unfused core attention (no plain side)")
+    ap.add_argument(
+        "--compare-attention",
+        action="store_true",
+        help="time the engine with fused vs unfused core attention (no plain side)",
+    )
     args = ap.parse_args()
 
     from training.config import load_run_config
@@ -112,11 +116,17 @@ def main() -> None:
     from training.engine.trainer import Trainer
 
     overrides = [
-        f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",
-        f"model.ffn_hidden_size={4 * args.hidden}", f"model.num_attention_heads={args.heads}",
-        f"model.seq_length={args.seq}", f"model.vocab_size={args.vocab}",
-        f"train.global_batch_size={args.batch}", f"train.micro_batch_size={args.batch}",
-        "train.precision=fp32", "logging.progress_bar=false", "logging.tensorboard=false",
+        f"model.num_layers={args.layers}",
+        f"model.hidden_size={args.hidden}",
+        f"model.ffn_hidden_size={4 * args.hidden}",
+        f"model.num_attention_heads={args.heads}",
+        f"model.seq_length={args.seq}",
+        f"model.vocab_size={args.vocab}",
+        f"train.global_batch_size={args.batch}",
+        f"train.micro_batch_size={args.batch}",
+        "train.precision=fp32",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
         "output_dir=/tmp/flm-bench-step",
     ]
     source = MockSource(args.vocab, args.seq, seed=0)
@@ -128,13 +138,17 @@ def main() -> None:
         trainer.train_source = type("Fixed", (), {"seq_length": args.seq, "sample": lambda self, i: first})()
         return time_steps(trainer.step, args.steps)
 
-    shape = (f"shape: L={args.layers} h={args.hidden} heads={args.heads} seq={args.seq} batch={args.batch} "
-             f"vocab={args.vocab}; threads={torch.get_num_threads()}")
+    shape = (
+        f"shape: L={args.layers} h={args.hidden} heads={args.heads} seq={args.seq} batch={args.batch} "
+        f"vocab={args.vocab}; threads={torch.get_num_threads()}"
+    )
     if args.compare_attention:
         unfused = engine_step_time("unfused")
         fused = engine_step_time("fused")
         print(shape)
-        print(f"engine step, unfused core attention (baddbmm + softmax + bmm): {unfused * 1e3:.1f} ms (median of {args.steps})")
+        print(
+            f"engine step, unfused core attention (baddbmm + softmax + bmm): {unfused * 1e3:.1f} ms (median of {args.steps})"
+        )
         print(f"engine step, fused core attention (scaled_dot_product_attention): {fused * 1e3:.1f} ms")
         print(f"ratio fused / unfused: {fused / unfused:.3f}  (goal <= 0.8)")
         return
@@ -155,7 +169,9 @@ def main() -> None:
 
     plain = time_steps(plain_step, args.steps)
     print(shape)
-    print(f"engine step (megatron-core GPTModel + DDP + optimizer + schedule): {engine * 1e3:.1f} ms (median of {args.steps})")
+    print(
+        f"engine step (megatron-core GPTModel + DDP + optimizer + schedule): {engine * 1e3:.1f} ms (median of {args.steps})"
+    )
     print(f"plain torch step (same model math, torch AdamW):                   {plain * 1e3:.1f} ms")
     print(f"ratio engine / plain: {engine / plain:.3f}  (goal <= 1.1)")
 

@@ -142,9 +142,7 @@ class BackendLM(TemplateLM):
                 if not cont or not ctx:
                     raise ValueError("loglikelihood requests need a non-empty context and continuation")
                 if len(cont) > self.max_length:
-                    raise ValueError(
-                        f"continuation of {len(cont)} tokens exceeds max_length {self.max_length}"
-                    )
+                    raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length {self.max_length}")
                 rows.append((ctx + cont)[-(self.max_length + 1) :][:-1])
                 conts.append(cont)
             logp = self._logprobs(rows)
@@ -172,9 +170,7 @@ class BackendLM(TemplateLM):
                     context_len=1,
                 )
             ]
-            total = (
-                sum(s for s, _ in self._loglikelihood_tokens(windows, disable_tqdm=True)) if windows else 0.0
-            )
+            total = sum(s for s, _ in self._loglikelihood_tokens(windows, disable_tqdm=True)) if windows else 0.0
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
             out.append(total)
         return out
@@ -194,9 +190,7 @@ class BackendLM(TemplateLM):
             max_gen = int(kwargs.pop("max_gen_toks"))
             max_ctx = self.max_length - max_gen
             if max_ctx <= 0:
-                raise ValueError(
-                    f"max_gen_toks {max_gen} leaves no room for context (max_length {self.max_length})"
-                )
+                raise ValueError(f"max_gen_toks {max_gen} leaves no room for context (max_length {self.max_length})")
             encoded = {i: self.tok_encode(requests[i].args[0])[-max_ctx:] for i in members}
             order = sorted(members, key=lambda i: -len(encoded[i]))
             for start in range(0, len(order), self.batch_size):

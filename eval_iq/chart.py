@@ -52,20 +52,36 @@ def _category_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for m in PAPER_MODELS:
             vals = [paper_score(m, n) for n in c["subtasks"]]
             paper[m] = None if any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type]
-        rows.append({
-            "label": CATEGORIES[cat] + ("" if c["complete"] else " (partial)"),
-            "acc": c["acc"], "se": se, "chance": sum(s["chance"] for s in subs) / len(subs), "paper": paper,
-        })
+        rows.append(
+            {
+                "label": CATEGORIES[cat] + ("" if c["complete"] else " (partial)"),
+                "acc": c["acc"],
+                "se": se,
+                "chance": sum(s["chance"] for s in subs) / len(subs),
+                "paper": paper,
+            }
+        )
     o = summary["flm_iq"]
     if o["acc"] is not None:
         cat_rows = list(rows)
         se = math.sqrt(sum(r["se"] ** 2 for r in cat_rows)) / len(cat_rows)
-        paper = {m: (None if any(r["paper"][m] is None for r in cat_rows)
-                     else sum(r["paper"][m] for r in cat_rows) / len(cat_rows)) for m in PAPER_MODELS}
-        rows.append({
-            "label": "FLM IQ" + ("" if o["complete"] else " (partial)"),
-            "acc": o["acc"], "se": se, "chance": sum(r["chance"] for r in cat_rows) / len(cat_rows), "paper": paper,
-        })
+        paper = {
+            m: (
+                None
+                if any(r["paper"][m] is None for r in cat_rows)
+                else sum(r["paper"][m] for r in cat_rows) / len(cat_rows)
+            )
+            for m in PAPER_MODELS
+        }
+        rows.append(
+            {
+                "label": "FLM IQ" + ("" if o["complete"] else " (partial)"),
+                "acc": o["acc"],
+                "se": se,
+                "chance": sum(r["chance"] for r in cat_rows) / len(cat_rows),
+                "paper": paper,
+            }
+        )
     return rows
 
 
@@ -74,8 +90,16 @@ def _subtask_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for name, s in summary["subtasks"].items():
         lo, hi = wilson_interval(s["acc"], s.get("n"))
         label = s["title"] + (f" [{s['truncated']} truncated]" if s.get("truncated") else "")
-        rows.append({"label": label, "acc": s["acc"], "lo": lo, "hi": hi, "chance": s["chance"],
-                     "paper": {m: paper_score(m, name) for m in PAPER_MODELS}})
+        rows.append(
+            {
+                "label": label,
+                "acc": s["acc"],
+                "lo": lo,
+                "hi": hi,
+                "chance": s["chance"],
+                "paper": {m: paper_score(m, name) for m in PAPER_MODELS},
+            }
+        )
     return rows
 
 
@@ -106,8 +130,15 @@ def _panel(ax: Any, rows: list[dict[str, Any]], ylabel: str) -> None:
                     ax.bar(x, v, width, color=colours[k], alpha=0.75, label=legend)
                     legend = None
     for i, row in enumerate(rows):
-        ax.hlines(100 * row["chance"], i - 0.45, i + 0.45, colors="black", linewidth=2, zorder=5,
-                  label="chance" if i == 0 else None)
+        ax.hlines(
+            100 * row["chance"],
+            i - 0.45,
+            i + 0.45,
+            colors="black",
+            linewidth=2,
+            zorder=5,
+            label="chance" if i == 0 else None,
+        )
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["label"] for r in rows], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -120,8 +151,10 @@ def chart_title(summary: dict[str, Any]) -> str:
     ns = [s["n"] for s in summary["subtasks"].values() if s.get("n") is not None]
     n = "n=?" if not ns else (f"n={ns[0]}" if min(ns) == max(ns) else f"n={min(ns)}-{max(ns)}")
     limit = summary.get("settings", {}).get("limit")
-    return (f"FLM IQ: {summary['model'].get('name', 'model')} ({n} per subtask, "
-            f"--limit {limit if limit is not None else 'none'}; bars: 95% Wilson interval)")
+    return (
+        f"FLM IQ: {summary['model'].get('name', 'model')} ({n} per subtask, "
+        f"--limit {limit if limit is not None else 'none'}; bars: 95% Wilson interval)"
+    )
 
 
 def build_chart(summary: dict[str, Any]):
@@ -133,7 +166,9 @@ def build_chart(summary: dict[str, Any]):
 
     subtasks, categories = _subtask_rows(summary), _category_rows(summary)
     fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(max(9.0, 0.95 * len(subtasks) + 2), 9),
+        2,
+        1,
+        figsize=(max(9.0, 0.95 * len(subtasks) + 2), 9),
         gridspec_kw={"height_ratios": [3, 2]},
     )
     _panel(top, subtasks, "accuracy (%)")

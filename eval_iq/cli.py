@@ -38,9 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="hf",
         help="hf: a Hugging Face model via lm-eval's hf backend; flm: a project checkpoint",
     )
-    p.add_argument(
-        "--model-path", help="Hugging Face model directory (or hub id with --online); for --model hf"
-    )
+    p.add_argument("--model-path", help="Hugging Face model directory (or hub id with --online); for --model hf")
     p.add_argument("--checkpoint", help="project checkpoint directory; for --model flm")
     p.add_argument(
         "--subtasks",
@@ -55,9 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="demonstrations per prompt for every selected subtask (per label for symbolic mapping)",
     )
-    p.add_argument(
-        "--data-dir", help="SuperGLUE/CLUE directory for symbolic mapping (default $FLM_IQ_DATA_DIR)"
-    )
+    p.add_argument("--data-dir", help="SuperGLUE/CLUE directory for symbolic mapping (default $FLM_IQ_DATA_DIR)")
     p.add_argument("--output-dir", default="iq-results", help="where results go (default ./iq-results)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device for --model hf (default cpu)")
@@ -75,9 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--online", action="store_true", help="allow network access (hub models and datasets)")
     p.add_argument("--export-instances", metavar="DIR", help="write instances as JSONL to DIR and exit")
-    p.add_argument(
-        "--list", action="store_true", help="list subtasks with defaults and chance levels, then exit"
-    )
+    p.add_argument("--list", action="store_true", help="list subtasks with defaults and chance levels, then exit")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -98,8 +92,7 @@ def _list_subtasks() -> str:
         shots = f"{s.default_shots}/label" if s.shots_unit == "per_label" else str(s.default_shots)
         extra = "" if s.in_benchmark else "  (extra, not in groups)"
         rows.append(
-            f"{s.name:24} {s.task:32} {s.category:18} {s.default_size:>5} {shots:>9} "
-            f"{100 * s.chance:>6.1f}%{extra}"
+            f"{s.name:24} {s.task:32} {s.category:18} {s.default_size:>5} {shots:>9} {100 * s.chance:>6.1f}%{extra}"
         )
     return "\n".join(rows)
 
@@ -131,25 +124,35 @@ def _build_lm(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         path = Path(args.model_path).expanduser()
         if not args.online and not path.is_dir():
             raise IQError(
-                f"model directory not found: {path} (offline runs need a local directory; "
-                f"pass --online for a hub id)"
+                f"model directory not found: {path} (offline runs need a local directory; pass --online for a hub id)"
             )
-        from lm_eval.models.huggingface import HFLM  # startup time: loaded when the command runs, not for flm's parser
+        # startup time: loaded when the command runs, not for flm's parser
+        from lm_eval.models.huggingface import HFLM
+
+        from training.hf.errors import HFInteropError
+        from training.hf.flm_arch import trust_remote_code
 
         pretrained = str(path) if path.is_dir() else args.model_path
-        from training.hf.errors import HFInteropError  # startup time: loaded when the command runs, not for flm's parser
-        from training.hf.flm_arch import trust_remote_code
 
         try:  # FLM-shaped exports of this project carry its own model code
             trust = path.is_dir() and trust_remote_code(path)
         except HFInteropError as err:
             raise IQError(str(err)) from None
-        lm = HFLM(pretrained=pretrained, device=args.device, batch_size=args.batch_size, dtype=args.dtype,
-                  trust_remote_code=trust, parallelize=args.parallelize)
+        lm = HFLM(
+            pretrained=pretrained,
+            device=args.device,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            trust_remote_code=trust,
+            parallelize=args.parallelize,
+        )
         return lm, {"backend": "hf", "path": pretrained, "name": Path(pretrained).name or pretrained}
     if not args.checkpoint:
         raise IQError("--model flm needs --checkpoint DIR (a project checkpoint directory)")
-    from eval_iq.adapter import BackendLM, load_project_backend  # startup time: loaded when the command runs, not for flm's parser
+    from eval_iq.adapter import (  # startup time: loaded when the command runs, not for flm's parser
+        BackendLM,
+        load_project_backend,
+    )
 
     backend = load_project_backend(args.checkpoint)
     lm = BackendLM(backend, batch_size=args.batch_size)
@@ -168,21 +171,24 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(args)
     specs = resolve_subtasks(args.subtasks)
     if not args.online:
-        from eval_iq.offline import enable_offline_mode  # startup time: loaded when the command runs, not for flm's parser
+        from eval_iq.offline import enable_offline_mode  # startup time: loaded when the command runs
 
         enable_offline_mode()
     import datasets  # startup time: loaded when the command runs, not for flm's parser
 
     datasets.disable_progress_bars()
-    from eval_iq.runner import RunSettings, benchmark, instance_digest, make_plan  # startup time: loaded when the command runs, not for flm's parser
+    from eval_iq.runner import (  # startup time: loaded when the command runs, not for flm's parser
+        RunSettings,
+        benchmark,
+        instance_digest,
+        make_plan,
+    )
     from eval_iq.symbolic_data import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
     if data_dir is not None and not data_dir.is_dir():
         raise IQError(f"--data-dir not found: {data_dir}")
-    settings = RunSettings(
-        seed=args.seed, size=args.size, shots=args.shots, limit=args.limit, data_dir=data_dir
-    )
+    settings = RunSettings(seed=args.seed, size=args.size, shots=args.shots, limit=args.limit, data_dir=data_dir)
     plan = make_plan(specs, data_dir, args.skip_unavailable)
     for name, reason in plan.skipped.items():
         log.warning("skipping %s: %s", name, reason)
@@ -192,7 +198,10 @@ def run(args: argparse.Namespace) -> int:
     digests = {s.name: instance_digest(s, settings) for s in plan.run}  # data errors before model loading
     lm, model_info = _build_lm(args)
 
-    from eval_iq.report import markdown_table, write_outputs  # startup time: loaded when the command runs, not for flm's parser
+    from eval_iq.report import (  # startup time: loaded when the command runs, not for flm's parser
+        markdown_table,
+        write_outputs,
+    )
 
     settings_doc = {
         "seed": settings.seed,

@@ -51,9 +51,7 @@ def _build(subtask: str, seed: int, index: int, shots: int, attempt: int, make) 
     # closed answers (a location, one of the stated keys): only the stories must differ; the
     # demonstrations' answers follow the generator's distribution, independent of the query's
     demos = draw_shots(rng, query, shots, make, distinct_answers=False)
-    return build_generation_instance(
-        subtask, seed, index, query, demos, in_label="Story:\n", out_label="Answer:"
-    )
+    return build_generation_instance(subtask, seed, index, query, demos, in_label="Story:\n", out_label="Answer:")
 
 
 # --------------------------------------------------------------------------- multi-key retrieval
@@ -115,10 +113,7 @@ def _two_sf_story(rng: random.Random) -> tuple[list[str], dict[str, str], dict[s
     lines: list[str] = []
     for _ in range(rng.randint(6, 14)):
         pickable = [
-            (p, o)
-            for p in sorted(where)
-            for o in OBJECTS
-            if holder[o] is None and placed.get(o, where[p]) == where[p]
+            (p, o) for p in sorted(where) for o in OBJECTS if holder[o] is None and placed.get(o, where[p]) == where[p]
         ]
         droppable = [(p, o) for o in OBJECTS if (p := holder[o]) is not None]
         roll = rng.random()

@@ -34,9 +34,7 @@ GENERATORS: dict[str, Callable[..., dict[str, Any]]] = {
 MAX_REDRAWS = 1000
 
 
-def unique_instances(
-    make: Callable[..., dict[str, Any]], seed: int, size: int, shots: int
-) -> list[dict[str, Any]]:
+def unique_instances(make: Callable[..., dict[str, Any]], seed: int, size: int, shots: int) -> list[dict[str, Any]]:
     """Instances ``0 .. size-1`` whose queries (:func:`eval_iq.instances.query_block`) all differ.
 
     Instance ``i`` is ``make``'s first draw (``attempt`` 0, 1, ...) whose query no earlier instance

@@ -169,9 +169,7 @@ def group_members() -> dict[str, list[str]]:
         members[group] = [s.task for s in SUBTASKS.values() if s.in_benchmark and s.family == family]
     members[CATEGORY_GROUPS["symbolic"]] = list(FAMILY_GROUPS.values())
     for cat in ("rules", "patterns", "anti_interference"):
-        members[CATEGORY_GROUPS[cat]] = [
-            s.task for s in SUBTASKS.values() if s.in_benchmark and s.category == cat
-        ]
+        members[CATEGORY_GROUPS[cat]] = [s.task for s in SUBTASKS.values() if s.in_benchmark and s.category == cat]
     members[TOP_GROUP] = [CATEGORY_GROUPS[c] for c in CATEGORIES]
     return members
 

@@ -80,9 +80,7 @@ def summarize(
         "acc": _mean(cat_scores) if len(cat_scores) == len(CATEGORIES) else None,
         "complete": all(c["complete"] for c in categories.values()),
     }
-    paper = {
-        m: {n: paper_score(m, n) for n in subtasks if paper_score(m, n) is not None} for m in PAPER_MODELS
-    }
+    paper = {m: {n: paper_score(m, n) for n in subtasks if paper_score(m, n) is not None} for m in PAPER_MODELS}
     return {
         "benchmark": "flm_iq",
         "harness_version": HARNESS_VERSION,
@@ -99,7 +97,6 @@ def summarize(
 
 def _lm_eval_version() -> str:
     try:
-
         return version("lm_eval")
     except Exception:  # pragma: no cover - metadata missing only in broken installs
         return "unknown"
@@ -158,9 +155,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "**Warning: truncated prompts.** "
-            + "; ".join(f"{s['title']}: {s['truncated']} of {s['truncation']['n']} (longest "
-                        f"{s['truncation']['max_tokens']} tokens, {s['truncation']['limit']} kept)"
-                        for s in cut.values())
+            + "; ".join(
+                f"{s['title']}: {s['truncated']} of {s['truncation']['n']} (longest "
+                f"{s['truncation']['max_tokens']} tokens, {s['truncation']['limit']} kept)"
+                for s in cut.values()
+            )
             + ". These scores are not comparable with untruncated runs."
         )
     if summary["skipped"]:
@@ -188,9 +187,7 @@ def _sample_record(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_outputs(
-    summary: dict[str, Any], lm_results: dict[str, Any], out_dir: str | Path
-) -> dict[str, Path]:
+def write_outputs(summary: dict[str, Any], lm_results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.json``, ``lm_eval_results.json``, ``samples/<task>.jsonl``,
     ``report.md`` and ``report.png`` into ``out_dir``; return their paths by kind."""
     out = Path(out_dir)
@@ -203,9 +200,7 @@ def write_outputs(
     }
     paths["results"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     raw = {k: v for k, v in lm_results.items() if k != "samples"}
-    paths["lm_eval"].write_text(
-        json.dumps(raw, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
-    )
+    paths["lm_eval"].write_text(json.dumps(raw, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     for task, samples in lm_results.get("samples", {}).items():
         lines = [json.dumps(_sample_record(s), ensure_ascii=False, default=str) for s in samples]
         (out / "samples" / f"{task}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")

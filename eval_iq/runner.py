@@ -61,7 +61,6 @@ def unavailable_reason(spec: SubtaskSpec, data_dir: Path | None) -> str | None:
         return None
     resolved = resolve_data_dir(data_dir)
     if resolved is None:
-
         if SOURCES[spec.name].hub_path is None:
             return f"{spec.name} has no hub copy; pass --data-dir"
         if is_offline():
@@ -80,9 +79,7 @@ def make_plan(specs: list[SubtaskSpec], data_dir: Path | None, skip_unavailable:
     reasons = {s.name: r for s in specs if (r := unavailable_reason(s, data_dir)) is not None}
     if reasons and not skip_unavailable:
         raise IQError(
-            "data missing for: "
-            + "; ".join(reasons.values())
-            + ". Use --skip-unavailable to run the other subtasks."
+            "data missing for: " + "; ".join(reasons.values()) + ". Use --skip-unavailable to run the other subtasks."
         )
     plan = Plan([s for s in specs if s.name not in reasons], reasons)
     if not plan.run:
@@ -96,9 +93,7 @@ def instance_digest(spec: SubtaskSpec, settings: RunSettings) -> dict[str, Any]:
     return {"instances": len(insts), "instances_sha256": sha256_of(insts)}
 
 
-def evaluate(
-    lm: Any, specs: list[SubtaskSpec], settings: RunSettings, bootstrap_iters: int = 1000
-) -> dict[str, Any]:
+def evaluate(lm: Any, specs: list[SubtaskSpec], settings: RunSettings, bootstrap_iters: int = 1000) -> dict[str, Any]:
     """lm-eval's ``simple_evaluate`` on the given subtasks; returns its results dict.
 
     Per-sample logs are kept (``results["samples"]``). ``bootstrap_iters`` only enables the

@@ -42,7 +42,10 @@ def evaluate_checkpoint(
     ``flm iq`` to ``out_dir`` and returns :func:`compact` of the results. Raises
     :class:`~eval_iq.errors.IQError` for bad selections, missing checkpoint loader or data.
     """
-    from eval_iq.adapter import BackendLM, load_project_backend  # heavy (lm-eval): loaded when a stage is evaluated, not in every trainer process
+    from eval_iq.adapter import (  # heavy (lm-eval): loaded when a stage is evaluated, not in every trainer process
+        BackendLM,
+        load_project_backend,
+    )
     from eval_iq.offline import enable_offline_mode
     from eval_iq.registry import resolve_subtasks
     from eval_iq.report import write_outputs
@@ -109,8 +112,11 @@ class StageIQ:
         if run.iq_eval is None:
             return None
         q = run.iq_eval
-        return {"iq": evaluate_stage(final_checkpoint, Path(cfg.output_dir) / "iq", tasks=q.tasks, limit=q.limit,
-                                     data_dir=q.data_dir)}
+        return {
+            "iq": evaluate_stage(
+                final_checkpoint, Path(cfg.output_dir) / "iq", tasks=q.tasks, limit=q.limit, data_dir=q.data_dir
+            )
+        }
 
 
 stage_end_iq = StageIQ()
@@ -137,14 +143,20 @@ def stages_markdown(stages: Sequence[tuple[str, dict[str, Any] | None]]) -> str:
             continue
         partial = set(rec.get("partial_categories", []))
         iq = _pct(rec["flm_iq"]) + ("" if rec.get("complete") else " (partial)")
-        cells = [label, iq, *(_pct(rec["categories"].get(c)) + (" (partial)" if c in partial else "") for c in cats),
-                 *(_pct(rec["subtasks"].get(n)) for n in names)]
+        cells = [
+            label,
+            iq,
+            *(_pct(rec["categories"].get(c)) + (" (partial)" if c in partial else "") for c in cats),
+            *(_pct(rec["subtasks"].get(n)) for n in names),
+        ]
         ns = sorted({v for v in rec["n"].values() if v is not None})
         cut = sum(v or 0 for v in rec["truncated"].values())
         cells += ["/".join(map(str, ns)) or "?", str(cut)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Accuracy in percent on the first n instances of each subtask (`iq_eval.limit`); chance and "
-                 "per-sample outputs: each stage's `iq/report.md`. truncated: prompts longer than the "
-                 "model's context (left-truncated, see docs/iq-benchmark.md).")
+    lines.append(
+        "Accuracy in percent on the first n instances of each subtask (`iq_eval.limit`); chance and "
+        "per-sample outputs: each stage's `iq/report.md`. truncated: prompts longer than the "
+        "model's context (left-truncated, see docs/iq-benchmark.md)."
+    )
     return "\n".join(lines) + "\n"

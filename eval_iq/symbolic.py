@@ -211,8 +211,6 @@ def generate_symbolic(
             "shot_labels": shot_labels,
         }
         out.append(
-            make_instance(
-                name, seed, i, join_blocks(blocks), symbols[gold], choices=symbols, gold=gold, meta=meta
-            )
+            make_instance(name, seed, i, join_blocks(blocks), symbols[gold], choices=symbols, gold=gold, meta=meta)
         )
     return out

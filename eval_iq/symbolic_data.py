@@ -234,8 +234,7 @@ def normalise_records(
             continue
         if label not in source.labels:
             raise MalformedDataError(
-                f"{where}: record {i} has label {rec['label']!r}; {source.name} labels are "
-                f"{', '.join(source.labels)}"
+                f"{where}: record {i} has label {rec['label']!r}; {source.name} labels are {', '.join(source.labels)}"
             )
         for f in source.fields:
             value = rec.get(f)
@@ -258,9 +257,7 @@ def _read_json_lines(path: Path) -> list[dict[str, Any]]:
     except Exception as err:  # datasets wraps JSON/Arrow errors in several exception types
         cause = err.__cause__ or err
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise MalformedDataError(
-            f"{path}: cannot be read as JSON lines (one JSON object per line): {first}"
-        ) from err
+        raise MalformedDataError(f"{path}: cannot be read as JSON lines (one JSON object per line): {first}") from err
     return ds.to_list()
 
 

@@ -60,6 +60,10 @@ def truncation_report(lm: Any, lm_results: dict[str, Any], tasks: dict[str, str]
             logger.warning(
                 "%s: %d of %d prompts exceed the model's context (longest %d tokens, %d kept) and were "
                 "left-truncated, losing demonstrations; the score of this subtask is not comparable",
-                task, counts["truncated"], counts["n"], counts["max_tokens"], counts["limit"],
+                task,
+                counts["truncated"],
+                counts["n"],
+                counts["max_tokens"],
+                counts["limit"],
             )
     return out

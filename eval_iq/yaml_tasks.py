@@ -92,11 +92,7 @@ def stale_files(directory: Path = TASKS_DIR) -> list[str]:
     """Names of YAMLs that are missing, different, or no longer rendered."""
     want = rendered_files()
     have = {p.name for p in directory.glob("*.yaml")}
-    bad = [
-        n
-        for n, text in want.items()
-        if not (directory / n).is_file() or (directory / n).read_text("utf-8") != text
-    ]
+    bad = [n for n, text in want.items() if not (directory / n).is_file() or (directory / n).read_text("utf-8") != text]
     return sorted(bad + [n for n in have if n not in want])
 
 

@@ -47,19 +47,28 @@ class AxisMap:
     @property
     def is_identity(self) -> bool:
         n = self.size
-        return (bool(torch.equal(self.src, torch.arange(n))) and bool((self.scale == 1).all())
-                and bool((self.grad_scale == 1).all()))
+        return (
+            bool(torch.equal(self.src, torch.arange(n)))
+            and bool((self.scale == 1).all())
+            and bool((self.grad_scale == 1).all())
+        )
 
 
 def _ones(n: int) -> Tensor:
     return torch.ones(n, dtype=torch.float64)
 
 
-def _axis(src: Tensor, *, scale: float = 1.0, grad_scale: float = 1.0, zero_new: bool = False,
-          copy: Optional[Tensor] = None) -> AxisMap:
+def _axis(
+    src: Tensor, *, scale: float = 1.0, grad_scale: float = 1.0, zero_new: bool = False, copy: Optional[Tensor] = None
+) -> AxisMap:
     n = src.shape[0]
-    return AxisMap(src=src.long(), scale=_ones(n) * scale, grad_scale=_ones(n) * grad_scale, zero_new=zero_new,
-                   copy=torch.zeros(n, dtype=torch.bool) if copy is None else copy)
+    return AxisMap(
+        src=src.long(),
+        scale=_ones(n) * scale,
+        grad_scale=_ones(n) * grad_scale,
+        zero_new=zero_new,
+        copy=torch.zeros(n, dtype=torch.bool) if copy is None else copy,
+    )
 
 
 def identity(n: int) -> AxisMap:
@@ -81,16 +90,19 @@ def tiled(n_old: int, n_new: int, *, reads: bool) -> AxisMap:
     """
     k = n_new // n_old
     idx = torch.arange(n_new)
-    return _axis(idx % n_old, scale=1.0 / k if reads else 1.0, grad_scale=1.0 if reads else 1.0 / k,
-                 copy=idx >= n_old)
+    return _axis(idx % n_old, scale=1.0 / k if reads else 1.0, grad_scale=1.0 if reads else 1.0 / k, copy=idx >= n_old)
 
 
 def _concat(maps: list[AxisMap], offsets: list[int]) -> AxisMap:
     """Maps of consecutive blocks of one axis (old block j starts at ``offsets[j]``)."""
     src = torch.cat([torch.where(m.src < 0, m.src, m.src + off) for m, off in zip(maps, offsets)])
-    return AxisMap(src=src, scale=torch.cat([m.scale for m in maps]),
-                   grad_scale=torch.cat([m.grad_scale for m in maps]), zero_new=maps[0].zero_new,
-                   copy=torch.cat([m.copy for m in maps]))
+    return AxisMap(
+        src=src,
+        scale=torch.cat([m.scale for m in maps]),
+        grad_scale=torch.cat([m.grad_scale for m in maps]),
+        zero_new=maps[0].zero_new,
+        copy=torch.cat([m.copy for m in maps]),
+    )
 
 
 def vocab_map(old: int, new: int) -> AxisMap:
@@ -108,12 +120,20 @@ def hidden_maps(op: str, old: int, new: int, rms: bool) -> dict[str, AxisMap]:
         # mean(x^2) shrunk by H/H'; gains x sqrt(H/H') (with eps x H/H', see plan.new_model_config)
         # restore the output exactly. For LayerNorm no rescaling helps (inexact, refused unless asked).
         gain = math.sqrt(old / new) if rms else 1.0
-        return {"hidden_out": leading(old, new, zero_new=True), "hidden_in": leading(old, new),
-                "hidden_logit": leading(old, new), "hidden_norm": leading(old, new, scale=gain)}
+        return {
+            "hidden_out": leading(old, new, zero_new=True),
+            "hidden_in": leading(old, new),
+            "hidden_logit": leading(old, new),
+            "hidden_norm": leading(old, new, scale=gain),
+        }
     if op == "clone":
-        return {"hidden_out": tiled(old, new, reads=False), "hidden_in": tiled(old, new, reads=True),
-                # the output multiplier is divided by k instead of the weights (plan.new_model_config)
-                "hidden_logit": tiled(old, new, reads=False), "hidden_norm": tiled(old, new, reads=False)}
+        return {
+            "hidden_out": tiled(old, new, reads=False),
+            "hidden_in": tiled(old, new, reads=True),
+            # the output multiplier is divided by k instead of the weights (plan.new_model_config)
+            "hidden_logit": tiled(old, new, reads=False),
+            "hidden_norm": tiled(old, new, reads=False),
+        }
     raise ValueError(f"hidden operator {op!r}")
 
 
@@ -188,8 +208,13 @@ def head_maps(op: str, old: ModelShape, new: ModelShape) -> dict[str, AxisMap]:
             qkv_grad.append(torch.full((d,), 1.0 / k_groups, dtype=torch.float64))
             qkv_copy.append(torch.full((d,), og >= 0 and og in seen_groups))
         seen_groups.add(og)
-    qkv = AxisMap(src=torch.cat(qkv_src).long(), scale=_ones(new.qkv_rows), grad_scale=torch.cat(qkv_grad),
-                  zero_new=False, copy=torch.cat(qkv_copy))
+    qkv = AxisMap(
+        src=torch.cat(qkv_src).long(),
+        scale=_ones(new.qkv_rows),
+        grad_scale=torch.cat(qkv_grad),
+        zero_new=False,
+        copy=torch.cat(qkv_copy),
+    )
     proj_src = torch.cat([oh * d + dims if oh >= 0 else torch.full((d,), -1) for oh in layout.head_src])
     proj = _axis(proj_src, scale=1.0 / k_heads, zero_new=op == "zero", copy=_head_copies(layout, d))
     return {"qkv": qkv, "proj_in": proj}

@@ -68,11 +68,17 @@ class MaskState:
     def is_done(self, step: Optional[int] = None) -> bool:
         return (self.steps_done if step is None else step) >= self.ramp_steps
 
-    def advanced(self, steps: int = 1) -> "MaskState":
+    def advanced(self, steps: int = 1) -> MaskState:
         return dataclasses.replace(self, steps_done=self.steps_done + steps)
 
-    def values(self, step: Optional[int] = None, *, c: Union[float, Tensor, None] = None,
-               dtype: torch.dtype = torch.float32, device=None) -> MaskValues:
+    def values(
+        self,
+        step: Optional[int] = None,
+        *,
+        c: Union[float, Tensor, None] = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> MaskValues:
         """Mask tensors at ramp value ``c`` (default: ``value(step)``). A tensor ``c`` keeps autograd."""
         c = self.value(step) if c is None else c
 
@@ -96,7 +102,7 @@ class MaskState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MaskState":
+    def from_dict(cls, data: dict[str, Any]) -> MaskState:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

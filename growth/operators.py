@@ -85,9 +85,16 @@ def prepare_growth(plan: GrowthPlan, cfg) -> Growth:
     maps.update(ax.ffn_maps(ops.ffn, old.ffn, new.ffn, cfg.activation == "swiglu"))
     maps.update(ax.head_maps(ops.heads, old, new))
     layers = ax.layer_sources(ops.depth, plan.depth.placement, plan.depth.init, old.layers, new.layers)
-    return Growth(plan=plan, old_cfg=cfg, new_cfg=new_cfg, axes=maps, layers=layers,
-                  masks=_mask_state(plan, layers), exact=not inexact_reasons(plan, cfg),
-                  init_std=plan.init_std if plan.init_std is not None else cfg.init_std)
+    return Growth(
+        plan=plan,
+        old_cfg=cfg,
+        new_cfg=new_cfg,
+        axes=maps,
+        layers=layers,
+        masks=_mask_state(plan, layers),
+        exact=not inexact_reasons(plan, cfg),
+        init_std=plan.init_std if plan.init_std is not None else cfg.init_std,
+    )
 
 
 def _mask_state(plan: GrowthPlan, layers: list[ax.LayerSource]) -> Optional[MaskState]:
@@ -131,8 +138,9 @@ def _grow_slice(g: Growth, role: TensorRole, maps: list[ax.AxisMap], old: Tensor
     scaled and zeroed in place, so memory is about the grown slice."""
     if any(bool(m.new.any()) for m in maps):
         shape = tuple(m.size for m in maps)
-        out = place_old_(_fill(role, shape, old.dtype, g.init_std, _generator(g.plan.seed, *tag)).to(old.device),
-                         old, maps)
+        out = place_old_(
+            _fill(role, shape, old.dtype, g.init_std, _generator(g.plan.seed, *tag)).to(old.device), old, maps
+        )
     else:
         out = gather(old, maps)
         if out is old:
@@ -153,8 +161,9 @@ def _fresh(g: Growth, role: TensorRole, shape, dtype, device, tag) -> Tensor:
     return _fill(role, shape, dtype, g.init_std, _generator(g.plan.seed, *tag)).to(device)
 
 
-def grow_layer(g: Growth, key: str, j: int, old_layer: Optional[Tensor], *,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+def grow_layer(
+    g: Growth, key: str, j: int, old_layer: Optional[Tensor], *, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Layer ``j`` of the grown layered tensor ``key``.
 
     ``old_layer``: layer ``g.layers[j].source`` of the old tensor (per-layer shape), or None when
@@ -203,5 +212,3 @@ def grow_state(plan: GrowthPlan, cfg, state: dict[str, Tensor]) -> GrowthResult:
         raise GrowthError(f"state dict does not match the model config: missing {missing}, unexpected {extra}")
     out = {key: grow_tensor(g, key, t) for key, t in state.items()}
     return GrowthResult(state=out, new_cfg=g.new_cfg, masks=g.masks, exact=g.exact)
-
-

@@ -48,11 +48,18 @@ def _grow_moment_slice(g: Growth, maps, old: Tensor, order: Literal[1, 2]) -> Te
         if out is old:
             out = out.clone()
     scale = nonunit_product(maps, lambda m: m.grad_scale)
-    return out if scale is None else out.mul_((scale ** order).to(out.dtype).to(out.device))
+    return out if scale is None else out.mul_((scale**order).to(out.dtype).to(out.device))
 
 
-def grow_moment_layer(g: Growth, key: str, j: int, old_layer: Optional[Tensor], order: Literal[1, 2], *,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+def grow_moment_layer(
+    g: Growth,
+    key: str,
+    j: int,
+    old_layer: Optional[Tensor],
+    order: Literal[1, 2],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Layer ``j`` of the grown moment of layered parameter ``key`` (the streaming unit, as
     ``growth.operators.grow_layer``): zeros for a new layer (``old_layer`` is then ignored and may be
     None), else ``old_layer`` = the old moment's layer ``g.layers[j].source`` mapped like the parameter."""
@@ -65,7 +72,9 @@ def grow_moment_layer(g: Growth, key: str, j: int, old_layer: Optional[Tensor], 
     want = g.old_shape(key)[1:]
     if old_layer is None or tuple(old_layer.shape) != want:
         got = None if old_layer is None else tuple(old_layer.shape)
-        raise GrowthError(f"{key}: moment of new layer {j} comes from old layer {src.source} of shape {want}; got {got}")
+        raise GrowthError(
+            f"{key}: moment of new layer {j} comes from old layer {src.source} of shape {want}; got {got}"
+        )
     return _grow_moment_slice(g, [g.axes[a] for a in role.axes], old_layer, order)
 
 

@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from training.config_base import join_key, ConfigError, from_dict, read_yaml
-
 from growth.shape import ModelShape
+from training.config_base import ConfigError, from_dict, join_key, read_yaml
 
 WidthOperator = Literal["none", "msg", "zero", "clone"]
 DepthOperator = Literal["none", "msg", "zero", "stack"]
-
-
 
 
 @dataclass
@@ -94,16 +91,21 @@ class GrowthPlan:
             raise ConfigError(join_key(path, "tp"), "must be >= 1")
         for name in ("layers", "hidden", "ffn", "heads", "query_groups", "vocab"):
             if getattr(new, name) < getattr(old, name):
-                raise ConfigError(join_key(path, f"new.{name}"),
-                                  f"{getattr(new, name)} < old {getattr(old, name)}: growth never shrinks a dimension")
+                raise ConfigError(
+                    join_key(path, f"new.{name}"),
+                    f"{getattr(new, name)} < old {getattr(old, name)}: growth never shrinks a dimension",
+                )
         if new.head_dim != old.head_dim:
-            raise ConfigError(join_key(path, "new.head_dim"),
-                              f"must stay {old.head_dim}: no operator changes the head dim (rotary frequencies "
-                              "depend on it); grow the number of heads instead")
+            raise ConfigError(
+                join_key(path, "new.head_dim"),
+                f"must stay {old.head_dim}: no operator changes the head dim (rotary frequencies "
+                "depend on it); grow the number of heads instead",
+            )
         for name in ("heads", "query_groups", "ffn", "vocab"):
             if getattr(new, name) % self.tp:
-                raise ConfigError(join_key(path, f"new.{name}"),
-                                  f"{getattr(new, name)} is not divisible by the target tp={self.tp}")
+                raise ConfigError(
+                    join_key(path, f"new.{name}"), f"{getattr(new, name)} is not divisible by the target tp={self.tp}"
+                )
         self._check_operators(path)
         if self.uses_masks and self.ramp.steps < 1:
             raise ConfigError(join_key(path, "ramp.steps"), "msg needs a mask ramp of at least 1 step")
@@ -117,16 +119,19 @@ class GrowthPlan:
             reasons = inexact_reasons(self)
             if reasons:
                 key, why = reasons[0]
-                raise ConfigError(join_key(path, key), f"{why}; set exact: false to accept a growth that changes "
-                                  "the model's function")
+                raise ConfigError(
+                    join_key(path, key), f"{why}; set exact: false to accept a growth that changes the model's function"
+                )
 
     def _check_operators(self, path: str) -> None:
         old, new, ops = self.old, self.new, self.operators
         grows = {
             "hidden": (new.hidden != old.hidden, f"hidden {old.hidden} -> {new.hidden}"),
             "ffn": (new.ffn != old.ffn, f"ffn {old.ffn} -> {new.ffn}"),
-            "heads": ((new.heads, new.query_groups) != (old.heads, old.query_groups),
-                      f"heads/query_groups {old.heads}/{old.query_groups} -> {new.heads}/{new.query_groups}"),
+            "heads": (
+                (new.heads, new.query_groups) != (old.heads, old.query_groups),
+                f"heads/query_groups {old.heads}/{old.query_groups} -> {new.heads}/{new.query_groups}",
+            ),
             "depth": (new.layers != old.layers, f"layers {old.layers} -> {new.layers}"),
         }
         for dim, (changes, what) in grows.items():
@@ -135,27 +140,38 @@ class GrowthPlan:
                 allowed = "msg, zero or stack" if dim == "depth" else "msg, zero or clone"
                 raise ConfigError(join_key(path, f"operators.{dim}"), f"{what} needs an operator: {allowed}")
             if not changes and op != "none":
-                raise ConfigError(join_key(path, f"operators.{dim}"), f"is {op!r} but {what.split(' ')[0]} does not "
-                                  "change; use none")
+                raise ConfigError(
+                    join_key(path, f"operators.{dim}"), f"is {op!r} but {what.split(' ')[0]} does not change; use none"
+                )
         if ops.hidden == "clone" and new.hidden % old.hidden:
-            raise ConfigError(join_key(path, "new.hidden"), f"clone needs an integer factor: {new.hidden} is not a "
-                              f"multiple of {old.hidden}")
+            raise ConfigError(
+                join_key(path, "new.hidden"),
+                f"clone needs an integer factor: {new.hidden} is not a multiple of {old.hidden}",
+            )
         if ops.ffn == "clone" and new.ffn % old.ffn:
-            raise ConfigError(join_key(path, "new.ffn"), f"clone needs an integer factor: {new.ffn} is not a "
-                              f"multiple of {old.ffn}")
+            raise ConfigError(
+                join_key(path, "new.ffn"), f"clone needs an integer factor: {new.ffn} is not a multiple of {old.ffn}"
+            )
         if ops.heads == "clone":
             if new.query_groups % old.query_groups or new.heads_per_group % old.heads_per_group:
-                raise ConfigError(join_key(path, "new.heads"), "clone needs query_groups and heads per group each "
-                                  f"grown by an integer factor: {old.heads}/{old.query_groups} -> "
-                                  f"{new.heads}/{new.query_groups}")
+                raise ConfigError(
+                    join_key(path, "new.heads"),
+                    "clone needs query_groups and heads per group each "
+                    f"grown by an integer factor: {old.heads}/{old.query_groups} -> "
+                    f"{new.heads}/{new.query_groups}",
+                )
         if ops.heads in ("msg", "zero") and new.heads_per_group < old.heads_per_group:
-            raise ConfigError(join_key(path, "new.query_groups"),
-                              f"{ops.heads} keeps every old query group whole, but heads per group would shrink "
-                              f"{old.heads_per_group} -> {new.heads_per_group}")
+            raise ConfigError(
+                join_key(path, "new.query_groups"),
+                f"{ops.heads} keeps every old query group whole, but heads per group would shrink "
+                f"{old.heads_per_group} -> {new.heads_per_group}",
+            )
         if ops.depth == "stack":
             if new.layers % old.layers:
-                raise ConfigError(join_key(path, "new.layers"), f"stack repeats the whole stack: {new.layers} is not "
-                                  f"a multiple of {old.layers}")
+                raise ConfigError(
+                    join_key(path, "new.layers"),
+                    f"stack repeats the whole stack: {new.layers} is not a multiple of {old.layers}",
+                )
             if self.depth.init != "copy":
                 raise ConfigError(join_key(path, "depth.init"), "stack repeats the trained layers; use copy")
 
@@ -173,9 +189,13 @@ def inexact_reasons(plan: GrowthPlan, cfg=None) -> list[tuple[str, str]]:
     if plan.clone_noise > 0:
         out.append(("clone_noise", "noise on cloned copies breaks function preservation"))
     if cfg is not None and ops.hidden == "zero" and cfg.normalization == "LayerNorm":
-        out.append(("operators.hidden",
-                    "zero-padding the hidden size changes LayerNorm's mean and variance; use msg or clone "
-                    "(zero is exact for RMSNorm)"))
+        out.append(
+            (
+                "operators.hidden",
+                "zero-padding the hidden size changes LayerNorm's mean and variance; use msg or clone "
+                "(zero is exact for RMSNorm)",
+            )
+        )
     return out
 
 
@@ -183,7 +203,10 @@ def new_model_config(plan: GrowthPlan, cfg):
     """The ``ModelConfig`` of the grown model (``cfg`` is the old model's)."""
     old, new = plan.old, plan.new
     changes: dict[str, Any] = dict(
-        num_layers=new.layers, hidden_size=new.hidden, ffn_hidden_size=new.ffn, num_attention_heads=new.heads,
+        num_layers=new.layers,
+        hidden_size=new.hidden,
+        ffn_hidden_size=new.ffn,
+        num_attention_heads=new.heads,
         num_query_groups=None if new.query_groups == new.heads else new.query_groups,
         kv_channels=None if new.hidden == new.heads * new.head_dim else new.head_dim,
     )
@@ -207,23 +230,31 @@ def check_plan(plan: GrowthPlan, cfg, path: str = "growth"):
     have = ModelShape.from_model_config(cfg)
     for name in ("layers", "hidden", "ffn", "heads", "query_groups", "head_dim"):
         if getattr(old, name) != getattr(have, name):
-            raise ConfigError(join_key(path, f"old.{name}"),
-                              f"{getattr(old, name)} but the model being grown has {getattr(have, name)}")
+            raise ConfigError(
+                join_key(path, f"old.{name}"),
+                f"{getattr(old, name)} but the model being grown has {getattr(have, name)}",
+            )
     if old.vocab < cfg.vocab_size or old.vocab % cfg.make_vocab_size_divisible_by:
-        raise ConfigError(join_key(path, "old.vocab"),
-                          f"{old.vocab} is not a padding of the model's vocab_size {cfg.vocab_size} "
-                          f"(a multiple of {cfg.make_vocab_size_divisible_by} x tp, at least vocab_size)")
+        raise ConfigError(
+            join_key(path, "old.vocab"),
+            f"{old.vocab} is not a padding of the model's vocab_size {cfg.vocab_size} "
+            f"(a multiple of {cfg.make_vocab_size_divisible_by} x tp, at least vocab_size)",
+        )
     new_cfg = new_model_config(plan, cfg)
     padded = new_cfg.padded_vocab_size(plan.tp)
     if plan.new.vocab != padded:
-        raise ConfigError(join_key(path, "new.vocab"), f"{plan.new.vocab}, but the grown model pads vocab_size "
-                          f"{cfg.vocab_size} to {padded} rows at tp={plan.tp}; set new.vocab: {padded}")
+        raise ConfigError(
+            join_key(path, "new.vocab"),
+            f"{plan.new.vocab}, but the grown model pads vocab_size "
+            f"{cfg.vocab_size} to {padded} rows at tp={plan.tp}; set new.vocab: {padded}",
+        )
     if plan.exact:
         reasons = inexact_reasons(plan, cfg)
         if reasons:
             key, why = reasons[0]
-            raise ConfigError(join_key(path, key), f"{why}; set exact: false to accept a growth that changes the "
-                              "model's function")
+            raise ConfigError(
+                join_key(path, key), f"{why}; set exact: false to accept a growth that changes the model's function"
+            )
     return new_cfg
 
 

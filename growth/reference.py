@@ -14,8 +14,9 @@ The conversion between a megatron ``GPTModel`` and a logical state dict is the m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,7 @@ from growth.errors import GrowthError
 from growth.masks import MaskValues
 
 
-def _norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, rms: bool,
-          mask: Optional[Tensor]) -> Tensor:
+def _norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, rms: bool, mask: Optional[Tensor]) -> Tensor:
     """LayerNorm/RMSNorm over the last dim; with ``mask`` the statistics are mask-weighted and the
     output is multiplied by the mask."""
     m = torch.ones_like(weight) if mask is None else mask
@@ -64,8 +64,9 @@ def _xpos_scale(s: int, d: int, scale_base: float) -> Tensor:
     return torch.cat([scale, scale], dim=-1)[None, :, None, :]
 
 
-def _attention(cfg, x: Tensor, w: Tensor, b: Optional[Tensor], proj_w: Tensor, proj_b: Optional[Tensor],
-               masks: MaskValues) -> Tensor:
+def _attention(
+    cfg, x: Tensor, w: Tensor, b: Optional[Tensor], proj_w: Tensor, proj_b: Optional[Tensor], masks: MaskValues
+) -> Tensor:
     bsz, s, _ = x.shape
     nq, ng, d = cfg.num_attention_heads, cfg.query_groups, cfg.head_dim
     r = nq // ng
@@ -94,8 +95,9 @@ def _attention(cfg, x: Tensor, w: Tensor, b: Optional[Tensor], proj_w: Tensor, p
     return F.linear(ctx, proj_w, proj_b)
 
 
-def _mlp(cfg, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
-         masks: MaskValues) -> Tensor:
+def _mlp(
+    cfg, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], masks: MaskValues
+) -> Tensor:
     z = F.linear(x, w1, b1)
     m = None if masks.neuron is None else masks.neuron.to(x.dtype)
     if cfg.activation == "swiglu":
@@ -114,8 +116,10 @@ _OUTPUT_BLOCK_ROWS = 8192
 def _output_logits(y: Tensor, w: Tensor) -> Tensor:
     if w.dtype == y.dtype:
         return F.linear(y, w)
-    return torch.cat([F.linear(y, w[r:r + _OUTPUT_BLOCK_ROWS].to(y.dtype))
-                      for r in range(0, w.shape[0], _OUTPUT_BLOCK_ROWS)], dim=-1)
+    return torch.cat(
+        [F.linear(y, w[r : r + _OUTPUT_BLOCK_ROWS].to(y.dtype)) for r in range(0, w.shape[0], _OUTPUT_BLOCK_ROWS)],
+        dim=-1,
+    )
 
 
 def _converted(weights: dict[str, Tensor], dtype: torch.dtype, key: str) -> Optional[Tensor]:
@@ -132,8 +136,14 @@ def _need(fetch: Callable[[str], Optional[Tensor]], key: str) -> Tensor:
     return t
 
 
-def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callable[[int], dict[str, Tensor]],
-                   tokens: Tensor, masks: Optional[MaskValues] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
+def forward_logits(
+    cfg,
+    tensor: Callable[[str], Optional[Tensor]],
+    layer: Callable[[int], dict[str, Tensor]],
+    tokens: Tensor,
+    masks: Optional[MaskValues] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tensor:
     """``reference_logits`` with the weights fetched on demand, one layer at a time.
 
     ``tensor(key)``: a non-layered logical tensor (None if the variant has none); ``layer(i)``:
@@ -162,8 +172,9 @@ def forward_logits(cfg, tensor: Callable[[str], Optional[Tensor]], layer: Callab
         if gate is not None:
             x = h + gate * (x - h)
     bias = tensor(R.FINAL_NORM_BIAS)
-    y = _norm(x, _need(tensor, R.FINAL_NORM_WEIGHT).to(dtype),
-              None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm)
+    y = _norm(
+        x, _need(tensor, R.FINAL_NORM_WEIGHT).to(dtype), None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm
+    )
     out_w = emb if cfg.tie_embeddings else _need(tensor, R.OUTPUT)
     logits = _output_logits(y, out_w) * cfg.output_multiplier
     pad = torch.arange(logits.shape[-1], device=logits.device) >= cfg.vocab_size
@@ -195,7 +206,8 @@ def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(flat, labels.reshape(-1))
 
 
-def reference_loss(cfg, state: dict[str, Tensor], tokens: Tensor, labels: Tensor,
-                   masks: Optional[MaskValues] = None) -> Tensor:
+def reference_loss(
+    cfg, state: dict[str, Tensor], tokens: Tensor, labels: Tensor, masks: Optional[MaskValues] = None
+) -> Tensor:
     """Mean token cross-entropy of ``reference_logits`` against ``labels[b, s]``."""
     return token_loss(reference_logits(cfg, state, tokens, masks), labels)

@@ -42,8 +42,9 @@ FC1_BIAS = _L + "mlp.linear_fc1.bias"
 FC2_WEIGHT = _L + "mlp.linear_fc2.weight"
 FC2_BIAS = _L + "mlp.linear_fc2.bias"
 
-AxisKind = Literal["vocab", "hidden_out", "hidden_in", "hidden_logit", "hidden_norm",
-                   "qkv", "proj_in", "ffn_out", "ffn_in"]
+AxisKind = Literal[
+    "vocab", "hidden_out", "hidden_in", "hidden_logit", "hidden_norm", "qkv", "proj_in", "ffn_out", "ffn_in"
+]
 #: what a new entry of the tensor is initialised to (before operator-specific zeroing and scaling)
 FillKind = Literal["weight", "bias", "norm_weight", "norm_bias"]
 
@@ -91,8 +92,7 @@ def role_of(key: str) -> TensorRole:
         return ROLES[key]
     except KeyError:
         raise GrowthError(
-            f"unknown tensor key {key!r}: growth knows the logical model tensors only "
-            f"({', '.join(sorted(ROLES))})"
+            f"unknown tensor key {key!r}: growth knows the logical model tensors only ({', '.join(sorted(ROLES))})"
         ) from None
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.config_base import join_key, ConfigError
-
-
+from training.config_base import ConfigError, join_key
 
 
 @dataclass
@@ -32,17 +30,25 @@ class ModelShape:
             if getattr(self, name) <= 0:
                 raise ConfigError(join_key(path, name), "required; must be a positive integer")
         if self.heads % self.query_groups:
-            raise ConfigError(join_key(path, "query_groups"),
-                              f"{self.heads} heads are not divisible into {self.query_groups} query groups")
+            raise ConfigError(
+                join_key(path, "query_groups"),
+                f"{self.heads} heads are not divisible into {self.query_groups} query groups",
+            )
         if self.head_dim % 2:
             raise ConfigError(join_key(path, "head_dim"), f"{self.head_dim} must be even for rotary embeddings")
 
     @classmethod
-    def from_model_config(cls, cfg, tp: int = 1) -> "ModelShape":
+    def from_model_config(cls, cfg, tp: int = 1) -> ModelShape:
         """Shape of ``cfg`` (a ``training.config.ModelConfig``) with the vocabulary padded for ``tp``."""
-        return cls(layers=cfg.num_layers, hidden=cfg.hidden_size, ffn=cfg.ffn_hidden_size,
-                   heads=cfg.num_attention_heads, query_groups=cfg.query_groups, head_dim=cfg.head_dim,
-                   vocab=cfg.padded_vocab_size(tp))
+        return cls(
+            layers=cfg.num_layers,
+            hidden=cfg.hidden_size,
+            ffn=cfg.ffn_hidden_size,
+            heads=cfg.num_attention_heads,
+            query_groups=cfg.query_groups,
+            head_dim=cfg.head_dim,
+            vocab=cfg.padded_vocab_size(tp),
+        )
 
     @property
     def heads_per_group(self) -> int:

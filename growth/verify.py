@@ -52,21 +52,45 @@ class StateWeights:
         return layer_slices(self.state, index)
 
 
-def verify(old_cfg, old_state: dict[str, Tensor], new_cfg, new_state: dict[str, Tensor],
-           masks: Optional[MaskState], tokens: Tensor, labels: Optional[Tensor] = None) -> VerifyReport:
+def verify(
+    old_cfg,
+    old_state: dict[str, Tensor],
+    new_cfg,
+    new_state: dict[str, Tensor],
+    masks: Optional[MaskState],
+    tokens: Tensor,
+    labels: Optional[Tensor] = None,
+) -> VerifyReport:
     """Compare the two models on ``tokens[b, s]`` in the states' dtype; ``labels`` default to the next
     tokens (last position dropped)."""
-    return verify_weights(old_cfg, StateWeights(old_state), new_cfg, StateWeights(new_state), masks, tokens,
-                          labels, dtype=next(iter(old_state.values())).dtype)
+    return verify_weights(
+        old_cfg,
+        StateWeights(old_state),
+        new_cfg,
+        StateWeights(new_state),
+        masks,
+        tokens,
+        labels,
+        dtype=next(iter(old_state.values())).dtype,
+    )
 
 
-def verify_weights(old_cfg, old: Weights, new_cfg, new: Weights, masks: Optional[MaskState], tokens: Tensor,
-                   labels: Optional[Tensor] = None, dtype: torch.dtype = torch.float64) -> VerifyReport:
+def verify_weights(
+    old_cfg,
+    old: Weights,
+    new_cfg,
+    new: Weights,
+    masks: Optional[MaskState],
+    tokens: Tensor,
+    labels: Optional[Tensor] = None,
+    dtype: torch.dtype = torch.float64,
+) -> VerifyReport:
     """``verify`` with weights fetched layer by layer (e.g. from checkpoints on disk), computed in ``dtype``."""
     with torch.no_grad():
         old_logits = forward_logits(old_cfg, old.tensor, old.layer, tokens, None, dtype)
-        new_logits = forward_logits(new_cfg, new.tensor, new.layer, tokens,
-                                    masks.values(0, dtype=dtype) if masks else None, dtype)
+        new_logits = forward_logits(
+            new_cfg, new.tensor, new.layer, tokens, masks.values(0, dtype=dtype) if masks else None, dtype
+        )
     v = old_cfg.vocab_size
     old_logits, new_logits = old_logits[..., :v], new_logits[..., :v]
     if labels is None:

@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def flm(*args: str, nproc: int = 1, timeout: int = 600, check: bool = True,
-        env: dict | None = None) -> subprocess.CompletedProcess:
+def flm(
+    *args: str, nproc: int = 1, timeout: int = 600, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``flm`` (under torchrun when nproc > 1) in a fresh interpreter; return the result."""
     cmd = [sys.executable, "-m", "training.cli", *args]
     if nproc > 1:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -63,10 +62,19 @@ def _local_imports_without_reason(path: Path) -> list[str]:
     imports (blank lines allowed) they belong to, and no comment line right above that block."""
     lines = path.read_text().splitlines()
     tree = ast.parse("\n".join(lines))
-    import_lines = {i for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-                    for i in range(n.lineno - 1, n.end_lineno)}
-    local = [n for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-             for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    import_lines = {
+        i
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for i in range(n.lineno - 1, n.end_lineno)
+    }
+    local = [
+        n
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    ]
     bad = []
     for node in local:
         i = node.lineno - 1
@@ -74,8 +82,11 @@ def _local_imports_without_reason(path: Path) -> list[str]:
             i -= 1
         while not lines[i].strip():
             i += 1
-        stated = any("#" in lines[k] for k in range(node.lineno - 1, node.end_lineno)) or "#" in lines[i] or (
-            i > 0 and lines[i - 1].strip().startswith("#"))
+        stated = (
+            any("#" in lines[k] for k in range(node.lineno - 1, node.end_lineno))
+            or "#" in lines[i]
+            or (i > 0 and lines[i - 1].strip().startswith("#"))
+        )
         if not stated:
             bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     return bad
@@ -89,10 +100,12 @@ def test_function_local_imports_state_their_reason():
 
 
 def test_lower_layers_load_neither_megatron_nor_the_cpu_bridge():
-    code = ("import sys; import training.config, training.stage_plans, growth, growth.verify, training.checkpoint, "
-            "training.checkpoint.logical, training.grow, training.iq_backend, training.cli; "
-            "loaded = sorted(m for m in sys.modules if m.startswith(('megatron', 'training.engine', 'deepspeed'))); "
-            "print(loaded); sys.exit(1 if loaded else 0)")
+    code = (
+        "import sys; import training.config, training.stage_plans, growth, growth.verify, training.checkpoint, "
+        "training.checkpoint.logical, training.grow, training.iq_backend, training.cli; "
+        "loaded = sorted(m for m in sys.modules if m.startswith(('megatron', 'training.engine', 'deepspeed'))); "
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"loaded: {proc.stdout}{proc.stderr[-2000:]}"
 
@@ -106,7 +119,12 @@ def test_only_the_engine_imports_megatron():
         if name == "training.engine" or name.startswith("training.engine."):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             bad += [f"{name}:{node.lineno} imports {m}" for m in modules if m.split(".")[0] == "megatron"]
     assert not bad, "\n".join(bad)

@@ -46,17 +46,20 @@ REGISTRATIONS = (data_cli, grow_cli, ckpt_cli, dryrun, iq_cli, hf_cli, plan_cli)
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config YAML (see configs/runs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="dotted overrides applied after the YAML, e.g. train.lr=3e-4 parallel.tp=2")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.sub=value",
+        help="dotted overrides applied after the YAML, e.g. train.lr=3e-4 parallel.tp=2",
+    )
 
 
 def cmd_config_show(args) -> int:
     import yaml  # startup time: loaded when the command runs, not for `flm --help`
 
+    from eval_iq.stage_eval import stage_end_iq  # (with the above)
     from training.config import run_config_to_dict  # startup time (as above)
     from training.stage_plans import load_run  # startup time: imports growth/ and torch
-
-    from eval_iq.stage_eval import stage_end_iq  # (with the above)
 
     cfg = load_run(args.config, args.overrides)
     stage_end_iq.check(cfg)
@@ -96,7 +99,7 @@ def _relaunch_under_torchrun(nproc: int) -> int:
     SIGTERM when the launcher dies, however it dies."""
     argv = list(sys.argv[1:])
     i = argv.index("--nproc")
-    del argv[i:i + 2]
+    del argv[i : i + 2]
     cmd = torchrun_command(nproc, argv)
     log.info("+ %s", " ".join(cmd))
     fd, marker = tempfile.mkstemp(prefix="flm-preempted-")
@@ -155,37 +158,61 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug messages, and the third-party warnings that are hidden by default")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug messages, and the third-party warnings that are hidden by default",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     cfg = sub.add_parser("config", help="inspect run configs")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
     cfg_sub.required = True
-    show = cfg_sub.add_parser("show", help="print the resolved, validated config",
-                              description="Print the run config after includes and overrides, validated.")
+    show = cfg_sub.add_parser(
+        "show",
+        help="print the resolved, validated config",
+        description="Print the run config after includes and overrides, validated.",
+    )
     _add_config_args(show)
-    show.add_argument("--world-size", type=int, default=None,
-                      help="also check that the layout and batch sizes fit this many processes")
+    show.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="also check that the layout and batch sizes fit this many processes",
+    )
     show.set_defaults(func=cmd_config_show)
 
     train = sub.add_parser(
-        "train", help="train a model (one stage or a whole growth run)",
+        "train",
+        help="train a model (one stage or a whole growth run)",
         description="Train under the layout of the config. Launch several processes with --nproc N "
-                    "(re-runs itself under torchrun) or with torchrun directly.",
+        "(re-runs itself under torchrun) or with torchrun directly.",
     )
     _add_config_args(train)
     train.add_argument("--nproc", type=int, default=None, help="processes on this machine (uses torchrun)")
-    train.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
-                       help="continue from CKPT, or from the latest checkpoint of the run when no path is given "
-                            "(starts fresh if the run has none)")
-    train.add_argument("--init-from", default=None, metavar="CKPT",
-                       help="start from the weights of CKPT (fresh optimizer and step 0)")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CKPT",
+        help="continue from CKPT, or from the latest checkpoint of the run when no path is given "
+        "(starts fresh if the run has none)",
+    )
+    train.add_argument(
+        "--init-from", default=None, metavar="CKPT", help="start from the weights of CKPT (fresh optimizer and step 0)"
+    )
     train.add_argument("--output-dir", default=None, help="override output_dir of the config")
-    train.add_argument("--stage", type=int, default=None, metavar="N",
-                       help="staged runs: run only stage N (a cluster job per stage); it starts from the grown "
-                            "checkpoint of stage N-1's final one (grown here if missing) or from --init-from")
+    train.add_argument(
+        "--stage",
+        type=int,
+        default=None,
+        metavar="N",
+        help="staged runs: run only stage N (a cluster job per stage); it starts from the grown "
+        "checkpoint of stage N-1's final one (grown here if missing) or from --init-from",
+    )
     train.set_defaults(func=cmd_train)
 
     for module in REGISTRATIONS:

@@ -25,8 +25,6 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 NON_FUNCTION_FIELDS = ("seq_length", "init_std", "hidden_dropout", "attention_dropout")
 
 
-
-
 @dataclass
 class ModelConfig:
     """Shape and block variant of the decoder LM."""
@@ -87,8 +85,15 @@ class ModelConfig:
         return int(math.ceil(self.vocab_size / multiple) * multiple)
 
     def validate(self, path: str) -> None:
-        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                     "vocab_size", "seq_length", "make_vocab_size_divisible_by"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "ffn_hidden_size",
+            "num_attention_heads",
+            "vocab_size",
+            "seq_length",
+            "make_vocab_size_divisible_by",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(join_key(path, name), "must be a positive integer")
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
@@ -103,7 +108,9 @@ class ModelConfig:
                 f"{self.num_attention_heads} heads are not divisible into {self.query_groups} groups",
             )
         if self.head_dim % 2:
-            raise ConfigError(join_key(path, "kv_channels"), f"head dim {self.head_dim} must be even for rotary embeddings")
+            raise ConfigError(
+                join_key(path, "kv_channels"), f"head dim {self.head_dim} must be even for rotary embeddings"
+            )
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(join_key(path, name), "must be in [0, 1)")
@@ -141,8 +148,10 @@ class ParallelConfig:
         if self.sequence_parallel and self.tp == 1:
             raise ConfigError(join_key(path, "sequence_parallel"), "needs tp >= 2; set it to false for tp=1")
         if self.overlap_param_gather and not self.distributed_optimizer:
-            raise ConfigError(join_key(path, "overlap_param_gather"),
-                              "needs distributed_optimizer: true (only the distributed optimizer gathers parameters)")
+            raise ConfigError(
+                join_key(path, "overlap_param_gather"),
+                "needs distributed_optimizer: true (only the distributed optimizer gathers parameters)",
+            )
         if self.overlap_param_gather and self.overlap_grad_reduce is False:
             raise ConfigError(join_key(path, "overlap_param_gather"), "needs overlap_grad_reduce (true or null)")
 
@@ -150,8 +159,11 @@ class ParallelConfig:
         """(overlap_grad_reduce, overlap_param_gather) for a process group of ``backend`` (the null
         defaults resolved: on under NCCL, off on gloo)."""
         grad = self.overlap_grad_reduce if self.overlap_grad_reduce is not None else backend == "nccl"
-        param = (self.overlap_param_gather if self.overlap_param_gather is not None
-                 else grad and self.distributed_optimizer and backend == "nccl")
+        param = (
+            self.overlap_param_gather
+            if self.overlap_param_gather is not None
+            else grad and self.distributed_optimizer and backend == "nccl"
+        )
         return grad, param
 
     def data_parallel_size(self, world_size: int) -> int:
@@ -239,7 +251,9 @@ class TrainConfig:
                 f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}",
             )
         if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(join_key(path, "min_lr"), f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+            raise ConfigError(
+                join_key(path, "min_lr"), f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})"
+            )
         if self.warmup_steps < 0:
             raise ConfigError(join_key(path, "warmup_steps"), "must be >= 0")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
@@ -379,7 +393,9 @@ class StageGrowthConfig:
             raise ConfigError(join_key(path, "equivalent_tokens"), "must be >= 0")
         for dim in self.operators:
             if dim not in ("hidden", "ffn", "heads", "depth"):
-                raise ConfigError(join_key(path, f"operators.{dim}"), "unknown dimension; allowed: hidden, ffn, heads, depth")
+                raise ConfigError(
+                    join_key(path, f"operators.{dim}"), "unknown dimension; allowed: hidden, ffn, heads, depth"
+                )
         if self.ramp_steps < 1:
             raise ConfigError(join_key(path, "ramp_steps"), "must be >= 1")
 
@@ -481,13 +497,18 @@ class RunConfig:
     def validate(self, path: str) -> None:
         if self.iq_eval is not None:
             if not self.stages:
-                raise ConfigError(join_key(path, "iq_eval"), "runs at the end of each stage of a staged run (stages:); "
-                                  "for a single run use `flm iq --model flm --checkpoint CKPT` or set iq_eval=null")
+                raise ConfigError(
+                    join_key(path, "iq_eval"),
+                    "runs at the end of each stage of a staged run (stages:); "
+                    "for a single run use `flm iq --model flm --checkpoint CKPT` or set iq_eval=null",
+                )
             self.iq_eval.check(join_key(path, "iq_eval"))
         for i, stage in enumerate(self.stages):
             where = join_key(path, f"stages[{i}]")
             if i == 0 and stage.growth is not None:
-                raise ConfigError(join_key(where, "growth"), "the first stage is trained from scratch; remove its growth section")
+                raise ConfigError(
+                    join_key(where, "growth"), "the first stage is trained from scratch; remove its growth section"
+                )
             if i > 0 and stage.growth is None:
                 raise ConfigError(join_key(where, "growth"), "every stage after the first needs a growth section")
             merged = stage_config(self, i, path)  # the merged single-stage config must be valid too
@@ -495,13 +516,17 @@ class RunConfig:
                 raise ConfigError(join_key(path, "train.optimizer_impl"), FUSED_ADAM_GROWTH)
         m, p = self.model, self.parallel
         if self.engine == "deepspeed" and self.train.optimizer_impl != "torch":
-            raise ConfigError(join_key(path, "train.optimizer_impl"),
-                              "engine: deepspeed trains with torch's AdamW; set train.optimizer_impl=torch")
+            raise ConfigError(
+                join_key(path, "train.optimizer_impl"),
+                "engine: deepspeed trains with torch's AdamW; set train.optimizer_impl=torch",
+            )
         if self.engine == "deepspeed":
             check_deepspeed_layout(p, join_key(path, "parallel"))
-        for name, value in (("num_attention_heads", m.num_attention_heads),
-                            ("num_query_groups", m.query_groups),
-                            ("ffn_hidden_size", m.ffn_hidden_size)):
+        for name, value in (
+            ("num_attention_heads", m.num_attention_heads),
+            ("num_query_groups", m.query_groups),
+            ("ffn_hidden_size", m.ffn_hidden_size),
+        ):
             if value % p.tp:
                 raise ConfigError(
                     join_key(path, f"model.{name}"),
@@ -516,7 +541,9 @@ class RunConfig:
                 + (f" x virtual_pp={p.virtual_pp}" if p.virtual_pp else ""),
             )
         if p.sequence_parallel and m.seq_length % p.tp:
-            raise ConfigError(join_key(path, "model.seq_length"), f"must be divisible by tp={p.tp} with sequence_parallel")
+            raise ConfigError(
+                join_key(path, "model.seq_length"), f"must be divisible by tp={p.tp} with sequence_parallel"
+            )
         if p.virtual_pp and self.train.global_batch_size // self.train.micro_batch_size % p.pp:
             raise ConfigError(
                 join_key(path, "train.global_batch_size"),
@@ -527,13 +554,21 @@ class RunConfig:
 def check_deepspeed_layout(parallel: ParallelConfig, path: str) -> None:
     """``engine: deepspeed`` trains with data parallelism only (ZeRO shards over DP ranks); the
     megatron-only layout settings are refused with the key to change."""
-    for name, allowed in (("tp", 1), ("pp", 1), ("virtual_pp", None), ("sequence_parallel", False),
-                          ("distributed_optimizer", False)):
+    for name, allowed in (
+        ("tp", 1),
+        ("pp", 1),
+        ("virtual_pp", None),
+        ("sequence_parallel", False),
+        ("distributed_optimizer", False),
+    ):
         value = getattr(parallel, name)
         if value != allowed or type(value) is not type(allowed):
             fix = "null" if allowed is None else "false" if allowed is False else allowed
-            why = ("ZeRO partitions the optimizer state already (deepspeed.zero_stage)"
-                   if name == "distributed_optimizer" else "or use engine: megatron for tensor/pipeline parallelism")
+            why = (
+                "ZeRO partitions the optimizer state already (deepspeed.zero_stage)"
+                if name == "distributed_optimizer"
+                else "or use engine: megatron for tensor/pipeline parallelism"
+            )
             raise ConfigError(
                 join_key(path, name),
                 f"engine: deepspeed trains with data parallelism only, got {name}={value!r}; set {name}={fix} ({why})",
@@ -589,8 +624,16 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     else:
         _run_level_schedule(run, index, train, stage.model, where)
     name = stage.name or f"stage{index}"
-    single = dataclasses.replace(run, name=f"{run.name}/{name}", output_dir=str(Path(run.output_dir) / f"stage{index}-{name}"),
-                                 model=stage.model, parallel=stage.parallel, train=train, stages=[], iq_eval=None)
+    single = dataclasses.replace(
+        run,
+        name=f"{run.name}/{name}",
+        output_dir=str(Path(run.output_dir) / f"stage{index}-{name}"),
+        model=stage.model,
+        parallel=stage.parallel,
+        train=train,
+        stages=[],
+        iq_eval=None,
+    )
     try:
         single.validate("")
     except ConfigError as err:
@@ -607,9 +650,11 @@ def _run_level_schedule(run: RunConfig, index: int, train: TrainConfig, model: M
     growth = run.stages[index].growth
     if run.lr_schedule.kind == "equivalent_step" and growth is not None:
         if growth.equivalent_tokens is None:
-            raise ConfigError(join_key(where, "growth.equivalent_tokens"),
-                              "lr_schedule equivalent_step needs the tokens at which this stage enters the schedule "
-                              "(where a from-scratch run of this shape would have the current loss)")
+            raise ConfigError(
+                join_key(where, "growth.equivalent_tokens"),
+                "lr_schedule equivalent_step needs the tokens at which this stage enters the schedule "
+                "(where a from-scratch run of this shape would have the current loss)",
+            )
         entry = growth.equivalent_tokens
     train.schedule_offset_steps = entry // tokens_per_step
     train.warmup_steps = math.ceil(run.lr_schedule.warmup_tokens / tokens_per_step)

@@ -37,15 +37,18 @@ IQ_SUBTASKS = "counting,head_tail,multi_key_retrieval,single_supporting_fact"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "dryrun", help="the small-scale growth dry run (3 stages, 2 processes) and its report",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "dryrun",
+        help="the small-scale growth dry run (3 stages, 2 processes) and its report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=str(DEFAULT_RUN), help="staged run config (default: %(default)s)")
     p.add_argument("--output-dir", default=None, help="where the run and its report go (default: the config's)")
     p.add_argument("--nproc", type=int, default=2, help="processes (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="delete a previous dry run in the output dir first")
-    p.add_argument("--skip-iq", action="store_true",
-                   help="do not run the IQ benchmark (neither per stage nor on the final model)")
+    p.add_argument(
+        "--skip-iq", action="store_true", help="do not run the IQ benchmark (neither per stage nor on the final model)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run)
 
@@ -70,10 +73,12 @@ def run(args) -> int:
         return code
     report = write_report(cfg)
     iq = run_iq(cfg, report) if not args.skip_iq else None
-    print(f"\nflm dryrun: report in {report}/\n  {report / 'stages.md'}\n  {report / 'loss_vs_tokens.png'}\n"
-          f"  {report / 'metrics.jsonl'}\n  TensorBoard: {cfg.output_dir}/stage*/tensorboard\n"
-          + (f"  IQ benchmark: {report / 'iq' / 'report.md'}\n" if iq == 0 else "")
-          + f"  final checkpoint: {final_checkpoint(cfg)}")
+    print(
+        f"\nflm dryrun: report in {report}/\n  {report / 'stages.md'}\n  {report / 'loss_vs_tokens.png'}\n"
+        f"  {report / 'metrics.jsonl'}\n  TensorBoard: {cfg.output_dir}/stage*/tensorboard\n"
+        + (f"  IQ benchmark: {report / 'iq' / 'report.md'}\n" if iq == 0 else "")
+        + f"  final checkpoint: {final_checkpoint(cfg)}"
+    )
     return 0
 
 
@@ -116,8 +121,10 @@ def write_report(cfg: RunConfig) -> Path:
         if growth.exists():
             g = json.loads(growth.read_text())
             v = g.get("verify") or {}
-            entry = (f"{'exact' if g['preserved'] else 'NOT preserved'}: max abs Δlogit {v.get('max_abs_dlogit', float('nan')):.1e}, "
-                     f"abs Δloss {v.get('abs_dloss', float('nan')):.1e}")
+            entry = (
+                f"{'exact' if g['preserved'] else 'NOT preserved'}: max abs Δlogit {v.get('max_abs_dlogit', float('nan')):.1e}, "
+                f"abs Δloss {v.get('abs_dloss', float('nan')):.1e}"
+            )
         info = stage_info.get(i, {})
         m = scfg.model
         rows.append(
@@ -130,15 +137,23 @@ def write_report(cfg: RunConfig) -> Path:
         for r in merged:
             f.write(json.dumps(r) + "\n")
     lines = [
-        f"# Dry run `{cfg.name}`", "",
+        f"# Dry run `{cfg.name}`",
+        "",
         "| stage | name | layout | shape | params | tokens | wall time | FLOPs | exactness at entry | last loss |",
-        "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-        "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/metrics.py).", "",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/metrics.py).",
+        "",
         "TensorBoard: " + ", ".join(f"`{stage_config(cfg, i).output_dir}/tensorboard`" for i in range(len(cfg.stages))),
-        "", f"Final checkpoint: `{final_checkpoint(cfg)}`", "",
+        "",
+        f"Final checkpoint: `{final_checkpoint(cfg)}`",
+        "",
     ]
 
-    iq = stages_markdown([(f"{i} {cfg.stages[i].name}", stage_info.get(i, {}).get("iq")) for i in range(len(cfg.stages))])
+    iq = stages_markdown(
+        [(f"{i} {cfg.stages[i].name}", stage_info.get(i, {}).get("iq")) for i in range(len(cfg.stages))]
+    )
     if iq:
         lines += ["## IQ benchmark at the end of each stage", "", iq]
     (report / "stages.md").write_text("\n".join(lines))
@@ -172,8 +187,22 @@ def write_report(cfg: RunConfig) -> Path:
 def run_iq(cfg: RunConfig, report: Path) -> int:
     """A small IQ benchmark run on the final model (``flm iq`` in a process of its own; needs a
     tokenizer); returns its exit status."""
-    cmd = [sys.executable, "-m", "training.cli", "iq", "--model", "flm", "--checkpoint", str(final_checkpoint(cfg)),
-           "--subtasks", IQ_SUBTASKS, "--limit", "20", "--output-dir", str(report / "iq")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "iq",
+        "--model",
+        "flm",
+        "--checkpoint",
+        str(final_checkpoint(cfg)),
+        "--subtasks",
+        IQ_SUBTASKS,
+        "--limit",
+        "20",
+        "--output-dir",
+        str(report / "iq"),
+    ]
     log.info("+ %s", " ".join(cmd))
     code = subprocess.call(cmd)
     if code != 0:

@@ -37,8 +37,8 @@ from growth.errors import GrowthError
 from growth.operators import Growth, grow_layer, grow_tensor, prepare_growth
 from growth.optimizer_state import grow_moment, grow_moment_layer
 from growth.plan import GrowthPlan, load_plan
-from growth.shape import ModelShape
 from growth.roles import logical_keys, role_of
+from growth.shape import ModelShape
 from growth.verify import VerifyReport, verify_weights
 from training.checkpoint import CheckpointError, read_meta, resolve
 from training.checkpoint.dcp_io import ChunkedTensor, TensorReader
@@ -64,7 +64,8 @@ class GrowthVerificationError(GrowthError):
             f"the grown model does not compute what the old one did: max |dlogit| {report.max_abs_dlogit:.3e} "
             f"(max |logit| {report.max_abs_logit:.3e}, tolerance {tolerance:g} x (1 + max|logit|)), |dloss| "
             f"{report.abs_dloss:.3e}; the plan's operators are exact, so this is a bug — please report it with "
-            f"the plan and the source checkpoint's config; nothing was written to {dst}")
+            f"the plan and the source checkpoint's config; nothing was written to {dst}"
+        )
         self.report = report
 
 
@@ -91,13 +92,17 @@ class GrowReport:
         return self.verify.within(self.tolerance, self.tolerance)
 
     def summary(self) -> str:
-        lines = [f"grew {self.src} -> {self.dst}: {self.old_params:,} -> {self.new_params:,} parameters "
-                 f"({'exact operators' if self.exact else 'NOT function-preserving (exact: false)'})"]
+        lines = [
+            f"grew {self.src} -> {self.dst}: {self.old_params:,} -> {self.new_params:,} parameters "
+            f"({'exact operators' if self.exact else 'NOT function-preserving (exact: false)'})"
+        ]
         if self.verify is not None:
             v = self.verify
-            lines.append(f"verify (float64, masks at 0): max |dlogit| = {v.max_abs_dlogit:.3e} "
-                         f"(max |logit| {v.max_abs_logit:.3e}; tolerance {self.tolerance:g} x (1 + max|logit|)), "
-                         f"|dloss| = {v.abs_dloss:.3e} [{'preserved' if self.preserved else 'CHANGED'}]")
+            lines.append(
+                f"verify (float64, masks at 0): max |dlogit| = {v.max_abs_dlogit:.3e} "
+                f"(max |logit| {v.max_abs_logit:.3e}; tolerance {self.tolerance:g} x (1 + max|logit|)), "
+                f"|dloss| = {v.abs_dloss:.3e} [{'preserved' if self.preserved else 'CHANGED'}]"
+            )
         return "\n".join(lines)
 
 
@@ -147,8 +152,9 @@ def _check_source(reader: TensorReader, g: Growth, src: Path) -> list[str]:
     missing = [k for k in keys if k not in reader]
     unknown = sorted(set(stored) - set(keys))
     if missing or unknown:
-        raise GrowthError(f"{src} does not hold the model its config describes: missing {missing[:5]}, "
-                          f"unexpected {unknown[:5]}")
+        raise GrowthError(
+            f"{src} does not hold the model its config describes: missing {missing[:5]}, unexpected {unknown[:5]}"
+        )
     for key in keys:
         for name in [key, stored_master_key(reader, reader.dtype, key)] + [moment_key(m, key) for m, _ in MOMENTS]:
             if name is None or name not in reader:
@@ -172,33 +178,64 @@ def _entries(g: Growth, reader: TensorReader, keys: list[str]) -> list[ChunkedTe
     for key in keys:
         dtype, layered, new_shape = reader.dtype(key), role_of(key).layered, g.new_shape(key)
         if layered:
-            entries.append(ChunkedTensor(key, new_shape, dtype, rows=1, produce=lambda j, key=key, dtype=dtype:
-                                         grow_layer(g, key, j, source(key, j), dtype=dtype)[None]))
+            entries.append(
+                ChunkedTensor(
+                    key,
+                    new_shape,
+                    dtype,
+                    rows=1,
+                    produce=lambda j, key=key, dtype=dtype: grow_layer(g, key, j, source(key, j), dtype=dtype)[None],
+                )
+            )
         else:
-            entries.append(ChunkedTensor(key, new_shape, dtype, produce=lambda _, key=key: grow_tensor(g, key, reader.read(key))))
+            entries.append(
+                ChunkedTensor(key, new_shape, dtype, produce=lambda _, key=key: grow_tensor(g, key, reader.read(key)))
+            )
         master = stored_master_key(reader, reader.dtype, key)
         if master is not None:  # a bf16 run's fp32 master weights grow exactly as the weights do, in fp32
             mdtype = reader.dtype(master)
             if layered:
-                entries.append(ChunkedTensor(master_key(key), new_shape, mdtype, rows=1, produce=lambda j, key=key,
-                                             master=master, mdtype=mdtype: grow_layer(g, key, j, source(master, j),
-                                                                                      dtype=mdtype)[None]))
+                entries.append(
+                    ChunkedTensor(
+                        master_key(key),
+                        new_shape,
+                        mdtype,
+                        rows=1,
+                        produce=lambda j, key=key, master=master, mdtype=mdtype: grow_layer(
+                            g, key, j, source(master, j), dtype=mdtype
+                        )[None],
+                    )
+                )
             else:
-                entries.append(ChunkedTensor(master_key(key), new_shape, mdtype, produce=lambda _, key=key, master=master:
-                                             grow_tensor(g, key, reader.read(master))))
+                entries.append(
+                    ChunkedTensor(
+                        master_key(key),
+                        new_shape,
+                        mdtype,
+                        produce=lambda _, key=key, master=master: grow_tensor(g, key, reader.read(master)),
+                    )
+                )
         for m, order in MOMENTS:
             name = moment_key(m, key)
             if name not in reader:
                 continue
             mdtype = reader.dtype(name)
             if layered:
-                produce = (lambda j, key=key, name=name, order=order, mdtype=mdtype:
-                           grow_moment_layer(g, key, j, None if g.layers[j].is_new else source(name, j), order,
-                                             dtype=mdtype)[None])
+                produce = lambda j, key=key, name=name, order=order, mdtype=mdtype: grow_moment_layer(
+                    g, key, j, None if g.layers[j].is_new else source(name, j), order, dtype=mdtype
+                )[None]
                 entries.append(ChunkedTensor(name, new_shape, mdtype, rows=1, produce=produce))
             else:
-                entries.append(ChunkedTensor(name, new_shape, mdtype, produce=lambda _, key=key, name=name, order=order:
-                                             grow_moment(g, key, reader.read(name), order)))
+                entries.append(
+                    ChunkedTensor(
+                        name,
+                        new_shape,
+                        mdtype,
+                        produce=lambda _, key=key, name=name, order=order: grow_moment(
+                            g, key, reader.read(name), order
+                        ),
+                    )
+                )
     return entries
 
 
@@ -207,8 +244,14 @@ def _verify(g: Growth, plan: GrowthPlan, old: TensorReader, written: Path) -> Ve
     report = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
         tokens = verify_tokens(g.old_cfg.vocab_size, g.old_cfg.seq_length, seed=plan.seed)
-        report[0] = verify_weights(g.old_cfg, CheckpointWeights(old, g.old_cfg), g.new_cfg,
-                                   CheckpointWeights(TensorReader(written), g.new_cfg), g.masks, tokens)
+        report[0] = verify_weights(
+            g.old_cfg,
+            CheckpointWeights(old, g.old_cfg),
+            g.new_cfg,
+            CheckpointWeights(TensorReader(written), g.new_cfg),
+            g.masks,
+            tokens,
+        )
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(report, src=0)
     return report[0]
@@ -242,20 +285,30 @@ def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_v
             if g.exact and not report.within(tolerance, tolerance):
                 raise GrowthVerificationError(report, tolerance, dst)
         return {
-            "config": to_dict(dataclasses.replace(run, model=g.new_cfg)), "step": 0,
+            "config": to_dict(dataclasses.replace(run, model=g.new_cfg)),
+            "step": 0,
             "consumed_samples": int(meta.get("consumed_samples", 0)),
             "adam_step": int(meta.get("adam_step", meta.get("step", 0))),
             "growth": {
-                "plan": to_dict(plan), "masks": g.masks.to_dict() if g.masks is not None else None,
-                "exact": g.exact, "source": str(src),
+                "plan": to_dict(plan),
+                "masks": g.masks.to_dict() if g.masks is not None else None,
+                "exact": g.exact,
+                "source": str(src),
                 "verify": dataclasses.asdict(result["verify"]) if result["verify"] is not None else None,
             },
         }
 
     write_logical_chunks(dst, entries, finish, has_moments=has_moments)
     count = lambda shapes: sum(math.prod(s) for s in shapes)  # noqa: E731
-    return GrowReport(src=src, dst=dst, exact=g.exact, old_params=count(reader.shape(k) for k in keys),
-                      new_params=count(g.new_shape(k) for k in keys), verify=result["verify"], tolerance=tolerance)
+    return GrowReport(
+        src=src,
+        dst=dst,
+        exact=g.exact,
+        old_params=count(reader.shape(k) for k in keys),
+        new_params=count(g.new_shape(k) for k in keys),
+        verify=result["verify"],
+        tolerance=tolerance,
+    )
 
 
 def grow_from_files(src: Path, dst: Path, plan_path: Path, *, verify: bool) -> GrowReport:

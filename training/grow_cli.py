@@ -19,21 +19,26 @@ then continue training the grown model (any layout):
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "grow", help="grow a checkpoint's width/depth with function-preserving operators",
+        "grow",
+        help="grow a checkpoint's width/depth with function-preserving operators",
         description="Read SRC (a checkpoint saved under any TP/PP/DP layout), grow parameters and Adam moments "
-                    "with the plan, write DST (loadable under any layout with flm train --init-from). Streams: "
-                    "one layer of one tensor is grown and written at a time, so memory stays near the largest "
-                    "layer slice (or the embedding), never the model. DST must not exist; nothing is left at "
-                    "DST on failure.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "with the plan, write DST (loadable under any layout with flm train --init-from). Streams: "
+        "one layer of one tensor is grown and written at a time, so memory stays near the largest "
+        "layer slice (or the embedding), never the model. DST must not exist; nothing is left at "
+        "DST on failure.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", help="checkpoint directory (step_N) or a checkpoint root with a 'latest' file")
     p.add_argument("dst", help="new checkpoint directory (must not exist)")
     p.add_argument("--plan", required=True, help="growth plan YAML")
-    p.add_argument("--verify", action="store_true",
-                   help="run a fixed batch through the old model (read from SRC) and the grown one (read back "
-                        "from what was written), float64, masks at 0, one layer in memory at a time; prints max "
-                        "|dlogit| and |dloss|; with exact operators, fails (exit 1, no DST) unless they agree")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run a fixed batch through the old model (read from SRC) and the grown one (read back "
+        "from what was written), float64, masks at 0, one layer in memory at a time; prints max "
+        "|dlogit| and |dloss|; with exact operators, fails (exit 1, no DST) unless they agree",
+    )
     p.set_defaults(func=run)
     return p
 

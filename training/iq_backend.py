@@ -40,8 +40,10 @@ from training.hf.compare import checkpoint_masks
 from training.hf.errors import HFInteropError
 from training.hf.tokenizer import checkpoint_tokenizer
 
-IQ_HINT = ("the benchmark needs the tokenizer the model was trained with: export the checkpoint with "
-           "`flm export-hf CKPT OUT --tokenizer PATH` and run `flm iq --model hf --model-path OUT`")
+IQ_HINT = (
+    "the benchmark needs the tokenizer the model was trained with: export the checkpoint with "
+    "`flm export-hf CKPT OUT --tokenizer PATH` and run `flm iq --model hf --model-path OUT`"
+)
 
 
 class CheckpointBackendError(FLMError):
@@ -65,7 +67,9 @@ class CheckpointBackend:
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return reference_logits(self.cfg, self.state, tokens.to(torch.long).cpu(), self.masks)[..., : self.cfg.vocab_size]
+            return reference_logits(self.cfg, self.state, tokens.to(torch.long).cpu(), self.masks)[
+                ..., : self.cfg.vocab_size
+            ]
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))

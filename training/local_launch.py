@@ -19,5 +19,13 @@ def free_port() -> int:
 
 def torchrun_command(nproc: int, flm_args: list[str]) -> list[str]:
     """The command that runs ``flm <flm_args>`` in ``nproc`` local processes under torchrun."""
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-            f"--master-port={free_port()}", "-m", "training.cli", *flm_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        "-m",
+        "training.cli",
+        *flm_args,
+    ]

@@ -15,7 +15,6 @@ from training.config import ModelConfig
 from training.devices import PEAK_TFLOPS
 
 
-
 def matmul_params(model: ModelConfig) -> int:
     """Weights that take part in matmuls per token: all linear layers plus the output projection.
 
@@ -95,8 +94,15 @@ def truncate_jsonl(path: Path, after_step: int) -> int:
 class MetricsSink:
     """Writes metrics on the logging rank only; other ranks get a no-op sink."""
 
-    def __init__(self, out_dir: Optional[Path], *, tensorboard: bool, progress_total: Optional[int],
-                 progress_initial: int = 0, resume_step: Optional[int] = None):
+    def __init__(
+        self,
+        out_dir: Optional[Path],
+        *,
+        tensorboard: bool,
+        progress_total: Optional[int],
+        progress_initial: int = 0,
+        resume_step: Optional[int] = None,
+    ):
         """``resume_step``: the step the run continues after; records of later steps (written by the
         interrupted run before its last checkpoint was superseded) are dropped from metrics.jsonl and
         TensorBoard, so every step appears once."""

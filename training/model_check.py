@@ -25,4 +25,3 @@ def check_same_model(ckpt_model: dict, model: ModelConfig, ckpt_path: Path) -> N
                 "use the checkpoint's model config (flm grow changes shapes and derived fields such as "
                 "output_multiplier and norm_eps: take them from its flm_checkpoint.json)"
             )
-

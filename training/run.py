@@ -20,6 +20,7 @@ from training.stages import StageEndHook, run_stages
 
 log = logging.getLogger(__name__)
 
+
 def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
     """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``; ``stage_end``
     runs after each stage of a staged run (``training.stages.StageEndHook``)."""
@@ -32,8 +33,9 @@ def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
             raise UsageError("--resume: a staged run resumes from its own output_dir; use --resume without a path")
         if args.stage is not None and not 0 <= args.stage < len(cfg.stages):
             raise UsageError(f"--stage {args.stage} is out of range; the run has stages 0..{len(cfg.stages) - 1}")
-        return run_stages(cfg, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from,
-                          stage_end=stage_end)
+        return run_stages(
+            cfg, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from, stage_end=stage_end
+        )
     if args.stage is not None:
         raise UsageError("--stage needs a run config with a stages: list")
     return run_training(cfg, resume=args.resume, init_from=args.init_from)
@@ -71,12 +73,15 @@ def _train(cfg: RunConfig, resume: Optional[str], init_from: Optional[str]) -> i
                 checkpoint.verify_collective(source, check_hash=check_hash)
             else:  # a checkpoint root: its latest, with the fallback
                 if not path.is_dir():
-                    raise CheckpointError(f"checkpoint path {path} does not exist; pass a step_N directory or a "
-                                          "checkpoint root")
+                    raise CheckpointError(
+                        f"checkpoint path {path} does not exist; pass a step_N directory or a checkpoint root"
+                    )
                 source = checkpoint.find_resumable(path, check_hash=check_hash)
                 if source is None:
-                    raise CheckpointError(f"no checkpoint in {path}: neither {checkpoint.META_FILE} nor step_N "
-                                          "directories; pass a step_N directory or a checkpoint root")
+                    raise CheckpointError(
+                        f"no checkpoint in {path}: neither {checkpoint.META_FILE} nor step_N "
+                        "directories; pass a step_N directory or a checkpoint root"
+                    )
         if source is not None:
             check_same_model(checkpoint.read_meta(source)["config"]["model"], cfg.model, source)
             trainer.load(source)
@@ -91,8 +96,12 @@ def _train(cfg: RunConfig, resume: Optional[str], init_from: Optional[str]) -> i
                 log.info("initialised weights from %s", path)
         trainer.fit()
         if rank0:
-            log.info("done at step %d; metrics in %s, checkpoints in %s", trainer.step_count,
-                     trainer.output_dir / "metrics.jsonl", trainer.checkpoint_root())
+            log.info(
+                "done at step %d; metrics in %s, checkpoints in %s",
+                trainer.step_count,
+                trainer.output_dir / "metrics.jsonl",
+                trainer.checkpoint_root(),
+            )
     finally:
         teardown()
     return 0

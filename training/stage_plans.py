@@ -16,9 +16,8 @@ that changes ``seq_length`` (the data position is counted in samples of one leng
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dataclasses
+from pathlib import Path
 
 from growth.plan import GrowthPlan, check_plan, new_model_config, plan_for
 from training.config import NON_FUNCTION_FIELDS, ModelConfig, RunConfig, load_run_config
@@ -56,17 +55,21 @@ def stage_model(run: RunConfig, index: int, path: str = "") -> ModelConfig:
         stage = run.stages[i]
         where = f"{path}.stages[{i}].model" if path else f"stages[{i}].model"
         if stage.model.seq_length != model.seq_length:
-            raise ConfigError(f"{where}.seq_length",
-                              f"{stage.model.seq_length}, but stage {i - 1} trains with {model.seq_length}: a stage "
-                              "cannot change seq_length (the data position is counted in samples of one length); "
-                              "keep one seq_length for the whole run")
+            raise ConfigError(
+                f"{where}.seq_length",
+                f"{stage.model.seq_length}, but stage {i - 1} trains with {model.seq_length}: a stage "
+                "cannot change seq_length (the data position is counted in samples of one length); "
+                "keep one seq_length for the whole run",
+            )
         grown = new_model_config(_plan(run, i, model, path), model)
         want, have = stage.model.function_values(), grown.function_values()
         for name, value in want.items():
             if name not in DERIVED_FIELDS and value != have[name]:
-                raise ConfigError(f"{where}.{name}",
-                                  f"{value!r}, but growing stage {i - 1}'s model gives {have[name]!r}: growth keeps "
-                                  f"{name} (set it to {have[name]!r}, or change it in the first stage)")
+                raise ConfigError(
+                    f"{where}.{name}",
+                    f"{value!r}, but growing stage {i - 1}'s model gives {have[name]!r}: growth keeps "
+                    f"{name} (set it to {have[name]!r}, or change it in the first stage)",
+                )
         model = dataclasses.replace(grown, **{f: getattr(stage.model, f) for f in NON_FUNCTION_FIELDS})
     return model
 
@@ -81,7 +84,7 @@ def _plan(run: RunConfig, index: int, prev_model: ModelConfig, path: str = "") -
         "hidden": prev.model.hidden_size != stage.model.hidden_size,
         "ffn": prev.model.ffn_hidden_size != stage.model.ffn_hidden_size,
         "heads": (prev.model.num_attention_heads, prev.model.query_groups)
-                 != (stage.model.num_attention_heads, stage.model.query_groups),
+        != (stage.model.num_attention_heads, stage.model.query_groups),
         "depth": prev.model.num_layers != stage.model.num_layers,
     }
     operators = {dim: g.operators.get(dim, g.default_operator if moved else "none") for dim, moved in changed.items()}
@@ -89,11 +92,17 @@ def _plan(run: RunConfig, index: int, prev_model: ModelConfig, path: str = "") -
         operators["depth"] = "msg"
     try:
         plan = plan_for(
-            prev.model, stage.model, operators, tp=stage.parallel.tp,
+            prev.model,
+            stage.model,
+            operators,
+            tp=stage.parallel.tp,
             old_vocab=prev.model.padded_vocab_size(prev.parallel.tp),
             depth={"placement": g.depth_placement, "init": g.depth_init},
             ramp={"steps": g.ramp_steps, "shape": g.ramp_shape},
-            init_std=g.init_std, clone_noise=g.clone_noise, seed=g.seed, exact=g.exact,
+            init_std=g.init_std,
+            clone_noise=g.clone_noise,
+            seed=g.seed,
+            exact=g.exact,
         )
         check_plan(plan, prev.model, where)
     except ConfigError as err:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 GROWN_DIR = "grown"
 
+
 #: called on rank 0 after each stage, with the whole run, the stage's index, its config and its final
 #: checkpoint, while the other ranks wait; returns fields for the stage's ``stages.jsonl`` record
 #: (the IQ benchmark per stage, ``eval_iq.stage_eval.stage_end_iq``, is wired in by ``flm``'s CLI:
@@ -47,8 +48,9 @@ class StageEndHook(Protocol):
     def check(self, run: RunConfig) -> None:
         """Refuse (ConfigError) what the hook cannot do for ``run``, before anything trains."""
 
-    def __call__(self, run: RunConfig, index: int, cfg: RunConfig, final_checkpoint: Optional[Path]) -> Optional[dict]:
-        ...
+    def __call__(
+        self, run: RunConfig, index: int, cfg: RunConfig, final_checkpoint: Optional[Path]
+    ) -> Optional[dict]: ...
 
 
 def trained_stage_config(run: RunConfig, index: int) -> RunConfig:
@@ -67,8 +69,14 @@ def _final_checkpoint(cfg: RunConfig) -> Optional[Path]:
     return final if checkpoint.is_checkpoint(final) else None
 
 
-def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int] = None,
-               init_from: Optional[str] = None, stage_end: Optional[StageEndHook] = None) -> int:
+def run_stages(
+    run: RunConfig,
+    *,
+    resume: bool = False,
+    only_stage: Optional[int] = None,
+    init_from: Optional[str] = None,
+    stage_end: Optional[StageEndHook] = None,
+) -> int:
     """Train the stages of ``run`` (all, or ``only_stage``) in this job; collective over all ranks.
     ``stage_end`` (rank 0, after each stage) adds fields to the stage's record."""
     validate_stages(run)
@@ -82,8 +90,9 @@ def run_stages(run: RunConfig, *, resume: bool = False, only_stage: Optional[int
             lock.release()
 
 
-def _run_stages(run: RunConfig, resume: bool, only_stage: Optional[int], init_from: Optional[str],
-                stage_end: Optional[StageEndHook]) -> int:
+def _run_stages(
+    run: RunConfig, resume: bool, only_stage: Optional[int], init_from: Optional[str], stage_end: Optional[StageEndHook]
+) -> int:
     init_process_group()
     rank0 = dist.get_rank() == 0
     indices = range(len(run.stages)) if only_stage is None else [only_stage]
@@ -104,8 +113,11 @@ def _run_stages(run: RunConfig, resume: bool, only_stage: Optional[int], init_fr
             trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
             trainer.extra_meta = {"stage": i, "stage_name": run.stages[i].name}
             started = time.time()
-            latest = (checkpoint.find_resumable(trainer.checkpoint_root(), check_hash=cfg.checkpoint.verify_hash)
-                      if resume else None)
+            latest = (
+                checkpoint.find_resumable(trainer.checkpoint_root(), check_hash=cfg.checkpoint.verify_hash)
+                if resume
+                else None
+            )
             if latest is not None:
                 trainer.load(latest)
                 what = f"resumed from {latest} at step {trainer.step_count}"
@@ -150,10 +162,20 @@ def grow_into(run: RunConfig, index: int) -> Path:
     if dist.get_rank() == 0:
         log.info("%s", report.summary())
         with open(stage_dir(run, index) / "growth.json", "w") as f:
-            json.dump({"stage": index, "src": str(src), "dst": str(dst), "exact": report.exact,
-                       "preserved": report.preserved, "old_params": report.old_params,
-                       "new_params": report.new_params,
-                       "verify": dataclasses.asdict(report.verify) if report.verify else None}, f, indent=2)
+            json.dump(
+                {
+                    "stage": index,
+                    "src": str(src),
+                    "dst": str(dst),
+                    "exact": report.exact,
+                    "preserved": report.preserved,
+                    "old_params": report.old_params,
+                    "new_params": report.new_params,
+                    "verify": dataclasses.asdict(report.verify) if report.verify else None,
+                },
+                f,
+                indent=2,
+            )
     return dst
 
 
@@ -163,9 +185,16 @@ def _record_stage(run: RunConfig, index: int, cfg: RunConfig, wall_s: float, ext
     out.mkdir(parents=True, exist_ok=True)
     tokens = cfg.train.steps * cfg.train.global_batch_size * cfg.model.seq_length
     record = {
-        "stage": index, "name": run.stages[index].name, "model": to_dict(cfg.model), "parallel": to_dict(cfg.parallel),
-        "params": total_params(cfg.model), "steps": cfg.train.steps, "tokens": tokens,
-        "flops": flops_per_token(cfg.model) * tokens, "wall_s": wall_s, "output_dir": cfg.output_dir,
+        "stage": index,
+        "name": run.stages[index].name,
+        "model": to_dict(cfg.model),
+        "parallel": to_dict(cfg.parallel),
+        "params": total_params(cfg.model),
+        "steps": cfg.train.steps,
+        "tokens": tokens,
+        "flops": flops_per_token(cfg.model) * tokens,
+        "wall_s": wall_s,
+        "output_dir": cfg.output_dir,
     }
     record.update(extra or {})
     with open(out / "stages.jsonl", "a") as f:

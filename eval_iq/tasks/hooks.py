@@ -59,7 +59,9 @@ def _import_eval_iq():
             )
         _logger.warning(
             "IQ task YAMLs in %s run the already imported eval_iq %s from %s (same version)",
-            _TASKS, eval_iq.__version__, loaded,
+            _TASKS,
+            eval_iq.__version__,
+            loaded,
         )
     from eval_iq import lm_groups, lm_hooks, lm_task  # the checkout checked above
 

@@ -217,9 +217,7 @@ def reference_solvers():
     """The independent solvers of ``solvers.py`` (loaded by path: no import-mode assumptions)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "eval_iq_test_solvers", Path(__file__).with_name("solvers.py")
-    )
+    spec = importlib.util.spec_from_file_location("eval_iq_test_solvers", Path(__file__).with_name("solvers.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

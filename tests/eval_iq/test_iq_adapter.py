@@ -89,9 +89,7 @@ def test_batch_size_does_not_change_scores(backend, pairs):
 def test_left_truncation_matches_hf(tiny_llama_dir, backend, pairs):
     from lm_eval.models.huggingface import HFLM
 
-    short_hf = HFLM(
-        pretrained=str(tiny_llama_dir), device="cpu", batch_size=2, dtype="float32", max_length=48
-    )
+    short_hf = HFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=2, dtype="float32", max_length=48)
     short = BackendLM(HFBackend(backend.model, backend.tokenizer, max_length=48), batch_size=2)
     reqs = pairs[:4]
     ours = short.loglikelihood([ll(c, x) for c, x in reqs], disable_tqdm=True)
@@ -117,9 +115,7 @@ def test_loglikelihood_rolling_matches_hf_and_torch(tiny_llama_dir, backend):
 
 
 def test_generate_until_matches_hf(backend, hflm):
-    prompts = [
-        i["prompt"] for n in ("counting", "head_slicing", "two_supporting_facts") for i in generate(n, size=2)
-    ]
+    prompts = [i["prompt"] for n in ("counting", "head_slicing", "two_supporting_facts") for i in generate(n, size=2)]
     reqs = [gen(p) for p in prompts] + [gen(p, until=(" ", "\n"), max_gen_toks=6) for p in prompts[:2]]
     ours = BackendLM(backend, batch_size=3).generate_until(reqs, disable_tqdm=True)
     theirs = hflm.generate_until(reqs, disable_tqdm=True)
@@ -150,9 +146,7 @@ def test_same_benchmark_scores_as_hf_backend(backend, hflm, iq_data_dir):
             include_defaults=False,
             metadata={"iq_size": 6, "iq_shots": 1, "iq_data_dir": str(iq_data_dir)},
         )
-        outs.append(
-            simple_evaluate(model=lm, tasks=tasks, task_manager=tm, log_samples=True, bootstrap_iters=0)
-        )
+        outs.append(simple_evaluate(model=lm, tasks=tasks, task_manager=tm, log_samples=True, bootstrap_iters=0))
     for task in tasks:
         assert outs[0]["results"][task]["acc,none"] == outs[1]["results"][task]["acc,none"]
         for s0, s1 in zip(outs[0]["samples"][task], outs[1]["samples"][task]):
@@ -169,9 +163,7 @@ def test_load_project_backend_errors(tmp_path, monkeypatch, backend):
     fake = types.ModuleType("training.iq_backend")
     fake.load_backend = lambda path: object()
     monkeypatch.setitem(sys.modules, "training.iq_backend", fake)
-    with pytest.raises(
-        BackendUnavailableError, match="missing logits, encode, decode, eos_token_id, max_length"
-    ):
+    with pytest.raises(BackendUnavailableError, match="missing logits, encode, decode, eos_token_id, max_length"):
         load_project_backend(tmp_path)
     fake.load_backend = lambda path: backend
     assert load_project_backend(tmp_path) is backend

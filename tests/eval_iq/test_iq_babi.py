@@ -25,9 +25,7 @@ def test_reference_solver_matches_real_babi(kind, babi_dir, reference_solvers):
             assert solve(list(q.story), q.question) == q.answer
 
 
-@pytest.mark.parametrize(
-    ("subtask", "kind"), [("single_supporting_fact", "single"), ("two_supporting_facts", "two")]
-)
+@pytest.mark.parametrize(("subtask", "kind"), [("single_supporting_fact", "single"), ("two_supporting_facts", "two")])
 def test_generated_stories_speak_babi(subtask, kind, babi_dir, reference_solvers):
     real = [q for name in FILES[kind] for q in load_babi(babi_dir / name)]
     real_vocab = vocabulary([s for q in real for s in q.story] + [q.question for q in real])

@@ -26,8 +26,7 @@ def _texts(ax) -> list[str]:
 
 
 def test_chart_annotates_values_marks_na_and_shows_n_and_limit(tmp_path):
-    summary = _summary({"rte": 0.55, "csl": 0.0, "counting": 0.0, "head_tail": 0.25,
-                        "single_supporting_fact": 0.3})
+    summary = _summary({"rte": 0.55, "csl": 0.0, "counting": 0.0, "head_tail": 0.25, "single_supporting_fact": 0.3})
     fig = build_chart(summary)
     top, bottom = fig.axes
     title = fig._suptitle.get_text()
@@ -46,8 +45,13 @@ def test_chart_annotates_values_marks_na_and_shows_n_and_limit(tmp_path):
     assert len(errbars) == 5
     # the category panel: the categories present (partial) and FLM IQ
     labels = [t.get_text() for t in bottom.get_xticklabels()]
-    assert labels == ["Symbolic mapping (partial)", "Rule understanding (partial)",
-                      "Pattern mining (partial)", "Anti-interference (partial)", "FLM IQ (partial)"]
+    assert labels == [
+        "Symbolic mapping (partial)",
+        "Rule understanding (partial)",
+        "Pattern mining (partial)",
+        "Anti-interference (partial)",
+        "FLM IQ (partial)",
+    ]
     assert any(isinstance(c, BarContainer) for c in bottom.containers)
     cat_err = [c for c in bottom.containers if isinstance(c, ErrorbarContainer)]
     assert len(cat_err) == 5

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main as flm_main
-
 from eval_iq import cli
 from eval_iq.reference import PAPER_MODELS
+from training.cli import main as flm_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,12 +51,7 @@ def test_end_to_end_tiny_llama_offline(tiny_llama_dir, shared_data, tmp_path, no
     assert list(results["subtasks"]) == ["rte", "counting", "head_tail", "single_supporting_fact"]
     assert "afqmc" in results["skipped"]
     rte = results["subtasks"]["rte"]
-    assert (
-        rte["n"] == 2
-        and rte["chance"] == 0.5
-        and rte["instances"] == 6
-        and len(rte["instances_sha256"]) == 64
-    )
+    assert rte["n"] == 2 and rte["chance"] == 0.5 and rte["instances"] == 6 and len(rte["instances_sha256"]) == 64
     assert 0.0 <= rte["acc"] <= 1.0
     assert results["categories"]["symbolic"]["complete"] is False
     assert results["flm_iq"]["acc"] is not None and results["flm_iq"]["complete"] is False
@@ -172,9 +166,7 @@ def test_malformed_data_file_is_reported(tmp_path, capsys):
     d.mkdir(parents=True)
     (d / "val.jsonl").write_text('{"premise": "p", "hypothesis": "h", "label": "entailment"}\n[oops\n')
     (d / "train.jsonl").write_text('{"premise": "p", "hypothesis": "h", "label": "entailment"}\n')
-    assert (
-        flm(["--subtasks", "rte", "--data-dir", str(tmp_path / "data"), "--model-path", str(tmp_path)]) == 2
-    )
+    assert flm(["--subtasks", "rte", "--data-dir", str(tmp_path / "data"), "--model-path", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "RTE/val.jsonl: cannot be read as JSON lines" in err
 
@@ -210,13 +202,24 @@ def test_flm_iq_and_lm_eval_print_the_same_flm_iq(tiny_llama_dir, iq_data_dir, t
     from eval_iq.yaml_tasks import TASKS_DIR
 
     out = tmp_path / "out"
-    args = ["--model-path", str(tiny_llama_dir), "--limit", "2", "--size", "4", "--data-dir", str(iq_data_dir),
-            "--output-dir", str(out)]
+    args = [
+        "--model-path",
+        str(tiny_llama_dir),
+        "--limit",
+        "2",
+        "--size",
+        "4",
+        "--data-dir",
+        str(iq_data_dir),
+        "--output-dir",
+        str(out),
+    ]
     assert flm(args) == 0
     ours = json.loads((out / "results.json").read_text())
     lm = HFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=8, dtype="float32")
-    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
-                     metadata={"iq_size": 4, "iq_data_dir": str(iq_data_dir)})
+    tm = TaskManager(
+        include_path=str(TASKS_DIR), include_defaults=False, metadata={"iq_size": 4, "iq_data_dir": str(iq_data_dir)}
+    )
     theirs = simple_evaluate(model=lm, tasks=["flm_iq"], task_manager=tm, limit=2, bootstrap_iters=0)
     for name, sub in ours["subtasks"].items():
         assert theirs["results"][sub["task"]]["acc,none"] == sub["acc"], name

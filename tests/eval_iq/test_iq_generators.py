@@ -70,9 +70,7 @@ def test_head_slicing_demonstrations_show_varied_lengths():
 
 def test_pattern_elements_vary_across_instances():
     kinds = {
-        json.loads(i["meta"])["kind"]
-        for n in ("head_tail", "full_repeating", "head_slicing")
-        for i in generate(n)
+        json.loads(i["meta"])["kind"] for n in ("head_tail", "full_repeating", "head_slicing") for i in generate(n)
     }
     assert kinds == {"numbers", "letters", "words"}
 

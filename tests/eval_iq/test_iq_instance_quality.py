@@ -47,8 +47,11 @@ def test_babi_demonstration_answers_are_independent_of_the_query(name):
 @pytest.mark.parametrize("name", [n for n, s in SUBTASKS.items() if s.category in ("rules", "patterns")])
 def test_open_ended_demonstrations_never_give_the_answer(name):
     for inst in generate(name):
-        answers = [line.split(": ", 1)[1] for line in inst["prompt"].split("\n")[:-1]
-                   if line.startswith(("Output: ", "Answer: "))]
+        answers = [
+            line.split(": ", 1)[1]
+            for line in inst["prompt"].split("\n")[:-1]
+            if line.startswith(("Output: ", "Answer: "))
+        ]
         assert inst["answer"] not in answers
 
 
@@ -76,8 +79,8 @@ def test_replace_word_sentences_are_grammatical():
         word, repl = meta["word"], meta["replacement"]
         for block in inst["prompt"].split("\n\n")[1:]:
             lines = block.split("\n")
-            source = lines[0][len("Input: "):]
-            sentences = [source] + ([lines[1][len("Output: "):]] if len(lines[1]) > len("Output:") else [])
+            source = lines[0][len("Input: ") :]
+            sentences = [source] + ([lines[1][len("Output: ") :]] if len(lines[1]) > len("Output:") else [])
             for s in sentences:
                 assert not re.search(r"\b[Aa] [aeiouAEIOU]", s), s  # "a anchor"
                 nouns = re.findall(r"\b(?:the|a|The|A) (?:\w+ )?(\w+)", s)

@@ -32,9 +32,7 @@ def run_lm_eval(lm, tasks, data_dir, size=SIZE, limit=None):
         include_defaults=False,
         metadata={"iq_size": size, "iq_data_dir": str(data_dir)},
     )
-    return simple_evaluate(
-        model=lm, tasks=tasks, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=1000
-    )
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=1000)
 
 
 def all_instances(data_dir, size=SIZE):
@@ -95,9 +93,7 @@ def test_constant_answer_scores_chance(iq_data_dir, constant_lm_class, no_networ
             assert acc == 0.0 == spec.chance, name
     # the lm-eval score is exactly the frequency of the constant among the gold answers
     golds = [i["answer"] for i in generate("single_supporting_fact", size=SIZE)]
-    assert results["flm_iq_single_supporting_fact"]["acc,none"] == pytest.approx(
-        golds.count("kitchen") / SIZE
-    )
+    assert results["flm_iq_single_supporting_fact"]["acc,none"] == pytest.approx(golds.count("kitchen") / SIZE)
     assert no_network == []
 
 
@@ -119,9 +115,7 @@ def test_groups_aggregate_as_documented(iq_data_dir, constant_lm_class):
     groups = res["groups"]
     for cat in CATEGORIES:
         members = [n for n in BENCHMARK_SUBTASKS if SUBTASKS[n].category == cat]
-        assert groups[f"flm_iq_{cat}"]["acc,none"] == pytest.approx(
-            sum(leaf[n] for n in members) / len(members)
-        )
+        assert groups[f"flm_iq_{cat}"]["acc,none"] == pytest.approx(sum(leaf[n] for n in members) / len(members))
     # FLM IQ is the mean of the 4 categories in lm-eval's flm_iq row and in flm iq's report alike
     cats = [groups[f"flm_iq_{c}"]["acc,none"] for c in CATEGORIES]
     assert groups["flm_iq"]["acc,none"] == pytest.approx(sum(cats) / 4)
@@ -232,21 +226,29 @@ def _load_in_subprocess(tmp_path, script: str, pythonpath: Path) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=180,
     )
 
 
 def test_hook_loads_the_sibling_code_not_an_installed_copy(tmp_path):
     fake = _fake_eval_iq(tmp_path / "elsewhere", "0.9")
-    out = _load_in_subprocess(tmp_path, f"""
+    out = _load_in_subprocess(
+        tmp_path,
+        f"""
         import sys
         from lm_eval.tasks import TaskManager
         tm = TaskManager(include_path={str(TASKS_DIR)!r}, include_defaults=False, metadata={{"iq_size": 2}})
         task = tm.load(["flm_iq_counting"])["tasks"]["flm_iq_counting"]
         import eval_iq
         print(eval_iq.__file__, len(list(task.eval_docs)))
-    """, fake)
+    """,
+        fake,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     path, n = out.stdout.split()
     assert Path(path).resolve() == (REPO_ROOT / "eval_iq" / "__init__.py").resolve() and n == "2"
@@ -254,13 +256,17 @@ def test_hook_loads_the_sibling_code_not_an_installed_copy(tmp_path):
 
 def test_hook_refuses_an_already_imported_eval_iq_of_another_version(tmp_path):
     fake = _fake_eval_iq(tmp_path / "elsewhere", "0.9")
-    out = _load_in_subprocess(tmp_path, f"""
+    out = _load_in_subprocess(
+        tmp_path,
+        f"""
         import eval_iq
         assert eval_iq.FAKE
         from lm_eval.tasks import TaskManager
         tm = TaskManager(include_path={str(TASKS_DIR)!r}, include_defaults=False, metadata={{"iq_size": 2}})
         tm.load(["flm_iq_counting"])
-    """, fake)
+    """,
+        fake,
+    )
     assert out.returncode != 0
     from eval_iq import __version__
 
@@ -272,9 +278,27 @@ def test_lm_eval_cli_runs_flm_iq_with_the_shipped_data(tmp_path, shared_data):
     """The docs' usage example: the whole benchmark from lm_eval's CLI with ../shared/data."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "run", "--model", "dummy", "--tasks", "flm_iq", "--include_path",
-         str(TASKS_DIR), "--limit", "1", "--metadata", json.dumps({"iq_size": 3, "iq_data_dir": str(shared_data)})],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "run",
+            "--model",
+            "dummy",
+            "--tasks",
+            "flm_iq",
+            "--include_path",
+            str(TASKS_DIR),
+            "--limit",
+            "1",
+            "--metadata",
+            json.dumps({"iq_size": 3, "iq_data_dir": str(shared_data)}),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FLM IQ (mean of the four categories) (partial: without flm_iq_clue_afqmc)" in out.stdout

@@ -63,8 +63,9 @@ def test_evaluate_checkpoint_writes_outputs_and_a_compact_record(tiny_llama_dir,
     from eval_iq.adapter import HFBackend
 
     backend = HFBackend.from_pretrained(tiny_llama_dir)
-    rec = evaluate_checkpoint(tmp_path / "ckpt" / "step_1", tmp_path / "iq", "rules,afqmc,rte", limit=2,
-                              data_dir=shared_data, backend=backend)
+    rec = evaluate_checkpoint(
+        tmp_path / "ckpt" / "step_1", tmp_path / "iq", "rules,afqmc,rte", limit=2, data_dir=shared_data, backend=backend
+    )
     results = json.loads((tmp_path / "iq" / "results.json").read_text())
     assert (tmp_path / "iq" / "report.png").is_file() and (tmp_path / "iq" / "report.md").is_file()
     assert rec["subtasks"] == {n: s["acc"] for n, s in results["subtasks"].items()}
@@ -83,9 +84,17 @@ def test_evaluate_stage_records_problems_instead_of_raising(tmp_path, caplog):
 
 
 def test_stages_markdown_shows_each_stage():
-    rec = {"flm_iq": None, "complete": False, "categories": {"rules": 0.25}, "partial_categories": ["rules"],
-           "subtasks": {"counting": 0.5, "replace_word": 0.0}, "n": {"counting": 2, "replace_word": 2},
-           "truncated": {"counting": 0, "replace_word": 1}, "skipped": [], "output_dir": "x"}
+    rec = {
+        "flm_iq": None,
+        "complete": False,
+        "categories": {"rules": 0.25},
+        "partial_categories": ["rules"],
+        "subtasks": {"counting": 0.5, "replace_word": 0.0},
+        "n": {"counting": 2, "replace_word": 2},
+        "truncated": {"counting": 0, "replace_word": 1},
+        "skipped": [],
+        "output_dir": "x",
+    }
     later = dict(rec, subtasks={"counting": 1.0, "replace_word": 0.5}, categories={"rules": 0.75})
     table = stages_markdown([("0 small", rec), ("1 medium", later), ("2 large", {"error": "boom"}), ("3 x", None)])
     lines = table.splitlines()
@@ -102,8 +111,14 @@ def test_staged_run_evaluates_iq_at_every_stage_and_the_report_shows_it(tmp_path
     checkpoint is evaluated, stages.jsonl records the scores, the dry-run report tabulates them."""
     run = _write_run(tmp_path)
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "training.cli", "train", str(run)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", "train", str(run)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == [0, 1]

@@ -135,16 +135,12 @@ def test_symbolic_instances(name, iq_data_dir):
         shown = [d.rsplit("\n", 1)[1][len(prefix(name)) + 1 :] for d in demos]
         assert all(s in symbols for s in shown), "answer slots hold symbols only"
         assert not LABEL_WORDS & {
-            line.split(" ", 1)[-1].lower()
-            for line in inst["prompt"].split("\n")
-            if line.startswith(prefix(name))
+            line.split(" ", 1)[-1].lower() for line in inst["prompt"].split("\n") if line.startswith(prefix(name))
         }
         counts = Counter(shown)
         assert set(counts) == set(symbols) and set(counts.values()) == {spec.default_shots}, "class-balanced"
         assert all(a != b for a, b in zip(shown, shown[1:])), "interleaved: no label twice in a row"
-        assert all(d.rsplit("\n", 1)[0] != query.rsplit("\n", 1)[0] for d in demos), (
-            "query is not its own shot"
-        )
+        assert all(d.rsplit("\n", 1)[0] != query.rsplit("\n", 1)[0] for d in demos), "query is not its own shot"
         # independent check of the gold answer: recover label->symbol from the demonstrations'
         # raw labels and map the query's raw label through it
         mapping: dict[str, set[str]] = {}
@@ -237,9 +233,7 @@ def test_hub_style_records_are_normalised():
         {"sentence1": "a", "sentence2": "b", "label": 2, "idx": 0},
         {"sentence1": "c", "sentence2": "d", "label": -1, "idx": 1},
     ]
-    recs, dropped = normalise_records(
-        SOURCES["ocnli"], rows, ["neutral", "entailment", "contradiction"], "hub"
-    )
+    recs, dropped = normalise_records(SOURCES["ocnli"], rows, ["neutral", "entailment", "contradiction"], "hub")
     assert [r["label"] for r in recs] == ["contradiction"] and dropped == 1
     wsc = {
         "text": "Mark told Pete he was late .",

@@ -43,8 +43,12 @@ def test_truncation_is_recorded_per_subtask_and_warned(tiny_llama_dir, shared_da
     assert got == expected
     assert expected["rte"] == 6 and expected["counting"] == 0  # both cases are exercised
     assert summary["model"]["max_length"] == 160
-    assert summary["subtasks"]["rte"]["truncation"] == {"truncated": 6, "n": 6, "limit": 161,
-                                                        "max_tokens": summary["subtasks"]["rte"]["truncation"]["max_tokens"]}
+    assert summary["subtasks"]["rte"]["truncation"] == {
+        "truncated": 6,
+        "n": 6,
+        "limit": 161,
+        "max_tokens": summary["subtasks"]["rte"]["truncation"]["max_tokens"],
+    }
     warned = [r.getMessage() for r in caplog.records if "left-truncated" in r.getMessage()]
     assert any("flm_iq_superglue_rte: 6 of 6 prompts" in w for w in warned)
     assert not any("flm_iq_counting" in w for w in warned)

@@ -10,24 +10,46 @@ import torch
 from growth import ModelShape, logical_shapes, plan_for
 from training.config import ModelConfig
 
-
-BASE = ModelConfig(num_layers=2, hidden_size=16, ffn_hidden_size=24, num_attention_heads=4, vocab_size=50,
-                   make_vocab_size_divisible_by=8, seq_length=16, input_multiplier=1.7, output_multiplier=0.6,
-                   xpos_scale_base=8.0)
+BASE = ModelConfig(
+    num_layers=2,
+    hidden_size=16,
+    ffn_hidden_size=24,
+    num_attention_heads=4,
+    vocab_size=50,
+    make_vocab_size_divisible_by=8,
+    seq_length=16,
+    input_multiplier=1.7,
+    output_multiplier=0.6,
+    xpos_scale_base=8.0,
+)
 
 #: every block variant: norm x activation x position embedding x tied x MHA/GQA (bias alternates)
 VARIANTS = [
-    dict(normalization=norm, activation=act, position_embedding=pos, tie_embeddings=tied,
-         num_query_groups=groups, bias=(i % 2 == 0))
-    for i, (norm, act, pos, tied, groups) in enumerate(itertools.product(
-        ("LayerNorm", "RMSNorm"), ("gelu", "swiglu"), ("rope", "xpos"), (True, False), (None, 2)))
+    dict(
+        normalization=norm,
+        activation=act,
+        position_embedding=pos,
+        tie_embeddings=tied,
+        num_query_groups=groups,
+        bias=(i % 2 == 0),
+    )
+    for i, (norm, act, pos, tied, groups) in enumerate(
+        itertools.product(("LayerNorm", "RMSNorm"), ("gelu", "swiglu"), ("rope", "xpos"), (True, False), (None, 2))
+    )
 ]
 
 
 def variant_id(v: dict) -> str:
-    return "-".join([v["normalization"][:3], v["activation"], v["position_embedding"],
-                     "tied" if v["tie_embeddings"] else "untied", "gqa" if v["num_query_groups"] else "mha",
-                     "bias" if v["bias"] else "nobias"])
+    return "-".join(
+        [
+            v["normalization"][:3],
+            v["activation"],
+            v["position_embedding"],
+            "tied" if v["tie_embeddings"] else "untied",
+            "gqa" if v["num_query_groups"] else "mha",
+            "bias" if v["bias"] else "nobias",
+        ]
+    )
 
 
 def make_cfg(variant: dict | None = None, **changes) -> ModelConfig:

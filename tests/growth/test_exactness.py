@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from growth import grow_state, verify
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from training.config_base import ConfigError
 
 # (id, operators, new sizes (ModelConfig fields), extra plan options); head growth is given per MHA/GQA
@@ -26,9 +26,13 @@ CASES = [
     ("heads-zero", {"heads": "zero"}, "heads", {}),
     ("heads-clone", {"heads": "clone"}, "heads x2", {}),
     ("heads-clone-per-group", {"heads": "clone"}, "per group x2", {}),
-    *[(f"depth-{op}-{place}-{init}", {"depth": op}, dict(num_layers=n), {"depth": {"placement": place, "init": init}})
-      for op in ("msg", "zero") for place in ("stack", "interleave") for init in ("copy", "fresh")
-      for n in ([3] if place == "stack" else [5])],
+    *[
+        (f"depth-{op}-{place}-{init}", {"depth": op}, dict(num_layers=n), {"depth": {"placement": place, "init": init}})
+        for op in ("msg", "zero")
+        for place in ("stack", "interleave")
+        for init in ("copy", "fresh")
+        for n in ([3] if place == "stack" else [5])
+    ],
     ("all-msg", {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}, "all", {"tp": 2}),
     ("mixed", {"hidden": "clone", "ffn": "zero", "heads": "msg", "depth": "zero"}, "all x2", {}),
 ]

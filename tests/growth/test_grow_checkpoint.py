@@ -25,8 +25,17 @@ GROWN = ["model.num_layers=4", "model.hidden_size=128", "model.ffn_hidden_size=5
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("grow")
-    flm("train", TINY, "train.steps=4", f"output_dir={root / 'small'}", "checkpoint.save_interval=3",
-        "checkpoint.keep_last=5", "parallel.tp=2", *COMMON, nproc=2)
+    flm(
+        "train",
+        TINY,
+        "train.steps=4",
+        f"output_dir={root / 'small'}",
+        "checkpoint.save_interval=3",
+        "checkpoint.keep_last=5",
+        "parallel.tp=2",
+        *COMMON,
+        nproc=2,
+    )
     plan = root / "plan.yaml"
     plan.write_text(PLAN)
     return root, root / "small" / "checkpoints" / "step_0000003", plan
@@ -39,8 +48,19 @@ def test_grown_tp2_checkpoint_is_exact_under_tp2xpp2_and_masks_ramp_away(trained
     assert "[preserved]" in out.stdout
     meta = json.loads((root / "grown" / "flm_checkpoint.json").read_text())
     assert meta["growth"]["masks"]["ramp_steps"] == 3 and meta["has_moments"]
-    flm("train", TINY, "train.steps=5", *GROWN, f"output_dir={root / 'big'}", "--init-from", str(root / "grown"),
-        "parallel.tp=2", "parallel.pp=2", *COMMON, nproc=4)
+    flm(
+        "train",
+        TINY,
+        "train.steps=5",
+        *GROWN,
+        f"output_dir={root / 'big'}",
+        "--init-from",
+        str(root / "grown"),
+        "parallel.tp=2",
+        "parallel.pp=2",
+        *COMMON,
+        nproc=4,
+    )
     small = {r["step"]: r for r in read_metrics(root / "small")}
     big = {r["step"]: r for r in read_metrics(root / "big")}
     # step 1 of the grown run sees the batch of step 4 of the small run, on the grown step-3 weights

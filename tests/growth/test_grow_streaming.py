@@ -11,26 +11,50 @@ import pytest
 import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from tests.growth.helpers import grown_plan, make_cfg, random_state
 from growth import grow_moment, grow_state
-from training.grow import GrowthVerificationError, grow_checkpoint
 from growth.errors import GrowthError
-from training.config import RunConfig
-from training.config_base import to_dict
+from tests.growth.helpers import grown_plan, make_cfg, random_state
 from training.checkpoint.dcp_io import TensorReader
 from training.checkpoint.logical import read_logical, write_logical
+from training.config import RunConfig
+from training.config_base import to_dict
 from training.engine.parallel import init_process_group
+from training.grow import GrowthVerificationError, grow_checkpoint
 
 CASES = [
-    ("msg-all-interleave-copy", {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"},
-     dict(hidden_size=24, ffn_hidden_size=32, num_layers=5, num_attention_heads=6, num_query_groups=3,
-          plan={"depth": {"placement": "interleave", "init": "copy"}})),
-    ("msg-depth-stack-fresh", {"depth": "msg"}, dict(num_layers=4, plan={"depth": {"placement": "stack", "init": "fresh"}})),
-    ("zero-hidden-ffn-depth", {"hidden": "zero", "ffn": "zero", "depth": "zero"},
-     dict(hidden_size=24, ffn_hidden_size=32, num_layers=3)),
-    ("clone-noise", {"hidden": "clone", "ffn": "clone", "heads": "clone"},
-     dict(hidden_size=32, ffn_hidden_size=48, num_attention_heads=8, num_query_groups=4,
-          plan={"clone_noise": 0.01, "exact": False})),
+    (
+        "msg-all-interleave-copy",
+        {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"},
+        dict(
+            hidden_size=24,
+            ffn_hidden_size=32,
+            num_layers=5,
+            num_attention_heads=6,
+            num_query_groups=3,
+            plan={"depth": {"placement": "interleave", "init": "copy"}},
+        ),
+    ),
+    (
+        "msg-depth-stack-fresh",
+        {"depth": "msg"},
+        dict(num_layers=4, plan={"depth": {"placement": "stack", "init": "fresh"}}),
+    ),
+    (
+        "zero-hidden-ffn-depth",
+        {"hidden": "zero", "ffn": "zero", "depth": "zero"},
+        dict(hidden_size=24, ffn_hidden_size=32, num_layers=3),
+    ),
+    (
+        "clone-noise",
+        {"hidden": "clone", "ffn": "clone", "heads": "clone"},
+        dict(
+            hidden_size=32,
+            ffn_hidden_size=48,
+            num_attention_heads=8,
+            num_query_groups=4,
+            plan={"clone_noise": 0.01, "exact": False},
+        ),
+    ),
 ]
 
 
@@ -42,8 +66,10 @@ def _process_group():
 def _source(tmp_path, cfg, dtype=torch.float32):
     state = random_state(cfg, dtype=dtype)
     gen = torch.Generator().manual_seed(3)
-    moments = {m: {k: torch.rand(v.shape, generator=gen, dtype=torch.float64).to(dtype) for k, v in state.items()}
-               for m in ("exp_avg", "exp_avg_sq")}
+    moments = {
+        m: {k: torch.rand(v.shape, generator=gen, dtype=torch.float64).to(dtype) for k, v in state.items()}
+        for m in ("exp_avg", "exp_avg_sq")
+    }
     meta = {"config": to_dict(RunConfig(model=cfg)), "step": 7, "consumed_samples": 56, "adam_step": 7}
     return write_logical(tmp_path / "src", state, meta, moments), state, moments
 
@@ -102,8 +128,9 @@ def test_whole_tensor_sources_from_older_versions_still_grow(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     dist_checkpointing.save({k: ShardedTensor.from_rank_offsets(k, v) for k, v in state.items()}, str(old))
-    (old / "flm_checkpoint.json").write_text(json.dumps({"config": to_dict(RunConfig(model=cfg)), "step": 3,
-                                                         "format_version": 1, "has_moments": False}))
+    (old / "flm_checkpoint.json").write_text(
+        json.dumps({"config": to_dict(RunConfig(model=cfg)), "step": 3, "format_version": 1, "has_moments": False})
+    )
     assert TensorReader(old).stored_rows("decoder.layers.mlp.linear_fc1.weight") == cfg.num_layers
     plan = grown_plan(cfg, {"ffn": "msg", "depth": "msg"}, ffn_hidden_size=32, num_layers=4)
     report = grow_checkpoint(old, tmp_path / "dst", plan)

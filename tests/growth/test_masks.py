@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from growth import MaskState, grow_moment, grow_state, prepare_growth
 from growth.reference import reference_loss
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 
 ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
 TWO_VARIANTS = [VARIANTS[0], VARIANTS[-1]]
@@ -31,8 +31,12 @@ def test_cosine_ramp():
 
 def test_mask_state_is_json_serialisable():
     cfg = make_cfg()
-    g = prepare_growth(grown_plan(cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=6,
-                                  num_query_groups=6, num_layers=3), cfg)
+    g = prepare_growth(
+        grown_plan(
+            cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=6, num_query_groups=6, num_layers=3
+        ),
+        cfg,
+    )
     text = json.dumps(g.masks.advanced(3).to_dict())
     back = MaskState.from_dict(json.loads(text))
     assert back == g.masks.advanced(3)
@@ -42,8 +46,19 @@ def test_mask_state_is_json_serialisable():
 
 def test_mask_values_mark_exactly_the_new_structure():
     cfg = make_cfg(num_query_groups=2)
-    g = prepare_growth(grown_plan(cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=6,
-                                  num_query_groups=3, num_layers=5, plan={"depth": {"placement": "interleave"}}), cfg)
+    g = prepare_growth(
+        grown_plan(
+            cfg,
+            ALL_MSG,
+            hidden_size=24,
+            ffn_hidden_size=32,
+            num_attention_heads=6,
+            num_query_groups=3,
+            num_layers=5,
+            plan={"depth": {"placement": "interleave"}},
+        ),
+        cfg,
+    )
     v = g.masks.values(2, dtype=torch.float64)  # ramp of 8 steps -> c = 0.25
     assert v.hidden.tolist() == [1.0] * 16 + [0.25] * 8
     assert v.neuron.tolist() == [1.0] * 24 + [0.25] * 8
@@ -59,7 +74,7 @@ def _new_regions(g, state):
     for key, t in state.items():
         new = grow_moment(g, key, torch.ones(g.old_shape(key), dtype=t.dtype), 1) == 0
         if key in ("embedding.word_embeddings.weight", "output_layer.weight"):
-            new[g.old_cfg.vocab_size:] = False
+            new[g.old_cfg.vocab_size :] = False
         out[key] = new
     return out
 
@@ -75,8 +90,16 @@ def _grads(cfg, state, masks, toks):
 def test_new_parameters_get_gradients_while_ramping(variant):
     cfg = make_cfg(variant)
     nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=nq + nq // ng,
-                      num_query_groups=ng + 1, num_layers=3, plan={"ramp": {"steps": 4}})
+    plan = grown_plan(
+        cfg,
+        ALL_MSG,
+        hidden_size=24,
+        ffn_hidden_size=32,
+        num_attention_heads=nq + nq // ng,
+        num_query_groups=ng + 1,
+        num_layers=3,
+        plan={"ramp": {"steps": 4}},
+    )
     g = prepare_growth(plan, cfg)
     res = grow_state(plan, cfg, random_state(cfg))
     regions = _new_regions(g, res.state)
@@ -96,11 +119,15 @@ def test_new_parameters_get_gradients_while_ramping(variant):
     assert checked == len(regions)  # every tensor grows somewhere
 
 
-@pytest.mark.parametrize("dim,changes", [
-    ("ffn", dict(ffn_hidden_size=32)),
-    ("heads", dict(num_attention_heads=6, num_query_groups=6)),
-    ("depth", dict(num_layers=3)),
-], ids=["ffn", "heads", "depth"])
+@pytest.mark.parametrize(
+    "dim,changes",
+    [
+        ("ffn", dict(ffn_hidden_size=32)),
+        ("heads", dict(num_attention_heads=6, num_query_groups=6)),
+        ("depth", dict(num_layers=3)),
+    ],
+    ids=["ffn", "heads", "depth"],
+)
 def test_zero_init_output_projections_get_gradients(dim, changes):
     cfg = make_cfg()
     plan = grown_plan(cfg, {dim: "zero"}, **changes)
@@ -108,8 +135,11 @@ def test_zero_init_output_projections_get_gradients(dim, changes):
     res = grow_state(plan, cfg, random_state(cfg))
     grads = _grads(res.new_cfg, res.state, None, tokens(cfg))
     regions = _new_regions(g, res.state)
-    key = {"ffn": "decoder.layers.mlp.linear_fc2.weight", "heads": "decoder.layers.self_attention.linear_proj.weight",
-           "depth": "decoder.layers.mlp.linear_fc2.weight"}[dim]
+    key = {
+        "ffn": "decoder.layers.mlp.linear_fc2.weight",
+        "heads": "decoder.layers.self_attention.linear_proj.weight",
+        "depth": "decoder.layers.mlp.linear_fc2.weight",
+    }[dim]
     assert res.state[key][regions[key]].abs().max() == 0  # the new output projection starts at zero
     assert grads[key][regions[key]].abs().max() > 0
 
@@ -118,8 +148,15 @@ def test_zero_init_output_projections_get_gradients(dim, changes):
 def test_loss_is_continuous_over_the_ramp(variant):
     cfg = make_cfg(variant)
     nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=nq + nq // ng,
-                      num_query_groups=ng + 1, num_layers=3)
+    plan = grown_plan(
+        cfg,
+        ALL_MSG,
+        hidden_size=24,
+        ffn_hidden_size=32,
+        num_attention_heads=nq + nq // ng,
+        num_query_groups=ng + 1,
+        num_layers=3,
+    )
     state = random_state(cfg)
     res = grow_state(plan, cfg, state)
     toks = tokens(cfg)
@@ -128,8 +165,12 @@ def test_loss_is_continuous_over_the_ramp(variant):
 
     def curve(n: int) -> torch.Tensor:
         m = MaskState.from_dict({**res.masks.to_dict(), "ramp_steps": n})
-        return torch.stack([reference_loss(res.new_cfg, res.state, toks, labels, m.values(s, dtype=torch.float64))
-                            for s in range(n + 1)])
+        return torch.stack(
+            [
+                reference_loss(res.new_cfg, res.state, toks, labels, m.values(s, dtype=torch.float64))
+                for s in range(n + 1)
+            ]
+        )
 
     coarse, fine = curve(10), curve(40)
     assert abs(fine[0] - old) <= 1e-12

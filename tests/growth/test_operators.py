@@ -7,16 +7,24 @@ import math
 import pytest
 import torch
 
-from tests.growth.helpers import grown_plan, make_cfg, random_state, tokens
 from growth import GrowthError, grow_state, grow_tensor, prepare_growth, verify
 from growth import roles as R
+from tests.growth.helpers import grown_plan, make_cfg, random_state, tokens
 
 ALL = {"hidden": "msg", "ffn": "clone", "heads": "zero", "depth": "msg"}
 
 
 def _all_plan(cfg, **options):
-    return grown_plan(cfg, ALL, hidden_size=24, ffn_hidden_size=48, num_attention_heads=6, num_query_groups=6,
-                      num_layers=4, plan=options)
+    return grown_plan(
+        cfg,
+        ALL,
+        hidden_size=24,
+        ffn_hidden_size=48,
+        num_attention_heads=6,
+        num_query_groups=6,
+        num_layers=4,
+        plan=options,
+    )
 
 
 def test_grow_tensor_streams_in_any_order_and_is_pure():
@@ -38,8 +46,13 @@ def test_grow_tensor_streams_in_any_order_and_is_pure():
 @pytest.mark.parametrize("placement,sources", [("stack", [0, 1, 0, 1, 0]), ("interleave", [0, 0, 1, 1, 1])])
 def test_depth_copies_are_copies_of_the_grown_old_layers(placement, sources):
     cfg = make_cfg()
-    plan = grown_plan(cfg, {"hidden": "msg", "depth": "msg"}, hidden_size=24, num_layers=5,
-                      plan={"depth": {"placement": placement, "init": "copy"}})
+    plan = grown_plan(
+        cfg,
+        {"hidden": "msg", "depth": "msg"},
+        hidden_size=24,
+        num_layers=5,
+        plan={"depth": {"placement": placement, "init": "copy"}},
+    )
     g = prepare_growth(plan, cfg)
     assert [s.source for s in g.layers] == sources
     w = grow_tensor(g, R.FC1_WEIGHT, random_state(cfg)[R.FC1_WEIGHT])
@@ -71,8 +84,11 @@ def test_stack_repeats_the_stack_and_is_labelled_inexact():
     assert torch.equal(res.state[R.QKV_WEIGHT], state[R.QKV_WEIGHT].repeat(3, 1, 1))
     rep = verify(cfg, state, res.new_cfg, res.state, None, tokens(cfg))
     assert rep.max_abs_dlogit > 1e-3  # really not function-preserving (the label is honest)
-    inter = grow_state(grown_plan(cfg, {"depth": "stack"}, num_layers=4,
-                                  plan={"exact": False, "depth": {"placement": "interleave"}}), cfg, state)
+    inter = grow_state(
+        grown_plan(cfg, {"depth": "stack"}, num_layers=4, plan={"exact": False, "depth": {"placement": "interleave"}}),
+        cfg,
+        state,
+    )
     assert torch.equal(inter.state[R.QKV_WEIGHT], state[R.QKV_WEIGHT].repeat_interleave(2, 0))
 
 
@@ -81,8 +97,9 @@ def test_clone_noise_only_touches_copies_and_is_labelled_inexact():
     state = random_state(cfg)
     ops = {"hidden": "clone", "ffn": "clone"}
     clean = grow_state(grown_plan(cfg, ops, hidden_size=32, ffn_hidden_size=48), cfg, state)
-    noisy = grow_state(grown_plan(cfg, ops, hidden_size=32, ffn_hidden_size=48,
-                                  plan={"clone_noise": 0.01, "exact": False}), cfg, state)
+    noisy = grow_state(
+        grown_plan(cfg, ops, hidden_size=32, ffn_hidden_size=48, plan={"clone_noise": 0.01, "exact": False}), cfg, state
+    )
     assert clean.exact and not noisy.exact
     a, b = clean.state[R.FC1_WEIGHT], noisy.state[R.FC1_WEIGHT]
     assert torch.equal(a[:, :24, :16], b[:, :24, :16])  # the first copy is untouched

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from growth import AdamState, GrowthError, grow_adam_state, grow_moment, grow_state, prepare_growth
 from growth.reference import reference_loss
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 
 CASES = [
     ("hidden-msg", {"hidden": "msg"}, dict(hidden_size=24)),
@@ -38,9 +38,12 @@ def _changes(cfg, spec):
         return spec
     nq, ng = cfg.num_attention_heads, cfg.query_groups
     x2 = dict(num_attention_heads=2 * nq, num_query_groups=2 * ng)
-    return {"groups": dict(num_attention_heads=nq + nq // ng, num_query_groups=ng + 1), "x2": x2,
-            "r x2": dict(num_attention_heads=2 * nq, num_query_groups=ng),
-            "all x2": dict(hidden_size=32, ffn_hidden_size=48, **x2)}[spec]
+    return {
+        "groups": dict(num_attention_heads=nq + nq // ng, num_query_groups=ng + 1),
+        "x2": x2,
+        "r x2": dict(num_attention_heads=2 * nq, num_query_groups=ng),
+        "all x2": dict(hidden_size=32, ffn_hidden_size=48, **x2),
+    }[spec]
 
 
 def _grads(cfg, state, masks, toks):
@@ -67,13 +70,14 @@ def test_mapped_gradients_equal_grown_gradients(case, variant):
         scale = 1 + old[key].abs().max()
         assert (m1[~copied] == 0).all() and (m2[~copied] == 0).all(), key
         assert (m1[copied] - new[key][copied]).abs().max() <= 1e-10 * scale, key
-        assert (m2[copied] - new[key][copied] ** 2).abs().max() <= 1e-10 * scale ** 2, key
+        assert (m2[copied] - new[key][copied] ** 2).abs().max() <= 1e-10 * scale**2, key
 
 
 def test_old_moments_are_copied_and_new_ones_are_zero():
     cfg = make_cfg()
-    plan = grown_plan(cfg, {"hidden": "msg", "ffn": "zero", "depth": "msg"}, hidden_size=24, ffn_hidden_size=32,
-                      num_layers=3)
+    plan = grown_plan(
+        cfg, {"hidden": "msg", "ffn": "zero", "depth": "msg"}, hidden_size=24, ffn_hidden_size=32, num_layers=3
+    )
     g = prepare_growth(plan, cfg)
     state = random_state(cfg, seed=1)
     m = {k: v.abs() + 0.1 for k, v in state.items()}
@@ -102,8 +106,11 @@ def test_adam_state_keeps_the_step():
     plan = grown_plan(cfg, {"ffn": "msg"}, ffn_hidden_size=32)
     g = prepare_growth(plan, cfg)
     state = random_state(cfg)
-    adam = AdamState(exp_avg={k: v.clone() for k, v in state.items()},
-                     exp_avg_sq={k: v.abs() for k, v in state.items()}, step=torch.tensor(1234.0))
+    adam = AdamState(
+        exp_avg={k: v.clone() for k, v in state.items()},
+        exp_avg_sq={k: v.abs() for k, v in state.items()},
+        step=torch.tensor(1234.0),
+    )
     grown = grow_adam_state(g, adam)
     assert torch.equal(grown.step, adam.step)
     assert set(grown.exp_avg) == set(grown.exp_avg_sq) == set(state)

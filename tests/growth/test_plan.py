@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from tests.growth.helpers import make_cfg
 from growth import GrowthPlan, ModelShape, check_plan, load_plan
+from tests.growth.helpers import make_cfg
 from training.config_base import ConfigError
 
 OLD = {"layers": 2, "hidden": 16, "ffn": 24, "heads": 4, "query_groups": 4, "head_dim": 4, "vocab": 56}
@@ -78,16 +78,36 @@ INVALID = [
     ("tp ffn", with_("new.ffn", 51), "new.ffn", "not divisible by the target tp=2"),
     ("grows without operator", with_("operators.ffn", "none"), "operators.ffn", "needs an operator"),
     ("operator without growth", {**with_("new.ffn", 24)}, "operators.ffn", "does not change; use none"),
-    ("clone factor", {**with_("operators.hidden", "clone"), "new": {**PLAN["new"], "hidden": 24}},
-     "new.hidden", "integer factor"),
-    ("clone heads", {**with_("operators.heads", "clone"), "new": {**PLAN["new"], "heads": 12, "query_groups": 6}},
-     "new.heads", "integer factor"),
-    ("group shrinks", {**PLAN, "old": {**OLD, "query_groups": 2},
-                       "new": {**PLAN["new"], "heads": 8, "query_groups": 8}}, "new.query_groups", "shrink"),
-    ("stack factor", {**with_("operators.depth", "stack"), "exact": False, "new": {**PLAN["new"], "layers": 3}},
-     "new.layers", "multiple"),
-    ("stack fresh", {**with_("operators.depth", "stack"), "exact": False, "depth": {"init": "fresh"}},
-     "depth.init", "use copy"),
+    (
+        "clone factor",
+        {**with_("operators.hidden", "clone"), "new": {**PLAN["new"], "hidden": 24}},
+        "new.hidden",
+        "integer factor",
+    ),
+    (
+        "clone heads",
+        {**with_("operators.heads", "clone"), "new": {**PLAN["new"], "heads": 12, "query_groups": 6}},
+        "new.heads",
+        "integer factor",
+    ),
+    (
+        "group shrinks",
+        {**PLAN, "old": {**OLD, "query_groups": 2}, "new": {**PLAN["new"], "heads": 8, "query_groups": 8}},
+        "new.query_groups",
+        "shrink",
+    ),
+    (
+        "stack factor",
+        {**with_("operators.depth", "stack"), "exact": False, "new": {**PLAN["new"], "layers": 3}},
+        "new.layers",
+        "multiple",
+    ),
+    (
+        "stack fresh",
+        {**with_("operators.depth", "stack"), "exact": False, "depth": {"init": "fresh"}},
+        "depth.init",
+        "use copy",
+    ),
     ("stack is inexact", with_("operators.depth", "stack"), "operators.depth", "exact: false"),
     ("ramp", with_("ramp.steps", 0), "ramp.steps", "at least 1 step"),
     ("ramp shape", with_("ramp.shape", "step"), "ramp.shape", "allowed values"),
@@ -109,8 +129,11 @@ def test_invalid_plans_are_refused_clearly(data, key, message):
 
 
 def test_inexact_plans_load_with_exact_false():
-    for data in (with_("operators.depth", "stack"), {**with_("operators.hidden", "clone"), "clone_noise": 0.1},
-                 {**PLAN, "new": {**PLAN["new"], "query_groups": 4}}):
+    for data in (
+        with_("operators.depth", "stack"),
+        {**with_("operators.hidden", "clone"), "clone_noise": 0.1},
+        {**PLAN, "new": {**PLAN["new"], "query_groups": 4}},
+    ):
         assert load_plan({**data, "exact": False}).exact is False
 
 

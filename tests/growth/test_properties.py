@@ -7,8 +7,8 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.growth.helpers import random_state, tokens
 from growth import grow_state, plan_for, verify
+from tests.growth.helpers import random_state, tokens
 from training.config import ModelConfig
 
 
@@ -20,12 +20,23 @@ def growths(draw):
     nq = ng * r
     hidden = draw(st.integers(max(4, nq), 20))
     cfg = ModelConfig(
-        num_layers=draw(st.integers(1, 3)), hidden_size=hidden, ffn_hidden_size=draw(st.integers(2, 20)),
-        num_attention_heads=nq, num_query_groups=ng, kv_channels=hd, vocab_size=draw(st.integers(10, 40)),
-        make_vocab_size_divisible_by=8, seq_length=16, normalization=norm,
-        activation=draw(st.sampled_from(["gelu", "swiglu"])), position_embedding=draw(st.sampled_from(["rope", "xpos"])),
-        xpos_scale_base=8.0, tie_embeddings=draw(st.booleans()), bias=draw(st.booleans()),
-        input_multiplier=draw(st.floats(0.5, 2.0)), output_multiplier=draw(st.floats(0.5, 2.0)),
+        num_layers=draw(st.integers(1, 3)),
+        hidden_size=hidden,
+        ffn_hidden_size=draw(st.integers(2, 20)),
+        num_attention_heads=nq,
+        num_query_groups=ng,
+        kv_channels=hd,
+        vocab_size=draw(st.integers(10, 40)),
+        make_vocab_size_divisible_by=8,
+        seq_length=16,
+        normalization=norm,
+        activation=draw(st.sampled_from(["gelu", "swiglu"])),
+        position_embedding=draw(st.sampled_from(["rope", "xpos"])),
+        xpos_scale_base=8.0,
+        tie_embeddings=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        input_multiplier=draw(st.floats(0.5, 2.0)),
+        output_multiplier=draw(st.floats(0.5, 2.0)),
         norm_eps=draw(st.sampled_from([1e-5, 1e-6, 1e-2])),
     )
     ops, new = {}, {}
@@ -56,8 +67,10 @@ def growths(draw):
     if op != "none":
         ops["depth"] = op
         new["num_layers"] = cfg.num_layers + draw(st.integers(1, 4))
-        options["depth"] = {"placement": draw(st.sampled_from(["stack", "interleave"])),
-                            "init": draw(st.sampled_from(["copy", "fresh"]))}
+        options["depth"] = {
+            "placement": draw(st.sampled_from(["stack", "interleave"])),
+            "init": draw(st.sampled_from(["copy", "fresh"])),
+        }
     tp = draw(st.sampled_from([1, 2]))
     new_cfg = dataclasses.replace(cfg, **new)
     sizes = (new_cfg.num_attention_heads, new_cfg.query_groups, new_cfg.ffn_hidden_size)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SBATCH = r'''#!{python}
+SBATCH = r"""#!{python}
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -86,20 +86,20 @@ while True:
         continue
     break
 (state / f"exit.{{job}}").write_text(str(status))
-'''
+"""
 
-SRUN = r'''#!/usr/bin/env bash
+SRUN = r"""#!/usr/bin/env bash
 while [[ ${1:-} == -* ]]; do shift; done
 exec "$@"
-'''
+"""
 
-SCONTROL = r'''#!/usr/bin/env bash
+SCONTROL = r"""#!/usr/bin/env bash
 case "$1 ${2:-}" in
   "show hostnames") echo localhost ;;
   requeue*) echo "$2" >>"$FAKE_SLURM_DIR/requeue" ;;
   *) echo "fake scontrol: unsupported: $*" >&2; exit 1 ;;
 esac
-'''
+"""
 
 
 def install(bin_dir: Path, state_dir: Path) -> dict[str, str]:

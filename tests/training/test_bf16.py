@@ -28,13 +28,25 @@ from training.engine.trainer import Trainer
 from training.grow import grow_checkpoint
 
 BF16_REL = 5e-3
-COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000", "train.steps=6",
-          "model.num_layers=2", "model.hidden_size=32", "model.ffn_hidden_size=64", "model.seq_length=32",
-          "model.vocab_size=256", "train.global_batch_size=4", "train.micro_batch_size=2"]
+COMMON = [
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "train.eval_interval=1000",
+    "train.steps=6",
+    "model.num_layers=2",
+    "model.hidden_size=32",
+    "model.ffn_hidden_size=64",
+    "model.seq_length=32",
+    "model.vocab_size=256",
+    "train.global_batch_size=4",
+    "train.micro_batch_size=2",
+]
 
 
 def _trainer(tmp_path, name, *overrides):
-    cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", [*COMMON, f"output_dir={tmp_path / name}", *overrides])
+    cfg = load_run_config(
+        REPO / "configs" / "runs" / "tiny.yaml", [*COMMON, f"output_dir={tmp_path / name}", *overrides]
+    )
     return Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0))
 
 
@@ -79,8 +91,13 @@ def test_growth_carries_fp32_master_weights(tmp_path, distopt):
     src = old.save()
     old_loss = old.evaluate(1)
 
-    plan = grown_plan(old.cfg.model, {"ffn": "msg", "depth": "msg"}, ffn_hidden_size=96, num_layers=3,
-                      plan={"depth": {"placement": "stack", "init": "copy"}})
+    plan = grown_plan(
+        old.cfg.model,
+        {"ffn": "msg", "depth": "msg"},
+        ffn_hidden_size=96,
+        num_layers=3,
+        plan={"depth": {"placement": "stack", "init": "copy"}},
+    )
     dst = tmp_path / "grown"
     grow_checkpoint(src, dst, plan)
     old_ckpt, new_ckpt = TensorReader(src), TensorReader(dst)
@@ -91,8 +108,7 @@ def test_growth_carries_fp32_master_weights(tmp_path, distopt):
     assert torch.equal(new_master[:2, :64], old_master)  # copied entries: bit for bit, not rounded
     assert not torch.equal(old_master, old_master.bfloat16().float())  # (the masters carry more than bf16)
 
-    new_model = ["model.ffn_hidden_size=96",
-                 "model.num_layers=3"]
+    new_model = ["model.ffn_hidden_size=96", "model.num_layers=3"]
     new = _trainer(tmp_path, "new", "train.precision=bf16", opt, *new_model)
     new.init_from(dst)
     chunk = unwrap_ddp(new.model[0])
@@ -100,7 +116,9 @@ def test_growth_carries_fp32_master_weights(tmp_path, distopt):
         param = chunk.decoder.layers[i].mlp.linear_fc1.weight
         assert torch.equal(_main_param(new, param)[:64], old_master[i]), f"layer {i}"
     emb = chunk.embedding.word_embeddings.weight
-    assert torch.equal(_main_param(new, emb), old_ckpt.read(
-        stored_master_key(old_ckpt, old_ckpt.dtype, "embedding.word_embeddings.weight")))
+    assert torch.equal(
+        _main_param(new, emb),
+        old_ckpt.read(stored_master_key(old_ckpt, old_ckpt.dtype, "embedding.word_embeddings.weight")),
+    )
     assert new.evaluate(1) == pytest.approx(old_loss, rel=BF16_REL)  # function kept at the transition (c = 0)
     assert all(map(lambda x: x == x, _losses(new, 2)))

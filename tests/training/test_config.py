@@ -17,22 +17,25 @@ def test_includes_and_overrides_resolve():
     assert cfg.model.hidden_size == 64 and cfg.model.normalization == "RMSNorm"
 
 
-@pytest.mark.parametrize("override, key, hint", [
-    (["model.hidden_sise=32"], "model.hidden_sise", "allowed keys here"),
-    (["model.normalization=BatchNorm"], "model.normalization", "allowed values: 'LayerNorm', 'RMSNorm'"),
-    (["model.hidden_size=abc"], "model.hidden_size", "expected an integer"),
-    (["train.lr=fast"], "train.lr", "expected a number"),
-    (["model.tie_embeddings=3"], "model.tie_embeddings", "true or false"),
-    (["parallel.tp=3"], "model.num_attention_heads", "allowed tp values: [1, 2, 4]"),
-    (["model.num_attention_heads=3"], "model.num_attention_heads", "not divisible"),
-    (["model.num_query_groups=3"], "model.num_query_groups", "not divisible into 3 groups"),
-    (["parallel.pp=3"], "model.num_layers", "pp=3"),
-    (["train.global_batch_size=7"], "train.global_batch_size", "multiple of micro_batch_size"),
-    (["train.min_lr=1.0"], "train.min_lr", "min_lr <= lr"),
-    (["parallel.sequence_parallel=true"], "parallel.sequence_parallel", "needs tp >= 2"),
-    (["train.steps=0"], "train.steps", "positive"),
-    (["model=3"], "model", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "override, key, hint",
+    [
+        (["model.hidden_sise=32"], "model.hidden_sise", "allowed keys here"),
+        (["model.normalization=BatchNorm"], "model.normalization", "allowed values: 'LayerNorm', 'RMSNorm'"),
+        (["model.hidden_size=abc"], "model.hidden_size", "expected an integer"),
+        (["train.lr=fast"], "train.lr", "expected a number"),
+        (["model.tie_embeddings=3"], "model.tie_embeddings", "true or false"),
+        (["parallel.tp=3"], "model.num_attention_heads", "allowed tp values: [1, 2, 4]"),
+        (["model.num_attention_heads=3"], "model.num_attention_heads", "not divisible"),
+        (["model.num_query_groups=3"], "model.num_query_groups", "not divisible into 3 groups"),
+        (["parallel.pp=3"], "model.num_layers", "pp=3"),
+        (["train.global_batch_size=7"], "train.global_batch_size", "multiple of micro_batch_size"),
+        (["train.min_lr=1.0"], "train.min_lr", "min_lr <= lr"),
+        (["parallel.sequence_parallel=true"], "parallel.sequence_parallel", "needs tp >= 2"),
+        (["train.steps=0"], "train.steps", "positive"),
+        (["model=3"], "model", "expected a mapping"),
+    ],
+)
 def test_invalid_values_name_the_key(override, key, hint):
     with pytest.raises(ConfigError) as info:
         load_run_config(TINY, override)
@@ -75,16 +78,22 @@ def test_config_show_cli_prints_resolved_config_and_fails_clearly():
     assert bad.returncode == 2 and "world size 3" in bad.stderr
 
 
-@pytest.mark.parametrize("override, key, hint", [
-    (["engine=deepspeed", "parallel.tp=2"], "parallel.tp", "data parallelism only, got tp=2; set tp=1"),
-    (["engine=deepspeed", "parallel.pp=2"], "parallel.pp", "set pp=1"),
-    (["engine=deepspeed", "parallel.distributed_optimizer=true"], "parallel.distributed_optimizer",
-     "ZeRO partitions the optimizer state already (deepspeed.zero_stage)"),
-    (["engine=deepspeed", "deepspeed.zero_stage=4"], "deepspeed.zero_stage", "allowed values: 1, 2, 3"),
-    (["engine=deepspeed", "deepspeed.zero_stage=true"], "deepspeed.zero_stage", "allowed values: 1, 2, 3"),
-    (["engine=deepspeed", "deepspeed.offload=true"], "deepspeed.offload", "allowed keys here"),
-    (["engine=ds"], "engine", "allowed values: 'megatron', 'deepspeed'"),
-])
+@pytest.mark.parametrize(
+    "override, key, hint",
+    [
+        (["engine=deepspeed", "parallel.tp=2"], "parallel.tp", "data parallelism only, got tp=2; set tp=1"),
+        (["engine=deepspeed", "parallel.pp=2"], "parallel.pp", "set pp=1"),
+        (
+            ["engine=deepspeed", "parallel.distributed_optimizer=true"],
+            "parallel.distributed_optimizer",
+            "ZeRO partitions the optimizer state already (deepspeed.zero_stage)",
+        ),
+        (["engine=deepspeed", "deepspeed.zero_stage=4"], "deepspeed.zero_stage", "allowed values: 1, 2, 3"),
+        (["engine=deepspeed", "deepspeed.zero_stage=true"], "deepspeed.zero_stage", "allowed values: 1, 2, 3"),
+        (["engine=deepspeed", "deepspeed.offload=true"], "deepspeed.offload", "allowed keys here"),
+        (["engine=ds"], "engine", "allowed values: 'megatron', 'deepspeed'"),
+    ],
+)
 def test_deepspeed_engine_settings_name_the_key(override, key, hint):
     with pytest.raises(ConfigError) as info:
         load_run_config(TINY, override)
@@ -97,9 +106,11 @@ def test_deepspeed_engine_config_defaults_and_staged_layouts(tmp_path):
     assert cfg.engine == "deepspeed" and cfg.deepspeed.zero_stage == 3 and not cfg.deepspeed.offload_optimizer
     assert load_run_config(TINY).engine == "megatron" and load_run_config(TINY).deepspeed.zero_stage == 1
     run = tmp_path / "run.yaml"
-    run.write_text("engine: deepspeed\nstages:\n"
-                   "  - {name: a, tokens: 1024, model: {num_layers: 2}}\n"
-                   "  - {name: b, tokens: 1024, model: {num_layers: 4}, parallel: {tp: 2}, growth: {ramp_steps: 2}}\n")
+    run.write_text(
+        "engine: deepspeed\nstages:\n"
+        "  - {name: a, tokens: 1024, model: {num_layers: 2}}\n"
+        "  - {name: b, tokens: 1024, model: {num_layers: 4}, parallel: {tp: 2}, growth: {ramp_steps: 2}}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_run_config(run)
     assert info.value.key == "stages[1].parallel.tp" and "data parallelism only" in str(info.value)
@@ -116,9 +127,14 @@ def test_overlap_defaults_on_for_nccl_off_on_gloo():
     assert cfg.parallel.overlap("nccl") == (True, False)  # no distributed optimizer: no parameter gather
     distopt = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", ["parallel.distributed_optimizer=true"])
     assert distopt.parallel.overlap("nccl") == (True, True)
-    explicit = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
-                               ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
-                                "parallel.overlap_param_gather=true"])
+    explicit = load_run_config(
+        REPO / "configs" / "runs" / "tiny.yaml",
+        [
+            "parallel.distributed_optimizer=true",
+            "parallel.overlap_grad_reduce=true",
+            "parallel.overlap_param_gather=true",
+        ],
+    )
     assert explicit.parallel.overlap("gloo") == (True, True)
     with pytest.raises(ConfigError, match="overlap_param_gather"):
         load_run_config(REPO / "configs" / "runs" / "tiny.yaml", ["parallel.overlap_param_gather=true"])

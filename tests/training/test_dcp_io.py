@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from megatron.core import dist_checkpointing
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from megatron.core import dist_checkpointing
 from training.checkpoint import CheckpointError
-from training.checkpoint.dcp_io import ChunkedTensor, CheckpointFormatError, TensorReader, in_memory, write_tensors
+from training.checkpoint.dcp_io import CheckpointFormatError, ChunkedTensor, TensorReader, in_memory, write_tensors
 from training.checkpoint.logical import layer_rows, write_logical, write_logical_chunks
 from training.engine.parallel import init_process_group
 
@@ -29,8 +29,12 @@ def _process_group():
 
 def _tensors():
     gen = torch.Generator().manual_seed(0)
-    return {"decoder.layers.w": torch.randn(5, 3, 4, generator=gen), "b": torch.randn(7, generator=gen),
-            "scalar": torch.tensor(2.5), "blocks": torch.randn(10, 2, generator=gen).double()}
+    return {
+        "decoder.layers.w": torch.randn(5, 3, 4, generator=gen),
+        "b": torch.randn(7, generator=gen),
+        "scalar": torch.tensor(2.5),
+        "blocks": torch.randn(10, 2, generator=gen).double(),
+    }
 
 
 def _write(path, tensors, rows):
@@ -70,20 +74,24 @@ def test_reader_returns_rows_across_stored_chunks(tmp_path):
 
 
 def test_reader_reads_a_training_checkpoint_layer_by_layer(tmp_path):
+    from tests.helpers import REPO
     from training.config import load_run_config
     from training.data.source import MockSource
     from training.engine.trainer import Trainer
-    from tests.helpers import REPO
 
-    cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
-                          ["logging.progress_bar=false", "logging.tensorboard=false", f"output_dir={tmp_path}/run"])
+    cfg = load_run_config(
+        REPO / "configs" / "runs" / "tiny.yaml",
+        ["logging.progress_bar=false", "logging.tensorboard=false", f"output_dir={tmp_path}/run"],
+    )
     trainer = Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0))
     trainer.step()
     saved = trainer.save()
     plain = dist_checkpointing.load_plain_tensors(str(saved))
     reader = TensorReader(saved)
     layered = [k for k in reader.keys() if ".layers." in k]
-    assert layered and all(reader.stored_rows(k) == 1 for k in layered), "training checkpoints store one layer per chunk"
+    assert layered and all(reader.stored_rows(k) == 1 for k in layered), (
+        "training checkpoints store one layer per chunk"
+    )
     for key in reader.keys():
         assert torch.equal(reader.read(key), plain[key]), key
     for key in layered:
@@ -119,8 +127,12 @@ def test_a_wrong_chunk_or_a_failing_producer_leaves_nothing(tmp_path):
         return torch.zeros(1, 8)
 
     with pytest.raises(RuntimeError, match="disk on fire"):
-        write_logical_chunks(tmp_path / "b", [ChunkedTensor("decoder.layers.y", (4, 8), torch.float32, boom, rows=1)],
-                             {"step": 0}, has_moments=False)
+        write_logical_chunks(
+            tmp_path / "b",
+            [ChunkedTensor("decoder.layers.y", (4, 8), torch.float32, boom, rows=1)],
+            {"step": 0},
+            has_moments=False,
+        )
 
     def failing_meta(path):
         raise RuntimeError("verification failed")
@@ -138,7 +150,10 @@ def test_write_logical_stores_layers_as_separate_chunks(tmp_path):
     assert layer_rows("decoder.layers.mlp.linear_fc1.weight") == 1
     assert layer_rows("optimizer.state.exp_avg.decoder.layers.mlp.linear_fc1.weight") == 1
     assert layer_rows("embedding.word_embeddings.weight") is None
-    params = {"decoder.layers.mlp.linear_fc1.weight": torch.randn(3, 4, 2), "embedding.word_embeddings.weight": torch.randn(5, 2)}
+    params = {
+        "decoder.layers.mlp.linear_fc1.weight": torch.randn(3, 4, 2),
+        "embedding.word_embeddings.weight": torch.randn(5, 2),
+    }
     moments = {"exp_avg": {k: torch.rand_like(v) for k, v in params.items()}}
     out = write_logical(tmp_path / "ck", params, {"step": 0}, moments)
     reader = TensorReader(out)

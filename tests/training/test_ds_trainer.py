@@ -35,8 +35,14 @@ def ds_jobs(root, job: str) -> None:
     from training.local_launch import torchrun_command
 
     cmd = torchrun_command(2, [])[:-2] + [str(WORKER), str(root), job]  # a script instead of `-m training.cli`
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
 
 
@@ -45,8 +51,15 @@ def runs(tmp_path_factory):
     """megatron DP2 and DeepSpeed ZeRO 1/2/3 DP2 runs of 6 steps (checkpoints at 3 and 6), plus each
     ZeRO stage resumed from another stage's step-3 checkpoint."""
     root = tmp_path_factory.mktemp("ds")
-    flm("train", TINY, "train.steps=6", f"output_dir={root / 'megatron'}", "checkpoint.save_interval=3",
-        *COMMON, nproc=2)
+    flm(
+        "train",
+        TINY,
+        "train.steps=6",
+        f"output_dir={root / 'megatron'}",
+        "checkpoint.save_interval=3",
+        *COMMON,
+        nproc=2,
+    )
     ds_jobs(root, "train")
     return root
 
@@ -86,8 +99,14 @@ def grown(runs):
     """`flm grow --verify` (MSG) of the ZeRO-2 step-3 checkpoint, then ZeRO 1/2/3 runs started from it."""
     plan = runs / "plan.yaml"
     plan.write_text(PLAN)
-    out = flm("grow", str(runs / "zero2" / "checkpoints" / "step_0000003"), str(runs / "grown"), "--plan", str(plan),
-              "--verify")
+    out = flm(
+        "grow",
+        str(runs / "zero2" / "checkpoints" / "step_0000003"),
+        str(runs / "grown"),
+        "--plan",
+        str(plan),
+        "--verify",
+    )
     assert "[preserved]" in out.stdout
     ds_jobs(runs, "grown")
     return runs
@@ -135,18 +154,39 @@ def test_checkpoints_cross_engines_with_init_from_and_refuse_resume(grown):
     and resuming the other engine's checkpoint is refused with the way out."""
     ds_from_megatron = losses(grown / "from_megatron")[1]
     out = grown / "megatron_from_ds"
-    flm("train", TINY, "train.steps=1", f"output_dir={out}", "--init-from",
-        str(grown / "zero1" / "checkpoints" / "step_0000003"), *COMMON)
+    flm(
+        "train",
+        TINY,
+        "train.steps=1",
+        f"output_dir={out}",
+        "--init-from",
+        str(grown / "zero1" / "checkpoints" / "step_0000003"),
+        *COMMON,
+    )
     assert losses(out)[1] == pytest.approx(ds_from_megatron, rel=1e-5)
-    bad = flm("train", TINY, "train.steps=6", f"output_dir={grown / 'x'}", "--resume",
-              str(grown / "zero1" / "checkpoints" / "step_0000003"), *COMMON, check=False)
+    bad = flm(
+        "train",
+        TINY,
+        "train.steps=6",
+        f"output_dir={grown / 'x'}",
+        "--resume",
+        str(grown / "zero1" / "checkpoints" / "step_0000003"),
+        *COMMON,
+        check=False,
+    )
     assert bad.returncode == 2
     assert "saved by engine: deepspeed" in bad.stderr and "--init-from" in bad.stderr
 
 
 # the staged run of test_stages.py (2 stages, MSG growth), both stages under DeepSpeed ZeRO-3 on DP2
-STAGED = ["engine=deepspeed", "deepspeed.zero_stage=3", "stages.1.parallel.tp=1", "stages.0.tokens=2048",
-          "stages.1.tokens=2048", "stages.1.growth.ramp_steps=3"]
+STAGED = [
+    "engine=deepspeed",
+    "deepspeed.zero_stage=3",
+    "stages.1.parallel.tp=1",
+    "stages.0.tokens=2048",
+    "stages.1.tokens=2048",
+    "stages.1.growth.ramp_steps=3",
+]
 
 
 @pytest.mark.slow
@@ -169,11 +209,14 @@ def test_staged_deepspeed_run_grows_and_resumes_inside_the_ramp(tmp_path):
     assert resumed["mask_value"] == killed["mask_value"] == pytest.approx(2 / 3)
     assert records[4]["mask_value"] is None
     assert [r["step"] for r in read_metrics(tmp_path / "out" / "stage0-s")] == [1, 2, 3, 4]
-    meta = json.loads((tmp_path / "out" / "stage1-g" / "checkpoints" / "step_0000004" / "flm_checkpoint.json").read_text())
+    meta = json.loads(
+        (tmp_path / "out" / "stage1-g" / "checkpoints" / "step_0000004" / "flm_checkpoint.json").read_text()
+    )
     assert meta["engine"] == "deepspeed" and meta["stage"] == 1 and meta["growth_masks"] is None
 
 
 # ---------------------------------------------------------------- one process, inside the test process
+
 
 @pytest.fixture
 def local_rank(monkeypatch):
@@ -188,8 +231,16 @@ def ds_trainer(tmp_path, overrides):
     from training.data.source import MockSource
     from training.engine.factory import make_trainer
 
-    cfg = load_run_config(TINY, ["engine=deepspeed", "logging.progress_bar=false", "logging.tensorboard=false",
-                                 f"output_dir={tmp_path}", *overrides])
+    cfg = load_run_config(
+        TINY,
+        [
+            "engine=deepspeed",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            f"output_dir={tmp_path}",
+            *overrides,
+        ],
+    )
     src = MockSource(cfg.model.vocab_size, cfg.model.seq_length, seed=7)
     return make_trainer(cfg, train_source=src, valid_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 8))
 

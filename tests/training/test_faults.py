@@ -22,8 +22,13 @@ import pytest
 from tests.helpers import REPO, flm, losses, read_metrics
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
-COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000",
-          "checkpoint.save_interval=2", "checkpoint.keep_last=5"]
+COMMON = [
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "train.eval_interval=1000",
+    "checkpoint.save_interval=2",
+    "checkpoint.keep_last=5",
+]
 STEPS = 6
 PREEMPTED = 75
 
@@ -145,9 +150,17 @@ def test_used_output_dir_is_refused_without_resume(reference, tmp_path):
 def test_concurrent_second_job_is_refused(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom training.checkpoint.lock import RunLock\n"
-         "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)", str(run)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom training.checkpoint.lock import RunLock\n"
+            "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)",
+            str(run),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         out = flm("train", TINY, "train.steps=2", f"output_dir={run}", "--resume", *COMMON, check=False)
@@ -181,8 +194,13 @@ def _start(run: Path, *extra: str, nproc: int = 1, env: dict | None = None) -> s
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     err = open(run.parent / f"{run.name}.stderr", "w")
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {})))
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {})),
+    )
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:
@@ -206,7 +224,9 @@ def _no_process_left(run: Path, timeout: float = 20) -> None:
 def test_sigterm_saves_exits_75_and_resumes_bit_exact(reference, tmp_path, moment):
     run = tmp_path / "run"
     run.mkdir()
-    proc = _start(run, f"train.steps={STEPS}", "checkpoint.save_interval=0" if moment == "step" else "checkpoint.save_interval=2")
+    proc = _start(
+        run, f"train.steps={STEPS}", "checkpoint.save_interval=0" if moment == "step" else "checkpoint.save_interval=2"
+    )
     if moment == "step":
         _wait_for(lambda: _has_step(run, 1), 120, "step 1")
     else:
@@ -237,8 +257,17 @@ def test_killed_launcher_takes_its_workers_along(tmp_path):
 # ---------------------------------------------------------------- divergence
 def test_nan_storm_stops_with_one_line_error(tmp_path):
     run = tmp_path / "run"
-    out = flm("train", TINY, "train.steps=20", f"output_dir={run}", *COMMON, "train.on_nan=skip",
-              "divergence.max_consecutive=3", env={"FLM_FAULT_LOSS": "tiny:3-1000:nan"}, check=False)
+    out = flm(
+        "train",
+        TINY,
+        "train.steps=20",
+        f"output_dir={run}",
+        *COMMON,
+        "train.on_nan=skip",
+        "divergence.max_consecutive=3",
+        env={"FLM_FAULT_LOSS": "tiny:3-1000:nan"},
+        check=False,
+    )
     assert out.returncode == 1
     line = _one_line_error(out.stderr)
     assert "3 skipped steps in a row (non-finite loss) up to step 5" in line
@@ -251,9 +280,18 @@ def test_nan_storm_stops_with_one_line_error(tmp_path):
 
 def test_spike_is_rolled_back_and_the_run_finishes(tmp_path):
     run = tmp_path / "run"
-    out = flm("train", TINY, "train.steps=8", f"output_dir={run}", *COMMON, "divergence.spike_sigmas=3",
-              "divergence.window=3", "divergence.max_consecutive=2", "divergence.action=rollback",
-              env={"FLM_FAULT_LOSS": "tiny:5-6:spike"})
+    out = flm(
+        "train",
+        TINY,
+        "train.steps=8",
+        f"output_dir={run}",
+        *COMMON,
+        "divergence.spike_sigmas=3",
+        "divergence.window=3",
+        "divergence.max_consecutive=2",
+        "divergence.action=rollback",
+        env={"FLM_FAULT_LOSS": "tiny:5-6:spike"},
+    )
     assert "loss spike" in out.stderr and "rolled back to" in out.stderr and "skipped 16 samples" in out.stderr
     records = read_metrics(run)
     spikes = [r for r in records if r.get("skip_reason") == "spike"]
@@ -269,13 +307,23 @@ def test_spike_is_rolled_back_and_the_run_finishes(tmp_path):
 def test_disk_full_is_named_and_previous_checkpoint_stays_valid(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root (mount -t tmpfs)")
     try:
         # one checkpoint is ~1.8 MB: the first fits, the second does not
-        out = flm("train", TINY, "train.steps=4", f"output_dir={tmp_path / 'run'}", *COMMON,
-                  f"checkpoint.dir={mnt}", check=False)
+        out = flm(
+            "train",
+            TINY,
+            "train.steps=4",
+            f"output_dir={tmp_path / 'run'}",
+            *COMMON,
+            f"checkpoint.dir={mnt}",
+            check=False,
+        )
         assert out.returncode == 2
         line = _one_line_error(out.stderr)
         assert f"disk full while writing a checkpoint into {mnt}" in line and "Worker failure" not in line

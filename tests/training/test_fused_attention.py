@@ -29,8 +29,9 @@ def build():
     setup_layout(ParallelConfig(), 1234)
 
     def make(cfg, attention, state):
-        chunk = build_model(cfg, transformer_config(cfg, ParallelConfig(), bf16=False, gloo=True),
-                            attention=attention)[0]
+        chunk = build_model(cfg, transformer_config(cfg, ParallelConfig(), bf16=False, gloo=True), attention=attention)[
+            0
+        ]
         load_logical_state_dict(chunk, state)
         return chunk
 
@@ -69,8 +70,16 @@ def test_fused_equals_unfused(build, variant):
 def test_fused_equals_unfused_with_growth_masks(build, variant):
     cfg = make_cfg(variant)
     nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=nq + nq // ng,
-                      num_query_groups=ng + 1, num_layers=4, plan={"ramp": {"steps": 2}})
+    plan = grown_plan(
+        cfg,
+        ALL_MSG,
+        hidden_size=24,
+        ffn_hidden_size=32,
+        num_attention_heads=nq + nq // ng,
+        num_query_groups=ng + 1,
+        num_layers=4,
+        plan={"ramp": {"steps": 2}},
+    )
     res = grow_state(plan, cfg, random_state(cfg, dtype=torch.float32))
     fused, unfused = build(res.new_cfg, "fused", res.state), build(res.new_cfg, "unfused", res.state)
     for step in (0, 1):

@@ -19,8 +19,14 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pp=2"]),
     "dp2": (2, []),
     "dp2-distopt": (2, ["parallel.distributed_optimizer=true"]),
-    "dp2-distopt-overlap": (2, ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
-                                "parallel.overlap_param_gather=true"]),
+    "dp2-distopt-overlap": (
+        2,
+        [
+            "parallel.distributed_optimizer=true",
+            "parallel.overlap_grad_reduce=true",
+            "parallel.overlap_param_gather=true",
+        ],
+    ),
     "tp2-sp": (2, ["parallel.tp=2", "parallel.sequence_parallel=true"]),
     "tp2xpp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
 }
@@ -40,8 +46,17 @@ def reference(tmp_path_factory):
 def test_layout_matches_single_process(reference, name):
     root, init, ref = reference
     nproc, overrides = LAYOUTS[name]
-    flm("train", TINY, "train.steps=6", f"output_dir={root / name}", "--init-from", str(init),
-        *COMMON, *overrides, nproc=nproc)
+    flm(
+        "train",
+        TINY,
+        "train.steps=6",
+        f"output_dir={root / name}",
+        "--init-from",
+        str(init),
+        *COMMON,
+        *overrides,
+        nproc=nproc,
+    )
     got = losses(root / name)
     assert sorted(got) == list(range(1, 7))
     assert got[1] == pytest.approx(ref[1], rel=1e-5), "forward loss on the same weights"

@@ -13,9 +13,9 @@ import torch
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from tests.helpers import REPO
 from training import checkpoint
+from training.checkpoint.logical import read_logical, write_logical
 from training.config import load_run_config, run_config_to_dict
 from training.data.source import MockSource
-from training.checkpoint.logical import read_logical, write_logical
 from training.engine.trainer import Trainer
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
@@ -25,8 +25,16 @@ WORKER = REPO / "tests" / "training" / "workers" / "init_and_save.py"
 @pytest.fixture(scope="module")
 def logical_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("logical")
-    cfg = load_run_config(TINY, ["logging.progress_bar=false", "logging.tensorboard=false", f"output_dir={root}/a",
-                                 "model.activation=swiglu", "model.num_query_groups=2"])
+    cfg = load_run_config(
+        TINY,
+        [
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            f"output_dir={root}/a",
+            "model.activation=swiglu",
+            "model.num_query_groups=2",
+        ],
+    )
     trainer = Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0))
     for _ in range(3):
         trainer.step()
@@ -34,8 +42,12 @@ def logical_ckpt(tmp_path_factory):
     params, moments = read_logical(saved)
     assert moments["exp_avg"] and set(moments["exp_avg"]) <= set(params)
     assert all(m.abs().sum() > 0 for m in moments["exp_avg_sq"].values())
-    out = write_logical(root / "logical", params, {"config": run_config_to_dict(cfg), "step": 0,
-                                                  "consumed_samples": 0, "adam_step": 3}, moments)
+    out = write_logical(
+        root / "logical",
+        params,
+        {"config": run_config_to_dict(cfg), "step": 0, "consumed_samples": 0, "adam_step": 3},
+        moments,
+    )
     return out, params, moments
 
 
@@ -46,15 +58,22 @@ def test_write_refuses_to_overwrite(logical_ckpt, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.distributed_optimizer=true"],
-                                    ["parallel.pp=2"]])
+@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.distributed_optimizer=true"], ["parallel.pp=2"]])
 def test_weights_and_moments_survive_any_layout(logical_ckpt, tmp_path, layout):
     out, params, moments = logical_ckpt
     overrides = ["model.activation=swiglu", "model.num_query_groups=2", *layout]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(WORKER), str(out), str(tmp_path / "again"), *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(WORKER),
+        str(out),
+        str(tmp_path / "again"),
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     params2, moments2 = read_logical(tmp_path / "again")
     for key, value in params.items():

@@ -78,8 +78,9 @@ def test_rewarmup_after_growth():
 
 
 def test_equivalent_step_enters_where_given():
-    trains = schedule("equivalent_step", "stages.1.growth.equivalent_tokens=81920",
-                      "stages.2.growth.equivalent_tokens=245760")
+    trains = schedule(
+        "equivalent_step", "stages.1.growth.equivalent_tokens=81920", "stages.2.growth.equivalent_tokens=245760"
+    )
     assert [t.schedule_offset_steps for t in trains] == [0, 81920 // (16 * 128), 245760 // (16 * 128)]
     with pytest.raises(ConfigError) as info:
         load_run(DRYRUN, ["lr_schedule.kind=equivalent_step"])

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from growth import grow_state
-from training.engine.model.masks import apply_masks, clear_masks
-from training.config import ParallelConfig
 from growth.reference import reference_logits
+from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from training.config import ParallelConfig
+from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.model.state import load_logical_state_dict
 
 ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
@@ -49,9 +49,16 @@ def _masked_modules(chunk):
 def test_apply_masks_matches_reference(build, variant):
     cfg = make_cfg(variant)
     nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=nq + nq // ng,
-                      num_query_groups=ng + 1, num_layers=4,
-                      plan={"ramp": {"steps": 2}, "depth": {"placement": "interleave"}})
+    plan = grown_plan(
+        cfg,
+        ALL_MSG,
+        hidden_size=24,
+        ffn_hidden_size=32,
+        num_attention_heads=nq + nq // ng,
+        num_query_groups=ng + 1,
+        num_layers=4,
+        plan={"ramp": {"steps": 2}, "depth": {"placement": "interleave"}},
+    )
     state = random_state(cfg, dtype=torch.float32)
     res = grow_state(plan, cfg, state)
     chunk = build(res.new_cfg)
@@ -82,8 +89,9 @@ def test_apply_masks_matches_reference(build, variant):
 
 def test_clear_masks_removes_everything(build):
     cfg = make_cfg()
-    plan = grown_plan(cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=6,
-                      num_query_groups=6, num_layers=3)
+    plan = grown_plan(
+        cfg, ALL_MSG, hidden_size=24, ffn_hidden_size=32, num_attention_heads=6, num_query_groups=6, num_layers=3
+    )
     res = grow_state(plan, cfg, random_state(cfg, dtype=torch.float32))
     chunk = build(res.new_cfg)
     apply_masks([chunk], res.masks)

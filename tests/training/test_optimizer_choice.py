@@ -17,8 +17,16 @@ from training.engine.optim import OptimizerChoiceError, inner_optimizers
 from training.engine.trainer import Trainer
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
-COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "model.num_layers=2", "model.hidden_size=32",
-          "model.ffn_hidden_size=64", "model.seq_length=16", "model.vocab_size=128", "train.precision=fp32"]
+COMMON = [
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "model.num_layers=2",
+    "model.hidden_size=32",
+    "model.ffn_hidden_size=64",
+    "model.seq_length=16",
+    "model.vocab_size=128",
+    "train.precision=fp32",
+]
 
 
 class FakeFusedAdam(torch.optim.AdamW):

@@ -24,9 +24,18 @@ from training.engine.model.masks import apply_masks
 from training.engine.parallel import process_device, teardown
 from training.plan.materialize import simulated_rank
 
-MODEL = ModelConfig(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                    vocab_size=100, make_vocab_size_divisible_by=8, seq_length=16, position_embedding="xpos",
-                    tie_embeddings=False)
+MODEL = ModelConfig(
+    num_layers=4,
+    hidden_size=32,
+    ffn_hidden_size=64,
+    num_attention_heads=4,
+    num_query_groups=2,
+    vocab_size=100,
+    make_vocab_size_divisible_by=8,
+    seq_length=16,
+    position_embedding="xpos",
+    tie_embeddings=False,
+)
 
 LAYOUTS = {
     "tp2": ParallelConfig(tp=2),
@@ -35,8 +44,17 @@ LAYOUTS = {
     "tp2xpp2-sp": ParallelConfig(tp=2, pp=2, sequence_parallel=True),
 }
 
-MASKS = MaskState(ramp_steps=4, num_layers=4, hidden_old=24, hidden_new=32, ffn_old=48, ffn_new=64,
-                  head_is_new=[False, False, True, True], group_is_new=[False, True], new_layers=[1, 3])
+MASKS = MaskState(
+    ramp_steps=4,
+    num_layers=4,
+    hidden_old=24,
+    hidden_new=32,
+    ffn_old=48,
+    ffn_new=64,
+    head_is_new=[False, False, True, True],
+    group_is_new=[False, True],
+    new_layers=[1, 3],
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +65,9 @@ def no_process_group():
 
 
 def test_process_device_is_cpu_without_cuda():
-    assert process_device() == (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
-                                else torch.device("cpu"))
+    assert process_device() == (
+        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    )
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -67,9 +86,13 @@ def test_every_tensor_is_placed_on_the_target_device(name):
                     assert last.output_layer.vocab_padding_mask is not None, where
                     assert "vocab_padding_mask" not in last.output_layer.state_dict()  # derived, not saved
                 assert apply_masks(chunks, MASKS, step=1)
-                set_masks = [(n, a) for c in chunks for n, m in c.named_modules()
-                             for a in ("hidden_mask", "head_mask", "group_mask", "neuron_mask")
-                             if getattr(m, a, None) is not None]
+                set_masks = [
+                    (n, a)
+                    for c in chunks
+                    for n, m in c.named_modules()
+                    for a in ("hidden_mask", "head_mask", "group_mask", "neuron_mask")
+                    if getattr(m, a, None) is not None
+                ]
                 assert set_masks, where
                 assert tensors_off_device(chunks, "meta") == [], where
 

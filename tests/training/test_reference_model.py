@@ -14,28 +14,52 @@ import pytest
 import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
-from training.config import ModelConfig, ParallelConfig
 from growth.reference import reference_logits, reference_loss
+from training.config import ModelConfig, ParallelConfig
 from training.engine.model.state import load_logical_state_dict, logical_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BASE = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=4, vocab_size=90,
-                   make_vocab_size_divisible_by=32, seq_length=16, input_multiplier=1.5, output_multiplier=0.7,
-                   norm_eps=1e-5, xpos_scale_base=16.0)
+BASE = ModelConfig(
+    num_layers=2,
+    hidden_size=32,
+    ffn_hidden_size=48,
+    num_attention_heads=4,
+    vocab_size=90,
+    make_vocab_size_divisible_by=32,
+    seq_length=16,
+    input_multiplier=1.5,
+    output_multiplier=0.7,
+    norm_eps=1e-5,
+    xpos_scale_base=16.0,
+)
 
 VARIANTS = [
-    dict(normalization=norm, activation=act, position_embedding=pos, tie_embeddings=tied,
-         num_query_groups=groups, bias=bias)
+    dict(
+        normalization=norm,
+        activation=act,
+        position_embedding=pos,
+        tie_embeddings=tied,
+        num_query_groups=groups,
+        bias=bias,
+    )
     for norm, act, pos, tied, groups, bias in itertools.product(
-        ("LayerNorm", "RMSNorm"), ("gelu", "swiglu"), ("rope", "xpos"), (True, False), (None, 2), (True, False))
+        ("LayerNorm", "RMSNorm"), ("gelu", "swiglu"), ("rope", "xpos"), (True, False), (None, 2), (True, False)
+    )
 ]
 
 
 def _id(v: dict) -> str:
-    return "-".join([v["normalization"], v["activation"], v["position_embedding"],
-                     "tied" if v["tie_embeddings"] else "untied", "gqa" if v["num_query_groups"] else "mha",
-                     "bias" if v["bias"] else "nobias"])
+    return "-".join(
+        [
+            v["normalization"],
+            v["activation"],
+            v["position_embedding"],
+            "tied" if v["tie_embeddings"] else "untied",
+            "gqa" if v["num_query_groups"] else "mha",
+            "bias" if v["bias"] else "nobias",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

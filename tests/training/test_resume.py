@@ -8,18 +8,39 @@ import pytest
 from tests.helpers import REPO, flm, losses
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
-COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000",
-          "checkpoint.save_interval=3", "checkpoint.keep_last=5"]
+COMMON = [
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "train.eval_interval=1000",
+    "checkpoint.save_interval=3",
+    "checkpoint.keep_last=5",
+]
 
 CASES = {
     "tp2-to-pp2": ((2, ["parallel.tp=2"]), (2, ["parallel.pp=2"])),
     "pp2-to-tp2": ((2, ["parallel.pp=2"]), (2, ["parallel.tp=2"])),
-    "distopt-dp2-to-tp2": ((2, ["parallel.distributed_optimizer=true"]),
-                           (2, ["parallel.tp=2", "parallel.distributed_optimizer=true"])),
-    "distopt-overlap-dp2-to-dp2": ((2, ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
-                                         "parallel.overlap_param_gather=true"]),
-                                   (2, ["parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
-                                         "parallel.overlap_param_gather=true"])),
+    "distopt-dp2-to-tp2": (
+        (2, ["parallel.distributed_optimizer=true"]),
+        (2, ["parallel.tp=2", "parallel.distributed_optimizer=true"]),
+    ),
+    "distopt-overlap-dp2-to-dp2": (
+        (
+            2,
+            [
+                "parallel.distributed_optimizer=true",
+                "parallel.overlap_grad_reduce=true",
+                "parallel.overlap_param_gather=true",
+            ],
+        ),
+        (
+            2,
+            [
+                "parallel.distributed_optimizer=true",
+                "parallel.overlap_grad_reduce=true",
+                "parallel.overlap_param_gather=true",
+            ],
+        ),
+    ),
 }
 
 
@@ -58,8 +79,17 @@ def test_resume_latest_continues_and_completed_run_is_left_alone(tmp_path):
 def test_resume_into_other_model_shape_is_refused(tmp_path):
     run = tmp_path / "run"
     flm("train", TINY, "train.steps=1", f"output_dir={run}", *COMMON)
-    bad = flm("train", TINY, "train.steps=2", "model.hidden_size=128", f"output_dir={tmp_path / 'other'}",
-              "--resume", str(run / "checkpoints"), *COMMON, check=False)
+    bad = flm(
+        "train",
+        TINY,
+        "train.steps=2",
+        "model.hidden_size=128",
+        f"output_dir={tmp_path / 'other'}",
+        "--resume",
+        str(run / "checkpoints"),
+        *COMMON,
+        check=False,
+    )
     assert bad.returncode == 2
     assert "model.hidden_size=64" in bad.stderr and "128" in bad.stderr
     missing = flm("train", TINY, "--resume", str(tmp_path / "nowhere"), *COMMON, check=False)

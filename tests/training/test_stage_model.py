@@ -19,9 +19,11 @@ from training.model_check import check_same_model
 from training.stage_plans import load_run, stage_model
 from training.stages import grow_into, run_stages, trained_stage_config
 
-SMALL = ("num_layers: 2, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 4, kv_channels: 8, "
-         "vocab_size: 128, make_vocab_size_divisible_by: 32, seq_length: 32, normalization: RMSNorm, "
-         "activation: swiglu, bias: false, tie_embeddings: false")
+SMALL = (
+    "num_layers: 2, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 4, kv_channels: 8, "
+    "vocab_size: 128, make_vocab_size_divisible_by: 32, seq_length: 32, normalization: RMSNorm, "
+    "activation: swiglu, bias: false, tie_embeddings: false"
+)
 GROWN = {  # one dimension grown per case (heads keep kv_channels 8, so the projection widths grow)
     "hidden": SMALL.replace("hidden_size: 32", "hidden_size: 64"),
     "ffn": SMALL.replace("ffn_hidden_size: 64", "ffn_hidden_size: 128"),
@@ -29,7 +31,9 @@ GROWN = {  # one dimension grown per case (heads keep kv_channels 8, so the proj
     "depth": SMALL.replace("num_layers: 2", "num_layers: 4"),
 }
 CASES = [(dim, op) for dim in ("hidden", "ffn", "heads") for op in ("msg", "zero", "clone")] + [
-    ("depth", "msg"), ("depth", "zero")]
+    ("depth", "msg"),
+    ("depth", "zero"),
+]
 
 RUN = """
 name: exact
@@ -51,8 +55,11 @@ stages:
 
 def write_run(tmp_path, dim="hidden", op="msg", grown=None, name=None):
     path = tmp_path / f"{dim}-{op}.yaml"
-    path.write_text(RUN.format(out=tmp_path / "run", small=SMALL, grown=grown or GROWN[dim], dim=dim, op=op,
-                               name=name or f"{dim}-{op}"))
+    path.write_text(
+        RUN.format(
+            out=tmp_path / "run", small=SMALL, grown=grown or GROWN[dim], dim=dim, op=op, name=name or f"{dim}-{op}"
+        )
+    )
     return path
 
 
@@ -97,12 +104,15 @@ def test_derived_fields_come_from_the_growth(tmp_path):
     assert zero.norm_eps == pytest.approx(1e-5 * 32 / 64) and zero.output_multiplier == 1.0
 
 
-@pytest.mark.parametrize("change,key", [
-    ("activation: swiglu", "activation"),
-    ("rotary_base: 500", "rotary_base"),
-    ("input_multiplier: 2.0", "input_multiplier"),
-    ("seq_length: 64", "seq_length"),
-])
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ("activation: swiglu", "activation"),
+        ("rotary_base: 500", "rotary_base"),
+        ("input_multiplier: 2.0", "input_multiplier"),
+        ("seq_length: 64", "seq_length"),
+    ],
+)
 def test_a_stage_section_that_growth_cannot_produce_is_refused(tmp_path, change, key):
     grown = GROWN["hidden"]
     field = change.split(":")[0]
@@ -123,8 +133,14 @@ def test_checkpoint_of_another_function_is_refused(tmp_path):
     from training.config_base import to_dict
 
     ours = ModelConfig()
-    for field, value in (("output_multiplier", 0.5), ("norm_eps", 1e-6), ("position_embedding", "xpos"),
-                         ("rotary_base", 500), ("xpos_scale_base", 64.0), ("input_multiplier", 2.0)):
+    for field, value in (
+        ("output_multiplier", 0.5),
+        ("norm_eps", 1e-6),
+        ("position_embedding", "xpos"),
+        ("rotary_base", 500),
+        ("xpos_scale_base", 64.0),
+        ("input_multiplier", 2.0),
+    ):
         theirs = dict(to_dict(ours), **{field: value})
         with pytest.raises(CheckpointError, match=f"model.{field}="):
             check_same_model(theirs, ours, tmp_path)

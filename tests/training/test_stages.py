@@ -9,8 +9,8 @@ import json
 import pytest
 
 from tests.helpers import flm, read_metrics
-from training.stage_plans import load_run
 from training.config_base import ConfigError
+from training.stage_plans import load_run
 
 RUN = """
 name: t
@@ -72,14 +72,17 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
     assert [s0[s]["loss"] for s in range(1, 7)] == pytest.approx([s0_ref[s]["loss"] for s in range(1, 7)], rel=1e-6)
 
 
-@pytest.mark.parametrize("override, key, hint", [
-    ("stages.1.model.hidden_size=32", "stages[1].growth.new.hidden", "never shrinks"),
-    ("stages.1.tokens=0", "stages[1].tokens", "must be > 0"),
-    ("stages.1.parallel.tp=3", "stages[1].model.num_attention_heads", "not divisible by parallel.tp=3"),
-    ("stages.0.growth={ramp_steps: 3}", "stages[0].growth", "first stage"),
-    ("stages.1.growth=null", "stages[1].growth", "needs a growth section"),
-    ("stages.1.growth.operators={depth: stack}", "stages[1].growth.operators.depth", "exact: false"),
-])
+@pytest.mark.parametrize(
+    "override, key, hint",
+    [
+        ("stages.1.model.hidden_size=32", "stages[1].growth.new.hidden", "never shrinks"),
+        ("stages.1.tokens=0", "stages[1].tokens", "must be > 0"),
+        ("stages.1.parallel.tp=3", "stages[1].model.num_attention_heads", "not divisible by parallel.tp=3"),
+        ("stages.0.growth={ramp_steps: 3}", "stages[0].growth", "first stage"),
+        ("stages.1.growth=null", "stages[1].growth", "needs a growth section"),
+        ("stages.1.growth.operators={depth: stack}", "stages[1].growth.operators.depth", "exact: false"),
+    ],
+)
 def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
     with pytest.raises(ConfigError) as info:
         load_run(write_run(tmp_path, "x"), [override])
@@ -88,8 +91,14 @@ def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
 
 
 def test_layout_not_fitting_the_process_count_is_refused(tmp_path):
-    bad = flm("train", str(write_run(tmp_path, "x")), "stages.1.parallel.tp=4", "stages.1.model.num_attention_heads=8",
-              nproc=2, check=False)
+    bad = flm(
+        "train",
+        str(write_run(tmp_path, "x")),
+        "stages.1.parallel.tp=4",
+        "stages.1.model.num_attention_heads=8",
+        nproc=2,
+        check=False,
+    )
     assert bad.returncode != 0
     assert "world size 2 is not divisible by tp x pp = 4 x 1" in bad.stderr
 

@@ -18,13 +18,23 @@ TINY = REPO / "configs" / "runs" / "tiny.yaml"
 
 VARIANTS = {
     "layernorm-gelu-rope-tied": [],
-    "rmsnorm-swiglu-rope-untied-nobias": ["model.normalization=RMSNorm", "model.activation=swiglu",
-                                          "model.tie_embeddings=false", "model.bias=false"],
+    "rmsnorm-swiglu-rope-untied-nobias": [
+        "model.normalization=RMSNorm",
+        "model.activation=swiglu",
+        "model.tie_embeddings=false",
+        "model.bias=false",
+    ],
     "layernorm-gelu-xpos": ["model.position_embedding=xpos", "model.xpos_scale_base=512"],
-    "rmsnorm-gelu-xpos-gqa": ["model.normalization=RMSNorm", "model.position_embedding=xpos",
-                              "model.num_query_groups=2"],
-    "layernorm-swiglu-gqa-untied": ["model.activation=swiglu", "model.num_query_groups=1",
-                                    "model.tie_embeddings=false"],
+    "rmsnorm-gelu-xpos-gqa": [
+        "model.normalization=RMSNorm",
+        "model.position_embedding=xpos",
+        "model.num_query_groups=2",
+    ],
+    "layernorm-swiglu-gqa-untied": [
+        "model.activation=swiglu",
+        "model.num_query_groups=1",
+        "model.tie_embeddings=false",
+    ],
     "mup-multipliers": ["model.input_multiplier=4.0", "model.output_multiplier=0.25"],
     "dropout-on": ["model.hidden_dropout=0.1", "model.attention_dropout=0.1"],
     "padded-vocab": ["model.vocab_size=500"],
@@ -34,9 +44,18 @@ VARIANTS = {
 
 
 def make_trainer(tmp_path, overrides):
-    cfg = load_run_config(TINY, ["train.lr=1e-2", "train.warmup_steps=1", "train.steps=10",
-                                 "logging.progress_bar=false", "logging.tensorboard=false",
-                                 f"output_dir={tmp_path}", *overrides])
+    cfg = load_run_config(
+        TINY,
+        [
+            "train.lr=1e-2",
+            "train.warmup_steps=1",
+            "train.steps=10",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            f"output_dir={tmp_path}",
+            *overrides,
+        ],
+    )
     src = MockSource(cfg.model.vocab_size, cfg.model.seq_length, seed=7)
     return Trainer(cfg, train_source=src, valid_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 8))
 
@@ -107,8 +126,9 @@ def test_nan_loss_raises_or_skips(tmp_path):
     with pytest.raises(NonFiniteLossError, match="loss is (nan|inf) at step .*train.on_nan=skip"):
         for _ in range(5):
             trainer.step()
-    skipper = make_trainer(tmp_path / "skip", ["train.lr=1e30", "train.warmup_steps=0", "train.clip_grad=0",
-                                               "train.on_nan=skip"])
+    skipper = make_trainer(
+        tmp_path / "skip", ["train.lr=1e30", "train.warmup_steps=0", "train.clip_grad=0", "train.on_nan=skip"]
+    )
     results = [skipper.step() for _ in range(5)]
     bad = [r for r in results if not math.isfinite(r.loss)]
     assert bad and all(r.skipped for r in bad)

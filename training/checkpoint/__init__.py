@@ -12,11 +12,34 @@
 
 from training.checkpoint.atomic import DiskFullError, commit, write_atomically
 from training.checkpoint.integrity import find_resumable, verify, verify_collective
-from training.checkpoint.meta import (LATEST_FILE, META_FILE, CheckpointError, check_engine, engine_of, is_checkpoint,
-                                      latest_in, read_meta, resolve, step_dir_name)
+from training.checkpoint.meta import (
+    LATEST_FILE,
+    META_FILE,
+    CheckpointError,
+    check_engine,
+    engine_of,
+    is_checkpoint,
+    latest_in,
+    read_meta,
+    resolve,
+    step_dir_name,
+)
 
 __all__ = [
-    "LATEST_FILE", "META_FILE", "CheckpointError", "DiskFullError", "check_engine", "commit", "find_resumable",
-    "verify", "verify_collective", "engine_of", "is_checkpoint", "latest_in",
-    "read_meta", "resolve", "step_dir_name", "write_atomically",
+    "LATEST_FILE",
+    "META_FILE",
+    "CheckpointError",
+    "DiskFullError",
+    "check_engine",
+    "commit",
+    "find_resumable",
+    "verify",
+    "verify_collective",
+    "engine_of",
+    "is_checkpoint",
+    "latest_in",
+    "read_meta",
+    "resolve",
+    "step_dir_name",
+    "write_atomically",
 ]

@@ -75,8 +75,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def write_atomically(final: str | Path, write: Callable[[Path], dict[str, Any]], *,
-                     remove_partial_on_error: bool = True) -> Path:
+def write_atomically(
+    final: str | Path, write: Callable[[Path], dict[str, Any]], *, remove_partial_on_error: bool = True
+) -> Path:
     """The atomic directory protocol of every checkpoint writer (collective over all ranks).
 
     ``write(partial)`` writes the files (collectively) into ``<final>.partial`` and returns the
@@ -122,8 +123,14 @@ def _write_durably(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def commit(root: str | Path, step: int, write: Callable[[Path], None], meta: dict[str, Any], layout,
-           keep_last: Optional[int] = None) -> Path:
+def commit(
+    root: str | Path,
+    step: int,
+    write: Callable[[Path], None],
+    meta: dict[str, Any],
+    layout,
+    keep_last: Optional[int] = None,
+) -> Path:
     """The save protocol of every engine (collective over all ranks); returns the directory.
 
     ``write(partial)`` writes the checkpoint files (collectively); ``write_atomically`` turns them into
@@ -154,5 +161,5 @@ def _prune(root: Path, keep_last: int) -> None:
     if not good:
         return
     oldest_kept = good[-keep_last:][0]
-    for old in steps[:steps.index(oldest_kept)]:
+    for old in steps[: steps.index(oldest_kept)]:
         shutil.rmtree(old, ignore_errors=True)

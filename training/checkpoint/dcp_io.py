@@ -32,9 +32,10 @@ import json
 import math
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -42,11 +43,23 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, MetadataIndex, TensorProperties,
-                                                   TensorStorageMetadata)
 from torch.distributed.checkpoint.filesystem import _StorageInfo  # the per-item record DCP's reader expects
-from torch.distributed.checkpoint.planner import (LoadPlan, LoadPlanner, ReadItem, SavePlan, SavePlanner,
-                                                  TensorWriteData, WriteItem, WriteItemType)
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import (
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
+    SavePlan,
+    SavePlanner,
+    TensorWriteData,
+    WriteItem,
+    WriteItemType,
+)
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
@@ -58,8 +71,12 @@ MEGATRON_CONFIG_FILE = "metadata.json"
 MEGATRON_COMMON_FILE = "common.pt"
 #: what megatron's ``save_config(CheckpointingConfig("torch_dist"), dir)`` writes (the backend names
 #: its loader dispatches on); written here so this layer needs no megatron import
-MEGATRON_CONFIG = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
-                   "common_backend_version": 1}
+MEGATRON_CONFIG = {
+    "sharded_backend": "torch_dist",
+    "sharded_backend_version": 1,
+    "common_backend": "torch",
+    "common_backend_version": 1,
+}
 
 
 class CheckpointFormatError(CheckpointError):
@@ -145,14 +162,16 @@ class TensorReader:
         if out.numel() == 0:
             return out
         items = create_read_items_for_chunk_list(
-            key, md, [ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))])
+            key, md, [ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))]
+        )
         covered = sum(math.prod(i.lengths) for i in items)
         if covered != out.numel():
-            raise CheckpointFormatError(f"{self.path}: the stored chunks of {key} do not cover rows "
-                                        f"[{start}, {start + (length or 0)}) (checkpoint incomplete?)")
+            raise CheckpointFormatError(
+                f"{self.path}: the stored chunks of {key} do not cover rows "
+                f"[{start}, {start + (length or 0)}) (checkpoint incomplete?)"
+            )
         self._reader.read_data(LoadPlan(items), _IntoTensor(out)).wait()
         return out
-
 
     def _read_stored(self, key: str, chunk: ChunkStorageMetadata) -> Optional[torch.Tensor]:
         """A request that is exactly one stored chunk: the chunk as ``torch.load`` returns it, without
@@ -165,8 +184,10 @@ class TensorReader:
             # the bounded file view DCP's own read_data loads each item through
             tensor = torch.load(self._reader._slice_file(f, info), map_location="cpu", weights_only=True)
         if tuple(tensor.shape) != tuple(chunk.sizes):
-            raise CheckpointFormatError(f"{self.path}: stored chunk of {key} at {tuple(chunk.offsets)} has shape "
-                                        f"{tuple(tensor.shape)}, the metadata says {tuple(chunk.sizes)}")
+            raise CheckpointFormatError(
+                f"{self.path}: stored chunk of {key} at {tuple(chunk.offsets)} has shape "
+                f"{tuple(tensor.shape)}, the metadata says {tuple(chunk.sizes)}"
+            )
         return tensor
 
 
@@ -200,8 +221,13 @@ class ChunkedTensor:
 def in_memory(key: str, tensor: torch.Tensor, rows: Optional[int] = None) -> ChunkedTensor:
     """A ``ChunkedTensor`` over a tensor that is already in memory."""
     step = rows or (tensor.shape[0] if tensor.dim() else 1)
-    return ChunkedTensor(key, tuple(tensor.shape), tensor.dtype,
-                         lambda i: tensor if tensor.dim() == 0 else tensor[i * step:(i + 1) * step], rows)
+    return ChunkedTensor(
+        key,
+        tuple(tensor.shape),
+        tensor.dtype,
+        lambda i: tensor if tensor.dim() == 0 else tensor[i * step : (i + 1) * step],
+        rows,
+    )
 
 
 class _ProducingSavePlanner(DefaultSavePlanner):
@@ -220,13 +246,17 @@ class _ProducingSavePlanner(DefaultSavePlanner):
         items = []
         for e in self._entries.values():
             for _, offsets, sizes in e.chunks():
-                items.append(WriteItem(
-                    index=MetadataIndex(e.key, torch.Size(offsets)),
-                    type=WriteItemType.SHARD,
-                    tensor_data=TensorWriteData(
-                        chunk=ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes)),
-                        properties=TensorProperties(dtype=e.dtype), size=torch.Size(e.shape)),
-                ))
+                items.append(
+                    WriteItem(
+                        index=MetadataIndex(e.key, torch.Size(offsets)),
+                        type=WriteItemType.SHARD,
+                        tensor_data=TensorWriteData(
+                            chunk=ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes)),
+                            properties=TensorProperties(dtype=e.dtype),
+                            size=torch.Size(e.shape),
+                        ),
+                    )
+                )
         self.plan = SavePlan(items)
         return self.plan
 
@@ -237,8 +267,9 @@ class _ProducingSavePlanner(DefaultSavePlanner):
         want = tuple(write_item.tensor_data.chunk.sizes)
         t = e.produce(index)
         if tuple(t.shape) != want or t.dtype != e.dtype:
-            raise ValueError(f"{e.key}: chunk {index} was produced as {tuple(t.shape)} {t.dtype}, "
-                             f"expected {want} {e.dtype}")
+            raise ValueError(
+                f"{e.key}: chunk {index} was produced as {tuple(t.shape)} {t.dtype}, expected {want} {e.dtype}"
+            )
         self.produced_bytes += t.numel() * t.element_size()
         t = t.detach().cpu().contiguous()
         # torch.save writes a tensor's whole storage: a row of a bigger tensor is copied out first
@@ -298,8 +329,13 @@ class _StreamingFileSystemWriter(FileSystemWriter):
                         torch.save(tensor, stream)
                         del tensor
                         length = stream.tell() - offset
-                        results[i].append(WriteResult(index=item.index, size_in_bytes=length,
-                                                      storage_data=_StorageInfo(file_name, offset, length)))
+                        results[i].append(
+                            WriteResult(
+                                index=item.index,
+                                size_in_bytes=length,
+                                storage_data=_StorageInfo(file_name, offset, length),
+                            )
+                        )
                     stream.flush()
                     if self.sync_files:
                         os.fsync(stream.fileno())
@@ -307,8 +343,9 @@ class _StreamingFileSystemWriter(FileSystemWriter):
                 failed.set()
                 errors.append(err)
 
-        threads = [threading.Thread(target=write_file, args=(i,), name=f"flm-ckpt-writer-{i}")
-                   for i in range(1, len(buckets))]
+        threads = [
+            threading.Thread(target=write_file, args=(i,), name=f"flm-ckpt-writer-{i}") for i in range(1, len(buckets))
+        ]
         for t in threads:
             t.start()
         if buckets:
@@ -322,8 +359,9 @@ class _StreamingFileSystemWriter(FileSystemWriter):
         return fut
 
 
-def write_tensors(out: str | Path, entries: list[ChunkedTensor], common: Optional[dict[str, Any]] = None, *,
-                  threads: int = 2) -> int:
+def write_tensors(
+    out: str | Path, entries: list[ChunkedTensor], common: Optional[dict[str, Any]] = None, *, threads: int = 2
+) -> int:
     """Write ``entries`` as a torch_dist checkpoint into the existing, empty directory ``out``.
 
     Collective when ``torch.distributed`` is initialised (every rank passes the same entries; the

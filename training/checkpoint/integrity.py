@@ -57,8 +57,7 @@ def file_hash(path: Path, algo: str = HASH_ALGO) -> str:
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
-                  if p.is_file() and p.name != META_FILE)
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != META_FILE)
 
 
 def _threads(n: int) -> int:
@@ -186,8 +185,11 @@ def _decide(root: Path, check_hash: bool) -> tuple[Optional[str], Optional[str]]
     path, problems = _search(root, check_hash)
     if path is None:
         if problems:
-            return None, (f"no usable checkpoint under {root}: " + "; ".join(problems)
-                          + "; restore a checkpoint from a copy, or start over in a new output_dir")
+            return None, (
+                f"no usable checkpoint under {root}: "
+                + "; ".join(problems)
+                + "; restore a checkpoint from a copy, or start over in a new output_dir"
+            )
         return None, None
     if problems:
         for p in problems:
@@ -231,4 +233,6 @@ def verify_collective(path: str | Path, *, check_hash: bool = True) -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(error, src=0)
     if error[0]:
-        raise CheckpointError(error[0] + "; pass another checkpoint, or --resume without a path to use the newest one that verifies")
+        raise CheckpointError(
+            error[0] + "; pass another checkpoint, or --resume without a path to use the newest one that verifies"
+        )

@@ -68,7 +68,7 @@ def read_logical(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, d
         prefix = moment_key(m, "")
         for k, v in plain.items():
             if k.startswith(prefix):
-                moments[m][k[len(prefix):]] = v
+                moments[m][k[len(prefix) :]] = v
     return params, moments
 
 
@@ -82,9 +82,13 @@ def layer_rows(key: str) -> Optional[int]:
     return 1 if param.startswith("decoder.layers.") else None
 
 
-def write_logical_chunks(out: str | Path, entries: list[ChunkedTensor],
-                         meta: dict[str, Any] | Callable[[Path], dict[str, Any]], *,
-                         has_moments: bool) -> Path:
+def write_logical_chunks(
+    out: str | Path,
+    entries: list[ChunkedTensor],
+    meta: dict[str, Any] | Callable[[Path], dict[str, Any]],
+    *,
+    has_moments: bool,
+) -> Path:
     """Write a logical checkpoint whose tensors are produced chunk by chunk (``training.checkpoint.dcp_io``).
 
     Collective when distributed (every rank passes the same entries; chunks are spread over the
@@ -93,17 +97,25 @@ def write_logical_chunks(out: str | Path, entries: list[ChunkedTensor],
     ``<out>.partial``, renamed to ``out`` only when complete; ``out`` is never overwritten and no
     partial directory is left when anything fails.
     """
+
     def write(partial: Path) -> dict[str, Any]:
         write_tensors(partial, entries)
-        return dict(meta(partial) if callable(meta) else meta, layout={"tp": 1, "pp": 1, "dp": 1},
-                    has_optimizer=False, has_moments=has_moments)
+        return dict(
+            meta(partial) if callable(meta) else meta,
+            layout={"tp": 1, "pp": 1, "dp": 1},
+            has_optimizer=False,
+            has_moments=has_moments,
+        )
 
     return write_atomically(out, write)
 
 
-def write_logical(out: str | Path, params: dict[str, torch.Tensor],
-                  meta: dict[str, Any] | Callable[[Path], dict[str, Any]],
-                  moments: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> Path:
+def write_logical(
+    out: str | Path,
+    params: dict[str, torch.Tensor],
+    meta: dict[str, Any] | Callable[[Path], dict[str, Any]],
+    moments: Optional[dict[str, dict[str, torch.Tensor]]] = None,
+) -> Path:
     """Write a checkpoint from full tensors (collective). Atomic; never overwrites. ``meta`` as in
     ``write_logical_chunks`` (a function may add files to the directory: they join the manifest)."""
     entries = [in_memory(k, v.contiguous(), layer_rows(k)) for k, v in params.items()]

@@ -50,8 +50,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{meta_path} is corrupt ({err.__class__.__name__}: {err}); "
-                              "resume from another checkpoint (flm ckpt verify checks one)") from None
+        raise CheckpointError(
+            f"{meta_path} is corrupt ({err.__class__.__name__}: {err}); "
+            "resume from another checkpoint (flm ckpt verify checks one)"
+        ) from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path} is corrupt (not a JSON object)")
     return meta

@@ -14,7 +14,7 @@ that source's sample ``c x counts[d] + k``. Hence:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,8 +38,14 @@ def chunk_counts(weights: Sequence[float], chunk: int) -> np.ndarray:
 class BlendedSource:
     """``SampleSource`` drawing from ``sources`` in proportion to ``weights`` (see the module docstring)."""
 
-    def __init__(self, sources: Sequence[SampleSource], weights: Sequence[float], seed: Sequence[int],
-                 chunk: int = DEFAULT_CHUNK, names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        sources: Sequence[SampleSource],
+        weights: Sequence[float],
+        seed: Sequence[int],
+        chunk: int = DEFAULT_CHUNK,
+        names: Sequence[str] | None = None,
+    ):
         if not sources:
             raise DataError("a blend needs at least one dataset")
         if len(weights) != len(sources):

@@ -57,13 +57,18 @@ class PreparedDataInfo:
 
     def data_config(self, validation_fraction: float = 0.01) -> DataConfig:
         """A ``kind: prepared`` data section reading this dataset with this tokenizer."""
-        return DataConfig(kind="prepared", seed=self.seed,
-                          datasets=[DatasetConfig(path=str(self.dataset_dir), weight=1.0)],
-                          tokenizer=str(self.tokenizer_dir), validation_fraction=validation_fraction)
+        return DataConfig(
+            kind="prepared",
+            seed=self.seed,
+            datasets=[DatasetConfig(path=str(self.dataset_dir), weight=1.0)],
+            tokenizer=str(self.tokenizer_dir),
+            validation_fraction=validation_fraction,
+        )
 
 
-def prepare_default_data(out_dir: str | Path, vocab_size: int, seed: int = 1234, *, workers: int = 2,
-                         model_type: str = "bpe") -> PreparedDataInfo:
+def prepare_default_data(
+    out_dir: str | Path, vocab_size: int, seed: int = 1234, *, workers: int = 2, model_type: str = "bpe"
+) -> PreparedDataInfo:
     """Build the embedded default corpus, its tokenizer and its shards under ``out_dir``.
 
     Layout: ``corpus/`` (default_corpus), ``tokenizer-<model_type>-v<vocab_size>/``,
@@ -77,12 +82,20 @@ def prepare_default_data(out_dir: str | Path, vocab_size: int, seed: int = 1234,
     name = f"{model_type}-v{vocab_size}"
     # force=True: this directory is a cache derived from the corpus; a new Python version changes
     # the corpus, and the stale tokenizer and shards must then be replaced, not kept.
-    tok = train_tokenizer(spec, out_dir / f"tokenizer-{name}",
-                          TokenizerSpec(vocab_size=vocab_size, model_type=model_type), force=True)  # type: ignore[arg-type]
+    tok = train_tokenizer(
+        spec, out_dir / f"tokenizer-{name}", TokenizerSpec(vocab_size=vocab_size, model_type=model_type), force=True
+    )  # type: ignore[arg-type]
     data = prepare_dataset(spec, tok.tokenizer, out_dir / f"prepared-{name}", workers=workers, force=True)
-    return PreparedDataInfo(out_dir / "corpus", out_dir / f"tokenizer-{name}", data.out_dir,
-                            data.manifest["fingerprint"], tok.tokenizer.sha256, tok.tokenizer.vocab_size,
-                            corpus.written or tok.trained or data.prepared, seed)
+    return PreparedDataInfo(
+        out_dir / "corpus",
+        out_dir / f"tokenizer-{name}",
+        data.out_dir,
+        data.manifest["fingerprint"],
+        tok.tokenizer.sha256,
+        tok.tokenizer.vocab_size,
+        corpus.written or tok.trained or data.prepared,
+        seed,
+    )
 
 
 def _entries(cfg: DataConfig, vocab_size: int) -> tuple[list[DatasetConfig], str | None]:
@@ -92,8 +105,7 @@ def _entries(cfg: DataConfig, vocab_size: int) -> tuple[list[DatasetConfig], str
     return list(cfg.datasets), cfg.tokenizer
 
 
-def _open_datasets(entries: list[DatasetConfig],
-                   tokenizer: str | None) -> tuple[list[PreparedDataset], str, int, str]:
+def _open_datasets(entries: list[DatasetConfig], tokenizer: str | None) -> tuple[list[PreparedDataset], str, int, str]:
     """The datasets plus (tokenizer description, vocab size, tokenizer kind), checking they share one
     tokenizer."""
     datasets = [PreparedDataset(Path(e.path).expanduser()) for e in entries]
@@ -146,8 +158,12 @@ def _check_vocab(where: str, vocab: int, vocab_size: int, kind: str = "sentencep
     ids than the model has rows (released models pad their embeddings, e.g. Qwen2: 151665 ids,
     151936 rows; the extra rows are never a target)."""
     if kind == "hf" and vocab < vocab_size:
-        logger.info("model.vocab_size %d is larger than the %d ids of the tokenizer %s (the model's own padding)",
-                    vocab_size, vocab, where)
+        logger.info(
+            "model.vocab_size %d is larger than the %d ids of the tokenizer %s (the model's own padding)",
+            vocab_size,
+            vocab,
+            where,
+        )
         return
     if vocab != vocab_size:
         raise DataError(
@@ -172,8 +188,9 @@ def build_sources(cfg: DataConfig, *, seq_length: int, vocab_size: int) -> tuple
         for ds in datasets:
             name = f"{ds.path} ({split} split)"
             runs = split_runs(ds.doc_ends, ds.fingerprint, cfg.validation_fraction, split, str(ds.path))  # type: ignore[arg-type]
-            sources.append(ShuffledSource(PackedSequences(ds, runs, seq_length, name),
-                                          _dataset_seed(cfg.seed, ds, stream)))
+            sources.append(
+                ShuffledSource(PackedSequences(ds, runs, seq_length, name), _dataset_seed(cfg.seed, ds, stream))
+            )
         streams.append(BlendedSource(sources, weights, seed=[cfg.seed, stream], names=names))
     return streams[0], streams[1]
 

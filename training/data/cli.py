@@ -20,13 +20,25 @@ _TOKENIZER_DEFAULTS = TokenizerSpec(vocab_size=0)
 
 
 def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="corpus files, directories or glob patterns (.jsonl/.json, .parquet, .txt/.md; .gz ok)")
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="corpus files, directories or glob patterns (.jsonl/.json, .parquet, .txt/.md; .gz ok)",
+    )
     parser.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
-    parser.add_argument("--format", choices=["auto", "json", "parquet", "text"], default="auto",
-                        help="input format (default: from the file extension)")
-    parser.add_argument("--text-unit", choices=["document", "paragraph", "line"], default="document",
-                        help="plain text: one document per file, paragraph or line")
+    parser.add_argument(
+        "--format",
+        choices=["auto", "json", "parquet", "text"],
+        default="auto",
+        help="input format (default: from the file extension)",
+    )
+    parser.add_argument(
+        "--text-unit",
+        choices=["document", "paragraph", "line"],
+        default="document",
+        help="plain text: one document per file, paragraph or line",
+    )
     hub = parser.add_argument_group("hub dataset (needs network; instead of INPUT)")
     hub.add_argument("--hub-dataset", metavar="ID", help="Hugging Face dataset id, e.g. owner/name")
     hub.add_argument("--hub-config", help="dataset configuration name")
@@ -37,9 +49,16 @@ def _add_corpus_args(parser: argparse.ArgumentParser) -> None:
 def _corpus(args: argparse.Namespace):
     from training.data.ingest import CorpusSpec  # startup time: loaded when a data command runs
 
-    return CorpusSpec(inputs=tuple(args.inputs), text_field=args.text_field, format=args.format,
-                      text_unit=args.text_unit, hub_dataset=args.hub_dataset, hub_config=args.hub_config,
-                      hub_split=args.hub_split, hub_revision=args.hub_revision)
+    return CorpusSpec(
+        inputs=tuple(args.inputs),
+        text_field=args.text_field,
+        format=args.format,
+        text_unit=args.text_unit,
+        hub_dataset=args.hub_dataset,
+        hub_config=args.hub_config,
+        hub_split=args.hub_split,
+        hub_revision=args.hub_revision,
+    )
 
 
 def _quiet_datasets() -> None:
@@ -56,18 +75,27 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     vocab_size = args.vocab_size
     if vocab_size is None:
         if args.config is None:
-            raise DataError("give the vocabulary size: --vocab-size N, or --config RUN.yaml to use its model.vocab_size")
+            raise DataError(
+                "give the vocabulary size: --vocab-size N, or --config RUN.yaml to use its model.vocab_size"
+            )
 
         vocab_size = load_run_config(args.config).model.vocab_size
     _quiet_datasets()
-    spec = TokenizerSpec(vocab_size=vocab_size, model_type=args.model_type, sample_chars=args.sample_chars,
-                         seed=args.seed, character_coverage=args.character_coverage)
+    spec = TokenizerSpec(
+        vocab_size=vocab_size,
+        model_type=args.model_type,
+        sample_chars=args.sample_chars,
+        seed=args.seed,
+        character_coverage=args.character_coverage,
+    )
     result = train_tokenizer(_corpus(args), args.out, spec, force=args.force, num_threads=args.threads)
     state = "trained" if result.trained else "up to date (nothing to do)"
     training = result.meta.get("training", {})
-    print(f"tokenizer {args.out}: {state}; vocab_size={result.tokenizer.vocab_size} "
-          f"sha256={result.tokenizer.sha256} sampled_documents={training.get('sampled_documents')} "
-          f"sampled_chars={training.get('sampled_chars')}")
+    print(
+        f"tokenizer {args.out}: {state}; vocab_size={result.tokenizer.vocab_size} "
+        f"sha256={result.tokenizer.sha256} sampled_documents={training.get('sampled_documents')} "
+        f"sampled_chars={training.get('sampled_chars')}"
+    )
     return 0
 
 
@@ -75,12 +103,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from training.data.prepare import prepare_dataset  # startup time: loaded when a data command runs
 
     _quiet_datasets()
-    result = prepare_dataset(_corpus(args), args.tokenizer, args.out, workers=args.workers,
-                             shard_tokens=args.shard_tokens, force=args.force)
+    result = prepare_dataset(
+        _corpus(args), args.tokenizer, args.out, workers=args.workers, shard_tokens=args.shard_tokens, force=args.force
+    )
     m = result.manifest
     state = "prepared" if result.prepared else "up to date (nothing to do)"
-    print(f"dataset {args.out}: {state}; documents={m['documents']} tokens={m['tokens']} "
-          f"shards={len(m['shards'])} dtype={m['dtype']} fingerprint={m['fingerprint']}")
+    print(
+        f"dataset {args.out}: {state}; documents={m['documents']} tokens={m['tokens']} "
+        f"shards={len(m['shards'])} dtype={m['dtype']} fingerprint={m['fingerprint']}"
+    )
     return 0
 
 
@@ -91,23 +122,30 @@ def cmd_default_corpus(args: argparse.Namespace) -> int:
         _quiet_datasets()
         info = prepare_default_data(args.out, args.vocab_size, workers=args.workers)
         state = "prepared" if info.prepared else "up to date (nothing to do)"
-        print(f"default data {args.out}: {state}; corpus={info.corpus_dir} tokenizer={info.tokenizer_dir} "
-              f"dataset={info.dataset_dir} fingerprint={info.fingerprint}")
+        print(
+            f"default data {args.out}: {state}; corpus={info.corpus_dir} tokenizer={info.tokenizer_dir} "
+            f"dataset={info.dataset_dir} fingerprint={info.fingerprint}"
+        )
         return 0
     from training.data.default_corpus import write_default_corpus  # startup time: loaded when a data command runs
 
     result = write_default_corpus(args.out, force=args.force)
     m = result.manifest
     state = "written" if result.written else "up to date (nothing to do)"
-    print(f"default corpus {result.corpus_file}: {state}; documents={m['documents']} bytes={m['bytes']} "
-          f"python={m['python']} fingerprint={m['fingerprint']}")
+    print(
+        f"default corpus {result.corpus_file}: {state}; documents={m['documents']} bytes={m['bytes']} "
+        f"python={m['python']} fingerprint={m['fingerprint']}"
+    )
     return 0
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``data`` with ``tokenizer``, ``prepare`` and ``default-corpus`` to an argparse subparsers object."""
-    data = subparsers.add_parser("data", help="data pipeline: train a tokenizer, prepare shards, default corpus",
-                                 description="Data pipeline commands (see docs/data.md).")
+    data = subparsers.add_parser(
+        "data",
+        help="data pipeline: train a tokenizer, prepare shards, default corpus",
+        description="Data pipeline commands (see docs/data.md).",
+    )
     sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
     tok = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on a sample of a corpus")
@@ -116,8 +154,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     tok.add_argument("--vocab-size", type=int, help="vocabulary size (real ids, before TP padding)")
     tok.add_argument("--config", help="run YAML whose model.vocab_size to use when --vocab-size is not given")
     tok.add_argument("--model-type", choices=["bpe", "unigram"], default=_TOKENIZER_DEFAULTS.model_type)
-    tok.add_argument("--sample-chars", type=int, default=_TOKENIZER_DEFAULTS.sample_chars,
-                     help="train on a seeded sample of about this many characters")
+    tok.add_argument(
+        "--sample-chars",
+        type=int,
+        default=_TOKENIZER_DEFAULTS.sample_chars,
+        help="train on a seeded sample of about this many characters",
+    )
     tok.add_argument("--seed", type=int, default=_TOKENIZER_DEFAULTS.seed, help="seed of the sample")
     tok.add_argument("--character-coverage", type=float, default=_TOKENIZER_DEFAULTS.character_coverage)
     tok.add_argument("--threads", type=int, help="sentencepiece trainer threads (default: CPUs, at most 8)")
@@ -126,9 +168,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="tokenize a corpus into packed token shards")
     _add_corpus_args(prep)
-    prep.add_argument("--tokenizer", required=True,
-                      help="project tokenizer directory or .model file, or a Hugging Face tokenizer (a model or "
-                           "tokenizer directory with tokenizer.json, or the tokenizer.json file)")
+    prep.add_argument(
+        "--tokenizer",
+        required=True,
+        help="project tokenizer directory or .model file, or a Hugging Face tokenizer (a model or "
+        "tokenizer directory with tokenizer.json, or the tokenizer.json file)",
+    )
     prep.add_argument("--out", required=True, type=Path, help="prepared dataset directory to write")
     prep.add_argument("--workers", type=int, default=2, help="tokenizer worker processes")
     prep.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
@@ -137,8 +182,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     default = sub.add_parser("default-corpus", help="write the embedded default corpus (no network needed)")
     default.add_argument("--out", required=True, type=Path, help="directory to write")
-    default.add_argument("--vocab-size", type=int,
-                         help="also train a tokenizer of this size and prepare shards (layout: docs/data.md)")
+    default.add_argument(
+        "--vocab-size", type=int, help="also train a tokenizer of this size and prepare shards (layout: docs/data.md)"
+    )
     default.add_argument("--workers", type=int, default=2, help="with --vocab-size: tokenizer worker processes")
     default.add_argument("--force", action="store_true", help="replace other files in --out")
     default.set_defaults(func=cmd_default_corpus)

@@ -37,7 +37,9 @@ class DatasetConfig:
 
     def validate(self, path: str) -> None:
         if not self.path:
-            raise ConfigError(join_key(path, "path"), "must name a prepared dataset directory (flm data prepare --out DIR)")
+            raise ConfigError(
+                join_key(path, "path"), "must name a prepared dataset directory (flm data prepare --out DIR)"
+            )
         if not self.weight > 0:
             raise ConfigError(join_key(path, "weight"), f"must be > 0, got {self.weight}")
 
@@ -70,11 +72,15 @@ class DataConfig:
         seen: set[str] = set()
         for i, entry in enumerate(self.datasets):
             if entry.path in seen:
-                raise ConfigError(join_key(path, f"datasets[{i}].path"),
-                                  f"{entry.path!r} is listed twice; give it once with the summed weight")
+                raise ConfigError(
+                    join_key(path, f"datasets[{i}].path"),
+                    f"{entry.path!r} is listed twice; give it once with the summed weight",
+                )
             seen.add(entry.path)
         if not 0.0 < self.validation_fraction <= 0.5:
-            raise ConfigError(join_key(path, "validation_fraction"), f"must be in (0, 0.5], got {self.validation_fraction}")
+            raise ConfigError(
+                join_key(path, "validation_fraction"), f"must be in (0, 0.5], got {self.validation_fraction}"
+            )
         if not self.default_dir:
             raise ConfigError(join_key(path, "default_dir"), "must be a directory path")
         if self.workers < 1:

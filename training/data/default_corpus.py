@@ -54,8 +54,9 @@ def _topics() -> list[dict[str, str]]:
         from pydoc_data.topics import topics  # large module (Python's own docs): loaded only to write the corpus
     except ImportError:  # some distributions package pydoc_data separately
         return []
-    return [{"source": f"pydoc_data.topics:{name}", "text": topics[name]}
-            for name in sorted(topics) if topics[name].strip()]
+    return [
+        {"source": f"pydoc_data.topics:{name}", "text": topics[name]} for name in sorted(topics) if topics[name].strip()
+    ]
 
 
 def _modules() -> list[dict[str, str]]:
@@ -120,8 +121,11 @@ def write_default_corpus(out_dir: str | Path, *, force: bool = False) -> Default
             "bytes": len(data),
             "selection": {"max_module_bytes": MAX_MODULE_BYTES, "code_budget_chars": CODE_BUDGET_CHARS},
             "sources": [
-                {"source": d["source"], "chars": len(d["text"]),
-                 "sha256": hashlib.sha256(d["text"].encode("utf-8")).hexdigest()}
+                {
+                    "source": d["source"],
+                    "chars": len(d["text"]),
+                    "sha256": hashlib.sha256(d["text"].encode("utf-8")).hexdigest(),
+                }
                 for d in corpus.documents
             ],
         }

@@ -36,8 +36,17 @@ from training.data.tokenizer import BaseTokenizer
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 #: files of a Hugging Face tokenizer directory that are kept (copied unchanged) with the tokenizer
-TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "special_tokens_map.json", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model")
+TOKENIZER_FILES = (
+    TOKENIZER_JSON,
+    TOKENIZER_CONFIG,
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
 #: conventional end-of-text tokens, used when no file names the eos token
 EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 _NAMES = ("unk", "bos", "eos", "pad")
@@ -101,8 +110,9 @@ class HFTokenizer(BaseTokenizer):
 
     kind = "hf"
 
-    def __init__(self, files: dict[str, bytes], path: Optional[Path] = None,
-                 config_ids: Optional[dict[str, int]] = None):
+    def __init__(
+        self, files: dict[str, bytes], path: Optional[Path] = None, config_ids: Optional[dict[str, int]] = None
+    ):
         from tokenizers import Tokenizer as Backend  # optional heavy dependency: only Hugging Face tokenizers need it
 
         if TOKENIZER_JSON not in files:
@@ -124,8 +134,10 @@ class HFTokenizer(BaseTokenizer):
             if key in named:
                 i = self.backend.token_to_id(named[key])
                 if i is None:
-                    raise DataError(f"{where}: the {key}_token {named[key]!r} named in its tokenizer files is not in "
-                                    "the vocabulary; fix tokenizer_config.json")
+                    raise DataError(
+                        f"{where}: the {key}_token {named[key]!r} named in its tokenizer files is not in "
+                        "the vocabulary; fix tokenizer_config.json"
+                    )
                 ids[key] = i
             elif key in self._config_ids and 0 <= self._config_ids[key] < self.vocab_size:
                 ids[key] = self._config_ids[key]
@@ -134,7 +146,8 @@ class HFTokenizer(BaseTokenizer):
             if found is None:
                 raise DataError(
                     f"{where}: the tokenizer names no end-of-text token (documents are separated by eos); set "
-                    f"\"eos_token\" in {TOKENIZER_CONFIG} next to tokenizer.json")
+                    f'"eos_token" in {TOKENIZER_CONFIG} next to tokenizer.json'
+                )
             ids["eos"] = found
         self.unk_id, self.bos_id, self.eos_id, self.pad_id = (ids.get(k, -1) for k in _NAMES)
 
@@ -167,7 +180,7 @@ def load_hf_tokenizer(path: str | Path) -> HFTokenizer:
     path = Path(path).expanduser()
     if path.is_file():
         if not is_tokenizer_json(path):
-            raise DataError(f"{path} is not a Hugging Face tokenizer.json (no \"model\" section)")
+            raise DataError(f'{path} is not a Hugging Face tokenizer.json (no "model" section)')
         files = {TOKENIZER_JSON: path.read_bytes()}
         sibling = path.parent / TOKENIZER_CONFIG
         if path.name == TOKENIZER_JSON and sibling.is_file():
@@ -189,10 +202,14 @@ def _converted_by_transformers(path: Path) -> bytes:
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # transformers raises many types for unreadable tokenizer files
-        raise DataError(f"{path}: transformers cannot load a tokenizer from it ({err}); give a directory with "
-                        "tokenizer.json or a sentencepiece tokenizer.model") from None
+        raise DataError(
+            f"{path}: transformers cannot load a tokenizer from it ({err}); give a directory with "
+            "tokenizer.json or a sentencepiece tokenizer.model"
+        ) from None
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
-        raise DataError(f"{path}: transformers loads only a slow (Python) tokenizer ({type(tok).__name__}); "
-                        "convert it once with AutoTokenizer.from_pretrained(dir, use_fast=True).save_pretrained(dir)")
+        raise DataError(
+            f"{path}: transformers loads only a slow (Python) tokenizer ({type(tok).__name__}); "
+            "convert it once with AutoTokenizer.from_pretrained(dir, use_fast=True).save_pretrained(dir)"
+        )
     return backend.to_str().encode("utf-8")

@@ -28,9 +28,10 @@ import gzip
 import json
 import lzma
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Literal, Optional
+from typing import IO, Any, Literal, Optional
 
 from training.data.errors import DataError
 from training.data.fsutil import sha256_file, sha256_json
@@ -39,8 +40,15 @@ Format = Literal["auto", "json", "parquet", "text"]
 TextUnit = Literal["document", "paragraph", "line"]
 
 #: file extension -> datasets builder
-EXTENSIONS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet",
-              ".txt": "text", ".text": "text", ".md": "text"}
+EXTENSIONS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+}
 #: compression suffixes datasets decompresses on the fly (and ``_open_binary`` for diagnostics)
 COMPRESSIONS = (".gz", ".bz2", ".xz")
 _GLOB_CHARS = set("*?[")
@@ -94,8 +102,13 @@ class InputFile:
     sha256: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "format": self.format, "size": self.size,
-                "mtime_ns": self.mtime_ns, "sha256": self.sha256}
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "sha256": self.sha256,
+        }
 
 
 @dataclass
@@ -132,8 +145,10 @@ def _expand(item: str, forced: str) -> list[Path]:
     path = Path(expanded)
     if path.is_dir():
         found = sorted(
-            p for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
             and (forced != "auto" or _known_extension(p))
         )
         if not found:
@@ -184,12 +199,17 @@ def resolve_files(spec: CorpusSpec, known: dict[str, dict[str, Any]] | None = No
 def corpus_fingerprint(spec: CorpusSpec, files: list[InputFile]) -> str:
     """Hash of what the reader produces: file formats and contents in order, plus reading settings."""
     if spec.hub_dataset:
-        source: Any = {"hub": spec.hub_dataset, "config": spec.hub_config, "split": spec.hub_split,
-                       "revision": spec.hub_revision}
+        source: Any = {
+            "hub": spec.hub_dataset,
+            "config": spec.hub_config,
+            "split": spec.hub_split,
+            "revision": spec.hub_revision,
+        }
     else:
         source = [[f.format, f.sha256] for f in files]
-    return sha256_json({"reader": READER_VERSION, "source": source, "text_field": spec.text_field,
-                        "text_unit": spec.text_unit})
+    return sha256_json(
+        {"reader": READER_VERSION, "source": source, "text_field": spec.text_field, "text_unit": spec.text_unit}
+    )
 
 
 @contextlib.contextmanager
@@ -248,14 +268,18 @@ def _diagnose_json(path: Path, text_field: str) -> str | None:
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as err:
-                return (f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); "
-                        "each line must be one JSON object")
+                return (
+                    f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); "
+                    "each line must be one JSON object"
+                )
             if not isinstance(obj, dict):
                 return f"{path}:{lineno}: a JSON {type(obj).__name__} is not an object; each line must be a JSON object"
             if text_field not in obj:
                 fields = ", ".join(sorted(obj)) or "none"
-                return (f"{path}:{lineno}: the object has no field {text_field!r} (its fields: {fields}); "
-                        "choose the text field with --text-field")
+                return (
+                    f"{path}:{lineno}: the object has no field {text_field!r} (its fields: {fields}); "
+                    "choose the text field with --text-field"
+                )
             if not isinstance(obj[text_field], str):
                 kind = "null" if obj[text_field] is None else type(obj[text_field]).__name__
                 return f"{path}:{lineno}: field {text_field!r} is {kind}, expected a string"
@@ -306,8 +330,7 @@ def _load_local(file: InputFile, spec: CorpusSpec):
         _check_parquet_schema(file.path, spec.text_field)
         kwargs["columns"] = [spec.text_field]
     with _local_only():
-        return datasets.load_dataset(file.format, data_files=[str(file.path)], split="train",
-                                     streaming=True, **kwargs)
+        return datasets.load_dataset(file.format, data_files=[str(file.path)], split="train", streaming=True, **kwargs)
 
 
 def _check_parquet_schema(path: Path, text_field: str) -> None:
@@ -338,8 +361,7 @@ def _checked_texts(values: Any, file: InputFile, spec: CorpusSpec, first_row: in
         row = first_row
         if values is not None:
             row += next(i for i, v in enumerate(values) if not isinstance(v, str))
-        raise _failure(file, spec.text_field, None,
-                       f"row {row} has no string in field {_text_column(file, spec)!r}")
+        raise _failure(file, spec.text_field, None, f"row {row} has no string in field {_text_column(file, spec)!r}")
     return values
 
 
@@ -376,8 +398,9 @@ def _iter_hub(spec: CorpusSpec, batch_rows: int) -> Iterator[DocumentBatch]:
             "download it elsewhere and pass the files as inputs"
         )
     try:
-        dataset = datasets.load_dataset(name, name=spec.hub_config, split=spec.hub_split,
-                                        revision=spec.hub_revision, streaming=True)
+        dataset = datasets.load_dataset(
+            name, name=spec.hub_config, split=spec.hub_split, revision=spec.hub_revision, streaming=True
+        )
         rows = 0
         for batch in dataset.iter(batch_size=batch_rows):
             values = batch.get(spec.text_field)

@@ -21,9 +21,10 @@ import multiprocessing
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -115,8 +116,9 @@ def _start_method() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _encoded(spec: CorpusSpec, files, tokenizer: BaseTokenizer, dtype: np.dtype, task_chars: int,
-             workers: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+def _encoded(
+    spec: CorpusSpec, files, tokenizer: BaseTokenizer, dtype: np.dtype, task_chars: int, workers: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """(file index, skipped, tokens, lengths) per task, in task order."""
     init_args = (tokenizer, dtype.str)
     if workers <= 1:
@@ -157,8 +159,15 @@ def _tokenizers_version() -> str | None:
 
 
 def dataset_fingerprint(corpus_fp: str, tokenizer_sha256: str) -> str:
-    return sha256_json({"format": DATASET_FORMAT, "version": DATASET_FORMAT_VERSION, "corpus": corpus_fp,
-                        "tokenizer": tokenizer_sha256, "eos_after_document": True})
+    return sha256_json(
+        {
+            "format": DATASET_FORMAT,
+            "version": DATASET_FORMAT_VERSION,
+            "corpus": corpus_fp,
+            "tokenizer": tokenizer_sha256,
+            "eos_after_document": True,
+        }
+    )
 
 
 def _up_to_date(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -172,9 +181,16 @@ def _up_to_date(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     return manifest
 
 
-def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | BaseTokenizer, out_dir: str | Path, *,
-                    workers: int = 2, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                    force: bool = False, task_chars: int = TASK_CHARS) -> PrepareResult:
+def prepare_dataset(
+    corpus: CorpusSpec,
+    tokenizer: str | Path | BaseTokenizer,
+    out_dir: str | Path,
+    *,
+    workers: int = 2,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    force: bool = False,
+    task_chars: int = TASK_CHARS,
+) -> PrepareResult:
     """Tokenize ``corpus`` into a prepared dataset at ``out_dir`` (idempotent, atomic).
 
     ``tokenizer`` is anything ``load_tokenizer`` reads (a project tokenizer directory or ``.model``
@@ -239,9 +255,15 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | BaseTokenizer, o
                 "fingerprint": fingerprint,
                 "corpus_fingerprint": corpus_fp,
                 "source": {"description": source, "spec": corpus.to_json(), "files": file_records},
-                "tokenizer": {"kind": tok.kind, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
-                              "eos_id": tok.eos_id, "special_ids": tok.special_ids(), "file": copy,
-                              "origin": str(tok.path) if tok.path else None},
+                "tokenizer": {
+                    "kind": tok.kind,
+                    "sha256": tok.sha256,
+                    "vocab_size": tok.vocab_size,
+                    "eos_id": tok.eos_id,
+                    "special_ids": tok.special_ids(),
+                    "file": copy,
+                    "origin": str(tok.path) if tok.path else None,
+                },
                 "dtype": dtype.str,
                 "documents": writer.total_docs,
                 "tokens": writer.total_tokens,
@@ -249,10 +271,14 @@ def prepare_dataset(corpus: CorpusSpec, tokenizer: str | Path | BaseTokenizer, o
                 "eos_after_document": True,
                 "index": {"file": INDEX_FILE, "dtype": "<i8", "meaning": "exclusive end offset of each document"},
                 "shards": shards,
-                "software": {"python": platform.python_version(), "numpy": np.__version__,
-                             "sentencepiece": spm.__version__, "tokenizers": _tokenizers_version(),
-                             "datasets": datasets.__version__,
-                             "platform": sys.platform},
+                "software": {
+                    "python": platform.python_version(),
+                    "numpy": np.__version__,
+                    "sentencepiece": spm.__version__,
+                    "tokenizers": _tokenizers_version(),
+                    "datasets": datasets.__version__,
+                    "platform": sys.platform,
+                },
             }
             write_json(tmp / MANIFEST_FILE, manifest)
     return PrepareResult(out_dir, manifest, True)

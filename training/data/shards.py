@@ -82,8 +82,14 @@ class ShardWriter:
         if self._file is None:
             return
         self._file.close()
-        self.shards.append({"file": shard_name(len(self.shards)), "tokens": self._shard_tokens,
-                            "documents": self._shard_docs, "sha256": self._hash.hexdigest()})
+        self.shards.append(
+            {
+                "file": shard_name(len(self.shards)),
+                "tokens": self._shard_tokens,
+                "documents": self._shard_docs,
+                "sha256": self._hash.hexdigest(),
+            }
+        )
         self._file = None
 
     def _write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
@@ -163,7 +169,9 @@ class PreparedDataset:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise DataError(f"prepared dataset not found: {self.path}; create it with `flm data prepare --out {self.path}`")
+            raise DataError(
+                f"prepared dataset not found: {self.path}; create it with `flm data prepare --out {self.path}`"
+            )
         manifest = read_json(self.path / MANIFEST_FILE)
         if manifest is None or manifest.get("format") != DATASET_FORMAT:
             raise DataError(
@@ -224,12 +232,12 @@ class PreparedDataset:
         shard = int(np.searchsorted(self._starts, start, side="right")) - 1
         base = int(self._starts[shard])
         if stop <= int(self._starts[shard + 1]):
-            return self._shards[shard][start - base: stop - base]
+            return self._shards[shard][start - base : stop - base]
         pieces = []
         while start < stop:
             base, end = int(self._starts[shard]), int(self._starts[shard + 1])
             take = min(stop, end)
-            pieces.append(self._shards[shard][start - base: take - base])
+            pieces.append(self._shards[shard][start - base : take - base])
             start = take
             shard += 1
         return np.concatenate(pieces)

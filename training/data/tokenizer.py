@@ -33,9 +33,10 @@ import io
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -118,8 +119,10 @@ class BaseTokenizer(ABC):
         return self.sha256
 
     def special_ids(self) -> dict[str, int | None]:
-        return {name: (i if i >= 0 else None) for name, i in
-                (("unk", self.unk_id), ("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id))}
+        return {
+            name: (i if i >= 0 else None)
+            for name, i in (("unk", self.unk_id), ("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id))
+        }
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -134,8 +137,13 @@ class BaseTokenizer(ABC):
     def save(self, out_dir: Path) -> None: ...
 
     def record(self) -> dict[str, Any]:
-        return {"kind": self.kind, "sha256": self.sha256, "vocab_size": self.vocab_size,
-                "special_ids": self.special_ids(), "source": str(self.path) if self.path else None}
+        return {
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "vocab_size": self.vocab_size,
+            "special_ids": self.special_ids(),
+            "source": str(self.path) if self.path else None,
+        }
 
 
 class Tokenizer(BaseTokenizer):
@@ -154,15 +162,19 @@ class Tokenizer(BaseTokenizer):
         try:
             self.processor = spm.SentencePieceProcessor(model_proto=model_bytes)
         except Exception as err:  # sentencepiece raises RuntimeError/OSError variants
-            raise DataError(f"{where}: not a sentencepiece model ({err}); train one with `flm data tokenizer`") from None
+            raise DataError(
+                f"{where}: not a sentencepiece model ({err}); train one with `flm data tokenizer`"
+            ) from None
         self.vocab_size = int(self.processor.get_piece_size())
         self.unk_id = int(self.processor.unk_id())
         self.bos_id = int(self.processor.bos_id())
         self.eos_id = int(self.processor.eos_id())
         self.pad_id = int(self.processor.pad_id())
         if self.eos_id < 0:
-            raise DataError(f"{where}: the tokenizer has no eos id; documents are separated by eos, "
-                            "retrain it with `flm data tokenizer`")
+            raise DataError(
+                f"{where}: the tokenizer has no eos id; documents are separated by eos, "
+                "retrain it with `flm data tokenizer`"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         return {"model_bytes": self.model_bytes, "path": self.path}
@@ -216,13 +228,16 @@ def load_tokenizer(path: str | Path) -> BaseTokenizer:
     Hugging Face tokenizer (a directory with ``tokenizer.json`` or one ``AutoTokenizer`` loads, or a
     ``tokenizer.json`` file; see :func:`is_hf_tokenizer`). DataError if it is missing or invalid."""
     if is_hf_tokenizer(path):
-        from training.data.hf_tokenizer import load_hf_tokenizer  # startup time (flm imports this module for its parser)
+        # startup time (flm imports this module for its parser)
+        from training.data.hf_tokenizer import load_hf_tokenizer
 
         return load_hf_tokenizer(path)
     file = model_path(path)
     if not file.is_file():
-        raise DataError(f"tokenizer not found: {file}; train one with `flm data tokenizer --out {Path(path)}`, "
-                        "or give a Hugging Face tokenizer (a directory with tokenizer.json)")
+        raise DataError(
+            f"tokenizer not found: {file}; train one with `flm data tokenizer --out {Path(path)}`, "
+            "or give a Hugging Face tokenizer (a directory with tokenizer.json)"
+        )
     return Tokenizer(file.read_bytes(), file)
 
 
@@ -287,8 +302,10 @@ def _train_bytes(sentences: list[str], spec: TokenizerSpec, source: str, num_thr
             vocab_size=spec.vocab_size,
             character_coverage=spec.character_coverage,
             byte_fallback=True,
-            unk_id=SPECIAL_IDS["unk"], bos_id=SPECIAL_IDS["bos"],
-            eos_id=SPECIAL_IDS["eos"], pad_id=SPECIAL_IDS["pad"],
+            unk_id=SPECIAL_IDS["unk"],
+            bos_id=SPECIAL_IDS["bos"],
+            eos_id=SPECIAL_IDS["eos"],
+            pad_id=SPECIAL_IDS["pad"],
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,
@@ -346,8 +363,9 @@ class TrainResult:
     meta: dict[str, Any]
 
 
-def train_tokenizer(corpus: CorpusSpec, out_dir: str | Path, spec: TokenizerSpec, *, force: bool = False,
-                    num_threads: int | None = None) -> TrainResult:
+def train_tokenizer(
+    corpus: CorpusSpec, out_dir: str | Path, spec: TokenizerSpec, *, force: bool = False, num_threads: int | None = None
+) -> TrainResult:
     """Train a tokenizer on a sample of ``corpus`` into ``out_dir`` (idempotent, atomic).
 
     If ``out_dir`` already holds a tokenizer trained from the same corpus fingerprint and spec it
@@ -377,7 +395,9 @@ def train_tokenizer(corpus: CorpusSpec, out_dir: str | Path, spec: TokenizerSpec
         source = describe_source(corpus, files)
         sentences, docs, chars = sample_sentences(corpus, files, spec)
         if not sentences:
-            raise DataError(f"{source}: the corpus is empty (no non-empty documents); check the inputs and --text-field")
+            raise DataError(
+                f"{source}: the corpus is empty (no non-empty documents); check the inputs and --text-field"
+            )
         threads = num_threads or max(1, min(8, os.cpu_count() or 1))
         model_bytes = _train_bytes(sentences, spec, source, threads)
         tokenizer = Tokenizer(model_bytes)

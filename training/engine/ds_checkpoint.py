@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import deepspeed
 import torch
@@ -110,8 +111,16 @@ def _full_tensors(e: ParamEntry) -> dict[str, torch.Tensor]:
     return {what: t.detach().reshape(e.shape).float().cpu() for what, t in out.items()}
 
 
-def save(root: str | Path, *, step: int, entries: list[ParamEntry], scheduler, layout, meta: dict[str, Any],
-         keep_last: Optional[int] = None) -> Path:
+def save(
+    root: str | Path,
+    *,
+    step: int,
+    entries: list[ParamEntry],
+    scheduler,
+    layout,
+    meta: dict[str, Any],
+    keep_last: Optional[int] = None,
+) -> Path:
     """Save the DeepSpeed engine's state as a project checkpoint (collective). Returns its directory."""
     rank, world = dist.get_rank(), dist.get_world_size()
 
@@ -139,15 +148,21 @@ def _by_key(entries: list[ParamEntry]) -> Iterator[list[ParamEntry]]:
     yield from groups.values()
 
 
-def read_full(path: Path, entries: list[ParamEntry], prefixes: list[str]) -> Iterator[tuple[ParamEntry, dict[str, torch.Tensor]]]:
+def read_full(
+    path: Path, entries: list[ParamEntry], prefixes: list[str]
+) -> Iterator[tuple[ParamEntry, dict[str, torch.Tensor]]]:
     """Full fp32 tensors of every entry from checkpoint ``path`` (any engine, any layout): weights
     (prefix ``""``) and/or moments (``moment_prefix(m)``); one checkpoint key at a time. Tensors the
     checkpoint lacks are left out of the dict. Collective (every rank reads the same)."""
     available = set(dist_checkpointing.load_tensors_metadata(str(path)))
     replica = dist.get_rank()  # every rank reads everything; one of them counts as the main replica
     for group in _by_key(entries):
-        request = {f"{i}/{prefix}": e.request(prefix, torch.empty(e.shape, dtype=torch.float32), replica)
-                   for i, e in enumerate(group) for prefix in prefixes if prefix + e.sharded.key in available}
+        request = {
+            f"{i}/{prefix}": e.request(prefix, torch.empty(e.shape, dtype=torch.float32), replica)
+            for i, e in enumerate(group)
+            for prefix in prefixes
+            if prefix + e.sharded.key in available
+        }
         loaded = dist_checkpointing.load(request, str(path)) if request else {}
         for i, e in enumerate(group):
             yield e, {prefix: loaded[f"{i}/{prefix}"] for prefix in prefixes if f"{i}/{prefix}" in loaded}
@@ -187,8 +202,10 @@ def load_into(path: Path, entries: list[ParamEntry], *, weights: bool, moments: 
             set_weight(e, tensors[""])
         got = [m for m in MOMENTS if moment_prefix(m) in tensors]
         if moments and require_moments and len(got) < len(MOMENTS):
-            raise CheckpointError(f"{path} has no Adam moments for {e.sharded.key}; it cannot be resumed, "
-                                  "start from its weights with --init-from")
+            raise CheckpointError(
+                f"{path} has no Adam moments for {e.sharded.key}; it cannot be resumed, "
+                "start from its weights with --init-from"
+            )
         for m in got:
             set_moment(e, m, tensors[moment_prefix(m)])
         with_moments += bool(got)

@@ -93,7 +93,7 @@ def deepspeed_config(cfg: RunConfig, dp: int, bf16: bool) -> dict[str, Any]:
         # the client optimizer is torch's AdamW; with offload DeepSpeed would otherwise insist on
         # its compiled CPU Adam
         "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 2 ** 62,
+        "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
     }
     if bf16:
@@ -110,36 +110,56 @@ def param_groups(module: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]
     decay the same parameters. Collective (megatron aligns the groups across ranks)."""
 
     t = cfg.train
-    config = OptimizerConfig(optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
-                             adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
-                             clip_grad=t.clip_grad)
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=t.lr,
+        min_lr=t.min_lr,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_eps=t.adam_eps,
+        clip_grad=t.clip_grad,
+    )
     return _get_param_groups([module], config, None)
 
 
 class DeepSpeedTrainer(BaseTrainer):
     engine = "deepspeed"
 
-    def __init__(self, cfg: RunConfig, *, train_source: SampleSource, valid_source: Optional[SampleSource] = None,
-                 output_dir: Optional[Path] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        train_source: SampleSource,
+        valid_source: Optional[SampleSource] = None,
+        output_dir: Optional[Path] = None,
+    ):
         super().__init__(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
         if self.layout.tp != 1 or self.layout.pp != 1:
             raise ValueError("the DeepSpeed engine needs parallel.tp = parallel.pp = 1 (checked at config load)")
         deepspeed = import_deepspeed()
-        self.tconfig = transformer_config(cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo",
-                                          recompute=cfg.train.recompute)
+        self.tconfig = transformer_config(
+            cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
+        )
         (gpt,) = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
         module = Float16Module(self.tconfig, gpt) if self.bf16 else gpt
         self.entries = ds_checkpoint.param_entries(module)  # before ZeRO-3 partitions the parameters
         t = cfg.train
-        client = torch.optim.AdamW(param_groups(module, cfg), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
-                                   eps=t.adam_eps, weight_decay=t.weight_decay)
+        client = torch.optim.AdamW(
+            param_groups(module, cfg),
+            lr=t.lr,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+        )
         if cfg.deepspeed.zero_stage == 3 and cfg.model.tie_embeddings:
             # the output layer reads the embedding weight outside the embedding's forward: ZeRO-3
             # must gather it for the whole model forward
             deepspeed.zero.register_external_parameter(gpt, gpt.embedding.word_embeddings.weight)
         _single_process_local_rank()
         self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=module, optimizer=client, config=deepspeed_config(cfg, self.layout.dp, self.bf16))
+            model=module, optimizer=client, config=deepspeed_config(cfg, self.layout.dp, self.bf16)
+        )
         self._init_optimizer_state()
         self.scheduler = build_scheduler(t, self.optimizer)
 
@@ -154,8 +174,9 @@ class DeepSpeedTrainer(BaseTrainer):
         ``safe_get/set_full_optimizer_state`` need); the link is made here, right away."""
         # the flat fp32 partitions the inner AdamW updates (ZeRO-3 puts them into its parameter
         # groups only for the duration of each step)
-        flat = getattr(self.optimizer, "fp32_partitioned_groups_flat", None) \
-            or getattr(self.optimizer, "single_partition_of_fp32_groups", None)
+        flat = getattr(self.optimizer, "fp32_partitioned_groups_flat", None) or getattr(
+            self.optimizer, "single_partition_of_fp32_groups", None
+        )
         if not flat:
             raise RuntimeError(f"internal: no flat fp32 partitions in DeepSpeed's {type(self.optimizer).__name__}")
         init_torch_adam_state(self.optimizer.optimizer, flat)
@@ -163,9 +184,10 @@ class DeepSpeedTrainer(BaseTrainer):
         if link is not None:
             link()
         elif self.cfg.deepspeed.zero_stage in (1, 2):
-
-            raise RuntimeError(f"DeepSpeed {deepspeed.__version__}: the ZeRO-1/2 optimizer has no "
-                               "_lazy_init_hp_params_optimizer_state; the tested range is pinned in pyproject.toml")
+            raise RuntimeError(
+                f"DeepSpeed {deepspeed.__version__}: the ZeRO-1/2 optimizer has no "
+                "_lazy_init_hp_params_optimizer_state; the tested range is pinned in pyproject.toml"
+            )
 
     # ---------------------------------------------------------------- steps
     def _micro_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -204,8 +226,9 @@ class DeepSpeedTrainer(BaseTrainer):
         self.step_count = next_step
         self.consumed_samples += self.cfg.train.global_batch_size
         lr = self.optimizer.param_groups[0]["lr"]
-        return StepResult(next_step, global_loss, None if grad_norm is None else float(grad_norm), lr,
-                          skipped or not applied)
+        return StepResult(
+            next_step, global_loss, None if grad_norm is None else float(grad_norm), lr, skipped or not applied
+        )
 
     def _forward_only_loss(self, micro_batches) -> float:
         return self._global_mean([self._micro_loss(b) for b in micro_batches])
@@ -216,9 +239,15 @@ class DeepSpeedTrainer(BaseTrainer):
     # ---------------------------------------------------------------- checkpoints
     def save(self, root: Optional[Path] = None) -> Path:
         meta = dict(self.checkpoint_meta(), zero_stage=self.cfg.deepspeed.zero_stage)
-        return ds_checkpoint.save(root or self.checkpoint_root(), step=self.step_count, entries=self.entries,
-                                  scheduler=self.scheduler, layout=self.layout, meta=meta,
-                                  keep_last=self.cfg.checkpoint.keep_last)
+        return ds_checkpoint.save(
+            root or self.checkpoint_root(),
+            step=self.step_count,
+            entries=self.entries,
+            scheduler=self.scheduler,
+            layout=self.layout,
+            meta=meta,
+            keep_last=self.cfg.checkpoint.keep_last,
+        )
 
     def load(self, path: Path) -> dict[str, Any]:
         """Resume a DeepSpeed-engine checkpoint saved under any DP size and ZeRO stage: weights, Adam

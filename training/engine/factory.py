@@ -11,8 +11,13 @@ from training.engine.trainer import Trainer
 from training.engine.trainer_base import BaseTrainer
 
 
-def make_trainer(cfg: RunConfig, *, train_source: SampleSource, valid_source: Optional[SampleSource] = None,
-                 output_dir: Optional[Path] = None) -> BaseTrainer:
+def make_trainer(
+    cfg: RunConfig,
+    *,
+    train_source: SampleSource,
+    valid_source: Optional[SampleSource] = None,
+    output_dir: Optional[Path] = None,
+) -> BaseTrainer:
     """The trainer of the run's ``engine`` (the DeepSpeed engine's module, which imports deepspeed,
     only when it is chosen)."""
     if cfg.engine == "deepspeed":

@@ -57,13 +57,25 @@ def rng_object(layout) -> ShardedObject:
     state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     state["tracker"] = get_cuda_rng_tracker().get_states()
     return ShardedObject(
-        "rng_state", state, (layout.pp, layout.tp, layout.dp), (layout.pp_rank, layout.tp_rank, layout.dp_rank),
+        "rng_state",
+        state,
+        (layout.pp, layout.tp, layout.dp),
+        (layout.pp_rank, layout.tp_rank, layout.dp_rank),
         replica_id=0,
     )
 
 
-def save(root: str | Path, *, step: int, model_chunks, optimizer, scheduler, layout, meta: dict[str, Any],
-         keep_last: Optional[int] = None) -> Path:
+def save(
+    root: str | Path,
+    *,
+    step: int,
+    model_chunks,
+    optimizer,
+    scheduler,
+    layout,
+    meta: dict[str, Any],
+    keep_last: Optional[int] = None,
+) -> Path:
     """Save a complete checkpoint atomically; returns its directory. Collective over all ranks."""
 
     def write(partial: Path) -> None:
@@ -147,8 +159,10 @@ def load(path: str | Path, *, model_chunks, optimizer=None, scheduler=None, layo
         result = unwrap_ddp(chunk).load_state_dict(loaded[key], strict=False)
         missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
         if missing or result.unexpected_keys:
-            raise CheckpointError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}, "
-                                  f"unexpected {list(result.unexpected_keys)[:5]}")
+            raise CheckpointError(
+                f"{path}: checkpoint does not fit the model: missing {missing[:5]}, "
+                f"unexpected {list(result.unexpected_keys)[:5]}"
+            )
     if optimizer is not None:
         with _distributed_optimizer_keeps_torch_adam_step(optimizer):
             optimizer.load_state_dict(loaded["optimizer"])
@@ -195,7 +209,9 @@ def _float16_main_params(optimizer) -> dict[int, torch.Tensor]:
     """model param id -> fp32 main param for megatron's mixed-precision (non-distributed) optimizer."""
     mapping = {}
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        for model_group, main_group in zip(getattr(opt, "float16_groups", []), getattr(opt, "fp32_from_float16_groups", [])):
+        for model_group, main_group in zip(
+            getattr(opt, "float16_groups", []), getattr(opt, "fp32_from_float16_groups", [])
+        ):
             for p, main in zip(model_group, main_group):
                 mapping[id(p)] = main
     return mapping
@@ -229,19 +245,26 @@ def load_moments(ckpt: str | Path, model_chunks, optimizer, step: int) -> int:
     loaded = dist_checkpointing.load(request, str(path)) if request else {}
     main_of = _float16_main_params(optimizer)
     distributed = hasattr(optimizer, "_get_model_param_range_map") or any(
-        hasattr(o, "_get_model_param_range_map") for o in getattr(optimizer, "chained_optimizers", []))
+        hasattr(o, "_get_model_param_range_map") for o in getattr(optimizer, "chained_optimizers", [])
+    )
     done = set()
     for slot, m, param in targets:
         local = loaded[slot]
         if distributed:
-            opt = next((o for o in getattr(optimizer, "chained_optimizers", [optimizer])
-                        if param in getattr(o, "model_param_gbuf_map", {})), None)
+            opt = next(
+                (
+                    o
+                    for o in getattr(optimizer, "chained_optimizers", [optimizer])
+                    if param in getattr(o, "model_param_gbuf_map", {})
+                ),
+                None,
+            )
             if opt is None:  # no part of this parameter is in this DP rank's optimizer shard
                 continue
             rng = opt._get_model_param_range_map(param)["param"]
             states = opt._get_main_param_and_optimizer_states(param)
             target = states["param" if m == MASTER else m]
-            target.detach().copy_(local.reshape(-1)[rng.start:rng.end].to(target.dtype))
+            target.detach().copy_(local.reshape(-1)[rng.start : rng.end].to(target.dtype))
         else:
             main = main_of.get(id(param), param)
             target = main.detach() if m == MASTER else _state_of(optimizer, main)[m]

@@ -35,8 +35,10 @@ def _adam_implementation(impl: str) -> Iterator[None]:
     fused_available = not megatron_optimizer.USING_PYTORCH_OPTIMIZER
     if impl == "fused":
         if not fused_available:
-            raise OptimizerChoiceError("train.optimizer_impl=fused needs Transformer Engine or Apex FusedAdam, "
-                                       "and neither is importable here; use train.optimizer_impl=torch")
+            raise OptimizerChoiceError(
+                "train.optimizer_impl=fused needs Transformer Engine or Apex FusedAdam, "
+                "and neither is importable here; use train.optimizer_impl=torch"
+            )
         yield
         return
     saved = megatron_optimizer.USING_PYTORCH_OPTIMIZER
@@ -72,7 +74,9 @@ def build_optimizer(train: TrainConfig, model_chunks, *, bf16: bool, distributed
     if train.optimizer_impl == "torch":
         kinds = {type(o) for o in inner_optimizers(optimizer)}
         if kinds != {torch.optim.AdamW}:
-            raise OptimizerChoiceError(f"internal: train.optimizer_impl=torch built {sorted(k.__name__ for k in kinds)}")
+            raise OptimizerChoiceError(
+                f"internal: train.optimizer_impl=torch built {sorted(k.__name__ for k in kinds)}"
+            )
         init_adam_state(optimizer)
     return optimizer
 
@@ -148,7 +152,9 @@ def build_scheduler(train: TrainConfig, optimizer) -> OptimizerParamScheduler:
     linear re-warmup over the first ``rewarmup_steps`` steps."""
     decay_steps = train.lr_decay_steps or train.steps
     return EnteredScheduler(
-        optimizer, offset=train.schedule_offset_steps, rewarmup_steps=train.rewarmup_steps,
+        optimizer,
+        offset=train.schedule_offset_steps,
+        rewarmup_steps=train.rewarmup_steps,
         init_lr=0.0,
         max_lr=train.lr,
         min_lr=train.min_lr,

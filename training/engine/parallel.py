@@ -92,8 +92,11 @@ def model_parallel_groups(parallel: ParallelConfig) -> Iterator[tuple[int, int]]
     that is already initialised (no gloo side groups); yields this rank's (tp rank, pp rank) and
     destroys the groups on exit."""
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=parallel.virtual_pp, create_gloo_process_groups=False)
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pp,
+        create_gloo_process_groups=False,
+    )
     try:
         yield parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
     finally:

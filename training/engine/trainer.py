@@ -35,11 +35,18 @@ from training.engine.trainer_base import BaseTrainer, NonFiniteLossError, StepRe
 class Trainer(BaseTrainer):
     engine = "megatron"
 
-    def __init__(self, cfg: RunConfig, *, train_source: SampleSource, valid_source: Optional[SampleSource] = None,
-                 output_dir: Optional[Path] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        train_source: SampleSource,
+        valid_source: Optional[SampleSource] = None,
+        output_dir: Optional[Path] = None,
+    ):
         super().__init__(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
-        self.tconfig = transformer_config(cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo",
-                                          recompute=cfg.train.recompute)
+        self.tconfig = transformer_config(
+            cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
+        )
         chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]
@@ -51,12 +58,12 @@ class Trainer(BaseTrainer):
             use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         )
         self.model = [
-            DistributedDataParallel(config=self.tconfig, ddp_config=ddp_config, module=c,
-                                    disable_bucketing=i > 0)
+            DistributedDataParallel(config=self.tconfig, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)
             for i, c in enumerate(chunks)
         ]
-        self.optimizer = build_optimizer(cfg.train, self.model, bf16=self.bf16,
-                                         distributed=cfg.parallel.distributed_optimizer)
+        self.optimizer = build_optimizer(
+            cfg.train, self.model, bf16=self.bf16, distributed=cfg.parallel.distributed_optimizer
+        )
         self.scheduler = build_scheduler(cfg.train, self.optimizer)
         self._overlap_param_gather = overlap_param
         if overlap_grad:  # as Megatron-LM wires it: reduce only after the last micro-batch, per chunk
@@ -149,15 +156,23 @@ class Trainer(BaseTrainer):
             for m in self.model:
                 m.disable_forward_pre_hook(param_sync=True)
                 m.enable_forward_pre_hook()
-        return megatron_checkpoint.save(root or self.checkpoint_root(), step=self.step_count, model_chunks=self.model,
-                               optimizer=self.optimizer, scheduler=self.scheduler, layout=self.layout,
-                               meta=self.checkpoint_meta(), keep_last=self.cfg.checkpoint.keep_last)
+        return megatron_checkpoint.save(
+            root or self.checkpoint_root(),
+            step=self.step_count,
+            model_chunks=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            layout=self.layout,
+            meta=self.checkpoint_meta(),
+            keep_last=self.cfg.checkpoint.keep_last,
+        )
 
     def load(self, path: Path) -> dict[str, Any]:
         """Resume: model, optimizer, scheduler, RNG, step and consumed samples (any saved layout)."""
         checkpoint.check_engine(path, self.engine)
-        meta = megatron_checkpoint.load(path, model_chunks=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               layout=self.layout)
+        meta = megatron_checkpoint.load(
+            path, model_chunks=self.model, optimizer=self.optimizer, scheduler=self.scheduler, layout=self.layout
+        )
         self._resume_counters(meta)
         return meta
 

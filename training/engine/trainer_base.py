@@ -102,8 +102,14 @@ class BaseTrainer(ABC):
     #: the ``engine`` value of the run config this class implements (recorded in checkpoints)
     engine = "megatron"
 
-    def __init__(self, cfg: RunConfig, *, train_source: SampleSource, valid_source: Optional[SampleSource] = None,
-                 output_dir: Optional[Path] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        train_source: SampleSource,
+        valid_source: Optional[SampleSource] = None,
+        output_dir: Optional[Path] = None,
+    ):
         self.cfg = cfg
         self.layout: Layout = setup_layout(cfg.parallel, cfg.train.seed)
         self.bf16 = use_bf16(cfg.train.precision)
@@ -170,14 +176,16 @@ class BaseTrainer(ABC):
         device = process_device()
         out = []
         for i in range(0, samples.shape[0], mbs):
-            chunk = torch.from_numpy(samples[i:i + mbs]).to(device)
+            chunk = torch.from_numpy(samples[i : i + mbs]).to(device)
             tokens, labels = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-            out.append({
-                "tokens": tokens,
-                "labels": labels,
-                "position_ids": torch.arange(tokens.shape[1], device=device).expand_as(tokens),
-                "loss_mask": torch.ones_like(labels, dtype=torch.float32),
-            })
+            out.append(
+                {
+                    "tokens": tokens,
+                    "labels": labels,
+                    "position_ids": torch.arange(tokens.shape[1], device=device).expand_as(tokens),
+                    "loss_mask": torch.ones_like(labels, dtype=torch.float32),
+                }
+            )
         return out
 
     def _skip_non_finite(self, loss: float, step: int) -> bool:
@@ -222,7 +230,9 @@ class BaseTrainer(ABC):
         self._set_train_mode(False)
         total = 0.0
         for b in range(n):
-            total += self._forward_only_loss(self._micro_batches(self._rank_batch(source, b * self.cfg.train.global_batch_size)))
+            total += self._forward_only_loss(
+                self._micro_batches(self._rank_batch(source, b * self.cfg.train.global_batch_size))
+            )
         self._set_train_mode(True)
         return total / n
 
@@ -257,9 +267,14 @@ class BaseTrainer(ABC):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The engine-independent part of ``flm_checkpoint.json``."""
-        return {"engine": self.engine, "consumed_samples": self.consumed_samples, "adam_step": self.adam_step,
-                "config": run_config_to_dict(self.cfg),
-                "growth_masks": None if self.masks is None else self.masks.to_dict(), **self.extra_meta}
+        return {
+            "engine": self.engine,
+            "consumed_samples": self.consumed_samples,
+            "adam_step": self.adam_step,
+            "config": run_config_to_dict(self.cfg),
+            "growth_masks": None if self.masks is None else self.masks.to_dict(),
+            **self.extra_meta,
+        }
 
     def _resume_counters(self, meta: dict[str, Any]) -> None:
         """Step, data position, Adam step and masks of a resumed checkpoint."""
@@ -289,7 +304,6 @@ class BaseTrainer(ABC):
 
         target = os.environ.get("FLM_FAULT_AT")
         if target and target == f"{self.cfg.name}:{step}":
-
             sys.stderr.write(f"FLM_FAULT_AT: killing {self.cfg.name} after step {step}\n")
             sys.stderr.flush()
             for child in multiprocessing.active_children():  # as a scheduler kills the whole process tree
@@ -323,12 +337,18 @@ class BaseTrainer(ABC):
                 consecutive = consecutive + 1 if reason else 0
                 if not result.skipped and math.isfinite(result.loss):
                     self._recent_losses.append(result.loss)
-                record = {"step": result.step, "loss": result.loss, "lr": result.lr,
-                          "grad_norm": result.grad_norm, "skipped": result.skipped,
-                          "consumed_samples": self.consumed_samples,
-                          "tokens": self.consumed_samples * self.cfg.model.seq_length,
-                          "step_time_s": dt, "tokens_per_s": tokens_per_step / dt,
-                          "mask_value": mask_value}
+                record = {
+                    "step": result.step,
+                    "loss": result.loss,
+                    "lr": result.lr,
+                    "grad_norm": result.grad_norm,
+                    "skipped": result.skipped,
+                    "consumed_samples": self.consumed_samples,
+                    "tokens": self.consumed_samples * self.cfg.model.seq_length,
+                    "step_time_s": dt,
+                    "tokens_per_s": tokens_per_step / dt,
+                    "mask_value": mask_value,
+                }
                 if reason:
                     record.update(skip_reason=reason, consecutive_skips=consecutive)
                 if reason == "spike":
@@ -347,7 +367,12 @@ class BaseTrainer(ABC):
                     consecutive = 0
                     continue
                 # periodic saves only after a good step: a rollback never returns into a run of bad steps
-                if ccfg.save_interval and result.step % ccfg.save_interval == 0 and result.step != until and not consecutive:
+                if (
+                    ccfg.save_interval
+                    and result.step % ccfg.save_interval == 0
+                    and result.step != until
+                    and not consecutive
+                ):
                     self.save()
                 self._maybe_inject_fault(result.step)
                 if self._preemption_requested():
@@ -402,20 +427,25 @@ class BaseTrainer(ABC):
     def _diverged(self, step: int, consecutive: int, reason: Optional[str]) -> None:
         """``divergence.max_consecutive`` skipped or spiking steps in a row: stop, or roll back."""
         d = self.cfg.divergence
-        what = (f"{consecutive} skipped steps in a row ({reason.replace('_', '-')} loss) up to step {step}, "
-                f"consumed samples {self.consumed_samples}")
+        what = (
+            f"{consecutive} skipped steps in a row ({reason.replace('_', '-')} loss) up to step {step}, "
+            f"consumed samples {self.consumed_samples}"
+        )
         if d.action == "stop":
             raise DivergenceError(
                 f"{what}; the run diverged and stops without saving: resume from the last checkpoint with a "
                 "lower train.lr, or set divergence.action=rollback"
             )
         if self.rollbacks >= d.max_rollbacks:
-            raise DivergenceError(f"{what}, after {self.rollbacks} rollbacks (divergence.max_rollbacks); "
-                                  "the run stops: lower train.lr or inspect the data around these samples")
+            raise DivergenceError(
+                f"{what}, after {self.rollbacks} rollbacks (divergence.max_rollbacks); "
+                "the run stops: lower train.lr or inspect the data around these samples"
+            )
         target = find_resumable(self.checkpoint_root(), check_hash=self.cfg.checkpoint.verify_hash)
         if target is None:
-            raise DivergenceError(f"{what}; no checkpoint to roll back to in {self.checkpoint_root()} "
-                                  "(set checkpoint.save_interval)")
+            raise DivergenceError(
+                f"{what}; no checkpoint to roll back to in {self.checkpoint_root()} (set checkpoint.save_interval)"
+            )
         skip_to = self.consumed_samples
         self.load(target)
         skipped = skip_to - self.consumed_samples
@@ -423,8 +453,16 @@ class BaseTrainer(ABC):
         self._scale_lr(d.rollback_lr_factor)
         self.rollbacks += 1
         if self.layout.rank == 0:
-            log.warning("%s; rolled back to %s (step %d), skipped %d samples of data, LR x%g (rollback %d of at most %d)",
-                        what, target, self.step_count, skipped, d.rollback_lr_factor, self.rollbacks, d.max_rollbacks)
+            log.warning(
+                "%s; rolled back to %s (step %d), skipped %d samples of data, LR x%g (rollback %d of at most %d)",
+                what,
+                target,
+                self.step_count,
+                skipped,
+                d.rollback_lr_factor,
+                self.rollbacks,
+                d.max_rollbacks,
+            )
 
     def _scale_lr(self, factor: float) -> None:
         """Multiply the LR schedule's peak and minimum by ``factor`` (saved with the scheduler state)."""

@@ -24,8 +24,9 @@ when none fits), ``flm``, or ``auto`` (standard when one fits, else FLM).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import transformers
@@ -51,8 +52,7 @@ def split_qkv(t: Tensor, cfg) -> tuple[Tensor, Tensor, Tensor]:
     r = cfg.num_attention_heads // ng
     rest = tuple(t.shape[1:])
     g = t.reshape(ng, r + 2, d, *rest)
-    return (g[:, :r].reshape(ng * r * d, *rest), g[:, r].reshape(ng * d, *rest),
-            g[:, r + 1].reshape(ng * d, *rest))
+    return (g[:, :r].reshape(ng * r * d, *rest), g[:, r].reshape(ng * d, *rest), g[:, r + 1].reshape(ng * d, *rest))
 
 
 def fuse_qkv(q: Tensor, k: Tensor, v: Tensor, cfg) -> Tensor:
@@ -78,13 +78,26 @@ def _llama_refusal(cfg) -> Optional[str]:
 def _llama_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
 
     return transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.query_groups, head_dim=cfg.head_dim, hidden_act="silu",
-        max_position_embeddings=cfg.seq_length, rms_norm_eps=cfg.norm_eps, rope_theta=float(cfg.rotary_base),
-        attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_embeddings,
-        initializer_range=cfg.init_std, attention_dropout=cfg.attention_dropout,
-        bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, dtype=dtype,
+        vocab_size=vocab,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.query_groups,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.seq_length,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=float(cfg.rotary_base),
+        attention_bias=cfg.bias,
+        mlp_bias=cfg.bias,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        attention_dropout=cfg.attention_dropout,
+        bos_token_id=ids.bos,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.pad,
+        dtype=dtype,
     )
 
 
@@ -95,28 +108,48 @@ def _llama_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
     for i in range(_layers(s)):
         p = f"model.layers.{i}."
         q, k, v = split_qkv(s[R.QKV_WEIGHT][i], cfg)
-        out.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                    p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i]})
+        out.update(
+            {
+                p + "self_attn.q_proj.weight": q,
+                p + "self_attn.k_proj.weight": k,
+                p + "self_attn.v_proj.weight": v,
+                p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i],
+            }
+        )
         gate, up = s[R.FC1_WEIGHT][i].chunk(2, dim=0)
-        out.update({p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                    p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
-                    p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
-                    p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i]})
+        out.update(
+            {
+                p + "mlp.gate_proj.weight": gate,
+                p + "mlp.up_proj.weight": up,
+                p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
+                p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
+                p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
+            }
+        )
         if cfg.bias:
             qb, kb, vb = split_qkv(s[R.QKV_BIAS][i], cfg)
             gb, ub = s[R.FC1_BIAS][i].chunk(2, dim=0)
-            out.update({p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb,
-                        p + "self_attn.v_proj.bias": vb, p + "self_attn.o_proj.bias": s[R.PROJ_BIAS][i],
-                        p + "mlp.gate_proj.bias": gb, p + "mlp.up_proj.bias": ub,
-                        p + "mlp.down_proj.bias": s[R.FC2_BIAS][i]})
+            out.update(
+                {
+                    p + "self_attn.q_proj.bias": qb,
+                    p + "self_attn.k_proj.bias": kb,
+                    p + "self_attn.v_proj.bias": vb,
+                    p + "self_attn.o_proj.bias": s[R.PROJ_BIAS][i],
+                    p + "mlp.gate_proj.bias": gb,
+                    p + "mlp.up_proj.bias": ub,
+                    p + "mlp.down_proj.bias": s[R.FC2_BIAS][i],
+                }
+            )
     return out
 
 
 # ------------------------------------------------------------------------------------- GPT-NeoX
 def _mha_head_dim_refusal(cfg, arch: str) -> Optional[str]:
     if cfg.hidden_size % cfg.num_attention_heads or cfg.head_dim != cfg.hidden_size // cfg.num_attention_heads:
-        return (f"{arch} derives the head dim as hidden_size / heads, but the model has kv_channels "
-                f"{cfg.head_dim} with hidden_size {cfg.hidden_size} and {cfg.num_attention_heads} heads")
+        return (
+            f"{arch} derives the head dim as hidden_size / heads, but the model has kv_channels "
+            f"{cfg.head_dim} with hidden_size {cfg.hidden_size} and {cfg.num_attention_heads} heads"
+        )
     return None
 
 
@@ -129,13 +162,26 @@ def _neox_refusal(cfg) -> Optional[str]:
 def _neox_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
 
     return transformers.GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads, hidden_act="gelu",
-        rotary_pct=1.0, rotary_emb_base=cfg.rotary_base, max_position_embeddings=cfg.seq_length,
-        layer_norm_eps=cfg.norm_eps, use_parallel_residual=False, attention_bias=cfg.bias,
-        tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
-        attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.hidden_dropout,
-        bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, dtype=dtype,
+        vocab_size=vocab,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        hidden_act="gelu",
+        rotary_pct=1.0,
+        rotary_emb_base=cfg.rotary_base,
+        max_position_embeddings=cfg.seq_length,
+        layer_norm_eps=cfg.norm_eps,
+        use_parallel_residual=False,
+        attention_bias=cfg.bias,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        attention_dropout=cfg.attention_dropout,
+        hidden_dropout=cfg.hidden_dropout,
+        bos_token_id=ids.bos,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.pad,
+        dtype=dtype,
     )
 
 
@@ -150,26 +196,44 @@ def _neox_qkv(t: Tensor, cfg) -> Tensor:
 
 
 def _neox_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {"gpt_neox.embed_in.weight": s[R.EMBEDDING], "gpt_neox.final_layer_norm.weight": s[R.FINAL_NORM_WEIGHT],
-           "gpt_neox.final_layer_norm.bias": s[R.FINAL_NORM_BIAS]}
+    out = {
+        "gpt_neox.embed_in.weight": s[R.EMBEDDING],
+        "gpt_neox.final_layer_norm.weight": s[R.FINAL_NORM_WEIGHT],
+        "gpt_neox.final_layer_norm.bias": s[R.FINAL_NORM_BIAS],
+    }
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = s[R.OUTPUT]
     for i in range(_layers(s)):
         p = f"gpt_neox.layers.{i}."
         fc1, fc2 = s[R.FC1_WEIGHT][i], s[R.FC2_WEIGHT][i]
-        out.update({p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i], p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
-                    p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
-                    p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i],
-                    p + "attention.query_key_value.weight": _neox_qkv(s[R.QKV_WEIGHT][i], cfg),
-                    p + "attention.dense.weight": s[R.PROJ_WEIGHT][i],
-                    p + "mlp.dense_h_to_4h.weight": fc1, p + "mlp.dense_4h_to_h.weight": fc2})
+        out.update(
+            {
+                p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
+                p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
+                p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
+                p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i],
+                p + "attention.query_key_value.weight": _neox_qkv(s[R.QKV_WEIGHT][i], cfg),
+                p + "attention.dense.weight": s[R.PROJ_WEIGHT][i],
+                p + "mlp.dense_h_to_4h.weight": fc1,
+                p + "mlp.dense_4h_to_h.weight": fc2,
+            }
+        )
         if cfg.bias:
-            out.update({p + "attention.query_key_value.bias": _neox_qkv(s[R.QKV_BIAS][i], cfg),
-                        p + "attention.dense.bias": s[R.PROJ_BIAS][i],
-                        p + "mlp.dense_h_to_4h.bias": s[R.FC1_BIAS][i], p + "mlp.dense_4h_to_h.bias": s[R.FC2_BIAS][i]})
+            out.update(
+                {
+                    p + "attention.query_key_value.bias": _neox_qkv(s[R.QKV_BIAS][i], cfg),
+                    p + "attention.dense.bias": s[R.PROJ_BIAS][i],
+                    p + "mlp.dense_h_to_4h.bias": s[R.FC1_BIAS][i],
+                    p + "mlp.dense_4h_to_h.bias": s[R.FC2_BIAS][i],
+                }
+            )
         else:  # GPT-NeoX's MLP always has biases; zeros compute the same function
-            out.update({p + "mlp.dense_h_to_4h.bias": fc1.new_zeros(fc1.shape[0]),
-                        p + "mlp.dense_4h_to_h.bias": fc2.new_zeros(fc2.shape[0])})
+            out.update(
+                {
+                    p + "mlp.dense_h_to_4h.bias": fc1.new_zeros(fc1.shape[0]),
+                    p + "mlp.dense_4h_to_h.bias": fc2.new_zeros(fc2.shape[0]),
+                }
+            )
     return out
 
 
@@ -185,33 +249,58 @@ def _stablelm_refusal(cfg) -> Optional[str]:
 def _stablelm_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
 
     return transformers.StableLmConfig(
-        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.query_groups, hidden_act="silu", max_position_embeddings=cfg.seq_length,
-        layer_norm_eps=cfg.norm_eps, rope_theta=float(cfg.rotary_base), partial_rotary_factor=1.0,
-        use_qkv_bias=False, qk_layernorm=False, use_parallel_residual=False,
-        tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
-        attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.hidden_dropout,
-        bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, dtype=dtype,
+        vocab_size=vocab,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.query_groups,
+        hidden_act="silu",
+        max_position_embeddings=cfg.seq_length,
+        layer_norm_eps=cfg.norm_eps,
+        rope_theta=float(cfg.rotary_base),
+        partial_rotary_factor=1.0,
+        use_qkv_bias=False,
+        qk_layernorm=False,
+        use_parallel_residual=False,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        attention_dropout=cfg.attention_dropout,
+        hidden_dropout=cfg.hidden_dropout,
+        bos_token_id=ids.bos,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.pad,
+        dtype=dtype,
     )
 
 
 def _stablelm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {"model.embed_tokens.weight": s[R.EMBEDDING], "model.norm.weight": s[R.FINAL_NORM_WEIGHT],
-           "model.norm.bias": s[R.FINAL_NORM_BIAS]}
+    out = {
+        "model.embed_tokens.weight": s[R.EMBEDDING],
+        "model.norm.weight": s[R.FINAL_NORM_WEIGHT],
+        "model.norm.bias": s[R.FINAL_NORM_BIAS],
+    }
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = s[R.OUTPUT]
     for i in range(_layers(s)):
         p = f"model.layers.{i}."
         q, k, v = split_qkv(s[R.QKV_WEIGHT][i], cfg)
         gate, up = s[R.FC1_WEIGHT][i].chunk(2, dim=0)
-        out.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                    p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i],
-                    p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                    p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
-                    p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i], p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
-                    p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
-                    p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i]})
+        out.update(
+            {
+                p + "self_attn.q_proj.weight": q,
+                p + "self_attn.k_proj.weight": k,
+                p + "self_attn.v_proj.weight": v,
+                p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i],
+                p + "mlp.gate_proj.weight": gate,
+                p + "mlp.up_proj.weight": up,
+                p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
+                p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
+                p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
+                p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
+                p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i],
+            }
+        )
     return out
 
 
@@ -240,19 +329,45 @@ class Architecture:
 
 
 ARCHITECTURES = (
-    Architecture("llama", "LlamaForCausalLM", _llama_refusal, _llama_config, _llama_tensors,
-                 _transformers_class("LlamaForCausalLM")),
-    Architecture("gpt_neox", "GPTNeoXForCausalLM", _neox_refusal, _neox_config, _neox_tensors,
-                 _transformers_class("GPTNeoXForCausalLM")),
-    Architecture("stablelm", "StableLmForCausalLM", _stablelm_refusal, _stablelm_config, _stablelm_tensors,
-                 _transformers_class("StableLmForCausalLM")),
+    Architecture(
+        "llama",
+        "LlamaForCausalLM",
+        _llama_refusal,
+        _llama_config,
+        _llama_tensors,
+        _transformers_class("LlamaForCausalLM"),
+    ),
+    Architecture(
+        "gpt_neox",
+        "GPTNeoXForCausalLM",
+        _neox_refusal,
+        _neox_config,
+        _neox_tensors,
+        _transformers_class("GPTNeoXForCausalLM"),
+    ),
+    Architecture(
+        "stablelm",
+        "StableLmForCausalLM",
+        _stablelm_refusal,
+        _stablelm_config,
+        _stablelm_tensors,
+        _transformers_class("StableLmForCausalLM"),
+    ),
 )
 
 
 def _flm() -> Architecture:
 
-    return Architecture("flm", flm_arch.CLASS_NAME, lambda cfg: None, flm_arch.flm_config, flm_arch.flm_tensors,
-                        flm_arch.model_class, folds_multipliers=False, remote_code=True)
+    return Architecture(
+        "flm",
+        flm_arch.CLASS_NAME,
+        lambda cfg: None,
+        flm_arch.flm_config,
+        flm_arch.flm_tensors,
+        flm_arch.model_class,
+        folds_multipliers=False,
+        remote_code=True,
+    )
 
 
 XPOS_REFUSAL = (
@@ -295,7 +410,8 @@ def _standard(cfg) -> Architecture:
         reasons.append(f"{arch.class_name}: {reason}")
     raise HFInteropError(
         f"no standard transformers architecture computes the variant {cfg.normalization} + {cfg.activation}"
-        f"{' + bias' if cfg.bias else ''} (head dim {cfg.head_dim}) exactly: " + "; ".join(reasons)
+        f"{' + bias' if cfg.bias else ''} (head dim {cfg.head_dim}) exactly: "
+        + "; ".join(reasons)
         + ". Supported: RMSNorm + swiglu (Llama), LayerNorm + gelu (GPT-NeoX), LayerNorm + swiglu "
         "without bias (StableLM); export with --architecture flm (or auto) to write the project's own model code"
     )

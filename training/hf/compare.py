@@ -59,12 +59,20 @@ class Comparison:
     def summary(self) -> str:
         verdict = {True: "OK", False: "MISMATCH", None: "no threshold for 16-bit weights"}[self.within]
         bound = "" if self.tolerance is None else f", tolerance {self.tolerance:g}·(1 + max|logit|)"
-        return (f"round trip ({self.dtype}, tokens {self.tokens[0]}x{self.tokens[1]}): max |Δlogit| = "
-                f"{self.max_abs_dlogit:.3e} (max |logit| {self.max_abs_logit:.3e}{bound}) [{verdict}]")
+        return (
+            f"round trip ({self.dtype}, tokens {self.tokens[0]}x{self.tokens[1]}): max |Δlogit| = "
+            f"{self.max_abs_dlogit:.3e} (max |logit| {self.max_abs_logit:.3e}{bound}) [{verdict}]"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_abs_dlogit": self.max_abs_dlogit, "max_abs_logit": self.max_abs_logit, "dtype": self.dtype,
-                "tokens": list(self.tokens), "tolerance": self.tolerance, "within": self.within}
+        return {
+            "max_abs_dlogit": self.max_abs_dlogit,
+            "max_abs_logit": self.max_abs_logit,
+            "dtype": self.dtype,
+            "tokens": list(self.tokens),
+            "tolerance": self.tolerance,
+            "within": self.within,
+        }
 
 
 def random_tokens(vocab_size: int, seq_length: int, *, batch: int = 2, seed: int = 0) -> Tensor:
@@ -114,12 +122,10 @@ def load_hf_model(hf_dir: str | Path, dtype: torch.dtype):
     An FLM export is loaded with ``trust_remote_code`` only if its code files are this project's
     (:func:`training.hf.flm_arch.trust_remote_code`; its own attention, no ``attn_implementation``)."""
 
-
     if trust_remote_code(Path(hf_dir)):
         model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, trust_remote_code=True)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype,
-                                                                  attn_implementation="sdpa")
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, attn_implementation="sdpa")
     model.eval()
     if dtype == torch.float64:
         promote_to_float64(model)
@@ -136,8 +142,9 @@ def project_logits(cfg, state: dict[str, Tensor], tokens: Tensor, masks=None) ->
 _PRECISION = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
-def compare(cfg, state: dict[str, Tensor], hf_model, tokens: Tensor, masks=None,
-            stored_dtype: Optional[torch.dtype] = None) -> Comparison:
+def compare(
+    cfg, state: dict[str, Tensor], hf_model, tokens: Tensor, masks=None, stored_dtype: Optional[torch.dtype] = None
+) -> Comparison:
     """Compare the project model (``state`` cast to the HF model's dtype) with ``hf_model`` on ``tokens``.
 
     ``stored_dtype``: the dtype the HF weights were saved in, when less precise than the one they
@@ -148,13 +155,16 @@ def compare(cfg, state: dict[str, Tensor], hf_model, tokens: Tensor, masks=None,
     with torch.no_grad():
         theirs = hf_model(input_ids=tokens).logits.double()
     if theirs.shape != ours.shape:
-        raise ValueError(f"logits of shape {tuple(theirs.shape)} from transformers, {tuple(ours.shape)} from the "
-                         "project model: the vocabularies differ")
+        raise ValueError(
+            f"logits of shape {tuple(theirs.shape)} from transformers, {tuple(ours.shape)} from the "
+            "project model: the vocabularies differ"
+        )
     name = str(dtype).replace("torch.", "")
     if limit != dtype:
         name += f", weights stored in {str(limit).replace('torch.', '')}"
-    return Comparison(float((ours - theirs).abs().max()), float(ours.abs().max()), name, tuple(tokens.shape),
-                      TOLERANCE.get(limit))
+    return Comparison(
+        float((ours - theirs).abs().max()), float(ours.abs().max()), name, tuple(tokens.shape), TOLERANCE.get(limit)
+    )
 
 
 def checkpoint_masks(meta: dict[str, Any]):
@@ -165,8 +175,15 @@ def checkpoint_masks(meta: dict[str, Any]):
     return MaskState.from_dict(data) if data else None
 
 
-def compare_dirs(ckpt: str | Path, hf_dir: str | Path, *, dtype: str = "float32", batch: int = 2,
-                 seq_length: Optional[int] = None, seed: int = 0) -> Comparison:
+def compare_dirs(
+    ckpt: str | Path,
+    hf_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    batch: int = 2,
+    seq_length: Optional[int] = None,
+    seed: int = 0,
+) -> Comparison:
     """``flm hf-compare``: the checkpoint ``ckpt`` (any layout) against the transformers directory
     ``hf_dir`` on ``batch`` random sequences (default length: the model's ``seq_length``, at most 128)."""
 

@@ -60,10 +60,15 @@ class ExportReport:
     check: Optional[Comparison]
 
     def summary(self) -> str:
-        tok = (f"tokenizer {self.tokenizer['source']} ({self.tokenizer['vocab_size']} ids)" if self.tokenizer
-               else "no tokenizer (--no-tokenizer)")
-        lines = [f"exported {self.src} -> {self.out}: {self.architecture} ({self.dtype}), "
-                 f"{len([f for f in self.files if f.endswith('.safetensors')])} safetensors file(s), {tok}"]
+        tok = (
+            f"tokenizer {self.tokenizer['source']} ({self.tokenizer['vocab_size']} ids)"
+            if self.tokenizer
+            else "no tokenizer (--no-tokenizer)"
+        )
+        lines = [
+            f"exported {self.src} -> {self.out}: {self.architecture} ({self.dtype}), "
+            f"{len([f for f in self.files if f.endswith('.safetensors')])} safetensors file(s), {tok}"
+        ]
         if self.check is not None:
             lines.append(self.check.summary())
         return "\n".join(lines)
@@ -73,14 +78,24 @@ def _model_state(params: dict[str, torch.Tensor], cfg, src: Path) -> dict[str, t
     keys = R.logical_keys(cfg)
     missing = [k for k in keys if k not in params]
     if missing:
-        raise HFInteropError(f"{src} lacks model tensors {missing[:4]} that its config implies; the checkpoint "
-                             "is damaged or was written by another tool")
+        raise HFInteropError(
+            f"{src} lacks model tensors {missing[:4]} that its config implies; the checkpoint "
+            "is damaged or was written by another tool"
+        )
     return {k: params[k] for k in keys}
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[str | Path] = None,
-                      no_tokenizer: bool = False, dtype: str = "auto", max_shard_size: str = "2GB",
-                      check: bool = False, architecture: str = "auto") -> ExportReport:
+def export_checkpoint(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    tokenizer: Optional[str | Path] = None,
+    no_tokenizer: bool = False,
+    dtype: str = "auto",
+    max_shard_size: str = "2GB",
+    check: bool = False,
+    architecture: str = "auto",
+) -> ExportReport:
     """Export ``ckpt`` to the transformers directory ``out`` (see the module docstring).
 
     ``tokenizer``: tokenizer directory, ``.model`` or ``tokenizer.json`` (default: the checkpoint's own, see
@@ -104,7 +119,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
             f"{src} is a grown model whose MSG masks are still ramping (c = {masks.value():.3f} after "
             f"{masks.steps_done} of {masks.ramp_steps} steps): its function is not that of the plain grown model. "
             f"Train at least {masks.ramp_steps - masks.steps_done} more steps, then export; or evaluate it with "
-            "`flm iq --model flm --checkpoint CKPT`")
+            "`flm iq --model flm --checkpoint CKPT`"
+        )
     if tokenizer is not None and no_tokenizer:
         raise HFInteropError("--tokenizer and --no-tokenizer contradict each other; give one")
     tok = None if no_tokenizer else checkpoint_tokenizer(src, meta, tokenizer)[0]
@@ -118,8 +134,11 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
     else:
         raise HFInteropError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     exp, folded = export_state(cfg, state, target, fold=arch.folds_multipliers)
-    ids = SpecialIds() if tok is None else SpecialIds(
-        *(i if i >= 0 else None for i in (tok.bos_id, tok.eos_id, tok.pad_id)))
+    ids = (
+        SpecialIds()
+        if tok is None
+        else SpecialIds(*(i if i >= 0 else None for i in (tok.bos_id, tok.eos_id, tok.pad_id)))
+    )
     hf_config = arch.config(cfg, cfg.vocab_size, ids, target)
     hf_config.architectures = [arch.class_name]
     tensors = check_against_model(arch, hf_config, arch.tensors(cfg, exp))
@@ -139,23 +158,32 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, tokenizer: Optional[
             values = None if masks is None else masks.values()
             comparison = compare(cfg, state, load_hf_model(staging, target), tokens, values)
             if comparison.within is False:
-                raise RoundTripMismatch(f"the exported model does not compute what {src} does: {comparison.summary()}; "
-                                     "nothing was written. This is a bug; please report it with the model config")
-        record = {"source": str(src), "step": meta.get("step"), "architecture": arch.class_name,
-                  "dtype": str(target).replace("torch.", ""), "model": meta["config"]["model"], "folded": folded,
-                  "tokenizer": tok_record, "check": None if comparison is None else comparison.to_dict()}
+                raise RoundTripMismatch(
+                    f"the exported model does not compute what {src} does: {comparison.summary()}; "
+                    "nothing was written. This is a bug; please report it with the model config"
+                )
+        record = {
+            "source": str(src),
+            "step": meta.get("step"),
+            "architecture": arch.class_name,
+            "dtype": str(target).replace("torch.", ""),
+            "model": meta["config"]["model"],
+            "folded": folded,
+            "tokenizer": tok_record,
+            "check": None if comparison is None else comparison.to_dict(),
+        }
         (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ExportReport(src, out, arch.class_name, str(target).replace("torch.", ""),
-                        files, tok_record, comparison)
+    return ExportReport(src, out, arch.class_name, str(target).replace("torch.", ""), files, tok_record, comparison)
 
 
 def _write(staging: Path, hf_config, tensors: dict[str, torch.Tensor], shard_bytes: int) -> list[str]:
 
     hf_config.save_pretrained(str(staging))
-    GenerationConfig(bos_token_id=hf_config.bos_token_id, eos_token_id=hf_config.eos_token_id,
-                     pad_token_id=hf_config.pad_token_id).save_pretrained(str(staging))
+    GenerationConfig(
+        bos_token_id=hf_config.bos_token_id, eos_token_id=hf_config.eos_token_id, pad_token_id=hf_config.pad_token_id
+    ).save_pretrained(str(staging))
     return write_shards(tensors, staging, shard_bytes)

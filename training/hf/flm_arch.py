@@ -41,15 +41,31 @@ def flm_config(cfg, vocab: int, ids, dtype: torch.dtype):
     """``FLMConfig`` of the project model config ``cfg`` (``vocab`` rows; special ids ``ids``)."""
 
     config = FLMConfig(
-        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.query_groups, head_dim=cfg.head_dim, max_position_embeddings=cfg.seq_length,
-        normalization=cfg.normalization, activation=cfg.activation, position_embedding=cfg.position_embedding,
-        rope_theta=float(cfg.rotary_base), xpos_scale_base=float(cfg.xpos_scale_base),
-        xpos_offset=cfg.seq_length // 2, bias=cfg.bias, norm_eps=float(cfg.norm_eps),
-        input_multiplier=float(cfg.input_multiplier), output_multiplier=float(cfg.output_multiplier),
-        initializer_range=float(cfg.init_std), tie_word_embeddings=cfg.tie_embeddings,
-        bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, dtype=dtype)
+        vocab_size=vocab,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.query_groups,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.seq_length,
+        normalization=cfg.normalization,
+        activation=cfg.activation,
+        position_embedding=cfg.position_embedding,
+        rope_theta=float(cfg.rotary_base),
+        xpos_scale_base=float(cfg.xpos_scale_base),
+        xpos_offset=cfg.seq_length // 2,
+        bias=cfg.bias,
+        norm_eps=float(cfg.norm_eps),
+        input_multiplier=float(cfg.input_multiplier),
+        output_multiplier=float(cfg.output_multiplier),
+        initializer_range=float(cfg.init_std),
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=ids.bos,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.pad,
+        dtype=dtype,
+    )
     config.auto_map = dict(AUTO_MAP)
     return config
 
@@ -61,12 +77,20 @@ def flm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
         out["model.final_norm.bias"] = s[R.FINAL_NORM_BIAS]
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = s[R.OUTPUT]
-    names = {R.NORM1_WEIGHT: "input_norm.weight", R.NORM1_BIAS: "input_norm.bias",
-             R.QKV_WEIGHT: "attn.qkv.weight", R.QKV_BIAS: "attn.qkv.bias",
-             R.PROJ_WEIGHT: "attn.proj.weight", R.PROJ_BIAS: "attn.proj.bias",
-             R.NORM2_WEIGHT: "post_attention_norm.weight", R.NORM2_BIAS: "post_attention_norm.bias",
-             R.FC1_WEIGHT: "mlp.fc1.weight", R.FC1_BIAS: "mlp.fc1.bias",
-             R.FC2_WEIGHT: "mlp.fc2.weight", R.FC2_BIAS: "mlp.fc2.bias"}
+    names = {
+        R.NORM1_WEIGHT: "input_norm.weight",
+        R.NORM1_BIAS: "input_norm.bias",
+        R.QKV_WEIGHT: "attn.qkv.weight",
+        R.QKV_BIAS: "attn.qkv.bias",
+        R.PROJ_WEIGHT: "attn.proj.weight",
+        R.PROJ_BIAS: "attn.proj.bias",
+        R.NORM2_WEIGHT: "post_attention_norm.weight",
+        R.NORM2_BIAS: "post_attention_norm.bias",
+        R.FC1_WEIGHT: "mlp.fc1.weight",
+        R.FC1_BIAS: "mlp.fc1.bias",
+        R.FC2_WEIGHT: "mlp.fc2.weight",
+        R.FC2_BIAS: "mlp.fc2.bias",
+    }
     for i in range(int(s[R.QKV_WEIGHT].shape[0])):
         for key, name in names.items():
             if key in s:
@@ -96,8 +120,9 @@ def is_flm_dir(hf_dir: Path) -> bool:
 def is_project_code(hf_dir: Path) -> bool:
     """Whether ``hf_dir``'s model code files are exactly this project's."""
     hf_dir = Path(hf_dir)
-    return all((hf_dir / n).is_file() and (hf_dir / n).read_bytes() == (remote.DIR / n).read_bytes()
-               for n in remote.FILES)
+    return all(
+        (hf_dir / n).is_file() and (hf_dir / n).read_bytes() == (remote.DIR / n).read_bytes() for n in remote.FILES
+    )
 
 
 def trust_remote_code(hf_dir: Path) -> bool:
@@ -109,5 +134,6 @@ def trust_remote_code(hf_dir: Path) -> bool:
         raise HFInteropError(
             f"{hf_dir} is an FLM model (model_type: flm) whose {' / '.join(remote.FILES)} differ from this "
             "project's; refusing to run that code. Export again with this version of flm-grow, or load it "
-            "yourself with trust_remote_code=True if you trust it")
+            "yourself with trust_remote_code=True if you trust it"
+        )
     return True

@@ -27,32 +27,45 @@ from growth import roles as R
 from training.hf.errors import HFInteropError
 
 
-def export_state(cfg, state: dict[str, Tensor], dtype: torch.dtype,
-                 fold: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def export_state(
+    cfg, state: dict[str, Tensor], dtype: torch.dtype, fold: bool = True
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(export state in ``dtype``, a JSON-ready record of what was folded). ``state`` is unchanged.
     ``fold=False`` (the FLM architecture, which applies the multipliers itself): trim the padded
     vocabulary rows only."""
     m_in, m_out = float(cfg.input_multiplier), float(cfg.output_multiplier)
     if not (math.isfinite(m_in) and math.isfinite(m_out)):
-        raise HFInteropError(f"model.input_multiplier={m_in} / output_multiplier={m_out} are not finite; "
-                             "nothing can be exported")
+        raise HFInteropError(
+            f"model.input_multiplier={m_in} / output_multiplier={m_out} are not finite; nothing can be exported"
+        )
     vocab = cfg.vocab_size
     rows = state[R.EMBEDDING].shape[0]
     if rows < vocab:
-        raise HFInteropError(f"the embedding has {rows} rows but model.vocab_size is {vocab}; the checkpoint "
-                             "and its config disagree")
+        raise HFInteropError(
+            f"the embedding has {rows} rows but model.vocab_size is {vocab}; the checkpoint and its config disagree"
+        )
     if not fold:
         out = dict(state)
         out[R.EMBEDDING] = state[R.EMBEDDING][:vocab]
         if not cfg.tie_embeddings:
             out[R.OUTPUT] = state[R.OUTPUT][:vocab]
-        return ({k: v.to(dtype) for k, v in out.items()},
-                {"input_multiplier": m_in, "output_multiplier": m_out, "padded_rows_dropped": rows - vocab,
-                 "multipliers": "kept in config.json (the model applies them)"})
+        return (
+            {k: v.to(dtype) for k, v in out.items()},
+            {
+                "input_multiplier": m_in,
+                "output_multiplier": m_out,
+                "padded_rows_dropped": rows - vocab,
+                "multipliers": "kept in config.json (the model applies them)",
+            },
+        )
     out = {k: v.to(torch.float64) for k, v in state.items()}
     out[R.EMBEDDING] = out[R.EMBEDDING][:vocab] * m_in
-    record: dict[str, Any] = {"input_multiplier": m_in, "output_multiplier": m_out,
-                              "padded_rows_dropped": rows - vocab, "embedding_scaled_by": m_in}
+    record: dict[str, Any] = {
+        "input_multiplier": m_in,
+        "output_multiplier": m_out,
+        "padded_rows_dropped": rows - vocab,
+        "embedding_scaled_by": m_in,
+    }
     if not cfg.tie_embeddings:
         out[R.OUTPUT] = out[R.OUTPUT][:vocab] * m_out
         record["output_layer_scaled_by"] = m_out
@@ -61,7 +74,8 @@ def export_state(cfg, state: dict[str, Tensor], dtype: torch.dtype,
             raise HFInteropError(
                 "model.input_multiplier is 0 with tied embeddings and output_multiplier "
                 f"{m_out}: the exported tied matrix would be 0 and the output layer would lose E; "
-                "this cannot be folded exactly, so the export is refused")
+                "this cannot be folded exactly, so the export is refused"
+            )
         scale = m_out / m_in
         out[R.FINAL_NORM_WEIGHT] = out[R.FINAL_NORM_WEIGHT] * scale
         if R.FINAL_NORM_BIAS in out:

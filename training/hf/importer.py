@@ -76,11 +76,17 @@ def _qwen2_window(hc) -> Optional[int]:
 
 
 FAMILIES = {
-    "llama": Family(lambda hc: {"qkv": bool(getattr(hc, "attention_bias", False)),
-                                "proj": bool(getattr(hc, "attention_bias", False)),
-                                "mlp": bool(getattr(hc, "mlp_bias", False))}, lambda hc: None),
-    "mistral": Family(lambda hc: {"qkv": False, "proj": False, "mlp": False},
-                      lambda hc: getattr(hc, "sliding_window", None)),
+    "llama": Family(
+        lambda hc: {
+            "qkv": bool(getattr(hc, "attention_bias", False)),
+            "proj": bool(getattr(hc, "attention_bias", False)),
+            "mlp": bool(getattr(hc, "mlp_bias", False)),
+        },
+        lambda hc: None,
+    ),
+    "mistral": Family(
+        lambda hc: {"qkv": False, "proj": False, "mlp": False}, lambda hc: getattr(hc, "sliding_window", None)
+    ),
     "qwen2": Family(lambda hc: {"qkv": True, "proj": False, "mlp": False}, _qwen2_window),
 }
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
@@ -100,12 +106,17 @@ class ImportReport:
         return model_overrides(self.model)
 
     def summary(self) -> str:
-        tok = (f"{self.tokenizer.get('kind', 'sentencepiece')} tokenizer {self.out / TOKENIZER_DIR}" if self.tokenizer
-               else "no tokenizer (--no-tokenizer)")
-        lines = [f"imported {self.src} -> {self.out} ({tok})",
-                 f"model section: {self.out / MODEL_YAML}",
-                 "train it (any layout) with:",
-                 f"  flm train RUN.yaml {' '.join(self.overrides())} --init-from {self.out}"]
+        tok = (
+            f"{self.tokenizer.get('kind', 'sentencepiece')} tokenizer {self.out / TOKENIZER_DIR}"
+            if self.tokenizer
+            else "no tokenizer (--no-tokenizer)"
+        )
+        lines = [
+            f"imported {self.src} -> {self.out} ({tok})",
+            f"model section: {self.out / MODEL_YAML}",
+            "train it (any layout) with:",
+            f"  flm train RUN.yaml {' '.join(self.overrides())} --init-from {self.out}",
+        ]
         if self.check is not None:
             lines.append(self.check.summary())
         return "\n".join(lines)
@@ -113,6 +124,7 @@ class ImportReport:
 
 def model_overrides(model: dict[str, Any]) -> list[str]:
     """``model.<key>=<value>`` overrides that reproduce the model section ``model`` on any run config."""
+
     def fmt(v: Any) -> str:
         return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -132,8 +144,10 @@ def parse_layout(text: str):
             candidates = [Path(text), CONFIGS_DIR / "layouts" / text, CONFIGS_DIR / "layouts" / f"{text}.yaml"]
             found = next((p for p in candidates if p.is_file()), None)
             if found is None:
-                raise HFInteropError(f"--layout {text!r}: no such file (looked at {', '.join(map(str, candidates))}); "
-                                     "give a layout YAML or key=value pairs like tp=2,pp=2")
+                raise HFInteropError(
+                    f"--layout {text!r}: no such file (looked at {', '.join(map(str, candidates))}); "
+                    "give a layout YAML or key=value pairs like tp=2,pp=2"
+                )
             data = read_yaml(found)
         return from_dict(ParallelConfig, data)
     except ConfigError as err:
@@ -145,13 +159,16 @@ def _hf_config(hf_dir: Path):
     if not hf_dir.is_dir():
         raise HFInteropError(f"Hugging Face model directory {hf_dir} does not exist")
     if not (hf_dir / "config.json").is_file():
-        raise HFInteropError(f"{hf_dir / 'config.json'} not found: not a Hugging Face model directory "
-                             "(save one with model.save_pretrained(DIR))")
+        raise HFInteropError(
+            f"{hf_dir / 'config.json'} not found: not a Hugging Face model directory "
+            "(save one with model.save_pretrained(DIR))"
+        )
     model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise HFInteropError(
             f"{hf_dir / 'config.json'}: model_type {model_type!r} is not supported; import-hf reads "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints (RMSNorm + SwiGLU + RoPE, GQA, tied or untied)")
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints (RMSNorm + SwiGLU + RoPE, GQA, tied or untied)"
+        )
     try:
         return transformers.AutoConfig.from_pretrained(str(hf_dir))
     except Exception as err:  # transformers raises several types for malformed configs
@@ -170,6 +187,7 @@ def _rope_field(where: Path) -> str:
 def model_section(hc, seq_length: Optional[int], where: Path) -> dict[str, Any]:
     """The project's model section for the Llama/Mistral/Qwen2 config ``hc`` (``where``: its
     config.json); HFInteropError naming the field that cannot map."""
+
     def refuse(what: str) -> HFInteropError:
         return HFInteropError(f"{where}: {what}; the project model cannot compute this, so the import is refused")
 
@@ -183,8 +201,10 @@ def model_section(hc, seq_length: Optional[int], where: Path) -> dict[str, Any]:
     if rope.get("rope_type", "default") != "default":
         field = _rope_field(where)
         extra = f", factor {rope['factor']}" if "factor" in rope else ""
-        raise refuse(f"{field}.rope_type is {rope.get('rope_type')!r} (RoPE scaling{extra}); the project's RoPE has "
-                     "no frequency scaling, only plain RoPE (rope_type 'default') imports")
+        raise refuse(
+            f"{field}.rope_type is {rope.get('rope_type')!r} (RoPE scaling{extra}); the project's RoPE has "
+            "no frequency scaling, only plain RoPE (rope_type 'default') imports"
+        )
     if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
         raise refuse("partial_rotary_factor is not 1 (partial rotary embeddings)")
     if theta is None or float(theta) != int(float(theta)):
@@ -192,36 +212,54 @@ def model_section(hc, seq_length: Optional[int], where: Path) -> dict[str, Any]:
     biases = family.biases(hc)
     window = family.window(hc)
     if window is not None and seq_length is not None and seq_length > window:
-        raise refuse(f"sliding_window is {window} but --seq-length is {seq_length} (the project attends to the whole "
-                     f"sequence); pass --seq-length {window} or less")
+        raise refuse(
+            f"sliding_window is {window} but --seq-length is {seq_length} (the project attends to the whole "
+            f"sequence); pass --seq-length {window} or less"
+        )
     seq = seq_length or (min(hc.max_position_embeddings, window) if window else hc.max_position_embeddings)
     heads, hidden = hc.num_attention_heads, hc.hidden_size
     head_dim = getattr(hc, "head_dim", None) or hidden // heads
     groups = getattr(hc, "num_key_value_heads", None) or heads
     return {
-        "num_layers": hc.num_hidden_layers, "hidden_size": hidden, "ffn_hidden_size": hc.intermediate_size,
-        "num_attention_heads": heads, "num_query_groups": None if groups == heads else groups,
-        "kv_channels": None if head_dim * heads == hidden else head_dim, "vocab_size": hc.vocab_size,
-        "seq_length": seq, "normalization": "RMSNorm",
-        "activation": "swiglu", "position_embedding": "rope", "rotary_base": int(float(theta)),
-        "tie_embeddings": bool(getattr(hc, "tie_word_embeddings", False)), "bias": any(biases.values()),
-        "norm_eps": float(hc.rms_norm_eps), "init_std": float(getattr(hc, "initializer_range", 0.02)),
+        "num_layers": hc.num_hidden_layers,
+        "hidden_size": hidden,
+        "ffn_hidden_size": hc.intermediate_size,
+        "num_attention_heads": heads,
+        "num_query_groups": None if groups == heads else groups,
+        "kv_channels": None if head_dim * heads == hidden else head_dim,
+        "vocab_size": hc.vocab_size,
+        "seq_length": seq,
+        "normalization": "RMSNorm",
+        "activation": "swiglu",
+        "position_embedding": "rope",
+        "rotary_base": int(float(theta)),
+        "tie_embeddings": bool(getattr(hc, "tie_word_embeddings", False)),
+        "bias": any(biases.values()),
+        "norm_eps": float(hc.rms_norm_eps),
+        "init_std": float(getattr(hc, "initializer_range", 0.02)),
         "attention_dropout": float(getattr(hc, "attention_dropout", 0.0) or 0.0),
     }
 
 
 def _take(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], where: Path) -> torch.Tensor:
     if key not in tensors:
-        raise HFInteropError(f"{where}: the weights have no {key!r}; the checkpoint is incomplete or not of its "
-                             "config.json's model_type")
+        raise HFInteropError(
+            f"{where}: the weights have no {key!r}; the checkpoint is incomplete or not of its config.json's model_type"
+        )
     t = tensors.pop(key)
     if tuple(t.shape) != shape:
         raise HFInteropError(f"{where}: {key} has shape {tuple(t.shape)}, config.json implies {shape}")
     return t
 
 
-def logical_from_llama(cfg, tensors: dict[str, torch.Tensor], padded_vocab: int, dtype: torch.dtype,
-                       where: Path, biases: Optional[dict[str, bool]] = None) -> dict[str, torch.Tensor]:
+def logical_from_llama(
+    cfg,
+    tensors: dict[str, torch.Tensor],
+    padded_vocab: int,
+    dtype: torch.dtype,
+    where: Path,
+    biases: Optional[dict[str, bool]] = None,
+) -> dict[str, torch.Tensor]:
     """The logical state dict of ``cfg`` from Llama-named ``tensors`` (consumed); vocabulary padded
     with zeros. ``biases``: which of ``qkv``/``proj``/``mlp`` biases the file has (default: all when
     ``cfg.bias``); with ``cfg.bias`` the absent ones are zeros."""
@@ -248,25 +286,39 @@ def logical_from_llama(cfg, tensors: dict[str, torch.Tensor], padded_vocab: int,
         def take(name: str, shape: tuple[int, ...], p: str = p) -> torch.Tensor:
             return _take(tensors, p + name, shape, where)
 
-        q, k, v = take("self_attn.q_proj.weight", (nq * d, H)), take("self_attn.k_proj.weight", (ng * d, H)), \
-            take("self_attn.v_proj.weight", (ng * d, H))
-        layer = {R.QKV_WEIGHT: fuse_qkv(q, k, v, cfg), R.PROJ_WEIGHT: take("self_attn.o_proj.weight", (H, nq * d)),
-                 R.FC1_WEIGHT: torch.cat([take("mlp.gate_proj.weight", (F, H)), take("mlp.up_proj.weight", (F, H))]),
-                 R.FC2_WEIGHT: take("mlp.down_proj.weight", (H, F)),
-                 R.NORM1_WEIGHT: take("input_layernorm.weight", (H,)),
-                 R.NORM2_WEIGHT: take("post_attention_layernorm.weight", (H,))}
+        q, k, v = (
+            take("self_attn.q_proj.weight", (nq * d, H)),
+            take("self_attn.k_proj.weight", (ng * d, H)),
+            take("self_attn.v_proj.weight", (ng * d, H)),
+        )
+        layer = {
+            R.QKV_WEIGHT: fuse_qkv(q, k, v, cfg),
+            R.PROJ_WEIGHT: take("self_attn.o_proj.weight", (H, nq * d)),
+            R.FC1_WEIGHT: torch.cat([take("mlp.gate_proj.weight", (F, H)), take("mlp.up_proj.weight", (F, H))]),
+            R.FC2_WEIGHT: take("mlp.down_proj.weight", (H, F)),
+            R.NORM1_WEIGHT: take("input_layernorm.weight", (H,)),
+            R.NORM2_WEIGHT: take("post_attention_layernorm.weight", (H,)),
+        }
         if cfg.bias:
+
             def bias(name: str, size: int, present: bool, layer: dict = layer) -> torch.Tensor:
                 return take(name, (size,)) if present else torch.zeros(size, dtype=layer[R.PROJ_WEIGHT].dtype)
 
-            layer.update({
-                R.QKV_BIAS: fuse_qkv(bias("self_attn.q_proj.bias", nq * d, has["qkv"]),
-                                     bias("self_attn.k_proj.bias", ng * d, has["qkv"]),
-                                     bias("self_attn.v_proj.bias", ng * d, has["qkv"]), cfg),
-                R.PROJ_BIAS: bias("self_attn.o_proj.bias", H, has["proj"]),
-                R.FC1_BIAS: torch.cat([bias("mlp.gate_proj.bias", F, has["mlp"]),
-                                       bias("mlp.up_proj.bias", F, has["mlp"])]),
-                R.FC2_BIAS: bias("mlp.down_proj.bias", H, has["mlp"])})
+            layer.update(
+                {
+                    R.QKV_BIAS: fuse_qkv(
+                        bias("self_attn.q_proj.bias", nq * d, has["qkv"]),
+                        bias("self_attn.k_proj.bias", ng * d, has["qkv"]),
+                        bias("self_attn.v_proj.bias", ng * d, has["qkv"]),
+                        cfg,
+                    ),
+                    R.PROJ_BIAS: bias("self_attn.o_proj.bias", H, has["proj"]),
+                    R.FC1_BIAS: torch.cat(
+                        [bias("mlp.gate_proj.bias", F, has["mlp"]), bias("mlp.up_proj.bias", F, has["mlp"])]
+                    ),
+                    R.FC2_BIAS: bias("mlp.down_proj.bias", H, has["mlp"]),
+                }
+            )
         for key, t in layer.items():
             per_layer.setdefault(key, []).append(t)
     state.update({k: torch.stack(v) for k, v in per_layer.items()})
@@ -276,8 +328,16 @@ def logical_from_llama(cfg, tensors: dict[str, torch.Tensor], padded_vocab: int,
     return {k: v.to(dtype).contiguous() for k, v in state.items()}
 
 
-def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1", dtype: str = "float32",
-              seq_length: Optional[int] = None, no_tokenizer: bool = False, check: bool = False) -> ImportReport:
+def import_hf(
+    hf_dir: str | Path,
+    out: str | Path,
+    *,
+    layout: str = "tp=1,pp=1",
+    dtype: str = "float32",
+    seq_length: Optional[int] = None,
+    no_tokenizer: bool = False,
+    check: bool = False,
+) -> ImportReport:
     """Import the Llama/Mistral/Qwen2 directory ``hf_dir`` into the new checkpoint ``out`` (see the
     module docstring).
 
@@ -286,7 +346,6 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
     ``check`` the transformers model and the imported weights must give the same logits (float32)
     before ``out`` appears. ``out`` must not exist; nothing is left there on failure.
     """
-
 
     hf_dir, out = Path(hf_dir), Path(out)
     if out.exists():
@@ -297,13 +356,26 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
     parallel = parse_layout(layout)
     model = model_section(hc, seq_length, hf_dir / "config.json")
     try:
-        run = from_dict(RunConfig, {"name": f"import-{hf_dir.name}", "output_dir": f"runs/import-{hf_dir.name}",
-                                    "model": model, "parallel": to_dict(parallel)})
+        run = from_dict(
+            RunConfig,
+            {
+                "name": f"import-{hf_dir.name}",
+                "output_dir": f"runs/import-{hf_dir.name}",
+                "model": model,
+                "parallel": to_dict(parallel),
+            },
+        )
     except ConfigError as err:
         raise HFInteropError(f"{hf_dir / 'config.json'} does not fit layout {layout!r}: {err}") from None
     cfg = run.model
-    state = logical_from_llama(cfg, read_tensors(hf_dir), cfg.padded_vocab_size(parallel.tp), DTYPES[dtype], hf_dir,
-                               FAMILIES[hc.model_type].biases(hc))
+    state = logical_from_llama(
+        cfg,
+        read_tensors(hf_dir),
+        cfg.padded_vocab_size(parallel.tp),
+        DTYPES[dtype],
+        hf_dir,
+        FAMILIES[hc.model_type].biases(hc),
+    )
 
     staging = out.parent / f".{out.name}.importing-{os.getpid()}"
     if staging.exists():
@@ -318,12 +390,23 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
             tokens = random_tokens(cfg.vocab_size, min(cfg.seq_length, 64))
             comparison = compare(cfg, state, load_hf_model(hf_dir, torch.float32), tokens)
             if comparison.within is False:
-                raise RoundTripMismatch(f"the imported weights do not compute what {hf_dir} does: {comparison.summary()}; "
-                                     "nothing was written. This is a bug; please report it with config.json")
-        meta = {"config": to_dict(run), "step": 0, "consumed_samples": 0, "adam_step": 0,
-                "hf_import": {"source": str(hf_dir.resolve()), "model_type": hc.model_type,
-                              "transformers": transformers.__version__, "dtype": dtype,
-                              "check": None if comparison is None else comparison.to_dict()}}
+                raise RoundTripMismatch(
+                    f"the imported weights do not compute what {hf_dir} does: {comparison.summary()}; "
+                    "nothing was written. This is a bug; please report it with config.json"
+                )
+        meta = {
+            "config": to_dict(run),
+            "step": 0,
+            "consumed_samples": 0,
+            "adam_step": 0,
+            "hf_import": {
+                "source": str(hf_dir.resolve()),
+                "model_type": hc.model_type,
+                "transformers": transformers.__version__,
+                "dtype": dtype,
+                "check": None if comparison is None else comparison.to_dict(),
+            },
+        }
         if tok is not None:
             meta["tokenizer"] = TOKENIZER_DIR
 
@@ -339,4 +422,3 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, layout: str = "tp=1,pp=1",
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ImportReport(hf_dir, out, to_dict(cfg), tok, comparison)
-

@@ -25,12 +25,22 @@ INDEX = "model.safetensors.index.json"
 
 def parse_size(text: str) -> int:
     """``"2GB"``, ``"500MB"``, ``"64KiB"``, ``"1000"`` -> bytes (decimal units; ``i`` forms binary)."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     s = text.strip().upper()
     number = s.rstrip("KMGTIB")
     try:
-        value = float(number) * units[s[len(number):]]
+        value = float(number) * units[s[len(number) :]]
     except (ValueError, KeyError):
         raise HFInteropError(f"--max-shard-size {text!r} is not a size; use e.g. 2GB, 500MB or 64KiB") from None
     if value < 1:
@@ -72,14 +82,21 @@ def read_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (hf_dir / f).is_file()]
         if missing:
-            raise HFInteropError(f"{hf_dir / INDEX} lists {missing[:3]}, which are missing; copy the complete "
-                                 "model directory")
+            raise HFInteropError(
+                f"{hf_dir / INDEX} lists {missing[:3]}, which are missing; copy the complete model directory"
+            )
     elif (hf_dir / SINGLE).is_file():
         files = [SINGLE]
     else:
         other = sorted(p.name for p in hf_dir.glob("*.bin")) + sorted(p.name for p in hf_dir.glob("*.pt"))
-        hint = (f" It has {other[:3]}: pickled weights are not read (they can run code); re-save them with "
-                "model.save_pretrained(dir, safe_serialization=True)") if other else ""
+        hint = (
+            (
+                f" It has {other[:3]}: pickled weights are not read (they can run code); re-save them with "
+                "model.save_pretrained(dir, safe_serialization=True)"
+            )
+            if other
+            else ""
+        )
         raise HFInteropError(f"{hf_dir} has no {SINGLE} or {INDEX}.{hint}")
     out: dict[str, torch.Tensor] = {}
     for f in files:

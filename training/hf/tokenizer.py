@@ -63,9 +63,11 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 #: the one known difference: transformers' Unigram matches every vocabulary string in the text,
 #: sentencepiece never matches control and byte pieces, so a literal ``<s>`` or ``<0x41>`` in the
 #: text encodes differently (BPE, the project's default, has no such difference)
-UNIGRAM_LIMITATION = ("unigram tokenizer: text that literally contains a control or byte piece "
-                      "(e.g. '<s>', '</s>', '<0x41>') encodes differently in transformers; all other text "
-                      "encodes identically")
+UNIGRAM_LIMITATION = (
+    "unigram tokenizer: text that literally contains a control or byte piece "
+    "(e.g. '<s>', '</s>', '<0x41>') encodes differently in transformers; all other text "
+    "encodes identically"
+)
 
 
 def _lookalike(text: str) -> bool:
@@ -86,8 +88,10 @@ def _backend(proto):
     pieces = list(proto.pieces)
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     if spec.treat_whitespace_as_suffix:
-        raise HFInteropError("the sentencepiece model sets treat_whitespace_as_suffix, which the "
-                             "Hugging Face conversion does not reproduce; export refused")
+        raise HFInteropError(
+            "the sentencepiece model sets treat_whitespace_as_suffix, which the "
+            "Hugging Face conversion does not reproduce; export refused"
+        )
     if spec.model_type == 2:  # BPE: the best-scoring merged piece first (ties: lower id)
         normal = {p.piece: (p.score, i) for i, p in enumerate(pieces) if p.type == _NORMAL}
         ranked = []
@@ -96,9 +100,13 @@ def _backend(proto):
                 left, right = token[:cut], token[cut:]
                 if left in normal and right in normal:
                     ranked.append((-score, i, left, right))
-        model = models.BPE(vocab={p.piece: i for i, p in enumerate(pieces)},
-                           merges=[(a, b) for _, _, a, b in sorted(ranked)], unk_token=pieces[spec.unk_id].piece,
-                           fuse_unk=True, byte_fallback=spec.byte_fallback)
+        model = models.BPE(
+            vocab={p.piece: i for i, p in enumerate(pieces)},
+            merges=[(a, b) for _, _, a, b in sorted(ranked)],
+            unk_token=pieces[spec.unk_id].piece,
+            fuse_unk=True,
+            byte_fallback=spec.byte_fallback,
+        )
     elif spec.model_type == 1:  # Unigram (see UNIGRAM_LIMITATION)
         vocab = [(p.piece, p.score) for p in pieces]
         model = models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback)
@@ -123,16 +131,21 @@ def _backend(proto):
         dec.append(decoders.Strip(content=" ", left=1, right=0))
     tok.decoder = decoders.Sequence(dec)
     tok.add_tokens([AddedToken(p.piece, special=False, normalized=False) for p in pieces if p.type == _USER])
-    tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
-                            for p in pieces if p.type in (_UNKNOWN, _CONTROL)])
+    tok.add_special_tokens(
+        [AddedToken(p.piece, special=True, normalized=False) for p in pieces if p.type in (_UNKNOWN, _CONTROL)]
+    )
     return tok
 
 
 def special_pieces(tokenizer: Tokenizer) -> dict[str, Optional[str]]:
     """``{unk,bos,eos,pad}_token`` -> piece (None where the model has no such id)."""
     sp = tokenizer.processor
-    ids = {"unk_token": tokenizer.unk_id, "bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id,
-           "pad_token": tokenizer.pad_id}
+    ids = {
+        "unk_token": tokenizer.unk_id,
+        "bos_token": tokenizer.bos_id,
+        "eos_token": tokenizer.eos_id,
+        "pad_token": tokenizer.pad_id,
+    }
     return {name: (sp.id_to_piece(i) if i is not None and i >= 0 else None) for name, i in ids.items()}
 
 
@@ -141,8 +154,12 @@ def to_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):
 
     specials = {k: v for k, v in special_pieces(tokenizer).items() if v is not None}
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=_backend(_proto(tokenizer.model_bytes)), clean_up_tokenization_spaces=False,
-        split_special_tokens=True, model_max_length=model_max_length, **specials)
+        tokenizer_object=_backend(_proto(tokenizer.model_bytes)),
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=True,
+        model_max_length=model_max_length,
+        **specials,
+    )
 
 
 def encoding_mismatches(tokenizer: Tokenizer, hf_tokenizer, texts=SAMPLE_TEXTS) -> list[dict[str, Any]]:
@@ -174,16 +191,24 @@ def save_hf_tokenizer(tokenizer: BaseTokenizer, out_dir: Path, model_max_length:
     texts = [t for t in SAMPLE_TEXTS if not (unigram and _lookalike(t))]
     bad = encoding_mismatches(tokenizer, loaded, texts)
     if bad:
-        first = next(i for i, (a, b) in enumerate(zip(bad[0]["hf"] + [None], bad[0]["sentencepiece"] + [None]))
-                     if a != b)
+        first = next(
+            i for i, (a, b) in enumerate(zip(bad[0]["hf"] + [None], bad[0]["sentencepiece"] + [None])) if a != b
+        )
         raise HFInteropError(
             f"the converted tokenizer of {tokenizer.path} encodes {bad[0]['text']!r} differently from sentencepiece "
-            f"from token {first} on (transformers {bad[0]['hf'][first:first + 6]}, sentencepiece "
-            f"{bad[0]['sentencepiece'][first:first + 6]}); this sentencepiece model uses settings the conversion does "
-            "not reproduce, so the export is refused")
-    return {"kind": tokenizer.kind, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-            "source": str(tokenizer.path), "special_tokens": special_pieces(tokenizer), "checked_texts": len(texts),
-            "limitation": UNIGRAM_LIMITATION if unigram else None}
+            f"from token {first} on (transformers {bad[0]['hf'][first : first + 6]}, sentencepiece "
+            f"{bad[0]['sentencepiece'][first : first + 6]}); this sentencepiece model uses settings the conversion does "
+            "not reproduce, so the export is refused"
+        )
+    return {
+        "kind": tokenizer.kind,
+        "sha256": tokenizer.sha256,
+        "vocab_size": tokenizer.vocab_size,
+        "source": str(tokenizer.path),
+        "special_tokens": special_pieces(tokenizer),
+        "checked_texts": len(texts),
+        "limitation": UNIGRAM_LIMITATION if unigram else None,
+    }
 
 
 def _save_hf_files(tokenizer: BaseTokenizer, out_dir: Path) -> dict[str, Any]:
@@ -192,17 +217,27 @@ def _save_hf_files(tokenizer: BaseTokenizer, out_dir: Path) -> dict[str, Any]:
     try:
         loaded = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     except Exception as err:  # transformers raises many types for unreadable tokenizer files
-        raise HFInteropError(f"transformers cannot load the tokenizer files of {tokenizer.path} ({err}); "
-                             "fix them or export with --no-tokenizer") from None
+        raise HFInteropError(
+            f"transformers cannot load the tokenizer files of {tokenizer.path} ({err}); "
+            "fix them or export with --no-tokenizer"
+        ) from None
     for text in SAMPLE_TEXTS:
         ours, theirs = tokenizer.encode(text), loaded.encode(text, add_special_tokens=False)
         if ours != theirs:
             raise HFInteropError(
                 f"the tokenizer files of {tokenizer.path} encode {text!r} differently in transformers ({theirs[:8]}) "
-                f"and in the tokenizers library ({ours[:8]}); the export is refused")
-    return {"kind": tokenizer.kind, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-            "source": str(tokenizer.path), "files": sorted(tokenizer.files),  # type: ignore[attr-defined]
-            "special_ids": tokenizer.special_ids(), "checked_texts": len(SAMPLE_TEXTS), "limitation": None}
+                f"and in the tokenizers library ({ours[:8]}); the export is refused"
+            )
+    return {
+        "kind": tokenizer.kind,
+        "sha256": tokenizer.sha256,
+        "vocab_size": tokenizer.vocab_size,
+        "source": str(tokenizer.path),
+        "files": sorted(tokenizer.files),  # type: ignore[attr-defined]
+        "special_ids": tokenizer.special_ids(),
+        "checked_texts": len(SAMPLE_TEXTS),
+        "limitation": None,
+    }
 
 
 # ------------------------------------------------------------------ which tokenizer a checkpoint has
@@ -232,11 +267,13 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
     if kind == "default":
         vocab = meta["config"]["model"]["vocab_size"]
         path = Path(data.get("default_dir", "~/.cache/flm/default-data")).expanduser() / f"tokenizer-bpe-v{vocab}"
-        return _load(path, f"the default-corpus tokenizer of {ckpt}'s run (build it with `flm data default-corpus "
-                           f"--out {path.parent} --vocab-size {vocab}`)"), f"{path} (default corpus)"
+        return _load(
+            path,
+            f"the default-corpus tokenizer of {ckpt}'s run (build it with `flm data default-corpus "
+            f"--out {path.parent} --vocab-size {vocab}`)",
+        ), f"{path} (default corpus)"
     source = (meta.get("growth") or {}).get("source")
     if source:
-
         src = Path(source)
         if src in seen or not src.exists():
             return None
@@ -245,12 +282,15 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
     return None
 
 
-NO_TOKENIZER_HINT = ("pass --tokenizer PATH (a tokenizer directory, .model or tokenizer.json file whose vocabulary "
-                     "matches model.vocab_size), or --no-tokenizer to export the weights only")
+NO_TOKENIZER_HINT = (
+    "pass --tokenizer PATH (a tokenizer directory, .model or tokenizer.json file whose vocabulary "
+    "matches model.vocab_size), or --no-tokenizer to export the weights only"
+)
 
 
-def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[str | Path] = None,
-                         hint: str = NO_TOKENIZER_HINT) -> tuple[BaseTokenizer, str]:
+def checkpoint_tokenizer(
+    ckpt: Path, meta: dict[str, Any], explicit: Optional[str | Path] = None, hint: str = NO_TOKENIZER_HINT
+) -> tuple[BaseTokenizer, str]:
     """(tokenizer, where it came from) of checkpoint ``ckpt`` with metadata ``meta``.
 
     Order: ``explicit`` (``--tokenizer``); the tokenizer recorded by ``flm import-hf``; the run's
@@ -273,7 +313,8 @@ def checkpoint_tokenizer(ckpt: Path, meta: dict[str, Any], explicit: Optional[st
     if tok.vocab_size != vocab and not (tok.kind == "hf" and tok.vocab_size < vocab):
         raise HFInteropError(
             f"the tokenizer {where} has {tok.vocab_size} ids but {ckpt} has model.vocab_size {vocab}; "
-            "this is not the tokenizer the model was trained with; pass the right one with --tokenizer PATH")
+            "this is not the tokenizer the model was trained with; pass the right one with --tokenizer PATH"
+        )
     return tok, where
 
 
@@ -294,7 +335,8 @@ def import_tokenizer(hf_dir: Path, out_dir: Path, vocab_size: int) -> dict[str, 
         raise HFInteropError(
             f"{hf_dir} has no tokenizer (neither {TOKENIZER_JSON}, {TOKENIZER_CONFIG} nor a sentencepiece "
             f"{MODEL_FILE}); copy the model's tokenizer files into it, or pass --no-tokenizer to import the "
-            "weights only")
+            "weights only"
+        )
     try:
         tok = load_hf_tokenizer(hf_dir)
     except DataError as err:
@@ -302,7 +344,8 @@ def import_tokenizer(hf_dir: Path, out_dir: Path, vocab_size: int) -> dict[str, 
     if tok.vocab_size > vocab_size:
         raise HFInteropError(
             f"{hf_dir / TOKENIZER_JSON} has {tok.vocab_size} ids but the model's embedding has only {vocab_size} rows "
-            f"(config.json vocab_size); the tokenizer does not belong to these weights")
+            f"(config.json vocab_size); the tokenizer does not belong to these weights"
+        )
     tok.save(out_dir)
     return dict(tok.record(), imported_from=str(hf_dir))
 
@@ -317,21 +360,28 @@ def import_sentencepiece(hf_dir: Path, out_dir: Path, vocab_size: int) -> dict[s
         raise HFInteropError(
             f"{src} not found: the project's tokenizer is sentencepiece, and this directory has none "
             f"(a tokenizer.json alone, e.g. byte-level BPE, cannot be used for training data); pass "
-            "--no-tokenizer to import the weights only")
+            "--no-tokenizer to import the weights only"
+        )
     tok = Tokenizer(src.read_bytes(), src) if _is_sentencepiece(src) else None
     if tok is None:
         raise HFInteropError(f"{src} is not a sentencepiece model; pass --no-tokenizer to import the weights only")
     if tok.vocab_size > vocab_size:
         raise HFInteropError(
             f"{src} has {tok.vocab_size} ids but the model's embedding has only {vocab_size} rows "
-            f"(config.json vocab_size); the tokenizer does not belong to these weights")
+            f"(config.json vocab_size); the tokenizer does not belong to these weights"
+        )
     if (hf_dir / "tokenizer.json").is_file() or (hf_dir / "tokenizer_config.json").is_file():
         _check_hf_dir_tokenizer(hf_dir, tok)
     out_dir.mkdir(parents=True)
     shutil.copyfile(src, out_dir / MODEL_FILE)
-    record = {"format": "flm-tokenizer", "version": 1, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
-              "special_ids": {"unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id},
-              "imported_from": str(src)}
+    record = {
+        "format": "flm-tokenizer",
+        "version": 1,
+        "sha256": tok.sha256,
+        "vocab_size": tok.vocab_size,
+        "special_ids": {"unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id},
+        "imported_from": str(src),
+    }
     (out_dir / META_FILE).write_text(json.dumps(record, indent=2))
     return record
 
@@ -348,8 +398,9 @@ def _check_hf_dir_tokenizer(hf_dir: Path, tok: Tokenizer) -> None:
     try:
         hf_tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
     except Exception as err:  # transformers raises many types for unreadable tokenizer files
-        raise HFInteropError(f"{hf_dir}: transformers cannot load its tokenizer ({err}); fix the tokenizer files "
-                             "or pass --no-tokenizer") from None
+        raise HFInteropError(
+            f"{hf_dir}: transformers cannot load its tokenizer ({err}); fix the tokenizer files or pass --no-tokenizer"
+        ) from None
     texts = [t for t in SAMPLE_TEXTS if t.strip() and "<" not in t]
     for text in texts:
         ours, theirs = tok.encode(text), hf_tok.encode(text, add_special_tokens=False)
@@ -357,4 +408,5 @@ def _check_hf_dir_tokenizer(hf_dir: Path, tok: Tokenizer) -> None:
             raise HFInteropError(
                 f"{hf_dir}: tokenizer.model and the directory's Hugging Face tokenizer disagree on {text!r} "
                 f"({ours[:12]} vs {theirs[:12]}); the files do not belong together (mismatched tokenizer). Pass "
-                "--no-tokenizer to import the weights only")
+                "--no-tokenizer to import the weights only"
+            )

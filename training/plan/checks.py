@@ -17,7 +17,7 @@ from training.config_base import ConfigError
 from training.plan.memory import RECOMPUTE_MODES, RankMemory, Recompute, worst_rank
 from training.plan.params import RankParams
 
-GIB = 1024 ** 3
+GIB = 1024**3
 #: a pipeline rank more than this much above the mean (params or FLOPs) is reported
 IMBALANCE = 0.10
 
@@ -50,20 +50,27 @@ def data_parallel(parallel: ParallelConfig, gpus: Optional[int], where: str) -> 
     dp_override = override_key(_k(where, "parallel.dp"))
     if gpus is None:
         if parallel.dp is None:
-            raise ConfigError(_k(where, "parallel.dp"),
-                              f"is null, so the stage's GPU count is unknown; pass --gpus N or set "
-                              f"{dp_override}")
+            raise ConfigError(
+                _k(where, "parallel.dp"),
+                f"is null, so the stage's GPU count is unknown; pass --gpus N or set {dp_override}",
+            )
         return parallel.dp, []
     if gpus % mp:
-        raise ConfigError(_k(where, "parallel"),
-                          f"--gpus {gpus} is not divisible by tp x pp = {parallel.tp} x {parallel.pp} = {mp}; "
-                          f"use a multiple of {mp} GPUs or change tp/pp")
+        raise ConfigError(
+            _k(where, "parallel"),
+            f"--gpus {gpus} is not divisible by tp x pp = {parallel.tp} x {parallel.pp} = {mp}; "
+            f"use a multiple of {mp} GPUs or change tp/pp",
+        )
     dp = gpus // mp
     if parallel.dp is not None and parallel.dp != dp:
-        return parallel.dp, [Finding(
-            "error", _k(where, "parallel.dp"),
-            f"tp x pp x dp = {parallel.tp} x {parallel.pp} x {parallel.dp} = {mp * parallel.dp} but --gpus is "
-            f"{gpus}; set {dp_override}={dp} (or null), or plan for {mp * parallel.dp} GPUs")]
+        return parallel.dp, [
+            Finding(
+                "error",
+                _k(where, "parallel.dp"),
+                f"tp x pp x dp = {parallel.tp} x {parallel.pp} x {parallel.dp} = {mp * parallel.dp} but --gpus is "
+                f"{gpus}; set {dp_override}={dp} (or null), or plan for {mp * parallel.dp} GPUs",
+            )
+        ]
     return dp, []
 
 
@@ -75,34 +82,49 @@ def batch(train: TrainConfig, parallel: ParallelConfig, dp: int, where: str) -> 
         return 1, [Finding("error", _k(where, "train.global_batch_size"), err.message)]
     findings = []
     if m < parallel.pp:
-        findings.append(Finding(
-            "warning", _k(where, "train.global_batch_size"),
-            f"{m} micro-batches per step for pp={parallel.pp}: the pipeline never fills; raise "
-            f"global_batch_size to at least {parallel.pp * train.micro_batch_size * dp} or lower micro_batch_size"))
+        findings.append(
+            Finding(
+                "warning",
+                _k(where, "train.global_batch_size"),
+                f"{m} micro-batches per step for pp={parallel.pp}: the pipeline never fills; raise "
+                f"global_batch_size to at least {parallel.pp * train.micro_batch_size * dp} or lower micro_batch_size",
+            )
+        )
     return m, findings
 
 
-def pipeline_balance(model: ModelConfig, parallel: ParallelConfig, ranks: list[RankParams],
-                     where: str) -> tuple[float, list[Finding]]:
+def pipeline_balance(
+    model: ModelConfig, parallel: ParallelConfig, ranks: list[RankParams], where: str
+) -> tuple[float, list[Finding]]:
     """Max over mean of the per-rank FLOPs; findings when params or FLOPs are unbalanced."""
     if parallel.pp == 1:
         return 1.0, []
-    layer_flops = (6 * (model.hidden_size * (model.num_attention_heads + 2 * model.query_groups) * model.head_dim
-                        + model.num_attention_heads * model.head_dim * model.hidden_size
-                        + model.hidden_size * model.ffn_hidden_size * (3 if model.activation == "swiglu" else 2))
-                   + 12 * model.seq_length * model.head_dim * model.num_attention_heads)
-    flops = [r.layers * layer_flops + (6 * model.vocab_size * model.hidden_size if r.output_layer else 0)
-             for r in ranks]
+    layer_flops = (
+        6
+        * (
+            model.hidden_size * (model.num_attention_heads + 2 * model.query_groups) * model.head_dim
+            + model.num_attention_heads * model.head_dim * model.hidden_size
+            + model.hidden_size * model.ffn_hidden_size * (3 if model.activation == "swiglu" else 2)
+        )
+        + 12 * model.seq_length * model.head_dim * model.num_attention_heads
+    )
+    flops = [
+        r.layers * layer_flops + (6 * model.vocab_size * model.hidden_size if r.output_layer else 0) for r in ranks
+    ]
     findings = []
     for what, values in (("parameters", [r.total for r in ranks]), ("FLOPs per token", flops)):
         mean = sum(values) / len(values)
         top = max(range(len(values)), key=values.__getitem__)
         if values[top] > (1 + IMBALANCE) * mean:
-            findings.append(Finding(
-                "warning", _k(where, "parallel.pp"),
-                f"pipeline rank {top} has {100 * (values[top] / mean - 1):.0f}% more {what} than the mean "
-                f"(embedding/output layer on the end ranks); the slowest rank sets the pace: use fewer pipeline "
-                f"stages or a deeper model"))
+            findings.append(
+                Finding(
+                    "warning",
+                    _k(where, "parallel.pp"),
+                    f"pipeline rank {top} has {100 * (values[top] / mean - 1):.0f}% more {what} than the mean "
+                    f"(embedding/output layer on the end ranks); the slowest rank sets the pace: use fewer pipeline "
+                    f"stages or a deeper model",
+                )
+            )
     return max(flops) / (sum(flops) / len(flops)), findings
 
 
@@ -113,22 +135,35 @@ def memory(ranks: list[RankMemory], capacity: float, where: str) -> tuple[Option
         if worst.total(mode) <= capacity:
             if mode == "none":
                 return mode, []
-            return mode, [Finding(
-                "warning", _k(where, "parallel"),
-                f"fits only with {mode} activation recomputation (worst pipeline rank {worst.pp_rank}: "
-                f"{worst.total(mode) / GIB:.1f} GiB of {capacity / GIB:.1f}; without: "
-                f"{worst_rank(ranks, 'none').total('none') / GIB:.1f} GiB)")]
+            return mode, [
+                Finding(
+                    "warning",
+                    _k(where, "parallel"),
+                    f"fits only with {mode} activation recomputation (worst pipeline rank {worst.pp_rank}: "
+                    f"{worst.total(mode) / GIB:.1f} GiB of {capacity / GIB:.1f}; without: "
+                    f"{worst_rank(ranks, 'none').total('none') / GIB:.1f} GiB)",
+                )
+            ]
     worst = worst_rank(ranks, "full")
-    return None, [Finding(
-        "error", _k(where, "parallel"),
-        f"does not fit even with full recomputation: pipeline rank {worst.pp_rank} needs "
-        f"{worst.total('full') / GIB:.1f} GiB of {capacity / GIB:.1f} (states {worst.states / GIB:.1f}); "
-        "raise tp or pp, enable parallel.distributed_optimizer, or lower train.micro_batch_size")]
+    return None, [
+        Finding(
+            "error",
+            _k(where, "parallel"),
+            f"does not fit even with full recomputation: pipeline rank {worst.pp_rank} needs "
+            f"{worst.total('full') / GIB:.1f} GiB of {capacity / GIB:.1f} (states {worst.states / GIB:.1f}); "
+            "raise tp or pp, enable parallel.distributed_optimizer, or lower train.micro_batch_size",
+        )
+    ]
 
 
 def tp_span(parallel: ParallelConfig, gpus_per_node: int, where: str) -> list[Finding]:
     if parallel.tp <= gpus_per_node:
         return []
-    return [Finding("warning", _k(where, "parallel.tp"),
-                    f"tp={parallel.tp} spans nodes of {gpus_per_node} GPUs: tensor-parallel all-reduces cross "
-                    f"the network every layer; keep tp <= {gpus_per_node} and use pp instead")]
+    return [
+        Finding(
+            "warning",
+            _k(where, "parallel.tp"),
+            f"tp={parallel.tp} spans nodes of {gpus_per_node} GPUs: tensor-parallel all-reduces cross "
+            f"the network every layer; keep tp <= {gpus_per_node} and use pp instead",
+        )
+    ]

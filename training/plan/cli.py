@@ -33,36 +33,74 @@ def _floats(text: str) -> tuple[float, ...]:
 def register(sub) -> None:
 
     p = sub.add_parser(
-        "plan", help="size a run before running it: memory per GPU, fit, days, GPU-hours, layout checks",
+        "plan",
+        help="size a run before running it: memory per GPU, fit, days, GPU-hours, layout checks",
         description="Per stage: parameters, FLOPs per token, memory per GPU under its layout (weights, "
-                    "gradients, optimizer states by ZeRO stage, activations with and without recomputation), "
-                    "whether it fits, tokens per day, days and GPU-hours; the same for the final shape trained "
-                    "from scratch on the same tokens; layout checks. See docs/cluster.md.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "gradients, optimizer states by ZeRO stage, activations with and without recomputation), "
+        "whether it fits, tokens per day, days and GPU-hours; the same for the final shape trained "
+        "from scratch on the same tokens; layout checks. See docs/cluster.md.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="run config YAML (see configs/runs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, as for flm train")
-    p.add_argument("--gpus", type=int, default=None,
-                   help="GPUs for every stage (checked against tp x pp x dp); default: each stage's own layout")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs for every stage (checked against tp x pp x dp); default: each stage's own layout",
+    )
     p.add_argument("--gpu-type", default="a100", choices=sorted(GPUS), help="accelerator (default: a100)")
     rate = p.add_argument_group("throughput (model FLOPs; precedence: --measured, --tflops, --mfu; default MFU 0.5)")
-    rate.add_argument("--tflops", type=_floats, default=(), metavar="X[,Y..]",
-                      help="achieved TFLOP/s per GPU, one value or one per stage")
-    rate.add_argument("--mfu", type=_floats, default=(), metavar="X[,Y..]",
-                      help="model FLOPs utilisation (0..1), one value or one per stage")
-    rate.add_argument("--measured", type=Path, default=None, metavar="PATH",
-                      help="MFU measured by flm train: a metrics.jsonl, a run directory, or a staged run's "
-                           "output_dir (stage<i>-<name>/metrics.jsonl per stage)")
-    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None,
-                   help="ZeRO stage for the memory estimate (default: the run's: deepspeed.zero_stage under engine: "
-                        "deepspeed, else 1 with parallel.distributed_optimizer, else 0)")
-    p.add_argument("--reserve-gib", type=float, default=4.0,
-                   help="GiB per GPU kept free for the CUDA context, NCCL buffers and fragmentation (default 4)")
+    rate.add_argument(
+        "--tflops",
+        type=_floats,
+        default=(),
+        metavar="X[,Y..]",
+        help="achieved TFLOP/s per GPU, one value or one per stage",
+    )
+    rate.add_argument(
+        "--mfu",
+        type=_floats,
+        default=(),
+        metavar="X[,Y..]",
+        help="model FLOPs utilisation (0..1), one value or one per stage",
+    )
+    rate.add_argument(
+        "--measured",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="MFU measured by flm train: a metrics.jsonl, a run directory, or a staged run's "
+        "output_dir (stage<i>-<name>/metrics.jsonl per stage)",
+    )
+    p.add_argument(
+        "--zero",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=None,
+        help="ZeRO stage for the memory estimate (default: the run's: deepspeed.zero_stage under engine: "
+        "deepspeed, else 1 with parallel.distributed_optimizer, else 0)",
+    )
+    p.add_argument(
+        "--reserve-gib",
+        type=float,
+        default=4.0,
+        help="GiB per GPU kept free for the CUDA context, NCCL buffers and fragmentation (default 4)",
+    )
     p.add_argument("--gpus-per-node", type=int, default=8, help="for the TP-within-a-node check (default 8)")
-    p.add_argument("--compare-days", type=_floats, default=(), metavar="D[,D..]",
-                   help="reference days per stage to print beside the estimate (e.g. a paper's)")
-    p.add_argument("--materialize", action="store_true",
-                   help="also build every rank's model on the meta device and check the per-rank counts")
+    p.add_argument(
+        "--compare-days",
+        type=_floats,
+        default=(),
+        metavar="D[,D..]",
+        help="reference days per stage to print beside the estimate (e.g. a paper's)",
+    )
+    p.add_argument(
+        "--materialize",
+        action="store_true",
+        help="also build every rank's model on the meta device and check the per-rank counts",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of tables")
     p.set_defaults(func=cmd_plan)
 
@@ -71,18 +109,26 @@ def cmd_plan(args) -> int:
     import json  # (with the rest) startup time: the planner loads torch and growth/ when the command runs
 
     from training.config import stage_config
-    from training.stage_plans import load_run
     from training.plan.planner import PlanOptions, plan_run
     from training.plan.report import render, to_json
+    from training.stage_plans import load_run
 
     if any(v > 1 for v in args.mfu):
         raise UsageError(f"--mfu is a fraction of the peak (0..1], got {args.mfu}")
     if args.gpus is not None and args.gpus < 1:
         raise UsageError("--gpus must be >= 1")
     run = load_run(args.config, args.overrides)
-    opts = PlanOptions(gpu=gpu_spec(args.gpu_type), gpus=args.gpus, tflops=args.tflops, mfu=args.mfu,
-                       measured=args.measured, zero=args.zero, reserve_gib=args.reserve_gib,
-                       gpus_per_node=args.gpus_per_node, compare_days=args.compare_days)
+    opts = PlanOptions(
+        gpu=gpu_spec(args.gpu_type),
+        gpus=args.gpus,
+        tflops=args.tflops,
+        mfu=args.mfu,
+        measured=args.measured,
+        zero=args.zero,
+        reserve_gib=args.reserve_gib,
+        gpus_per_node=args.gpus_per_node,
+        compare_days=args.compare_days,
+    )
     plan = plan_run(run, opts, source=args.config)
     status = 1 if any(f.level == "error" for f in plan.findings) else 0
     materialized = []
@@ -98,10 +144,22 @@ def cmd_plan(args) -> int:
         doc = to_json(plan)
         if materialized:
             doc["materialized"] = [
-                {"stage": m.name, "ranks": [{"tp_rank": b.tp_rank, "pp_rank": b.pp_rank, "params": b.params,
-                                             "chunk_params": list(b.chunk_params), "on_meta": b.on_meta}
-                                            for b in m.built],
-                 "mismatches": m.mismatches()} for m in materialized]
+                {
+                    "stage": m.name,
+                    "ranks": [
+                        {
+                            "tp_rank": b.tp_rank,
+                            "pp_rank": b.pp_rank,
+                            "params": b.params,
+                            "chunk_params": list(b.chunk_params),
+                            "on_meta": b.on_meta,
+                        }
+                        for b in m.built
+                    ],
+                    "mismatches": m.mismatches(),
+                }
+                for m in materialized
+            ]
         print(json.dumps(doc, indent=2))
         return status
     print(render(plan))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from training.devices import PEAK_TFLOPS
 
-MIB = 1024 ** 2
-GIB = 1024 ** 3
+MIB = 1024**2
+GIB = 1024**3
 
 
 @dataclass(frozen=True)

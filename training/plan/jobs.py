@@ -30,8 +30,9 @@ class Job:
     output_dir: str
 
     def line(self) -> str:
-        return "\t".join([self.index, self.name, str(self.world) if self.world else "-", str(self.model_parallel),
-                          self.output_dir])
+        return "\t".join(
+            [self.index, self.name, str(self.world) if self.world else "-", str(self.model_parallel), self.output_dir]
+        )
 
 
 def jobs(config: str, overrides: list[str], gpus: Optional[int] = None) -> list[Job]:
@@ -58,8 +59,9 @@ def jobs(config: str, overrides: list[str], gpus: Optional[int] = None) -> list[
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.plan.jobs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.plan.jobs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--gpus", type=int, default=None)
@@ -73,8 +75,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.stage is not None:
         found = [j for j in found if j.index == args.stage]
         if not found:
-            print(f"flm: --stage {args.stage}: the run has stages "
-                  f"{', '.join(j.index for j in jobs(args.config, args.overrides, args.gpus))}", file=sys.stderr)
+            print(
+                f"flm: --stage {args.stage}: the run has stages "
+                f"{', '.join(j.index for j in jobs(args.config, args.overrides, args.gpus))}",
+                file=sys.stderr,
+            )
             return 2
     for job in found:
         print(job.line())

@@ -25,8 +25,9 @@ builds (gloo) and against the analytic counts of ``training.plan.params``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -57,8 +58,10 @@ class MetaAllocation(TorchFunctionMode):
 def simulated_rank(parallel: ParallelConfig, tp_rank: int, pp_rank: int) -> Iterator[None]:
     """``parallel_state`` initialised as (``tp_rank``, ``pp_rank``) of a fake ``tp x pp`` world."""
     if dist.is_initialized():
-        raise RuntimeError("materialize simulates its own process group; torch.distributed is already "
-                           "initialised in this process (run `flm plan --materialize` in a process of its own)")
+        raise RuntimeError(
+            "materialize simulates its own process group; torch.distributed is already "
+            "initialised in this process (run `flm plan --materialize` in a process of its own)"
+        )
     world = parallel.tp * parallel.pp
     rank = pp_rank * parallel.tp + tp_rank
     dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
@@ -86,8 +89,9 @@ class BuiltRank:
         return sum(self.chunk_params)
 
 
-def build_rank(model: ModelConfig, parallel: ParallelConfig, tp_rank: int, pp_rank: int,
-               bf16: bool = True) -> BuiltRank:
+def build_rank(
+    model: ModelConfig, parallel: ParallelConfig, tp_rank: int, pp_rank: int, bf16: bool = True
+) -> BuiltRank:
     """Build (on meta) the model chunks of one rank and count their parameters."""
     with simulated_rank(parallel, tp_rank, pp_rank):
         config = builder.transformer_config(model, parallel, bf16=bf16, gloo=True)
@@ -96,7 +100,8 @@ def build_rank(model: ModelConfig, parallel: ParallelConfig, tp_rank: int, pp_ra
             chunks = builder.build_model(model, config, device="meta")
         params = [list(c.parameters()) for c in chunks]
         return BuiltRank(
-            tp_rank=tp_rank, pp_rank=pp_rank,
+            tp_rank=tp_rank,
+            pp_rank=pp_rank,
             chunk_params=tuple(sum(p.numel() for p in ps) for ps in params),
             chunk_layers=tuple(len(c.decoder.layers) for c in chunks),
             on_meta=all(p.is_meta for ps in params for p in ps),
@@ -116,16 +121,21 @@ class MaterializedStage:
         for b in self.built:
             exp = self.expected[b.pp_rank]
             if b.params != exp.total or b.chunk_layers != tuple(c.layers for c in exp.chunks):
-                out.append(f"{self.name}: tp rank {b.tp_rank}, pp rank {b.pp_rank}: built {b.params:,} params in "
-                           f"{b.chunk_layers} layers, analytic {exp.total:,} in {tuple(c.layers for c in exp.chunks)}")
+                out.append(
+                    f"{self.name}: tp rank {b.tp_rank}, pp rank {b.pp_rank}: built {b.params:,} params in "
+                    f"{b.chunk_layers} layers, analytic {exp.total:,} in {tuple(c.layers for c in exp.chunks)}"
+                )
             if not b.on_meta:
-                out.append(f"{self.name}: tp rank {b.tp_rank}, pp rank {b.pp_rank}: some parameters were allocated "
-                           "off the meta device")
+                out.append(
+                    f"{self.name}: tp rank {b.tp_rank}, pp rank {b.pp_rank}: some parameters were allocated "
+                    "off the meta device"
+                )
         return out
 
 
-def materialize_stage(name: str, model: ModelConfig, parallel: ParallelConfig,
-                      tp_ranks: Optional[list[int]] = None) -> MaterializedStage:
+def materialize_stage(
+    name: str, model: ModelConfig, parallel: ParallelConfig, tp_ranks: Optional[list[int]] = None
+) -> MaterializedStage:
     """Build every pipeline rank for ``tp_ranks`` (default: all TP ranks) of the layout."""
     tps = range(parallel.tp) if tp_ranks is None else tp_ranks
     built = [build_rank(model, parallel, t, p) for p in range(parallel.pp) for t in tps]
@@ -139,11 +149,25 @@ def render(stages: list[MaterializedStage]) -> str:
             built = [b for b in st.built if b.pp_rank == p]
             counts = sorted({b.params for b in built})
             ok = all(b.params == exp.total and b.on_meta for b in built)
-            rows.append([st.name, str(p), "+".join(str(n) for n in built[0].chunk_layers), str(len(built)),
-                         " / ".join(f"{n:,}" for n in counts), f"{exp.total:,}", "yes" if ok else "NO"])
-    text = table(["stage", "pp rank", "layers", "TP ranks built", "params/GPU (built)", "params/GPU (analytic)",
-                  "match"], rows, right={1, 3, 4, 5})
+            rows.append(
+                [
+                    st.name,
+                    str(p),
+                    "+".join(str(n) for n in built[0].chunk_layers),
+                    str(len(built)),
+                    " / ".join(f"{n:,}" for n in counts),
+                    f"{exp.total:,}",
+                    "yes" if ok else "NO",
+                ]
+            )
+    text = table(
+        ["stage", "pp rank", "layers", "TP ranks built", "params/GPU (built)", "params/GPU (analytic)", "match"],
+        rows,
+        right={1, 3, 4, 5},
+    )
     problems = [m for st in stages for m in st.mismatches()]
-    head = ("Materialized on the meta device (each rank built by training.engine.model.build under a simulated "
-            "tp x pp world; nothing allocated):")
+    head = (
+        "Materialized on the meta device (each rank built by training.engine.model.build under a simulated "
+        "tp x pp world; nothing allocated):"
+    )
     return "\n".join([head, text, *problems])

@@ -60,8 +60,9 @@ def state_bytes(precision: Literal["bf16", "fp32"]) -> StateBytes:
     return StateBytes(2, 4, 12) if precision == "bf16" else StateBytes(4, 4, 8)
 
 
-def layer_activation_bytes(model: ModelConfig, parallel: ParallelConfig, micro_batch: int,
-                           recompute: Recompute) -> float:
+def layer_activation_bytes(
+    model: ModelConfig, parallel: ParallelConfig, micro_batch: int, recompute: Recompute
+) -> float:
     """Activation bytes one transformer layer keeps per micro-batch on one GPU (see module doc)."""
     s, b, h, f = model.seq_length, micro_batch, model.hidden_size, model.ffn_hidden_size
     a, g, d = model.num_attention_heads, model.query_groups, model.head_dim
@@ -110,9 +111,17 @@ class RankMemory:
         return self.states + self.activations[recompute]
 
 
-def rank_memory(model: ModelConfig, parallel: ParallelConfig, ranks: list[RankParams], *, dp: int,
-                micro_batch: int, micro_batches: int, zero: int,
-                precision: Literal["bf16", "fp32"]) -> list[RankMemory]:
+def rank_memory(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    ranks: list[RankParams],
+    *,
+    dp: int,
+    micro_batch: int,
+    micro_batches: int,
+    zero: int,
+    precision: Literal["bf16", "fp32"],
+) -> list[RankMemory]:
     """Memory of every pipeline rank (any TP/DP rank of it) for each recomputation mode."""
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {zero}")
@@ -139,8 +148,11 @@ def rank_memory(model: ModelConfig, parallel: ParallelConfig, ranks: list[RankPa
                 seq_shard = t if parallel.sequence_parallel else 1
                 total += 2 * 2 * s * b * h / seq_shard + 4 * s * b * model.padded_vocab_size(t) / t
             acts[mode] = total
-        out.append(RankMemory(pp_rank=rank.pp_rank, params=n, weights=weights, grads=grads,
-                              optimizer=optimizer, activations=acts))
+        out.append(
+            RankMemory(
+                pp_rank=rank.pp_rank, params=n, weights=weights, grads=grads, optimizer=optimizer, activations=acts
+            )
+        )
     return out
 
 

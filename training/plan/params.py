@@ -102,11 +102,17 @@ def rank_params(model: ModelConfig, parallel: ParallelConfig) -> list[RankParams
                 output = 0 if (model.tie_embeddings and first) else vocab_shard
             else:
                 output = 0
-            chunks.append(ChunkParams(
-                pp_rank=r, vp_stage=v if parallel.virtual_pp else None, layers=per_chunk,
-                layer_params=per_layer, embedding=vocab_shard if first else 0,
-                final_norm=norm_params(model) if last else 0, output_layer=output,
-            ))
+            chunks.append(
+                ChunkParams(
+                    pp_rank=r,
+                    vp_stage=v if parallel.virtual_pp else None,
+                    layers=per_chunk,
+                    layer_params=per_layer,
+                    embedding=vocab_shard if first else 0,
+                    final_norm=norm_params(model) if last else 0,
+                    output_layer=output,
+                )
+            )
         ranks.append(RankParams(pp_rank=r, chunks=tuple(chunks)))
     return ranks
 

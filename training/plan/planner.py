@@ -18,8 +18,13 @@ from training.plan.checks import Finding
 from training.plan.hardware import GIB, GpuSpec
 from training.plan.memory import RankMemory, Recompute, rank_memory
 from training.plan.params import RankParams, rank_params, unique_params
-from training.plan.throughput import (Throughput, hardware_flops_per_token, measured_mfu, model_flops_per_token,
-                                      tokens_per_day)
+from training.plan.throughput import (
+    Throughput,
+    hardware_flops_per_token,
+    measured_mfu,
+    model_flops_per_token,
+    tokens_per_day,
+)
 
 #: MFU assumed when neither --mfu, --tflops nor --measured gives one
 DEFAULT_MFU = 0.5
@@ -147,8 +152,9 @@ def _measured_path(measured: Path, stage_dir: Optional[Path], staged: bool) -> O
     return None
 
 
-def _throughput(opts: PlanOptions, tflops: Optional[float], mfu: Optional[float],
-                measured: Optional[Path]) -> Throughput:
+def _throughput(
+    opts: PlanOptions, tflops: Optional[float], mfu: Optional[float], measured: Optional[Path]
+) -> Throughput:
     peak = opts.gpu.peak_tflops
     if measured is not None:
         value = measured_mfu(measured)
@@ -167,8 +173,17 @@ def run_zero_stage(cfg: RunConfig) -> int:
     return 1 if cfg.parallel.distributed_optimizer else 0
 
 
-def _plan_stage(index: int, name: str, key: str, cfg: RunConfig, tokens: int, opts: PlanOptions,
-                throughput: Throughput, reference_days: Optional[float], capacity: float) -> StagePlan:
+def _plan_stage(
+    index: int,
+    name: str,
+    key: str,
+    cfg: RunConfig,
+    tokens: int,
+    opts: PlanOptions,
+    throughput: Throughput,
+    reference_days: Optional[float],
+    capacity: float,
+) -> StagePlan:
     model, parallel, train = cfg.model, cfg.parallel, cfg.train
     dp, findings = checks.data_parallel(parallel, opts.gpus, key)
     micro_batches, found = checks.batch(train, parallel, dp, key)
@@ -176,8 +191,16 @@ def _plan_stage(index: int, name: str, key: str, cfg: RunConfig, tokens: int, op
     ranks = rank_params(model, parallel)
     zero = opts.zero if opts.zero is not None else run_zero_stage(cfg)
     precision = "fp32" if train.precision == "fp32" else "bf16"
-    memory = rank_memory(model, parallel, ranks, dp=dp, micro_batch=train.micro_batch_size,
-                         micro_batches=micro_batches, zero=zero, precision=precision)
+    memory = rank_memory(
+        model,
+        parallel,
+        ranks,
+        dp=dp,
+        micro_batch=train.micro_batch_size,
+        micro_batches=micro_batches,
+        zero=zero,
+        precision=precision,
+    )
     fits, found = checks.memory(memory, capacity, key)
     findings += found
     imbalance, found = checks.pipeline_balance(model, parallel, ranks, key)
@@ -185,11 +208,28 @@ def _plan_stage(index: int, name: str, key: str, cfg: RunConfig, tokens: int, op
     findings += checks.tp_span(parallel, opts.gpus_per_node, key)
     bubble = (parallel.pp - 1) / (micro_batches * (parallel.virtual_pp or 1))
     return StagePlan(
-        index=index, name=name, key=key, model=model, parallel=parallel, train=train, dp=dp, tokens=tokens,
-        params=unique_params(model, parallel), ranks=ranks, flops_per_token=model_flops_per_token(model),
-        hardware_flops_per_token=hardware_flops_per_token(model), zero=zero, precision=precision,
-        micro_batches=micro_batches, memory=memory, fits=fits, throughput=throughput, bubble=bubble,
-        flops_imbalance=imbalance, reference_days=reference_days, findings=findings,
+        index=index,
+        name=name,
+        key=key,
+        model=model,
+        parallel=parallel,
+        train=train,
+        dp=dp,
+        tokens=tokens,
+        params=unique_params(model, parallel),
+        ranks=ranks,
+        flops_per_token=model_flops_per_token(model),
+        hardware_flops_per_token=hardware_flops_per_token(model),
+        zero=zero,
+        precision=precision,
+        micro_batches=micro_batches,
+        memory=memory,
+        fits=fits,
+        throughput=throughput,
+        bubble=bubble,
+        flops_imbalance=imbalance,
+        reference_days=reference_days,
+        findings=findings,
     )
 
 
@@ -216,14 +256,17 @@ def plan_run(run: RunConfig, opts: PlanOptions, source: str = "") -> RunPlan:
         if opts.measured is not None:
             measured = _measured_path(opts.measured, Path(cfg.output_dir), bool(run.stages))
             if measured is None and tflops[i] is None and mfus[i] is None:
-                raise ConfigError("--measured", f"no metrics.jsonl for stage {names[i]} under {opts.measured} "
-                                                f"(looked for {Path(cfg.output_dir).name}/metrics.jsonl and "
-                                                "metrics.jsonl); pass --mfu or --tflops for the stages without one")
+                raise ConfigError(
+                    "--measured",
+                    f"no metrics.jsonl for stage {names[i]} under {opts.measured} "
+                    f"(looked for {Path(cfg.output_dir).name}/metrics.jsonl and "
+                    "metrics.jsonl); pass --mfu or --tflops for the stages without one",
+                )
         throughput = _throughput(opts, tflops[i], mfus[i], measured)
         stages.append(_plan_stage(i, names[i], keys[i], cfg, tokens[i], opts, throughput, refs[i], capacity))
     final = stages[-1]
-    scratch = _plan_stage(n, f"{final.name} from scratch", final.key, configs[-1], sum(tokens), opts,
-                          final.throughput, None, capacity)
+    scratch = _plan_stage(
+        n, f"{final.name} from scratch", final.key, configs[-1], sum(tokens), opts, final.throughput, None, capacity
+    )
     scratch.findings = []  # the final stage's, already reported
-    return RunPlan(source=source, gpu=opts.gpu, capacity_bytes=capacity, options=opts, stages=stages,
-                   scratch=scratch)
+    return RunPlan(source=source, gpu=opts.gpu, capacity_bytes=capacity, options=opts, stages=stages, scratch=scratch)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from training.config_base import to_dict
 from training.plan.hardware import GIB
 from training.plan.memory import RECOMPUTE_MODES, worst_rank
 from training.plan.planner import RunPlan, StagePlan
 
-FLOPS_NOTE = ("FLOPs/token = 6 x matmul params + 12·L·s·d·heads (model FLOPs, Megatron's formula without the "
-              "recompute term; training/metrics.py); days = tokens x FLOPs/token / (GPUs x TFLOP/s per GPU)")
+FLOPS_NOTE = (
+    "FLOPs/token = 6 x matmul params + 12·L·s·d·heads (model FLOPs, Megatron's formula without the "
+    "recompute term; training/metrics.py); days = tokens x FLOPs/token / (GPUs x TFLOP/s per GPU)"
+)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Optional[set[int]] = None) -> str:
@@ -52,9 +55,23 @@ def memory_rows(stages: list[StagePlan]) -> list[list[str]]:
         heaviest = max(s.memory, key=lambda m: m.params)
         totals = [gib(worst_rank(s.memory, mode).total(mode)) for mode in RECOMPUTE_MODES]
         acts = [gib(max(m.activations[mode] for m in s.memory)) for mode in RECOMPUTE_MODES]
-        rows.append([s.name, s.layout, str(s.gpus), count(s.params), count(heaviest.params),
-                     f"{s.flops_per_token:.3e}", str(s.zero), gib(heaviest.weights), gib(heaviest.grads),
-                     gib(heaviest.optimizer), *acts, *totals, fits_label(s)])
+        rows.append(
+            [
+                s.name,
+                s.layout,
+                str(s.gpus),
+                count(s.params),
+                count(heaviest.params),
+                f"{s.flops_per_token:.3e}",
+                str(s.zero),
+                gib(heaviest.weights),
+                gib(heaviest.grads),
+                gib(heaviest.optimizer),
+                *acts,
+                *totals,
+                fits_label(s),
+            ]
+        )
     return rows
 
 
@@ -62,15 +79,32 @@ def time_rows(plan: RunPlan) -> list[list[str]]:
     compare = any(s.reference_days for s in plan.stages)
     rows = []
     for s in plan.stages:
-        row = [s.name, count(s.tokens), f"{s.throughput.tflops:.1f}", f"{100 * s.throughput.mfu:.1f}%",
-               s.throughput.source.split(" ")[0], count(s.tokens_per_day), f"{100 * s.bubble:.1f}%",
-               days(s.days), f"{s.gpu_hours:,.0f}"]
+        row = [
+            s.name,
+            count(s.tokens),
+            f"{s.throughput.tflops:.1f}",
+            f"{100 * s.throughput.mfu:.1f}%",
+            s.throughput.source.split(" ")[0],
+            count(s.tokens_per_day),
+            f"{100 * s.bubble:.1f}%",
+            days(s.days),
+            f"{s.gpu_hours:,.0f}",
+        ]
         if compare:
             ref = s.reference_days
             row += [f"{ref:.2f}" if ref else "-", f"{100 * (s.days / ref - 1):+.1f}%" if ref else "-"]
         rows.append(row)
-    total = ["total", count(sum(s.tokens for s in plan.stages)), "", "", "", "", "", days(plan.days),
-             f"{plan.gpu_hours:,.0f}"]
+    total = [
+        "total",
+        count(sum(s.tokens for s in plan.stages)),
+        "",
+        "",
+        "",
+        "",
+        "",
+        days(plan.days),
+        f"{plan.gpu_hours:,.0f}",
+    ]
     if compare:
         refs = [s.reference_days for s in plan.stages]
         if all(refs):
@@ -84,19 +118,47 @@ def time_rows(plan: RunPlan) -> list[list[str]]:
 
 def render(plan: RunPlan) -> str:
     g = plan.gpu
-    head = (f"flm plan {plan.source}: {len(plan.stages)} stage(s) on {g.name} "
-            f"({g.memory_gib:.1f} GiB, {g.peak_tflops:.0f} TFLOP/s dense bf16 peak); "
-            f"{plan.options.reserve_gib:g} GiB reserved per GPU, so {plan.capacity_bytes / GIB:.1f} GiB usable")
+    head = (
+        f"flm plan {plan.source}: {len(plan.stages)} stage(s) on {g.name} "
+        f"({g.memory_gib:.1f} GiB, {g.peak_tflops:.0f} TFLOP/s dense bf16 peak); "
+        f"{plan.options.reserve_gib:g} GiB reserved per GPU, so {plan.capacity_bytes / GIB:.1f} GiB usable"
+    )
     out = [head, FLOPS_NOTE, ""]
-    out.append("Model and memory per GPU (GiB). states: the rank holding the most parameters (bf16 weights, fp32 "
-               "grads, fp32 master + Adam m, v; ZeRO 1 = distributed optimizer); activations and totals: the worst "
-               "pipeline rank, without / with selective / with full recomputation (Korthikanti et al. 2022)")
-    out.append(table(["stage", "layout", "GPUs", "params", "params/GPU", "FLOPs/token", "ZeRO", "weights", "grads",
-                      "optim", "act none", "act sel", "act full", "total none", "total sel", "total full", "fits"],
-                     memory_rows(plan.stages), right=set(range(2, 16))))
+    out.append(
+        "Model and memory per GPU (GiB). states: the rank holding the most parameters (bf16 weights, fp32 "
+        "grads, fp32 master + Adam m, v; ZeRO 1 = distributed optimizer); activations and totals: the worst "
+        "pipeline rank, without / with selective / with full recomputation (Korthikanti et al. 2022)"
+    )
+    out.append(
+        table(
+            [
+                "stage",
+                "layout",
+                "GPUs",
+                "params",
+                "params/GPU",
+                "FLOPs/token",
+                "ZeRO",
+                "weights",
+                "grads",
+                "optim",
+                "act none",
+                "act sel",
+                "act full",
+                "total none",
+                "total sel",
+                "total full",
+                "fits",
+            ],
+            memory_rows(plan.stages),
+            right=set(range(2, 16)),
+        )
+    )
     out.append("")
-    out.append("Throughput and time (TFLOP/s and MFU in model FLOPs; bubble = (pp-1)/(micro-batches x vpp), "
-               "informational: a given or measured TFLOP/s already includes it)")
+    out.append(
+        "Throughput and time (TFLOP/s and MFU in model FLOPs; bubble = (pp-1)/(micro-batches x vpp), "
+        "informational: a given or measured TFLOP/s already includes it)"
+    )
     headers = ["stage", "tokens", "TFLOP/s", "MFU", "source", "tokens/day", "bubble", "days", "GPU-hours"]
     if any(s.reference_days for s in plan.stages):
         headers += ["ref days", "diff"]
@@ -104,10 +166,12 @@ def render(plan: RunPlan) -> str:
     sc = plan.scratch
     if len(plan.stages) > 1:
         out.append("")
-        out.append(f"From scratch: the final shape ({plan.stages[-1].name}, {count(sc.params)} params, {sc.layout}) "
-                   f"on the same {count(sc.tokens)} tokens at {sc.throughput.tflops:.1f} TFLOP/s: {days(sc.days)} "
-                   f"days, {sc.gpu_hours:,.0f} GPU-hours; growing saves {100 * plan.savings:.1f}% "
-                   f"({days(plan.days)} vs {days(sc.days)} days)")
+        out.append(
+            f"From scratch: the final shape ({plan.stages[-1].name}, {count(sc.params)} params, {sc.layout}) "
+            f"on the same {count(sc.tokens)} tokens at {sc.throughput.tflops:.1f} TFLOP/s: {days(sc.days)} "
+            f"days, {sc.gpu_hours:,.0f} GPU-hours; growing saves {100 * plan.savings:.1f}% "
+            f"({days(plan.days)} vs {days(sc.days)} days)"
+        )
     sources = sorted({s.throughput.source for s in plan.stages if s.throughput.source.startswith("measured")})
     for src in sources:
         out.append(f"  {src}")
@@ -115,9 +179,15 @@ def render(plan: RunPlan) -> str:
         out.append("  (throughput 'default': MFU 50% assumed; pass --mfu, --tflops or --measured)")
     out.append("")
     findings = plan.findings
-    out.append("Checks: " + ("all layouts OK" if not findings else
-                             f"{sum(f.level == 'error' for f in findings)} error(s), "
-                             f"{sum(f.level == 'warning' for f in findings)} warning(s)"))
+    out.append(
+        "Checks: "
+        + (
+            "all layouts OK"
+            if not findings
+            else f"{sum(f.level == 'error' for f in findings)} error(s), "
+            f"{sum(f.level == 'warning' for f in findings)} warning(s)"
+        )
+    )
     for f in findings:
         out.append(f"  {f}")
     return "\n".join(out)
@@ -125,17 +195,40 @@ def render(plan: RunPlan) -> str:
 
 def stage_json(s: StagePlan) -> dict[str, Any]:
     return {
-        "index": s.index, "name": s.name, "layout": to_dict(s.parallel), "dp": s.dp, "gpus": s.gpus,
-        "tokens": s.tokens, "params": s.params, "params_per_rank": [r.total for r in s.ranks],
-        "flops_per_token": s.flops_per_token, "hardware_flops_per_token_full_recompute": s.hardware_flops_per_token,
-        "zero": s.zero, "precision": s.precision, "micro_batches": s.micro_batches,
-        "memory_gib": [{"pp_rank": m.pp_rank, "params": m.params, "weights": m.weights / GIB,
-                        "grads": m.grads / GIB, "optimizer": m.optimizer / GIB,
-                        "activations": {k: v / GIB for k, v in m.activations.items()},
-                        "total": {k: m.total(k) / GIB for k in RECOMPUTE_MODES}} for m in s.memory],
-        "fits": s.fits, "tflops": s.throughput.tflops, "mfu": s.throughput.mfu,
-        "throughput_source": s.throughput.source, "tokens_per_day": s.tokens_per_day, "bubble": s.bubble,
-        "flops_imbalance": s.flops_imbalance, "days": s.days, "gpu_hours": s.gpu_hours,
+        "index": s.index,
+        "name": s.name,
+        "layout": to_dict(s.parallel),
+        "dp": s.dp,
+        "gpus": s.gpus,
+        "tokens": s.tokens,
+        "params": s.params,
+        "params_per_rank": [r.total for r in s.ranks],
+        "flops_per_token": s.flops_per_token,
+        "hardware_flops_per_token_full_recompute": s.hardware_flops_per_token,
+        "zero": s.zero,
+        "precision": s.precision,
+        "micro_batches": s.micro_batches,
+        "memory_gib": [
+            {
+                "pp_rank": m.pp_rank,
+                "params": m.params,
+                "weights": m.weights / GIB,
+                "grads": m.grads / GIB,
+                "optimizer": m.optimizer / GIB,
+                "activations": {k: v / GIB for k, v in m.activations.items()},
+                "total": {k: m.total(k) / GIB for k in RECOMPUTE_MODES},
+            }
+            for m in s.memory
+        ],
+        "fits": s.fits,
+        "tflops": s.throughput.tflops,
+        "mfu": s.throughput.mfu,
+        "throughput_source": s.throughput.source,
+        "tokens_per_day": s.tokens_per_day,
+        "bubble": s.bubble,
+        "flops_imbalance": s.flops_imbalance,
+        "days": s.days,
+        "gpu_hours": s.gpu_hours,
         "reference_days": s.reference_days,
         "findings": [{"level": f.level, "key": f.key, "message": f.message} for f in s.findings],
     }
@@ -143,7 +236,12 @@ def stage_json(s: StagePlan) -> dict[str, Any]:
 
 def to_json(plan: RunPlan) -> dict[str, Any]:
     return {
-        "source": plan.source, "gpu": plan.gpu.key, "capacity_gib": plan.capacity_bytes / GIB,
-        "stages": [stage_json(s) for s in plan.stages], "scratch": stage_json(plan.scratch),
-        "days": plan.days, "gpu_hours": plan.gpu_hours, "savings": plan.savings,
+        "source": plan.source,
+        "gpu": plan.gpu.key,
+        "capacity_gib": plan.capacity_bytes / GIB,
+        "stages": [stage_json(s) for s in plan.stages],
+        "scratch": stage_json(plan.scratch),
+        "days": plan.days,
+        "gpu_hours": plan.gpu_hours,
+        "savings": plan.savings,
     }

@@ -40,13 +40,16 @@ def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
 
 
 #: a multilingual text with code, digits, whitespace runs and emoji (tokenizer round trips)
-MULTILINGUAL = ("The quick brown fox, 1234567 and 89.\nDer Fuß ist groß; déjà vu à Paris.\n"
-                "中文文本测试，日本語のテキスト，한국어 문장. Ελληνικά, русский текст, العربية, हिन्दी.\n"
-                "def f(x):\n\treturn x  **  2   # spaces\n😀 → ∑ <|endoftext|> </s>")
+MULTILINGUAL = (
+    "The quick brown fox, 1234567 and 89.\nDer Fuß ist groß; déjà vu à Paris.\n"
+    "中文文本测试，日本語のテキスト，한국어 문장. Ελληνικά, русский текст, العربية, हिन्दी.\n"
+    "def f(x):\n\treturn x  **  2   # spaces\n😀 → ∑ <|endoftext|> </s>"
+)
 
 
-def write_hf_bpe_tokenizer(out: Path, texts: list[str], vocab_size: int = 400,
-                           eos: str = "<|endoftext|>", pad: str | None = "<|pad|>") -> Path:
+def write_hf_bpe_tokenizer(
+    out: Path, texts: list[str], vocab_size: int = 400, eos: str = "<|endoftext|>", pad: str | None = "<|pad|>"
+) -> Path:
     """A byte-level BPE ``tokenizer.json`` (GPT-2 / Llama-3 style) trained offline with the
     ``tokenizers`` library on ``texts`` and saved as transformers does (``tokenizer.json`` +
     ``tokenizer_config.json``). ``eos=None`` names no end-of-text token."""
@@ -57,8 +60,12 @@ def write_hf_bpe_tokenizer(out: Path, texts: list[str], vocab_size: int = 400,
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     names = {"eos_token": eos} if eos else {}
     if pad:

@@ -59,7 +59,9 @@ def test_sources_pickle_small_and_equal(dataset):
 
 def test_vocab_mismatch_is_a_clear_error(dataset):
     cfg = prepared(dataset)
-    with pytest.raises(DataError, match=r"model.vocab_size is 512 but the tokenizer .* has 400 ids; set model.vocab_size: 400"):
+    with pytest.raises(
+        DataError, match=r"model.vocab_size is 512 but the tokenizer .* has 400 ids; set model.vocab_size: 400"
+    ):
         build_sources(cfg, seq_length=24, vocab_size=512)
     with pytest.raises(DataError, match="model.vocab_size is 512"):
         check_vocab_size(cfg, 512)
@@ -67,8 +69,12 @@ def test_vocab_mismatch_is_a_clear_error(dataset):
 
 def test_other_tokenizer_is_refused(dataset, corpus_file, tmp_path):
     other = tmp_path / "other-tok"
-    train_tokenizer(CorpusSpec(inputs=(str(corpus_file),)), other, TokenizerSpec(vocab_size=400, seed=1,
-                    sample_chars=50_000), num_threads=1)
+    train_tokenizer(
+        CorpusSpec(inputs=(str(corpus_file),)),
+        other,
+        TokenizerSpec(vocab_size=400, seed=1, sample_chars=50_000),
+        num_threads=1,
+    )
     with pytest.raises(DataError, match="data.tokenizer .*other-tok.* is not the tokenizer"):
         build_sources(prepared(dataset, tokenizer=str(other)), seq_length=24, vocab_size=400)
     # a second dataset made with the other tokenizer cannot join the blend

@@ -28,18 +28,52 @@ def test_register_adds_data_commands():
 def test_tokenizer_then_prepare(tmp_path, capsys):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_documents(120, seed=8), field="body")
     tok = tmp_path / "tok"
-    assert run(["data", "tokenizer", str(corpus), "--text-field", "body", "--vocab-size", "300",
-                "--out", str(tok), "--threads", "1"]) == 0
+    assert (
+        run(
+            [
+                "data",
+                "tokenizer",
+                str(corpus),
+                "--text-field",
+                "body",
+                "--vocab-size",
+                "300",
+                "--out",
+                str(tok),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "trained; vocab_size=300" in capsys.readouterr().out
-    assert run(["data", "tokenizer", str(corpus), "--text-field", "body", "--vocab-size", "300",
-                "--out", str(tok)]) == 0
+    assert (
+        run(["data", "tokenizer", str(corpus), "--text-field", "body", "--vocab-size", "300", "--out", str(tok)]) == 0
+    )
     assert "up to date" in capsys.readouterr().out
     out = tmp_path / "ds"
-    assert run(["data", "prepare", str(tmp_path / "*.jsonl"), "--text-field", "body", "--tokenizer", str(tok),
-                "--out", str(out), "--workers", "2"]) == 0
+    assert (
+        run(
+            [
+                "data",
+                "prepare",
+                str(tmp_path / "*.jsonl"),
+                "--text-field",
+                "body",
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "prepared; documents=120" in capsys.readouterr().out
-    assert run(["data", "prepare", str(corpus), "--text-field", "body", "--tokenizer", str(tok),
-                "--out", str(out)]) == 0
+    assert (
+        run(["data", "prepare", str(corpus), "--text-field", "body", "--tokenizer", str(tok), "--out", str(out)]) == 0
+    )
     assert "up to date" in capsys.readouterr().out
 
 
@@ -47,20 +81,40 @@ def test_tokenizer_vocab_from_run_config(tmp_path, capsys):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_documents(120, seed=8))
     run_yaml = tmp_path / "run.yaml"
     run_yaml.write_text("model:\n  vocab_size: 320\n")
-    assert run(["data", "tokenizer", str(corpus), "--config", str(run_yaml), "--out", str(tmp_path / "t"),
-                "--threads", "1"]) == 0
+    assert (
+        run(
+            [
+                "data",
+                "tokenizer",
+                str(corpus),
+                "--config",
+                str(run_yaml),
+                "--out",
+                str(tmp_path / "t"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "vocab_size=320" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "argv, fragments",
     [
-        (["data", "prepare", "{tmp}/missing.jsonl", "--tokenizer", "{tmp}/tok", "--out", "{tmp}/o"],
-         ["tokenizer not found"]),
-        (["data", "tokenizer", "{tmp}/missing.jsonl", "--vocab-size", "300", "--out", "{tmp}/t"],
-         ["input file not found", "missing.jsonl"]),
-        (["data", "tokenizer", "{tmp}/c.jsonl", "--vocab-size", "100", "--out", "{tmp}/t"],
-         ["vocab_size 100 is too small", "special tokens"]),
+        (
+            ["data", "prepare", "{tmp}/missing.jsonl", "--tokenizer", "{tmp}/tok", "--out", "{tmp}/o"],
+            ["tokenizer not found"],
+        ),
+        (
+            ["data", "tokenizer", "{tmp}/missing.jsonl", "--vocab-size", "300", "--out", "{tmp}/t"],
+            ["input file not found", "missing.jsonl"],
+        ),
+        (
+            ["data", "tokenizer", "{tmp}/c.jsonl", "--vocab-size", "100", "--out", "{tmp}/t"],
+            ["vocab_size 100 is too small", "special tokens"],
+        ),
         (["data", "tokenizer", "{tmp}/c.jsonl", "--out", "{tmp}/t"], ["--vocab-size"]),
         (["data", "tokenizer", "--vocab-size", "300", "--out", "{tmp}/t"], ["no corpus given"]),
     ],

@@ -14,9 +14,13 @@ def test_defaults_are_mock():
 
 
 def test_prepared_round_trip():
-    data = {"kind": "prepared", "seed": 7, "tokenizer": "tok",
-            "datasets": [{"path": "a", "weight": 0.7}, {"path": "b", "weight": 3}],
-            "validation_fraction": 0.05}
+    data = {
+        "kind": "prepared",
+        "seed": 7,
+        "tokenizer": "tok",
+        "datasets": [{"path": "a", "weight": 0.7}, {"path": "b", "weight": 3}],
+        "validation_fraction": 0.05,
+    }
     cfg = from_dict(DataConfig, data)
     assert cfg.datasets == [DatasetConfig("a", 0.7), DatasetConfig("b", 3.0)]
     assert from_dict(DataConfig, to_dict(cfg)) == cfg

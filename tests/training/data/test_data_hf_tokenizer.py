@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.training.data.data_helpers import MULTILINGUAL, make_documents, write_hf_bpe_tokenizer, write_jsonl
+from tests.training.data.data_helpers import MULTILINGUAL, make_documents, write_hf_bpe_tokenizer
 from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
@@ -53,8 +53,9 @@ def test_directory_only_autotokenizer_reads(hf_dir, tmp_path):
     slow = tmp_path / "gpt2"
     slow.mkdir()
     tok.backend.model.save(str(slow))
-    (slow / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "add_prefix_space": False}))
+    (slow / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "add_prefix_space": False})
+    )
     loaded = load_tokenizer(slow)
     assert loaded.kind == "hf" and loaded.eos_id == tok.eos_id
     auto = transformers.AutoTokenizer.from_pretrained(str(slow))
@@ -65,14 +66,28 @@ def test_directory_only_autotokenizer_reads(hf_dir, tmp_path):
 
 
 def test_prepare_with_hf_tokenizer(hf_dir, corpus_file, corpus_docs, tmp_path, capsys):
-    from training.data.build import build_sources, check_vocab_size
     from training.cli import main
+    from training.data.build import build_sources, check_vocab_size
     from training.data.config import DataConfig, DatasetConfig
     from training.data.shards import PreparedDataset
 
     tok = load_tokenizer(hf_dir)
-    assert main(["data", "prepare", str(corpus_file), "--tokenizer", str(hf_dir), "--out", str(tmp_path / "ds"),
-                 "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                str(corpus_file),
+                "--tokenizer",
+                str(hf_dir),
+                "--out",
+                str(tmp_path / "ds"),
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "prepared" in capsys.readouterr().out
     one = prepare_dataset(CorpusSpec(inputs=(str(corpus_file),)), tok, tmp_path / "one", workers=1)
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())

@@ -55,7 +55,10 @@ def test_fingerprint_follows_content_not_name(tmp_path):
     b.write_text('{"text": "different"}\n')
     spec = CorpusSpec(inputs=(str(b),))
     assert corpus_fingerprint(spec, resolve_files(spec)) != fp[0]
-    assert corpus_fingerprint(CorpusSpec(inputs=(str(a),), text_field="body"), resolve_files(CorpusSpec(inputs=(str(a),)))) != fp[0]
+    assert (
+        corpus_fingerprint(CorpusSpec(inputs=(str(a),), text_field="body"), resolve_files(CorpusSpec(inputs=(str(a),))))
+        != fp[0]
+    )
 
 
 def expect_error(spec: CorpusSpec, *fragments: str) -> str:

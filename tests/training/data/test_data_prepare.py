@@ -21,8 +21,9 @@ from training.data.tokenizer import load_tokenizer
 def prepared(tmp_path_factory, corpus_file, tokenizer_dir):
     out = tmp_path_factory.mktemp("prep") / "ds"
     # small tasks and shards: several tasks in flight and several shards, on a small corpus
-    return prepare_dataset(CorpusSpec(inputs=(str(corpus_file),)), tokenizer_dir, out,
-                           workers=2, shard_tokens=4_000, task_chars=5_000)
+    return prepare_dataset(
+        CorpusSpec(inputs=(str(corpus_file),)), tokenizer_dir, out, workers=2, shard_tokens=4_000, task_chars=5_000
+    )
 
 
 def test_round_trip_decodes_to_original_text(prepared, corpus_docs, tokenizer_dir):
@@ -52,8 +53,9 @@ def test_layout_and_manifest(prepared, corpus_file, tokenizer_dir):
 
 
 def test_one_worker_gives_identical_output(prepared, corpus_file, tokenizer_dir, tmp_path):
-    single = prepare_dataset(CorpusSpec(inputs=(str(corpus_file),)), tokenizer_dir, tmp_path / "one",
-                             workers=1, shard_tokens=1 << 20)
+    single = prepare_dataset(
+        CorpusSpec(inputs=(str(corpus_file),)), tokenizer_dir, tmp_path / "one", workers=1, shard_tokens=1 << 20
+    )
     a, b = PreparedDataset(prepared.out_dir), PreparedDataset(single.out_dir)
     assert single.manifest["fingerprint"] == prepared.manifest["fingerprint"]
     assert np.array_equal(a.tokens(0, a.num_tokens), b.tokens(0, b.num_tokens))
@@ -138,8 +140,7 @@ def test_token_dtype():
 
 
 @settings(max_examples=40, deadline=None)
-@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=40), shard=st.integers(1, 50),
-       split=st.integers(1, 5))
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=40), shard=st.integers(1, 50), split=st.integers(1, 5))
 def test_shard_writer_keeps_documents_whole(tmp_path_factory, lengths, shard, split):
     out = tmp_path_factory.mktemp("w")
     lengths = np.array(lengths)

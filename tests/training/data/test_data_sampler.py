@@ -32,8 +32,12 @@ def two_datasets(tmp_path_factory, tokenizer_dir):
 
 
 def config(paths, seed=5, weights=(0.75, 0.25)):
-    return DataConfig(kind="prepared", seed=seed, validation_fraction=0.1,
-                      datasets=[DatasetConfig(str(p), w) for p, w in zip(paths, weights)])
+    return DataConfig(
+        kind="prepared",
+        seed=seed,
+        validation_fraction=0.1,
+        datasets=[DatasetConfig(str(p), w) for p, w in zip(paths, weights)],
+    )
 
 
 def test_windows_tile_the_split_stream(two_datasets):
@@ -45,7 +49,7 @@ def test_windows_tile_the_split_stream(two_datasets):
     for w in range(packed.num_samples):
         window = packed.window(w)
         assert window.dtype == np.int64 and window.shape == (SEQ + 1,)
-        assert np.array_equal(window, stream[w * SEQ: w * SEQ + SEQ + 1])
+        assert np.array_equal(window, stream[w * SEQ : w * SEQ + SEQ + 1])
     # document boundaries are marked with eos inside the packed windows
     assert (stream == ds.eos_id).sum() == int((~validation_mask(ds.num_documents, 0.1, ds.fingerprint)).sum())
 
@@ -61,7 +65,7 @@ def test_validation_documents_are_held_out(two_datasets):
     covered = np.zeros(ds.num_tokens, dtype=np.int8)
     for runs in (train, valid):
         for s, n in zip(runs.starts, runs.lengths):
-            covered[s:s + n] += 1
+            covered[s : s + n] += 1
     assert covered.min() == covered.max() == 1
 
 
@@ -83,7 +87,7 @@ def global_batches(cfg, steps, batch, dp, start=0):
     for step in range(start, steps):
         indices = list(range(step * batch, (step + 1) * batch))
         per_rank = batch // dp
-        ranks = [[train.sample(i) for i in indices[r * per_rank:(r + 1) * per_rank]] for r in range(dp)]
+        ranks = [[train.sample(i) for i in indices[r * per_rank : (r + 1) * per_rank]] for r in range(dp)]
         out.append(np.stack([s for rank in ranks for s in rank]))
     return out
 
@@ -120,7 +124,10 @@ def test_train_and_validation_streams_differ(two_datasets):
 def test_too_short_split_is_a_clear_error(two_datasets):
     cfg = config(two_datasets)
     cfg.validation_fraction = 0.01
-    with pytest.raises(DataError, match=r"sampler0/[ab] \((train|validation) split\): has \d+ tokens, fewer than one sample of seq_length \+ 1 = 4097"):
+    with pytest.raises(
+        DataError,
+        match=r"sampler0/[ab] \((train|validation) split\): has \d+ tokens, fewer than one sample of seq_length \+ 1 = 4097",
+    ):
         build_sources(cfg, seq_length=4096, vocab_size=400)
 
 
@@ -133,7 +140,7 @@ def test_runs_cover_exactly_the_selected_documents(lengths, data):
     expected = np.concatenate([[False] * 0] + [[m] * n for m, n in zip(mask, lengths)]).astype(bool)
     got = np.zeros(int(ends[-1]), dtype=bool)
     for s, n in zip(runs.starts, runs.lengths):
-        assert not got[s:s + n].any()
-        got[s:s + n] = True
+        assert not got[s : s + n].any()
+        got[s : s + n] = True
     assert np.array_equal(got, expected)
     assert runs.total == int(np.dot(lengths, mask))

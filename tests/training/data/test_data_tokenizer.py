@@ -51,8 +51,12 @@ def test_different_settings_need_force(tmp_path, corpus_file):
 
 
 def test_unigram(tmp_path, corpus_file, corpus_docs):
-    result = train_tokenizer(CorpusSpec(inputs=(str(corpus_file),)), tmp_path / "u",
-                             TokenizerSpec(vocab_size=350, model_type="unigram"), num_threads=1)
+    result = train_tokenizer(
+        CorpusSpec(inputs=(str(corpus_file),)),
+        tmp_path / "u",
+        TokenizerSpec(vocab_size=350, model_type="unigram"),
+        num_threads=1,
+    )
     assert result.tokenizer.vocab_size == 350
     assert result.tokenizer.decode(result.tokenizer.encode(corpus_docs[0])) == corpus_docs[0]
 

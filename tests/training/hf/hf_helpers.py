@@ -17,22 +17,36 @@ from training.config_base import to_dict
 #: tokenizer vocabulary of the tests' sentencepiece model; padded to 512 rows (12 padded rows)
 VOCAB = 500
 
-BASE = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=4, vocab_size=VOCAB,
-                   make_vocab_size_divisible_by=64, seq_length=32, input_multiplier=1.5, output_multiplier=0.7,
-                   norm_eps=1e-5, rotary_base=5000)
+BASE = ModelConfig(
+    num_layers=2,
+    hidden_size=32,
+    ffn_hidden_size=48,
+    num_attention_heads=4,
+    vocab_size=VOCAB,
+    make_vocab_size_divisible_by=64,
+    seq_length=32,
+    input_multiplier=1.5,
+    output_multiplier=0.7,
+    norm_eps=1e-5,
+    rotary_base=5000,
+)
 
 #: one entry per supported architecture and its corner cases: GQA, tied (with mu_in != mu_out, which
 #: folds into the final norm), untied, biases, kv_channels != hidden / heads
 VARIANTS: dict[str, dict[str, Any]] = {
-    "llama-gqa-untied": dict(normalization="RMSNorm", activation="swiglu", num_query_groups=2,
-                             tie_embeddings=False, bias=False),
-    "llama-tied-bias-kvchannels": dict(normalization="RMSNorm", activation="swiglu", tie_embeddings=True,
-                                       bias=True, kv_channels=12),
-    "neox-gqa-tied-bias": dict(normalization="LayerNorm", activation="gelu", num_query_groups=2,
-                               tie_embeddings=True, bias=True),
+    "llama-gqa-untied": dict(
+        normalization="RMSNorm", activation="swiglu", num_query_groups=2, tie_embeddings=False, bias=False
+    ),
+    "llama-tied-bias-kvchannels": dict(
+        normalization="RMSNorm", activation="swiglu", tie_embeddings=True, bias=True, kv_channels=12
+    ),
+    "neox-gqa-tied-bias": dict(
+        normalization="LayerNorm", activation="gelu", num_query_groups=2, tie_embeddings=True, bias=True
+    ),
     "neox-untied-nobias": dict(normalization="LayerNorm", activation="gelu", tie_embeddings=False, bias=False),
-    "stablelm-gqa-untied": dict(normalization="LayerNorm", activation="swiglu", num_query_groups=2,
-                                tie_embeddings=False, bias=False),
+    "stablelm-gqa-untied": dict(
+        normalization="LayerNorm", activation="swiglu", num_query_groups=2, tie_embeddings=False, bias=False
+    ),
 }
 ARCH_OF = {"llama": "LlamaForCausalLM", "neox": "GPTNeoXForCausalLM", "stablelm": "StableLmForCausalLM"}
 
@@ -41,7 +55,9 @@ def variant(name: str, **extra: Any) -> ModelConfig:
     return dataclasses.replace(BASE, **{**VARIANTS[name], **extra})
 
 
-def random_state(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32, tp: int = 1) -> dict[str, torch.Tensor]:
+def random_state(
+    cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32, tp: int = 1
+) -> dict[str, torch.Tensor]:
     """Random logical weights: norm gains around 1, everything else (biases included) non-zero."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
@@ -51,11 +67,12 @@ def random_state(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32
     return out
 
 
-def write_checkpoint(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor],
-                     data: Optional[dict[str, Any]] = None, **meta: Any) -> Path:
+def write_checkpoint(
+    path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], data: Optional[dict[str, Any]] = None, **meta: Any
+) -> Path:
     """A logical checkpoint of ``state`` whose run config has model ``cfg`` (and data section ``data``)."""
-    from training.config_base import from_dict
     from training.checkpoint.logical import write_logical
+    from training.config_base import from_dict
 
     run = to_dict(RunConfig(model=cfg))
     if data is not None:
@@ -78,8 +95,12 @@ def train_sentencepiece(out: Path, vocab_size: int = VOCAB, model_type: str = "b
 
     corpus = out.parent / f"{out.name}-corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in iq_texts()))
-    train_tokenizer(CorpusSpec(inputs=(str(corpus),)), out, TokenizerSpec(vocab_size=vocab_size, model_type=model_type),
-                    num_threads=1)
+    train_tokenizer(
+        CorpusSpec(inputs=(str(corpus),)),
+        out,
+        TokenizerSpec(vocab_size=vocab_size, model_type=model_type),
+        num_threads=1,
+    )
     return out
 
 
@@ -98,12 +119,20 @@ def bpe_tokenizer(out: Path, vocab_size: int = 400) -> Path:
 
 
 #: transformers config class and defaults per ``model_type`` (tiny shapes; GQA 4 heads / 2 groups)
-HF_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
+HF_TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
 
 
-def random_hf_model(out: Path, model_type: str = "llama", tokenizer: Optional[Path] = None, seed: int = 0,
-                    **config: Any) -> Path:
+def random_hf_model(
+    out: Path, model_type: str = "llama", tokenizer: Optional[Path] = None, seed: int = 0, **config: Any
+) -> Path:
     """A random ``<model_type>ForCausalLM`` saved with ``save_pretrained`` (safetensors) into ``out``,
     with the files of ``tokenizer`` (a Hugging Face tokenizer directory) copied next to it. Norm gains
     around 1 and weights x5 (biases included): logits of order 1, far from uniform."""
@@ -111,9 +140,11 @@ def random_hf_model(out: Path, model_type: str = "llama", tokenizer: Optional[Pa
 
     import transformers
 
-    cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-           "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[model_type]
+    cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[model_type]
     cfg = cls[0](**{**HF_TINY, **config})
     torch.manual_seed(seed)
     model = cls[1](cfg)

@@ -92,26 +92,42 @@ def test_refusals_are_clear_and_leave_nothing(tmp_path, sp_tokenizer):
     llama = variant("llama-gqa-untied")
     # --architecture standard: only a standard transformers architecture (auto falls back to FLM code)
     std = {"architecture": "standard"}
-    refused(dataclasses.replace(llama, position_embedding="xpos"),
-            "xpos.*no standard transformers architecture.*--architecture flm", **std)
+    refused(
+        dataclasses.replace(llama, position_embedding="xpos"),
+        "xpos.*no standard transformers architecture.*--architecture flm",
+        **std,
+    )
     refused(dataclasses.replace(llama, activation="gelu"), r"RMSNorm \+ gelu.*Llama needs RMSNorm \+ SwiGLU", **std)
     refused(variant("stablelm-gqa-untied", bias=True), "StableLM has no output-projection or MLP biases", **std)
-    refused(variant("neox-untied-nobias", kv_channels=12), "GPT-NeoX derives the head dim as hidden_size / heads",
-            **std)
+    refused(
+        variant("neox-untied-nobias", kv_channels=12), "GPT-NeoX derives the head dim as hidden_size / heads", **std
+    )
     refused(llama, "--architecture 'gpt2' is not one of auto, standard, flm", architecture="gpt2")
-    refused(dataclasses.replace(variant("neox-gqa-tied-bias"), input_multiplier=0.0),
-            "input_multiplier is 0 with tied embeddings")
+    refused(
+        dataclasses.replace(variant("neox-gqa-tied-bias"), input_multiplier=0.0),
+        "input_multiplier is 0 with tied embeddings",
+    )
     masks = {"ramp_steps": 10, "steps_done": 4, "ffn_old": 24, "ffn_new": 48}
-    refused(llama, r"MSG masks are still ramping \(c = 0.400 after 4 of 10 steps\).*Train at least 6 more steps",
-            meta={"growth_masks": masks})
+    refused(
+        llama,
+        r"MSG masks are still ramping \(c = 0.400 after 4 of 10 steps\).*Train at least 6 more steps",
+        meta={"growth_masks": masks},
+    )
     refused(llama, "trained on mock data.*--tokenizer PATH.*--no-tokenizer", tokenizer=None)
-    refused(dataclasses.replace(llama, vocab_size=480), "has 500 ids but .* has model.vocab_size 480",
-            state_cfg=dataclasses.replace(llama, vocab_size=480))
+    refused(
+        dataclasses.replace(llama, vocab_size=480),
+        "has 500 ids but .* has model.vocab_size 480",
+        state_cfg=dataclasses.replace(llama, vocab_size=480),
+    )
     refused(llama, "--dtype 'int8' is not one of", dtype="int8")
     refused(llama, "--max-shard-size 'lots' is not a size", max_shard_size="lots")
     # a finished ramp is the plain grown model: exported
-    ckpt = write_checkpoint(tmp_path / "done", llama, random_state(llama, 0),
-                            growth_masks={"ramp_steps": 10, "steps_done": 10, "ffn_old": 24, "ffn_new": 48})
+    ckpt = write_checkpoint(
+        tmp_path / "done",
+        llama,
+        random_state(llama, 0),
+        growth_masks={"ramp_steps": 10, "steps_done": 10, "ffn_old": 24, "ffn_new": 48},
+    )
     export_checkpoint(ckpt, tmp_path / "done-hf", tokenizer=sp_tokenizer)
     with pytest.raises(HFInteropError, match="refusing to overwrite"):
         export_checkpoint(ckpt, tmp_path / "done-hf", tokenizer=sp_tokenizer)
@@ -119,8 +135,11 @@ def test_refusals_are_clear_and_leave_nothing(tmp_path, sp_tokenizer):
 
 def test_tokenizer_found_through_the_run_data_config(tmp_path, sp_tokenizer):
     cfg = variant("llama-gqa-untied")
-    data = {"kind": "prepared", "datasets": [{"path": str(tmp_path / "no-such-dataset"), "weight": 1.0}],
-            "tokenizer": str(sp_tokenizer)}
+    data = {
+        "kind": "prepared",
+        "datasets": [{"path": str(tmp_path / "no-such-dataset"), "weight": 1.0}],
+        "tokenizer": str(sp_tokenizer),
+    }
     ckpt = write_checkpoint(tmp_path / "ckpt", cfg, random_state(cfg, 0), data=data)
     report = export_checkpoint(ckpt, tmp_path / "hf")
     assert report.tokenizer["source"] == str(sp_tokenizer / "tokenizer.model")

@@ -24,8 +24,11 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 #: LayerNorm + GELU + bias variant forced to FLM code, and variants no standard architecture computes
 FLM_VARIANTS = {
     "xpos-neox-gqa-tied-bias": ("neox-gqa-tied-bias", dict(position_embedding="xpos", xpos_scale_base=16.0), "auto"),
-    "xpos-llama-untied-kvchannels": ("llama-gqa-untied", dict(position_embedding="xpos", xpos_scale_base=8.0,
-                                                              kv_channels=12), "auto"),
+    "xpos-llama-untied-kvchannels": (
+        "llama-gqa-untied",
+        dict(position_embedding="xpos", xpos_scale_base=8.0, kv_channels=12),
+        "auto",
+    ),
     "neox-untied-bias-as-flm": ("neox-untied-nobias", dict(bias=True), "flm"),
     "rmsnorm-gelu-tied": ("llama-tied-bias-kvchannels", dict(activation="gelu"), "auto"),
     "layernorm-swiglu-bias": ("stablelm-gqa-untied", dict(bias=True), "auto"),
@@ -58,7 +61,11 @@ def test_flm_export_matches_project_model(name, dtype, tmp_path):
     hf_cfg = transformers.AutoConfig.from_pretrained(str(out), trust_remote_code=True)
     assert hf_cfg.model_type == "flm" and hf_cfg.architectures == ["FLMForCausalLM"]
     assert (hf_cfg.position_embedding, hf_cfg.normalization, hf_cfg.activation, hf_cfg.bias) == (
-        cfg.position_embedding, cfg.normalization, cfg.activation, cfg.bias)
+        cfg.position_embedding,
+        cfg.normalization,
+        cfg.activation,
+        cfg.bias,
+    )
     assert (hf_cfg.input_multiplier, hf_cfg.output_multiplier) == (1.5, 0.7)  # muP kept, not folded
     assert hf_cfg.tie_word_embeddings == cfg.tie_embeddings and hf_cfg.vocab_size == cfg.vocab_size
     model = load_hf_model(out, dtype)
@@ -89,7 +96,7 @@ def _greedy_reference(cfg, state, prompt, steps):
     for _ in range(steps):
         logits = project_logits(cfg, state, torch.tensor([seq]))
         seq.append(int(logits[0, -1].argmax()))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 def test_generation_with_kv_cache_equals_project_greedy_decoding(tmp_path):
@@ -102,13 +109,14 @@ def test_generation_with_kv_cache_equals_project_greedy_decoding(tmp_path):
         for prompt, want in zip(prompts, expected):
             ids = torch.tensor([prompt])
             cached = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
-            assert cached[0, len(prompt):].tolist() == want
+            assert cached[0, len(prompt) :].tolist() == want
         # a left-padded batch: attention mask and position ids from generate
         width = max(map(len, prompts))
         ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        batch = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, use_cache=True,
-                               pad_token_id=0)
+        batch = model.generate(
+            ids, attention_mask=mask, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0
+        )
     assert [row[width:].tolist() for row in batch] == expected
 
 
@@ -130,6 +138,19 @@ def test_foreign_code_is_not_run_and_cli_check(tmp_path, capsys):
     assert "refusing to run that code" in capsys.readouterr().err
     from eval_iq.cli import main as iq_main
 
-    assert iq_main(["--model", "hf", "--model-path", str(tmp_path / "hf"), "--subtasks", "counting",
-                    "--output-dir", str(tmp_path / "iq")]) == 2
+    assert (
+        iq_main(
+            [
+                "--model",
+                "hf",
+                "--model-path",
+                str(tmp_path / "hf"),
+                "--subtasks",
+                "counting",
+                "--output-dir",
+                str(tmp_path / "iq"),
+            ]
+        )
+        == 2
+    )
     assert "flm iq: error:" in (err := capsys.readouterr().err) and "refusing to run that code" in err

@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from tests.training.hf.hf_helpers import VOCAB, max_rel_error
 from tests.helpers import REPO, read_metrics
+from tests.training.hf.hf_helpers import VOCAB, max_rel_error
 from training.hf.compare import compare, load_hf_model, project_logits, random_tokens
 from training.hf.errors import HFInteropError
 from training.hf.importer import import_hf
@@ -38,9 +38,20 @@ def llama_dir(tmp_path_factory, sp_tokenizer):
     from training.hf.tokenizer import save_hf_tokenizer
 
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, rms_norm_eps=1e-5,
-        rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
@@ -65,9 +76,9 @@ def imported(llama_dir, tmp_path_factory):
 def _state(ckpt):
     from growth import roles as R
     from training.checkpoint import read_meta
+    from training.checkpoint.logical import read_logical
     from training.config import ModelConfig
     from training.config_base import from_dict
-    from training.checkpoint.logical import read_logical
 
     cfg = from_dict(ModelConfig, read_meta(ckpt)["config"]["model"])
     params, _ = read_logical(ckpt)
@@ -82,7 +93,11 @@ def test_import_matches_transformers(imported, llama_dir, sp_tokenizer, tmp_path
     meta = json.loads((out / "flm_checkpoint.json").read_text())
     model = meta["config"]["model"]
     assert (model["num_query_groups"], model["tie_embeddings"], model["bias"], model["normalization"]) == (
-        2, True, False, "RMSNorm")
+        2,
+        True,
+        False,
+        "RMSNorm",
+    )
     assert meta["step"] == 0 and not meta["has_optimizer"] and meta["tokenizer"] == "tokenizer"
     assert load_tokenizer(out / "tokenizer").sha256 == load_tokenizer(sp_tokenizer).sha256
     assert (out / "model.yaml").is_file()
@@ -111,8 +126,19 @@ def test_imported_checkpoint_trains_and_grows_exactly(imported, llama_dir, tmp_p
 
     out, report = imported
     # train 3 steps from the imported weights with the printed overrides
-    rc = main(["train", TINY, *report.overrides(), "train.steps=3", "train.global_batch_size=4",
-               f"output_dir={tmp_path / 'run'}", *COMMON, "--init-from", str(out)])
+    rc = main(
+        [
+            "train",
+            TINY,
+            *report.overrides(),
+            "train.steps=3",
+            "train.global_batch_size=4",
+            f"output_dir={tmp_path / 'run'}",
+            *COMMON,
+            "--init-from",
+            str(out),
+        ]
+    )
     assert rc == 0
     metrics = {r["step"]: r for r in read_metrics(tmp_path / "run")}
     assert sorted(metrics) == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics.values())
@@ -144,8 +170,9 @@ def test_imported_checkpoint_trains_and_grows_exactly(imported, llama_dir, tmp_p
     with torch.no_grad():
         assert max_rel_error(original, grown_hf(input_ids=tokens).logits) <= 1e-5
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "grown-hf"))
-    assert tok.encode("The key of the red box") == transformers.AutoTokenizer.from_pretrained(
-        str(llama_dir)).encode("The key of the red box", add_special_tokens=False)
+    assert tok.encode("The key of the red box") == transformers.AutoTokenizer.from_pretrained(str(llama_dir)).encode(
+        "The key of the red box", add_special_tokens=False
+    )
 
 
 def _copy(llama_dir, tmp_path, name="bad"):
@@ -195,8 +222,11 @@ def test_import_refusals(llama_dir, tmp_path):
     notok = _copy(llama_dir, tmp_path, "notok")
     for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
         (notok / name).unlink()
-    refused(notok, r"has no tokenizer \(neither tokenizer.json, tokenizer_config.json nor a sentencepiece "
-                   r"tokenizer.model\).*--no-tokenizer")
+    refused(
+        notok,
+        r"has no tokenizer \(neither tokenizer.json, tokenizer_config.json nor a sentencepiece "
+        r"tokenizer.model\).*--no-tokenizer",
+    )
     report = import_hf(notok, tmp_path / "weights-only", no_tokenizer=True)
     assert report.tokenizer is None and not (tmp_path / "weights-only" / "tokenizer").exists()
     with pytest.raises(HFInteropError, match="refusing to overwrite"):

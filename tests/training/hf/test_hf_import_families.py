@@ -25,9 +25,9 @@ def bpe_dir(tmp_path_factory):
 def _state(ckpt):
     from growth import roles as R
     from training.checkpoint import read_meta
+    from training.checkpoint.logical import read_logical
     from training.config import ModelConfig
     from training.config_base import from_dict
-    from training.checkpoint.logical import read_logical
 
     cfg = from_dict(ModelConfig, read_meta(ckpt)["config"]["model"])
     params, _ = read_logical(ckpt)
@@ -59,17 +59,23 @@ def test_qwen2_qkv_bias(bpe_dir, tmp_path):
 
     vocab = load_tokenizer(bpe_dir).vocab_size
     # like released Qwen2 models, the embedding has more rows than the tokenizer has ids
-    src = random_hf_model(tmp_path / "qwen2", "qwen2", bpe_dir, vocab_size=vocab + 48, tie_word_embeddings=True,
-                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    src = random_hf_model(
+        tmp_path / "qwen2",
+        "qwen2",
+        bpe_dir,
+        vocab_size=vocab + 48,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
     cfg, state = _round_trip(src, tmp_path, 48)
     assert cfg.bias and cfg.tie_embeddings and cfg.query_groups == 2 and cfg.rotary_base == 1000000
     assert cfg.vocab_size == vocab + 48
     # its tokenizer prepares training data the imported model accepts
+    from tests.training.data.data_helpers import MULTILINGUAL
     from training.data.build import check_vocab_size
     from training.data.config import DataConfig, DatasetConfig
     from training.data.ingest import CorpusSpec
     from training.data.prepare import prepare_dataset
-    from tests.training.data.data_helpers import MULTILINGUAL
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"text": MULTILINGUAL}) + "\n")
@@ -105,8 +111,14 @@ def test_llama_with_attention_bias_only(tmp_path):
 
 @pytest.mark.parametrize("spelling", ["rope_parameters", "rope_scaling"])
 def test_llama3_rope_scaling_is_refused_naming_the_field(spelling, tmp_path):
-    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 32, "rope_theta": 500000.0}
+    llama3 = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+        "rope_theta": 500000.0,
+    }
     src = random_hf_model(tmp_path / "llama3", "llama", vocab_size=300, rope_parameters=llama3)
     if spelling == "rope_scaling":  # how Llama 3 repositories spell it
         raw = json.loads((src / "config.json").read_text())

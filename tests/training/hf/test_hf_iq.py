@@ -9,13 +9,21 @@ import json
 import pytest
 import torch
 
-from tests.training.hf.hf_helpers import VOCAB, iq_texts, random_state, variant, write_checkpoint
 from tests.helpers import REPO, read_metrics
+from tests.training.hf.hf_helpers import VOCAB, iq_texts, random_state, variant, write_checkpoint
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 SUBTASKS = "head_tail,single_supporting_fact,multi_key_retrieval,replace_lowercase"
-MODEL = ["model.vocab_size=500", "model.seq_length=128", "model.normalization=RMSNorm", "model.activation=swiglu",
-         "model.num_query_groups=2", "model.tie_embeddings=false", "model.bias=false", "model.input_multiplier=2.0"]
+MODEL = [
+    "model.vocab_size=500",
+    "model.seq_length=128",
+    "model.normalization=RMSNorm",
+    "model.activation=swiglu",
+    "model.num_query_groups=2",
+    "model.tie_embeddings=false",
+    "model.bias=false",
+    "model.input_multiplier=2.0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +38,21 @@ def trained(tmp_path_factory, sp_tokenizer):
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in iq_texts(size=60)))
     prepare_dataset(CorpusSpec(inputs=(str(corpus),)), sp_tokenizer, root / "data", workers=1)
-    rc = main(["train", TINY, *MODEL, "data.kind=prepared", f"data.datasets=[{{path: {root / 'data'}, weight: 1.0}}]",
-               "train.steps=60", "train.lr=3e-3", "train.eval_interval=1000", "logging.progress_bar=false",
-               "logging.tensorboard=false", f"output_dir={root / 'run'}"])
+    rc = main(
+        [
+            "train",
+            TINY,
+            *MODEL,
+            "data.kind=prepared",
+            f"data.datasets=[{{path: {root / 'data'}, weight: 1.0}}]",
+            "train.steps=60",
+            "train.lr=3e-3",
+            "train.eval_interval=1000",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            f"output_dir={root / 'run'}",
+        ]
+    )
     assert rc == 0
     losses = [r["loss"] for r in read_metrics(root / "run")]
     assert losses[-1] < losses[0] - 1.0, losses  # it learned something: answers are not pure noise
@@ -44,8 +64,9 @@ def trained(tmp_path_factory, sp_tokenizer):
 def _iq(model_args, out):
     from eval_iq.cli import main
 
-    assert main([*model_args, "--subtasks", SUBTASKS, "--limit", "4", "--batch-size", "4",
-                 "--output-dir", str(out)]) == 0
+    assert (
+        main([*model_args, "--subtasks", SUBTASKS, "--limit", "4", "--batch-size", "4", "--output-dir", str(out)]) == 0
+    )
     results = json.loads((out / "results.json").read_text())
     samples = {p.stem: [json.loads(x) for x in p.read_text().splitlines()] for p in (out / "samples").glob("*.jsonl")}
     return results, samples
@@ -129,9 +150,9 @@ def test_backend_computes_the_checkpoint_function(tmp_path, sp_tokenizer):
     """Logits are the reference model's on the logical state (vocabulary columns only), also for a
     grown checkpoint whose masks still ramp; encode/decode are the project tokenizer's."""
     from growth.masks import MaskState
-    from training.iq_backend import load_backend
-    from training.data.tokenizer import load_tokenizer
     from growth.reference import reference_logits
+    from training.data.tokenizer import load_tokenizer
+    from training.iq_backend import load_backend
 
     cfg = variant("llama-gqa-untied")
     state = random_state(cfg, 1)
@@ -148,16 +169,21 @@ def test_backend_computes_the_checkpoint_function(tmp_path, sp_tokenizer):
 
 
 #: FLM-101B's block (LayerNorm + GELU + biases, tied) with xPos and a muP input multiplier
-FLM_MODEL = ["model.seq_length=128", "model.position_embedding=xpos", "model.xpos_scale_base=64",
-             "model.num_query_groups=2", "model.input_multiplier=2.0"]
+FLM_MODEL = [
+    "model.seq_length=128",
+    "model.position_embedding=xpos",
+    "model.xpos_scale_base=64",
+    "model.num_query_groups=2",
+    "model.input_multiplier=2.0",
+]
 
 
 @pytest.fixture(scope="module")
 def trained_tp2(tmp_path_factory):
     """An FLM-shaped (xPos) model trained 60 steps under TP2 (2 processes) on IQ-style text prepared
     with a byte-level BPE tokenizer.json, and its export (the project's model code: FLMForCausalLM)."""
-    from tests.training.hf.hf_helpers import bpe_tokenizer
     from tests.helpers import flm
+    from tests.training.hf.hf_helpers import bpe_tokenizer
     from training.cli import main
     from training.data.tokenizer import load_tokenizer
 
@@ -165,12 +191,27 @@ def trained_tp2(tmp_path_factory):
     tok = bpe_tokenizer(root / "tok")
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in iq_texts(size=60)))
-    assert main(["data", "prepare", str(corpus), "--tokenizer", str(tok), "--out", str(root / "data"),
-                 "--workers", "1"]) == 0
-    flm("train", TINY, *FLM_MODEL, f"model.vocab_size={load_tokenizer(tok).vocab_size}", "parallel.tp=2",
-        "data.kind=prepared", f"data.datasets=[{{path: {root / 'data'}, weight: 1.0}}]", "train.steps=60",
-        "train.lr=3e-3", "train.eval_interval=1000", "logging.progress_bar=false", "logging.tensorboard=false",
-        f"output_dir={root / 'run'}", nproc=2, timeout=900)
+    assert (
+        main(["data", "prepare", str(corpus), "--tokenizer", str(tok), "--out", str(root / "data"), "--workers", "1"])
+        == 0
+    )
+    flm(
+        "train",
+        TINY,
+        *FLM_MODEL,
+        f"model.vocab_size={load_tokenizer(tok).vocab_size}",
+        "parallel.tp=2",
+        "data.kind=prepared",
+        f"data.datasets=[{{path: {root / 'data'}, weight: 1.0}}]",
+        "train.steps=60",
+        "train.lr=3e-3",
+        "train.eval_interval=1000",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        f"output_dir={root / 'run'}",
+        nproc=2,
+        timeout=900,
+    )
     losses = [r["loss"] for r in read_metrics(root / "run")]
     assert losses[-1] < losses[0] - 1.0, losses
     ckpt = root / "run" / "checkpoints"
@@ -198,8 +239,10 @@ def test_iq_scores_identical_through_exported_flm_model_of_tp2_checkpoint(traine
         responses += [r["response"][0] for r in rows]
     assert sum(1 for r in responses if r.strip()) >= len(responses) // 2 and len(set(responses)) > 2, responses
     # --parallelize (accelerate's device_map="auto"; here everything lands on the CPU): the same results
-    spread, spread_samples = _iq(["--model", "hf", "--model-path", str(root / "hf"), "--parallelize"],
-                                 root / "iq-hf-spread")
+    spread, spread_samples = _iq(
+        ["--model", "hf", "--model-path", str(root / "hf"), "--parallelize"], root / "iq-hf-spread"
+    )
     assert {n: s["acc"] for n, s in spread["subtasks"].items()} == {n: s["acc"] for n, s in ours["subtasks"].items()}
     assert {t: [r["response"] for r in rows] for t, rows in spread_samples.items()} == {
-        t: [r["response"] for r in rows] for t, rows in our_samples.items()}
+        t: [r["response"] for r in rows] for t, rows in our_samples.items()
+    }

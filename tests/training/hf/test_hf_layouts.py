@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.hf.hf_helpers import ARCH_OF, random_state, variant, write_checkpoint
 from tests.helpers import REPO
+from tests.training.hf.hf_helpers import ARCH_OF, random_state, variant, write_checkpoint
 from training.config_base import to_dict
 from training.hf.compare import compare, load_hf_model, random_tokens
 
@@ -41,8 +41,15 @@ def saved(tmp_path_factory):
     spec = root / "jobs.json"
     spec.write_text(json.dumps(jobs))
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-           str(WORKER), str(spec)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={free_port()}",
+        str(WORKER),
+        str(spec),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return out
@@ -54,8 +61,8 @@ def saved(tmp_path_factory):
 @pytest.mark.parametrize("name", LAYOUT_VARIANTS)
 def test_export_of_sharded_checkpoint_matches(saved, name, layout, architecture, tmp_path):
     from training.checkpoint import read_meta, resolve
-    from training.hf.export import export_checkpoint
     from training.checkpoint.logical import read_logical
+    from training.hf.export import export_checkpoint
 
     ckpt = resolve(saved[name, layout] / "checkpoints")
     meta = read_meta(ckpt)
@@ -66,10 +73,15 @@ def test_export_of_sharded_checkpoint_matches(saved, name, layout, architecture,
     state = {k: v for k, v in params.items() if not k.startswith("optimizer.")}
     for dtype in (torch.float32, torch.float64):
         out = tmp_path / f"hf-{dtype}"
-        report = export_checkpoint(ckpt, out, no_tokenizer=True, dtype=str(dtype).replace("torch.", ""),
-                                   architecture=architecture)
+        report = export_checkpoint(
+            ckpt, out, no_tokenizer=True, dtype=str(dtype).replace("torch.", ""), architecture=architecture
+        )
         assert report.architecture == (ARCH_OF[name.split("-")[0]] if architecture == "auto" else "FLMForCausalLM")
-        result = compare(cfg, {k: v.to(dtype) for k, v in state.items()}, load_hf_model(out, dtype),
-                         random_tokens(cfg.vocab_size, cfg.seq_length, batch=3, seed=2))
+        result = compare(
+            cfg,
+            {k: v.to(dtype) for k, v in state.items()},
+            load_hf_model(out, dtype),
+            random_tokens(cfg.vocab_size, cfg.seq_length, batch=3, seed=2),
+        )
         assert result.within, result.summary()
         assert result.tolerance == (1e-5 if dtype == torch.float32 else 1e-10)

@@ -23,8 +23,11 @@ def exported(request, sp_tokenizer, tmp_path_factory):
     """(project tokenizer, AutoTokenizer of the exported files) for a BPE and a unigram model."""
     import transformers
 
-    src = sp_tokenizer if request.param == "bpe" else train_sentencepiece(
-        tmp_path_factory.mktemp("uni") / "tokenizer", model_type="unigram")
+    src = (
+        sp_tokenizer
+        if request.param == "bpe"
+        else train_sentencepiece(tmp_path_factory.mktemp("uni") / "tokenizer", model_type="unigram")
+    )
     tok = load_tokenizer(src)
     out = tmp_path_factory.mktemp("hf-tok")
     record = save_hf_tokenizer(tok, out, model_max_length=128)
@@ -49,11 +52,15 @@ def test_same_ids_on_samples_benchmark_prompts_and_random_text(exported):
 
 def test_special_tokens_and_decoding(exported):
     tok, hf, unigram = exported
-    assert (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (
-        tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, 3)
+    assert (
+        (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
+        == (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id)
+        == (0, 1, 2, 3)
+    )
     assert hf.convert_ids_to_tokens([1, 2]) == ["<s>", "</s>"]
-    for text in [t for t in list(SAMPLE_TEXTS) + iq_texts(size=2) + _random_texts(50, seed=1)
-                 if not (unigram and _lookalike(t))]:
+    for text in [
+        t for t in list(SAMPLE_TEXTS) + iq_texts(size=2) + _random_texts(50, seed=1) if not (unigram and _lookalike(t))
+    ]:
         ids = tok.encode(text)
         assert hf.decode(ids) == tok.decode(ids)
         # generated ids end with eos: dropped by skip_special_tokens, as sentencepiece drops control pieces

@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from tests.training.hf.hf_helpers import bpe_tokenizer, random_hf_model
 from tests.training.data.data_helpers import MULTILINGUAL
+from tests.training.hf.hf_helpers import bpe_tokenizer, random_hf_model
 from training.data.tokenizer import load_tokenizer
 from training.hf.errors import HFInteropError
 from training.hf.export import export_checkpoint
@@ -26,9 +26,16 @@ def bpe_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bpe_llama(tmp_path_factory, bpe_dir):
     tok = load_tokenizer(bpe_dir)
-    return random_hf_model(tmp_path_factory.mktemp("llama") / "llama", "llama", bpe_dir, vocab_size=tok.vocab_size,
-                           tie_word_embeddings=False, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-                           bos_token_id=None)
+    return random_hf_model(
+        tmp_path_factory.mktemp("llama") / "llama",
+        "llama",
+        bpe_dir,
+        vocab_size=tok.vocab_size,
+        tie_word_embeddings=False,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+        bos_token_id=None,
+    )
 
 
 def test_import_keeps_tokenizer_json_and_export_writes_it_back(bpe_llama, bpe_dir, tmp_path):

@@ -15,8 +15,16 @@ TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 
 def test_flm101b_table_in_well_under_a_minute():
     started = time.monotonic()
-    proc = flm("plan", "configs/runs/flm101b.yaml", "--gpu-type", "a800", "--tflops", "162,160,165",
-               "--compare-days", "9.63,5.37,6.54")
+    proc = flm(
+        "plan",
+        "configs/runs/flm101b.yaml",
+        "--gpu-type",
+        "a800",
+        "--tflops",
+        "162,160,165",
+        "--compare-days",
+        "9.63,5.37,6.54",
+    )
     assert time.monotonic() - started < 60
     out = proc.stdout
     for text in ("16b", "51b", "101b", "tp4 pp4 dp12 sp", "From scratch", "w/ selective", "GPU-hours", "ref days"):

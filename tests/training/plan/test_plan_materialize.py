@@ -26,10 +26,21 @@ LAYOUTS = {
     "tp2": ["parallel.tp=2"],
     "pp2-tied": ["parallel.pp=2"],
     "pp2-untied": ["parallel.pp=2", "model.tie_embeddings=false"],
-    "tp2-pp2-vpp2": ["parallel.tp=2", "parallel.pp=2", "parallel.virtual_pp=2", "model.num_layers=4",
-                     "train.global_batch_size=16"],
-    "tp2-gqa-swiglu-rms-nobias": ["parallel.tp=2", "model.num_query_groups=2", "model.activation=swiglu",
-                                  "model.normalization=RMSNorm", "model.bias=false", "model.vocab_size=500"],
+    "tp2-pp2-vpp2": [
+        "parallel.tp=2",
+        "parallel.pp=2",
+        "parallel.virtual_pp=2",
+        "model.num_layers=4",
+        "train.global_batch_size=16",
+    ],
+    "tp2-gqa-swiglu-rms-nobias": [
+        "parallel.tp=2",
+        "model.num_query_groups=2",
+        "model.activation=swiglu",
+        "model.normalization=RMSNorm",
+        "model.bias=false",
+        "model.vocab_size=500",
+    ],
     "tp4-sp-pp2-tied": ["parallel.tp=4", "parallel.pp=2", "parallel.sequence_parallel=true"],
 }
 
@@ -82,15 +93,21 @@ def test_flm101b_materializes_without_allocating():
         "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     mat = {m["stage"]: m for m in doc["materialized"]}
     assert [len(mat[s]["ranks"]) for s in ("16b", "51b", "101b")] == [2, 8, 16]
     assert all(not m["mismatches"] for m in mat.values())
     ranks = {(r["tp_rank"], r["pp_rank"]): r["params"] for r in mat["101b"]["ranks"]}
-    assert ranks[(3, 1)] == 20 * 314_652_160                      # 20 layers of h=10240, f=40960 over TP4
+    assert ranks[(3, 1)] == 20 * 314_652_160  # 20 layers of h=10240, f=40960 over TP4
     assert ranks[(0, 0)] == 20 * 314_652_160 + 100_352 // 4 * 10_240  # + the embedding shard
     maxrss_kib = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0])
     assert maxrss_kib < 2 * 1024 * 1024, f"peak RSS {maxrss_kib / 1024:.0f} MiB: something was allocated"
@@ -101,10 +118,24 @@ def test_meta_counts_equal_real_two_process_builds(tmp_path):
     layouts = {"tp2": LAYOUTS["tp2"], "pp2-tied": LAYOUTS["pp2-tied"], "pp2-untied": LAYOUTS["pp2-untied"]}
     worker = REPO / "tests" / "training" / "plan" / "workers" / "count_params.py"
     args = [f"{name}={','.join(o)}" for name, o in layouts.items()]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker),
-           str(tmp_path), *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(worker),
+        str(tmp_path),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name, overrides in layouts.items():
         cfg = load_run_config(TINY, overrides)

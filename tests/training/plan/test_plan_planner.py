@@ -58,8 +58,7 @@ def test_flm_stages_fit_on_a800_with_recomputation_where_needed(flm_plan):
     assert [f.level for f in flm_plan.findings] == ["warning"]
     assert "selective" in flm_plan.findings[0].message and flm_plan.findings[0].key == "stages[2].parallel"
     # the 101B stage's 16 ranks: 6.55B params on the end ranks (embedding / output layer), 6.29B between
-    assert [r.total for r in flm_plan.stages[2].ranks] == [6_549_944_320, 6_293_043_200, 6_293_043_200,
-                                                             6_549_964_800]
+    assert [r.total for r in flm_plan.stages[2].ranks] == [6_549_944_320, 6_293_043_200, 6_293_043_200, 6_549_964_800]
 
 
 def test_world_size_mismatch_names_the_key_and_the_fix():
@@ -71,8 +70,12 @@ def test_world_size_mismatch_names_the_key_and_the_fix():
 
 def test_gpus_not_divisible_by_model_parallel():
     with pytest.raises(ConfigError, match=r"--gpus 100 is not divisible by tp x pp = 4 x 2"):
-        plan_run(load_run_config(FLM, ["stages.0.parallel.dp=null", "stages.1.parallel.dp=null",
-                                       "stages.2.parallel.dp=null"]), PlanOptions(gpu=GPUS["a100"], gpus=100))
+        plan_run(
+            load_run_config(
+                FLM, ["stages.0.parallel.dp=null", "stages.1.parallel.dp=null", "stages.2.parallel.dp=null"]
+            ),
+            PlanOptions(gpu=GPUS["a100"], gpus=100),
+        )
 
 
 def test_unknown_world_size_asks_for_gpus():
@@ -85,21 +88,32 @@ def test_batch_that_does_not_split_and_a_pipeline_that_never_fills():
     plan = plan_run(run, PlanOptions(gpu=GPUS["a100"], gpus=8))  # dp 4 does not split 6
     keys = {(f.level, f.key) for f in plan.findings}
     assert ("error", "train.global_batch_size") in keys
-    run = load_run_config(TINY, ["parallel.pp=4", "model.num_layers=4", "train.global_batch_size=4",
-                                 "train.micro_batch_size=2"])
+    run = load_run_config(
+        TINY, ["parallel.pp=4", "model.num_layers=4", "train.global_batch_size=4", "train.micro_batch_size=2"]
+    )
     plan = plan_run(run, PlanOptions(gpu=GPUS["a100"], gpus=4))
     assert any(f.level == "warning" and "never fills" in f.message for f in plan.findings)
 
 
 def test_does_not_fit_and_tp_across_nodes():
     # the 101B shape on 16 GPUs without pipeline or distributed optimizer
-    run = load_run_config(FLM, ["stages.2.parallel.pp=1", "stages.2.parallel.tp=16", "stages.2.parallel.dp=1",
-                                "stages.2.parallel.distributed_optimizer=false"])
+    run = load_run_config(
+        FLM,
+        [
+            "stages.2.parallel.pp=1",
+            "stages.2.parallel.tp=16",
+            "stages.2.parallel.dp=1",
+            "stages.2.parallel.distributed_optimizer=false",
+        ],
+    )
     plan = plan_run(run, PlanOptions(gpu=GPUS["h100"], mfu=(0.4,)))
     s = plan.stages[2]
     assert s.fits is None and s.gpus == 16
     msgs = {f.key: f for f in s.findings}
-    assert msgs["stages[2].parallel"].level == "error" and "even with full recomputation" in msgs["stages[2].parallel"].message
+    assert (
+        msgs["stages[2].parallel"].level == "error"
+        and "even with full recomputation" in msgs["stages[2].parallel"].message
+    )
     assert msgs["stages[2].parallel.tp"].level == "warning" and "spans nodes" in msgs["stages[2].parallel.tp"].message
 
 
@@ -133,8 +147,13 @@ def test_metrics_without_mfu_say_how_to_get_one(tmp_path):
 def test_deepspeed_runs_are_planned_with_their_zero_stage():
     """engine: deepspeed plans with its own ZeRO stage: stage 3 shards weights, gradients and
     optimizer states over DP, so each rank holds a DP-th of stage 0's model states."""
-    plans = {zero: plan_run(load_run_config(TINY, ["engine=deepspeed", f"deepspeed.zero_stage={zero}"]),
-                            PlanOptions(gpu=GPUS["a100"], gpus=4)).stages[0] for zero in (1, 3)}
+    plans = {
+        zero: plan_run(
+            load_run_config(TINY, ["engine=deepspeed", f"deepspeed.zero_stage={zero}"]),
+            PlanOptions(gpu=GPUS["a100"], gpus=4),
+        ).stages[0]
+        for zero in (1, 3)
+    }
     megatron = plan_run(load_run_config(TINY), PlanOptions(gpu=GPUS["a100"], gpus=4)).stages[0]
     assert (plans[1].zero, plans[3].zero, megatron.zero) == (1, 3, 0)
     (z1,), (z3,), (m,) = plans[1].memory, plans[3].memory, megatron.memory

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import load_run_config
-from training.engine.parallel import teardown
 from training.data.build import run_sources
 from training.engine.factory import make_trainer
+from training.engine.parallel import teardown
 
 REPO = Path(__file__).resolve().parents[3]
-COMMON = ["engine=deepspeed", "logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000",
-          "checkpoint.keep_last=5"]
+COMMON = [
+    "engine=deepspeed",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "train.eval_interval=1000",
+    "checkpoint.keep_last=5",
+]
 GROWN = ["model.num_layers=4", "model.hidden_size=128", "model.ffn_hidden_size=512", "model.num_attention_heads=8"]
 
 
@@ -34,7 +39,9 @@ def main() -> None:
     root, job = Path(sys.argv[1]), sys.argv[2]
     if job == "train":
         for z in (1, 2, 3):
-            trainer(root, f"zero{z}", [f"deepspeed.zero_stage={z}", "train.steps=6", "checkpoint.save_interval=3"]).fit()
+            trainer(
+                root, f"zero{z}", [f"deepspeed.zero_stage={z}", "train.steps=6", "checkpoint.save_interval=3"]
+            ).fit()
         for z in (1, 2, 3):
             t = trainer(root, f"resumed{z}", [f"deepspeed.zero_stage={z}", "train.steps=6"])
             t.load(root / f"zero{z % 3 + 1}" / "checkpoints" / "step_0000003")

@@ -1,6 +1,6 @@
 """Worker (run under torchrun by tests): init a Trainer from a checkpoint and save it again.
 
-    python init_and_save.py SRC_CKPT OUT_ROOT [overrides...]
+python init_and_save.py SRC_CKPT OUT_ROOT [overrides...]
 """
 
 import sys
@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 def main() -> None:
     src, out, *overrides = sys.argv[1:]
-    cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml",
-                          ["logging.progress_bar=false", "logging.tensorboard=false", *overrides])
+    cfg = load_run_config(
+        REPO / "configs" / "runs" / "tiny.yaml", ["logging.progress_bar=false", "logging.tensorboard=false", *overrides]
+    )
     trainer = Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0))
     trainer.init_from(Path(src))
     trainer.save(Path(out))

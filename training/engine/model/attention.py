@@ -48,7 +48,7 @@ def _local_slice(mask: Tensor) -> Tensor:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     n = mask.shape[0] // tp
-    return mask[rank * n:(rank + 1) * n]
+    return mask[rank * n : (rank + 1) * n]
 
 
 class FLMCoreAttention(DotProductAttention):
@@ -57,8 +57,9 @@ class FLMCoreAttention(DotProductAttention):
         self.xpos_scale_base = xpos_scale_base
         self.fused = fused
         if fused and (self.config.softmax_type != "vanilla" or self.config.window_size is not None):
-            raise ValueError("fused core attention supports vanilla softmax without sliding windows; "
-                             "use train.attention=unfused")
+            raise ValueError(
+                "fused core attention supports vanilla softmax without sliding windows; use train.attention=unfused"
+            )
         self.head_mask: Optional[Tensor] = None
         self.group_mask: Optional[Tensor] = None
         self._xpos_cache: dict = {}
@@ -69,8 +70,16 @@ class FLMCoreAttention(DotProductAttention):
             self._xpos_cache = {key: xpos_factors(seq_len, head_dim, self.xpos_scale_base, device, dtype)}
         return self._xpos_cache[key]
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask, attn_mask_type=None,
-                attention_bias=None, packed_seq_params=None):
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask,
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ):
         if self.xpos_scale_base is not None:
             f = self._xpos(query.shape[0], query.shape[-1], query.device, query.dtype)
             query = query * f
@@ -86,11 +95,18 @@ class FLMCoreAttention(DotProductAttention):
         s, b, _ = context.shape
         return (context.view(s, b, hm.shape[0], -1) * hm[None, None, :, None]).view(s, b, -1)
 
-    def _core(self, query: Tensor, key: Tensor, value: Tensor, attention_mask, attn_mask_type, attention_bias,
-              packed_seq_params) -> Tensor:
+    def _core(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask,
+        attn_mask_type,
+        attention_bias,
+        packed_seq_params,
+    ) -> Tensor:
         if not self.fused:
-            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
-                                   packed_seq_params)
+            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
         assert packed_seq_params is None and attention_bias is None, "not supported by the project's core attention"
         heads, groups = self.num_attention_heads_per_partition, self.num_query_groups_per_partition
         if heads > groups:  # GQA: every head of a group sees its group's key/value (as megatron expands them)
@@ -107,8 +123,7 @@ class FLMCoreAttention(DotProductAttention):
         scale = self.softmax_scale * (self.layer_number if self.config.apply_query_key_layer_scaling else 1)
 
         def attend() -> Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
-                                                  scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=scale)
 
         if p > 0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():

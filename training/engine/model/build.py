@@ -33,8 +33,9 @@ from training.engine.model.spec import block_spec
 from training.engine.parallel import process_device
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, *, bf16: bool, gloo: bool,
-                       recompute: str = "none") -> TransformerConfig:
+def transformer_config(
+    model: ModelConfig, parallel: ParallelConfig, *, bf16: bool, gloo: bool, recompute: str = "none"
+) -> TransformerConfig:
     dtype = torch.bfloat16 if bf16 else torch.float32
     recompute_args = {
         "none": {},
@@ -109,15 +110,25 @@ def _vocab_padding_mask(vocab_size: int, padded: int) -> Optional[torch.Tensor]:
     return torch.arange(start, end) >= vocab_size
 
 
-def build_model_chunk(model: ModelConfig, config: TransformerConfig, *, pre_process: bool, post_process: bool,
-                      vp_stage: Optional[int] = None, attention: str = "fused") -> GPTModel:
+def build_model_chunk(
+    model: ModelConfig,
+    config: TransformerConfig,
+    *,
+    pre_process: bool,
+    post_process: bool,
+    vp_stage: Optional[int] = None,
+    attention: str = "fused",
+) -> GPTModel:
     tp = config.tensor_model_parallel_size
     padded = model.padded_vocab_size(tp)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=block_spec(
-            config, vp_stage, model.xpos_scale_base if model.position_embedding == "xpos" else None,
-            fused_attention=attention == "fused"),
+            config,
+            vp_stage,
+            model.xpos_scale_base if model.position_embedding == "xpos" else None,
+            fused_attention=attention == "fused",
+        ),
         vocab_size=padded,
         max_sequence_length=model.seq_length,
         pre_process=pre_process,
@@ -135,7 +146,8 @@ def build_model_chunk(model: ModelConfig, config: TransformerConfig, *, pre_proc
         gpt.output_layer.output_multiplier = model.output_multiplier
         # a buffer, so that moving the chunk moves it; not persistent: it is derived from the config
         gpt.output_layer.register_buffer(
-            "vocab_padding_mask", _vocab_padding_mask(model.vocab_size, padded), persistent=False)
+            "vocab_padding_mask", _vocab_padding_mask(model.vocab_size, padded), persistent=False
+        )
         gpt.output_layer.register_forward_hook(_output_hook)
     return gpt
 
@@ -164,13 +176,21 @@ def tensors_off_device(chunks: list[torch.nn.Module], device: torch.device | str
             tensors = dict(module.named_parameters(recurse=False))
             tensors.update(module.named_buffers(recurse=False))
             tensors.update({k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
-            off += [f"chunk {i}: {name}.{k} on {v.device}" for k, v in tensors.items()
-                    if v is not None and v.device != device]
+            off += [
+                f"chunk {i}: {name}.{k} on {v.device}"
+                for k, v in tensors.items()
+                if v is not None and v.device != device
+            ]
     return off
 
 
-def build_model(model: ModelConfig, config: TransformerConfig, *, device: Optional[torch.device | str] = None,
-                attention: str = "fused") -> list[GPTModel]:
+def build_model(
+    model: ModelConfig,
+    config: TransformerConfig,
+    *,
+    device: Optional[torch.device | str] = None,
+    attention: str = "fused",
+) -> list[GPTModel]:
     """Model chunks of this rank (one per virtual pipeline stage) on ``device`` (default: the
     process's device). Needs parallel_state initialised. ``attention``: ``fused`` (torch's
     ``scaled_dot_product_attention``) or ``unfused`` (megatron's ``DotProductAttention``)."""
@@ -180,7 +200,8 @@ def build_model(model: ModelConfig, config: TransformerConfig, *, device: Option
         stage = vp_stage if vpp else None
         chunks.append(
             build_model_chunk(
-                model, config,
+                model,
+                config,
                 pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
                 post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
                 vp_stage=stage,

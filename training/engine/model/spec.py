@@ -41,8 +41,9 @@ def layer_spec(config, xpos_scale_base: Optional[float] = None, fused_attention:
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=functools.partial(FLMCoreAttention, xpos_scale_base=xpos_scale_base,
-                                                     fused=fused_attention),
+                    core_attention=functools.partial(
+                        FLMCoreAttention, xpos_scale_base=xpos_scale_base, fused=fused_attention
+                    ),
                     linear_proj=RowParallelLinear,
                     q_layernorm=IdentityOp,
                     k_layernorm=IdentityOp,
@@ -52,8 +53,10 @@ def layer_spec(config, xpos_scale_base: Optional[float] = None, fused_attention:
             pre_mlp_layernorm=FLMNorm,
             mlp=ModuleSpec(
                 module=FLMMLP,
-                params={"ffn_hidden_size": config.ffn_hidden_size,
-                        "tp_group": parallel_state.get_tensor_model_parallel_group()},
+                params={
+                    "ffn_hidden_size": config.ffn_hidden_size,
+                    "tp_group": parallel_state.get_tensor_model_parallel_group(),
+                },
                 submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
             ),
             mlp_bda=get_bias_dropout_add,
@@ -65,8 +68,11 @@ def layer_spec(config, xpos_scale_base: Optional[float] = None, fused_attention:
     )
 
 
-def block_spec(config, vp_stage: Optional[int] = None, xpos_scale_base: Optional[float] = None,
-               fused_attention: bool = True) -> TransformerBlockSubmodules:
+def block_spec(
+    config, vp_stage: Optional[int] = None, xpos_scale_base: Optional[float] = None, fused_attention: bool = True
+) -> TransformerBlockSubmodules:
     """Layers of this pipeline stage plus the final norm (an ``FLMNorm`` too)."""
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(config, xpos_scale_base, fused_attention)] * n, layer_norm=FLMNorm)
+    return TransformerBlockSubmodules(
+        layer_specs=[layer_spec(config, xpos_scale_base, fused_attention)] * n, layer_norm=FLMNorm
+    )

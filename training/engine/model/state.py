@@ -15,15 +15,17 @@ from torch import Tensor
 
 # megatron module-tree names of per-layer tensors -> logical names (the Transformer-Engine style names
 # under which the layer spec stores its norms, see training/engine/model/spec.py)
-_LAYER_RENAMES = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
-                  "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
+_LAYER_RENAMES = {
+    "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+    "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+}
 _LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 
 def _logical_layer_key(rest: str) -> str:
     for old, new in _LAYER_RENAMES.items():
         if rest.startswith(old):
-            return "decoder.layers." + new + rest[len(old):]
+            return "decoder.layers." + new + rest[len(old) :]
     return "decoder.layers." + rest
 
 
@@ -32,10 +34,15 @@ def _module_tensors(chunk) -> dict[str, Tensor]:
     tp = getattr(config, "tensor_model_parallel_size", 1)
     pp = getattr(config, "pipeline_model_parallel_size", 1)
     if tp != 1 or pp != 1:
-        raise ValueError(f"logical state dicts convert single-process models only (TP = PP = 1), not tp={tp} pp={pp}; "
-                         "use megatron dist_checkpointing for sharded models")
-    return {k: v for k, v in chunk.state_dict(keep_vars=True).items()
-            if not k.endswith("_extra_state") and isinstance(v, Tensor)}
+        raise ValueError(
+            f"logical state dicts convert single-process models only (TP = PP = 1), not tp={tp} pp={pp}; "
+            "use megatron dist_checkpointing for sharded models"
+        )
+    return {
+        k: v
+        for k, v in chunk.state_dict(keep_vars=True).items()
+        if not k.endswith("_extra_state") and isinstance(v, Tensor)
+    }
 
 
 def logical_state_dict(chunk) -> dict[str, Tensor]:

@@ -91,8 +91,11 @@ class FLMAttention(nn.Module):
     def __init__(self, config: FLMConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.heads, self.groups, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
-                                                  config.head_dim)
+        self.heads, self.groups, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
         per_group = self.heads // self.groups
         self.qkv = nn.Linear(config.hidden_size, self.groups * (per_group + 2) * self.head_dim, bias=config.bias)
         self.proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=config.bias)
@@ -178,8 +181,13 @@ class FLMModel(FLMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.LongTensor] = None, cache=None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache=None,
+    ) -> torch.Tensor:
         b, s = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -190,7 +198,7 @@ class FLMModel(FLMPreTrainedModel):
         key_index = torch.arange(past + s, device=x.device)
         allowed = (key_index[None, :] <= query_index[:, None])[None, None]  # [1, 1, s, past + s]
         if attention_mask is not None:
-            allowed = allowed & attention_mask[:, None, None, -(past + s):].bool()
+            allowed = allowed & attention_mask[:, None, None, -(past + s) :].bool()
         for layer in self.layers:
             x = layer(x, positions, allowed, cache)
         return self.final_norm(x)
@@ -217,10 +225,19 @@ class FLMForCausalLM(FLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.LongTensor] = None, cache=None, past_key_values=None,
-                labels: Optional[torch.LongTensor] = None, use_cache: Optional[bool] = None,
-                logits_to_keep: int = 0, return_dict: Optional[bool] = None, **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cache=None,
+        past_key_values=None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         cache = cache if cache is not None else past_key_values
         if use_cache and cache is None:
             try:
@@ -233,6 +250,7 @@ class FLMForCausalLM(FLMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden) * self.config.output_multiplier
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                                   ignore_index=-100)
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache})

@@ -20,13 +20,22 @@ from training.engine.trainer import Trainer
 
 def main() -> None:
     for job in json.loads(Path(sys.argv[1]).read_text()):
-        cfg = from_dict(RunConfig, {
-            "output_dir": job["out"], "model": job["model"], "parallel": job["parallel"],
-            "train": {"global_batch_size": 4, "micro_batch_size": 2, "eval_batches": 1, "warmup_steps": 0},
-            "logging": {"progress_bar": False, "tensorboard": False}})
+        cfg = from_dict(
+            RunConfig,
+            {
+                "output_dir": job["out"],
+                "model": job["model"],
+                "parallel": job["parallel"],
+                "train": {"global_batch_size": 4, "micro_batch_size": 2, "eval_batches": 1, "warmup_steps": 0},
+                "logging": {"progress_bar": False, "tensorboard": False},
+            },
+        )
         m = cfg.model
-        trainer = Trainer(cfg, train_source=MockSource(m.vocab_size, m.seq_length, 0),
-                          valid_source=MockSource(m.vocab_size, m.seq_length, 1))
+        trainer = Trainer(
+            cfg,
+            train_source=MockSource(m.vocab_size, m.seq_length, 0),
+            valid_source=MockSource(m.vocab_size, m.seq_length, 1),
+        )
         trainer.init_from(Path(job["src"]))
         trainer.fit(until_step=1)  # saves <out>/checkpoints/step_0000001 under this layout
     teardown()

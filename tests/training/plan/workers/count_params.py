@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 import torch.distributed as dist
 
+import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import load_run_config
 from training.engine.model.build import build_model, transformer_config
 from training.engine.parallel import setup_layout, teardown
@@ -28,8 +28,11 @@ def main() -> None:
         cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", [o for o in overrides.split(",") if o])
         layout = setup_layout(cfg.parallel, seed=1)
         chunks = build_model(cfg.model, transformer_config(cfg.model, cfg.parallel, bf16=False, gloo=True))
-        record = {"tp_rank": layout.tp_rank, "pp_rank": layout.pp_rank,
-                  "chunk_params": [sum(p.numel() for p in c.parameters()) for c in chunks]}
+        record = {
+            "tp_rank": layout.tp_rank,
+            "pp_rank": layout.pp_rank,
+            "chunk_params": [sum(p.numel() for p in c.parameters()) for c in chunks],
+        }
         (Path(out) / f"{name}.rank{dist.get_rank()}.json").write_text(json.dumps(record))
     teardown()
 
