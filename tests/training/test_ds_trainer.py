@@ -201,13 +201,15 @@ def test_staged_deepspeed_run_grows_and_resumes_inside_the_ramp(tmp_path):
     assert bad.returncode != 0 and "FLM_FAULT_AT" in bad.stderr
     growth = json.loads((tmp_path / "out" / "stage1-g" / "growth.json").read_text())
     assert growth["preserved"] and growth["exact"] and growth["verify"]["max_abs_dlogit"] <= 1e-10
+    killed = read_metrics(tmp_path / "out" / "stage1-g")[2]
+    assert killed["step"] == 3
     flm("train", str(run), *STAGED, "--resume", nproc=2)
     records = read_metrics(tmp_path / "out" / "stage1-g")
-    assert [r["step"] for r in records] == [1, 2, 3, 3, 4]
-    killed, resumed = records[2], records[3]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # the re-done step replaces the killed run's record
+    resumed = records[2]
     assert resumed["loss"] == pytest.approx(killed["loss"], rel=1e-6)
     assert resumed["mask_value"] == killed["mask_value"] == pytest.approx(2 / 3)
-    assert records[4]["mask_value"] is None
+    assert records[3]["mask_value"] is None
     assert [r["step"] for r in read_metrics(tmp_path / "out" / "stage0-s")] == [1, 2, 3, 4]
     meta = json.loads(
         (tmp_path / "out" / "stage1-g" / "checkpoints" / "step_0000004" / "flm_checkpoint.json").read_text()
