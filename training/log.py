@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -41,7 +42,25 @@ HARMLESS_WARNINGS = (
     r".*is deprecated.*",
     r".*torch\.distributed\.reduce_op.*",
     r".*TypedStorage is deprecated.*",
+    # torch DCP in a plain process (flm grow, logical writes): single-process saving is what is meant
+    r".*torch\.distributed is disabled, unavailable or uninitialized.*",
 )
+
+
+#: third-party log messages (regular expressions) that say nothing to act on, by logger
+HARMLESS_RECORDS = {
+    # lm-eval, once per task built from a Python dataset function (all of the IQ benchmark's)
+    "lm_eval.api.task": r".*Custom kwargs can be passed to `--metadata`.*",
+}
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern, re.S)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
 
 
 class _RankFilter(logging.Filter):
@@ -86,3 +105,7 @@ def setup_logging(verbose: bool = False, command: str | None = None) -> None:
         logging.getLogger(name).setLevel(level)
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    for name, pattern in HARMLESS_RECORDS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) for f in logger.filters):
+            logger.addFilter(_DropMatching(pattern))
