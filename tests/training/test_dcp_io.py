@@ -13,9 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+import training.engine  # noqa: F401  (the CPU bridge first: spawned workers re-import this module without conftest)
+
+# isort: split
 from megatron.core import dist_checkpointing
 
-import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.checkpoint import CheckpointError
 from training.checkpoint.dcp_io import CheckpointFormatError, ChunkedTensor, TensorReader, in_memory, write_tensors
 from training.checkpoint.logical import layer_rows, write_logical, write_logical_chunks
