@@ -26,6 +26,28 @@ NON_FUNCTION_FIELDS = ("seq_length", "init_std", "hidden_dropout", "attention_dr
 
 
 @dataclass
+class MuPConfig:
+    """μP, the maximal-update parametrisation (Yang et al. 2022) as μScaling and FLM-101B apply it
+    to a pre-LN decoder: hyperparameters tuned at ``base_width`` transfer to any ``hidden_size``.
+
+    With the width multiplier ``m = hidden_size / base_width``: hidden matrices are drawn with std
+    ``init_std / sqrt(m)`` and trained with Adam learning rate ``lr / m``; attention logits are
+    ``attention_multiplier * q.k / d_head`` (not ``/ sqrt(d_head)``); the logits are multiplied by
+    ``output_multiplier / m``. Embeddings, norms and biases keep ``init_std`` and ``lr``. See
+    docs/mup.md. A model without this section uses the standard parametrisation.
+    """
+
+    base_width: int = 256
+    attention_multiplier: float = 1.0
+
+    def validate(self, path: str) -> None:
+        if self.base_width <= 0:
+            raise ConfigError(join_key(path, "base_width"), "must be a positive integer (the proxy's hidden_size)")
+        if self.attention_multiplier <= 0:
+            raise ConfigError(join_key(path, "attention_multiplier"), "must be > 0")
+
+
+@dataclass
 class ModelConfig:
     """Shape and block variant of the decoder LM."""
 
@@ -57,6 +79,8 @@ class ModelConfig:
     output_multiplier: float = 1.0
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
+    #: μP settings (``MuPConfig``); null means the standard parametrisation
+    mup: Optional[MuPConfig] = None
 
     @classmethod
     def function_fields(cls) -> tuple[str, ...]:

@@ -68,14 +68,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(path, f"must not be null; expected {_type_name(tp)}")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        candidates = [arg for arg in args if arg is not type(None)]
+        if len(candidates) == 1:  # Optional[X]: X's own error names the inner key and the fix
+            return _convert(candidates[0], value, path)
+        for arg in candidates:
             try:
                 return _convert(arg, value, path)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(path, f"got {value!r}; expected {_type_name(tp)}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

@@ -34,6 +34,8 @@ def test_includes_and_overrides_resolve():
         (["parallel.sequence_parallel=true"], "parallel.sequence_parallel", "needs tp >= 2"),
         (["train.steps=0"], "train.steps", "positive"),
         (["model=3"], "model", "expected a mapping"),
+        (["model.mup.base_width=0"], "model.mup.base_width", "positive integer"),
+        (["model.mup.attention_multiplier=-1"], "model.mup.attention_multiplier", "must be > 0"),
     ],
 )
 def test_invalid_values_name_the_key(override, key, hint):
