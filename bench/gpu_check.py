@@ -24,7 +24,7 @@ re-executes itself with that folder on ``PYTHONPATH`` and checks, on ``cuda:0``:
    after growth equals the old model's (relative 2e-3, bf16) and the fp32 master weights are carried
    bit for bit;
 4. a ~1.3B model in bf16 (24 x 2048, seq 2048, micro-batch 4) for a timed window of 10 steps after
-   3 warm-up steps: tokens/s, TFLOP/s per GPU and MFU (``training.metrics.flops_per_token`` and the
+   3 warm-up steps: tokens/s, TFLOP/s per GPU and MFU (``training.model_size.flops_per_token`` and the
    device's peak from ``training.metrics.PEAK_TFLOPS``).
 
 It prints one line per check and a summary, writes ``<out>/gpu-check.json``, and exits non-zero if
@@ -211,7 +211,8 @@ def run_checks(out: Path, smoke: bool = False) -> int:
     from training.engine.parallel import teardown
     from training.engine.trainer import Trainer
     from training.grow import grow_checkpoint
-    from training.metrics import flops_per_token, peak_tflops_of
+    from training.metrics import peak_tflops_of
+    from training.model_size import flops_per_token
 
     if not torch.cuda.is_available() and not smoke:
         raise SystemExit("gpu-check needs a CUDA GPU (torch.cuda.is_available() is False)")

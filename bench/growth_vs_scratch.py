@@ -114,7 +114,7 @@ def main() -> int:
     import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from training.config import ModelConfig
     from training.config_base import from_dict
-    from training.metrics import flops_per_token
+    from training.model_size import flops_per_token
 
     out = Path(args.out)
     if out.exists():

@@ -409,7 +409,7 @@ class StageGrowthConfig:
     #: as long as the first stage's (G_stack)
     lr_policy: Literal["inherit", "rewind", "restart"] = "inherit"
     #: with ``lr_schedule: {kind: equivalent_step}``: where (in tokens of the run-level schedule) this
-    #: stage enters the schedule
+    #: stage enters the schedule; null estimates it from the previous stage's curve
     equivalent_tokens: Optional[int] = None
 
     def validate(self, path: str) -> None:
@@ -479,16 +479,22 @@ class LRScheduleConfig:
       ``min_lr`` at the run's last token); each stage enters it where the previous stage stopped, at
       its own peak (``stages[i].train.lr``; FLM-101B: 4e-4, 3.4e-4, 2e-4), after an optional linear
       re-warmup of ``rewarmup_steps`` steps;
-    - ``equivalent_step``: as ``global``, but a grown stage enters the schedule at
-      ``stages[i].growth.equivalent_tokens`` (MSG: the tokens a from-scratch run of the grown shape
-      would need to reach the current loss) instead of where the previous stage stopped.
+    - ``equivalent_step``: as ``global``, but a grown stage enters the schedule at the tokens a
+      from-scratch run of the grown shape would need to reach the current loss (MSG), instead of
+      where the previous stage stopped: ``stages[i].growth.equivalent_tokens`` when given, else
+      estimated from the previous stage's validation curve (``training.equivalent_step``) with
+      ``size_exponent`` as the exponent of the loss in model size.
     """
 
     kind: Literal["per_stage", "global", "equivalent_step"] = "per_stage"
     warmup_tokens: int = 0
     rewarmup_steps: int = 0
+    #: α_N of L(N, D) = (N_c/N)^α_N + (D_c/D)^β (Kaplan et al. 2020: 0.076), for the estimate
+    size_exponent: float = 0.076
 
     def validate(self, path: str) -> None:
+        if not 0 < self.size_exponent < 1:
+            raise ConfigError(join_key(path, "size_exponent"), f"must be in (0, 1), got {self.size_exponent}")
         for name in ("warmup_tokens", "rewarmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(join_key(path, name), "must be >= 0")
@@ -629,10 +635,11 @@ def stage_steps(tokens: int, train: TrainConfig, model: ModelConfig) -> int:
     return max(1, math.ceil(tokens / (train.global_batch_size * model.seq_length)))
 
 
-def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
+def stage_config(run: RunConfig, index: int, path: str = "", entry_tokens: Optional[int] = None) -> RunConfig:
     """The single-stage ``RunConfig`` of stage ``index``: its model and layout, the run's train
     section with the stage's overrides and LR policy, steps from its token budget, its own output
-    directory ``<output_dir>/stage<index>-<name>``."""
+    directory ``<output_dir>/stage<index>-<name>``. ``entry_tokens``: under ``equivalent_step``
+    without ``growth.equivalent_tokens``, the estimated entry (``training.equivalent_step``)."""
 
     stage = run.stages[index]
     where = join_key(path, f"stages[{index}]")
@@ -646,7 +653,7 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
             first = dict(to_dict(run.train), **run.stages[0].train)
             train.warmup_steps = int(first.get("warmup_steps", train.warmup_steps))
     else:
-        _run_level_schedule(run, index, train, stage.model, where)
+        _run_level_schedule(run, index, train, stage.model, where, entry_tokens)
     name = stage.name or f"stage{index}"
     single = dataclasses.replace(
         run,
@@ -665,7 +672,9 @@ def stage_config(run: RunConfig, index: int, path: str = "") -> RunConfig:
     return single
 
 
-def _run_level_schedule(run: RunConfig, index: int, train: TrainConfig, model: ModelConfig, where: str) -> None:
+def _run_level_schedule(
+    run: RunConfig, index: int, train: TrainConfig, model: ModelConfig, where: str, entry_tokens: Optional[int]
+) -> None:
     """Stage ``index``'s ``train`` section under a ``global`` / ``equivalent_step`` schedule: the
     run-level schedule (in tokens) in this stage's steps, entered at the stage's offset."""
     tokens_per_step = train.global_batch_size * model.seq_length
@@ -673,13 +682,12 @@ def _run_level_schedule(run: RunConfig, index: int, train: TrainConfig, model: M
     entry = sum(s.tokens for s in run.stages[:index])
     growth = run.stages[index].growth
     if run.lr_schedule.kind == "equivalent_step" and growth is not None:
-        if growth.equivalent_tokens is None:
-            raise ConfigError(
-                join_key(where, "growth.equivalent_tokens"),
-                "lr_schedule equivalent_step needs the tokens at which this stage enters the schedule "
-                "(where a from-scratch run of this shape would have the current loss)",
-            )
-        entry = growth.equivalent_tokens
+        if growth.equivalent_tokens is not None:
+            entry = growth.equivalent_tokens
+        elif entry_tokens is not None:
+            entry = entry_tokens
+        # else: not known before the previous stage has trained (training.equivalent_step estimates it
+        # from that stage's curve when this stage starts); until then, where the previous stage stopped
     train.schedule_offset_steps = entry // tokens_per_step
     train.warmup_steps = math.ceil(run.lr_schedule.warmup_tokens / tokens_per_step)
     train.lr_decay_steps = max(math.ceil(total / tokens_per_step), train.schedule_offset_steps + train.steps)

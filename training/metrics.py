@@ -1,4 +1,4 @@
-"""Metrics: model FLOPs, MFU, and the sinks (JSONL, TensorBoard, progress bar) of the logging rank."""
+"""Metrics: MFU and the sinks (JSONL, TensorBoard, progress bar) of the logging rank."""
 
 from __future__ import annotations
 
@@ -11,43 +11,7 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from training.config import ModelConfig
 from training.devices import PEAK_TFLOPS
-
-
-def matmul_params(model: ModelConfig) -> int:
-    """Weights that take part in matmuls per token: all linear layers plus the output projection.
-
-    (The embedding lookup is not a matmul; with tied embeddings the output projection still is.)
-    """
-    h, f, d = model.hidden_size, model.ffn_hidden_size, model.head_dim
-    qkv = h * (model.num_attention_heads + 2 * model.query_groups) * d
-    proj = model.num_attention_heads * d * h
-    fc1 = h * f * (2 if model.activation == "swiglu" else 1)
-    fc2 = f * h
-    return model.num_layers * (qkv + proj + fc1 + fc2) + model.vocab_size * h
-
-
-def total_params(model: ModelConfig, tp: int = 1) -> int:
-    """All parameters (padded embedding, untied output layer, norms, biases)."""
-    h, f, d, L = model.hidden_size, model.ffn_hidden_size, model.head_dim, model.num_layers
-    nq, ng = model.num_attention_heads, model.query_groups
-    v = model.padded_vocab_size(tp)
-    norm = h * (2 if model.normalization == "LayerNorm" else 1)
-    fc1_rows = f * (2 if model.activation == "swiglu" else 1)
-    layer = h * (nq + 2 * ng) * d + nq * d * h + h * fc1_rows + f * h + 2 * norm
-    if model.bias:
-        layer += (nq + 2 * ng) * d + h + fc1_rows + h
-    out = 0 if model.tie_embeddings else v * h
-    return L * layer + v * h + out + norm
-
-
-def flops_per_token(model: ModelConfig) -> float:
-    """Training FLOPs per token: 6 x matmul params + attention scores/values (12 x L x s x d x nq),
-    i.e. forward + backward, without activation recomputation (Megatron's formula without the
-    recompute term; causal masking is not discounted)."""
-    attn = 12 * model.num_layers * model.seq_length * model.head_dim * model.num_attention_heads
-    return 6.0 * matmul_params(model) + attn
 
 
 def peak_tflops_of(device_name: str) -> Optional[float]:

@@ -23,16 +23,17 @@ from typing import Optional, Protocol
 
 import torch.distributed as dist
 
-from training import checkpoint
+from training import checkpoint, equivalent_step
 from training.checkpoint.lock import lock_if_rank0
 from training.config import RunConfig, stage_config
 from training.config_base import to_dict
 from training.data.build import run_sources
 from training.engine.factory import make_trainer
 from training.engine.parallel import init_process_group, teardown
+from training.errors import FLMError
 from training.grow import grow_checkpoint
-from training.metrics import flops_per_token, total_params
 from training.model_check import check_same_model
+from training.model_size import flops_per_token, total_params
 from training.stage_plans import growth_plan, stage_model, validate_stages
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,36 @@ class StageEndHook(Protocol):
     ) -> Optional[dict]: ...
 
 
-def trained_stage_config(run: RunConfig, index: int) -> RunConfig:
+def trained_stage_config(run: RunConfig, index: int, entry: Optional[int] = None) -> RunConfig:
     """Stage ``index``'s single-stage config with the model it trains (``stage_plans.stage_model``:
-    the grown model, derived fields included), not its ``model:`` section as written."""
-    return dataclasses.replace(stage_config(run, index), model=stage_model(run, index))
+    the grown model, derived fields included), not its ``model:`` section as written; ``entry``: its
+    estimated equivalent-step entry (``stage_entry``)."""
+    return dataclasses.replace(stage_config(run, index, entry_tokens=entry), model=stage_model(run, index))
+
+
+def stage_entry(run: RunConfig, index: int) -> Optional[int]:
+    """Stage ``index``'s equivalent-step entry estimated from stage ``index - 1``'s curve
+    (``training.equivalent_step``; None where the schedule takes none). Reads the previous stages'
+    files: call it once stage ``index - 1`` has trained."""
+    if index == 0:
+        return None
+    prev = trained_stage_config(run, index - 1, stage_entry(run, index - 1))
+    return equivalent_step.entry_tokens(run, index, prev, stage_model(run, index), stage_dir(run, index))
+
+
+def _agreed_entry(run: RunConfig, index: int) -> Optional[int]:
+    """``stage_entry`` computed on rank 0 (which writes its record) and broadcast, errors included, so
+    every rank enters the schedule at the same step or every rank raises."""
+    payload: list = [None, None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [stage_entry(run, index), None]
+        except FLMError as err:
+            payload = [None, str(err)]
+    dist.broadcast_object_list(payload, src=0)
+    if payload[1] is not None:
+        raise equivalent_step.EquivalentStepError(payload[1])
+    return payload[0]
 
 
 def stage_dir(run: RunConfig, index: int) -> Path:
@@ -98,7 +125,7 @@ def _run_stages(
     indices = range(len(run.stages)) if only_stage is None else [only_stage]
     try:
         for i in indices:
-            cfg = trained_stage_config(run, i)
+            cfg = trained_stage_config(run, i, _agreed_entry(run, i))
             cfg.parallel.data_parallel_size(dist.get_world_size())
             if _final_checkpoint(cfg) is not None:
                 if not resume:

@@ -82,9 +82,11 @@ def test_equivalent_step_enters_where_given():
         "equivalent_step", "stages.1.growth.equivalent_tokens=81920", "stages.2.growth.equivalent_tokens=245760"
     )
     assert [t.schedule_offset_steps for t in trains] == [0, 81920 // (16 * 128), 245760 // (16 * 128)]
+    run = load_run(DRYRUN, ["lr_schedule.kind=equivalent_step"])  # not given: estimated when the stage starts
+    assert stage_config(run, 1, entry_tokens=40960).train.schedule_offset_steps == 40960 // (16 * 128)
     with pytest.raises(ConfigError) as info:
-        load_run(DRYRUN, ["lr_schedule.kind=equivalent_step"])
-    assert info.value.key.endswith("stages[1].growth.equivalent_tokens")
+        load_run(DRYRUN, ["lr_schedule.kind=equivalent_step", "lr_schedule.size_exponent=1.5"])
+    assert info.value.key == "lr_schedule.size_exponent"
 
 
 @pytest.mark.parametrize("kind", ["per_stage", "global"])

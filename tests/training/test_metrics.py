@@ -41,7 +41,7 @@ def test_peak_table_matches_device_names():
 
 def test_mfu_uses_the_model_flops_formula():
     from training.config import ModelConfig
-    from training.metrics import flops_per_token, matmul_params
+    from training.model_size import flops_per_token, matmul_params
 
     m = ModelConfig(
         num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4, vocab_size=512, seq_length=64

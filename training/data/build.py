@@ -67,7 +67,13 @@ class PreparedDataInfo:
 
 
 def prepare_default_data(
-    out_dir: str | Path, vocab_size: int, seed: int = 1234, *, workers: int = 2, model_type: str = "bpe"
+    out_dir: str | Path,
+    vocab_size: int,
+    seed: int = 1234,
+    *,
+    workers: int = 2,
+    model_type: str = "bpe",
+    selection: str = "small",
 ) -> PreparedDataInfo:
     """Build the embedded default corpus, its tokenizer and its shards under ``out_dir``.
 
@@ -75,9 +81,10 @@ def prepare_default_data(
     ``prepared-<model_type>-v<vocab_size>/``. Idempotent: a second call with the same arguments
     on the same Python version does nothing and returns the same paths. ``seed`` only becomes the
     order seed of ``data_config()``; the tokenizer is trained on the whole corpus, so it needs none.
+    ``selection`` picks the default corpus's small or large selection.
     """
     out_dir = Path(out_dir).expanduser()
-    corpus = write_default_corpus(out_dir / "corpus")
+    corpus = write_default_corpus(out_dir / "corpus", selection=selection)
     spec = CorpusSpec(inputs=(str(corpus.corpus_file),))
     name = f"{model_type}-v{vocab_size}"
     # force=True: this directory is a cache derived from the corpus; a new Python version changes
@@ -98,9 +105,17 @@ def prepare_default_data(
     )
 
 
+def default_data_dir(cfg: DataConfig) -> Path:
+    """Where ``kind: default`` data is cached: ``default_dir``, the large corpus in its ``large/``."""
+    root = Path(cfg.default_dir).expanduser()
+    return root if cfg.default_corpus == "small" else root / cfg.default_corpus
+
+
 def _entries(cfg: DataConfig, vocab_size: int) -> tuple[list[DatasetConfig], str | None]:
     if cfg.kind == "default":
-        info = prepare_default_data(cfg.default_dir, vocab_size, cfg.seed, workers=cfg.workers)
+        info = prepare_default_data(
+            default_data_dir(cfg), vocab_size, cfg.seed, workers=cfg.workers, selection=cfg.default_corpus
+        )
         return [DatasetConfig(path=str(info.dataset_dir), weight=1.0)], str(info.tokenizer_dir)
     return list(cfg.datasets), cfg.tokenizer
 

@@ -120,7 +120,7 @@ def cmd_default_corpus(args: argparse.Namespace) -> int:
         from training.data.build import prepare_default_data  # startup time: loaded when a data command runs
 
         _quiet_datasets()
-        info = prepare_default_data(args.out, args.vocab_size, workers=args.workers)
+        info = prepare_default_data(args.out, args.vocab_size, workers=args.workers, selection=args.selection)
         state = "prepared" if info.prepared else "up to date (nothing to do)"
         print(
             f"default data {args.out}: {state}; corpus={info.corpus_dir} tokenizer={info.tokenizer_dir} "
@@ -129,7 +129,7 @@ def cmd_default_corpus(args: argparse.Namespace) -> int:
         return 0
     from training.data.default_corpus import write_default_corpus  # startup time: loaded when a data command runs
 
-    result = write_default_corpus(args.out, force=args.force)
+    result = write_default_corpus(args.out, force=args.force, selection=args.selection)
     m = result.manifest
     state = "written" if result.written else "up to date (nothing to do)"
     print(
@@ -187,5 +187,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     default.add_argument("--workers", type=int, default=2, help="with --vocab-size: tokenizer worker processes")
     default.add_argument("--force", action="store_true", help="replace other files in --out")
+    default.add_argument(
+        "--selection",
+        choices=["small", "large"],
+        default="small",
+        help="small: ~3 MB (the dry run's); large: ~60 MB of local sources and docs (docs/data.md)",
+    )
     default.set_defaults(func=cmd_default_corpus)
     return data

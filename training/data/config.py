@@ -6,6 +6,7 @@ Examples::
 
     data: {kind: default}                              # the embedded default corpus (no network);
                                                        # tokenizer trained to model.vocab_size
+    data: {kind: default, default_corpus: large}       # ~60 MB of local sources and docs instead
     data:
       kind: prepared                                   # datasets written by `flm data prepare`
       seed: 1234
@@ -58,6 +59,10 @@ class DataConfig:
     validation_fraction: float = 0.01
     #: kind=default: where the default corpus, its tokenizer and shards are built and cached
     default_dir: str = "~/.cache/flm/default-data"
+    #: kind=default: small (~3 MB: Python's docs and small stdlib modules; the dry run's data) or
+    #: large (~60 MB: plus all stdlib and installed packages' sources and docs, for runs that
+    #: must not repeat their data); cached under ``default_dir/large``
+    default_corpus: Literal["small", "large"] = "small"
     #: kind=default: tokenizer worker processes used when the cache is built
     workers: int = 2
 

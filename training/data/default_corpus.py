@@ -8,7 +8,19 @@ Contents, in this order (a fixed selection, so the corpus depends only on the Py
    start with ``_``), each at most ``MAX_MODULE_BYTES`` bytes, sorted by file name, one document
    per module, taken while the code total stays within ``CODE_BUDGET_CHARS`` characters.
 
-About 3 MB of text: it tokenizes in a few seconds on two cores. ``write_default_corpus`` writes
+About 3 MB of text: it tokenizes in a few seconds on two cores.
+
+The ``large`` selection (``data.default_corpus: large``, for pretraining-like runs that must not
+repeat their data) adds, after the small selection:
+
+3. every other standard-library ``.py`` file, recursively (packages and tests included), sorted by
+   path;
+4. the ``.py``, ``.md``, ``.rst`` and ``.txt`` files of the installed packages (``purelib``), sorted
+   by path,
+
+each file at most ``LARGE_MAX_FILE_BYTES``, until ``LARGE_BUDGET_CHARS`` characters in all (about
+60 MB of text, ~20M tokens at a 2048 vocabulary). Part 4 depends on what is installed: the
+manifest lists every document with its hash, and the fingerprint tells two corpora apart. ``write_default_corpus`` writes
 it as ``corpus.jsonl`` (objects ``{"text": ..., "source": ...}``) plus ``manifest.json`` with the
 Python version, the per-document sources and hashes, and a fingerprint (SHA-256 of
 ``corpus.jsonl``) so runs on the default corpus are comparable. Runs on different Python versions
@@ -34,6 +46,10 @@ MANIFEST_FILE = "manifest.json"
 MAX_MODULE_BYTES = 64 * 1024
 CODE_BUDGET_CHARS = 2_500_000
 SELECTION_VERSION = 1
+LARGE_MAX_FILE_BYTES = 256 * 1024
+LARGE_BUDGET_CHARS = 60_000_000
+LARGE_SUFFIXES = (".py", ".md", ".rst", ".txt")
+SELECTIONS = ("small", "large")
 
 
 @dataclass
@@ -79,9 +95,58 @@ def _modules() -> list[dict[str, str]]:
     return documents
 
 
-def build_default_corpus() -> DefaultCorpus:
-    """Collect the default corpus from this interpreter; DataError if it ships neither part."""
+def _tree_files(root: Path, suffixes: tuple[str, ...], skip_packages: bool = False) -> list[Path]:
+    """Files under ``root`` with one of ``suffixes``, sorted; ``skip_packages`` leaves out installed
+    packages (``site-packages``/``dist-packages``) inside the standard library's tree."""
+    files = []
+    for path in root.rglob("*"):
+        if path.suffix not in suffixes:
+            continue
+        if skip_packages and {"site-packages", "dist-packages"} & set(path.relative_to(root).parts):
+            continue
+        try:
+            if path.is_file() and 0 < path.stat().st_size <= LARGE_MAX_FILE_BYTES:
+                files.append(path)
+        except OSError:
+            continue
+    return sorted(files)
+
+
+def _large_extra(taken: set[str], budget: int) -> list[dict[str, str]]:
+    """Parts 3 and 4 of the large selection, within ``budget`` characters."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    parts = [("stdlib", stdlib, _tree_files(stdlib, (".py",), skip_packages=True))]
+    if purelib.is_dir():
+        parts.append(("site", purelib, _tree_files(purelib, LARGE_SUFFIXES)))
+    documents = []
+    for prefix, root, files in parts:
+        for path in files:
+            source = f"{prefix}:{path.relative_to(root).as_posix()}"
+            if source in taken:
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue  # deterministic: the same files fail on every call
+            if not text.strip():
+                continue
+            if len(text) > budget:
+                return documents
+            budget -= len(text)
+            documents.append({"source": source, "text": text})
+    return documents
+
+
+def build_default_corpus(selection: str = "small") -> DefaultCorpus:
+    """Collect the default corpus (``selection``: small or large) from this interpreter; DataError
+    if it ships neither part."""
+    if selection not in SELECTIONS:
+        raise DataError(f"unknown default corpus selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
     documents = _topics() + _modules()
+    if selection == "large":
+        used = sum(len(d["text"]) for d in documents)
+        documents += _large_extra({d["source"] for d in documents}, LARGE_BUDGET_CHARS - used)
     if not documents:
         raise DataError(
             f"this Python ({sys.executable}) ships neither pydoc_data.topics nor standard library sources under "
@@ -98,10 +163,11 @@ class DefaultCorpusResult:
     written: bool
 
 
-def write_default_corpus(out_dir: str | Path, *, force: bool = False) -> DefaultCorpusResult:
-    """Write the default corpus to ``out_dir`` (idempotent, atomic); see the module docstring."""
+def write_default_corpus(out_dir: str | Path, *, force: bool = False, selection: str = "small") -> DefaultCorpusResult:
+    """Write the default corpus (``selection``) to ``out_dir`` (idempotent, atomic); see the module
+    docstring."""
     out_dir = Path(out_dir)
-    corpus = build_default_corpus()
+    corpus = build_default_corpus(selection)
     data = corpus.jsonl()
     fingerprint = hashlib.sha256(data).hexdigest()
     with output_lock(out_dir):
@@ -119,7 +185,16 @@ def write_default_corpus(out_dir: str | Path, *, force: bool = False) -> Default
             "documents": len(corpus.documents),
             "chars": sum(len(d["text"]) for d in corpus.documents),
             "bytes": len(data),
-            "selection": {"max_module_bytes": MAX_MODULE_BYTES, "code_budget_chars": CODE_BUDGET_CHARS},
+            "selection": {
+                "name": selection,
+                "max_module_bytes": MAX_MODULE_BYTES,
+                "code_budget_chars": CODE_BUDGET_CHARS,
+                **(
+                    {"large_max_file_bytes": LARGE_MAX_FILE_BYTES, "large_budget_chars": LARGE_BUDGET_CHARS}
+                    if selection == "large"
+                    else {}
+                ),
+            },
             "sources": [
                 {
                     "source": d["source"],

@@ -41,7 +41,8 @@ from training.data.source import SampleSource
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, process_device, setup_layout
 from training.errors import PREEMPTED_EXIT_CODE, FLMError, PreemptedError
-from training.metrics import MetricsSink, device_peak_tflops, flops_per_token
+from training.metrics import MetricsSink, device_peak_tflops
+from training.model_size import flops_per_token
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,9 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers
 from tokenizers import Tokenizer as TkTokenizer
 
 from training.checkpoint import read_meta
+from training.config_base import from_dict
+from training.data.build import default_data_dir
+from training.data.config import DataConfig
 from training.data.errors import DataError
 from training.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, load_hf_tokenizer
 from training.data.shards import dataset_tokenizer_path
@@ -266,11 +269,12 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
         return _load(path, f"the copy inside the dataset {first} of {ckpt}'s run config"), f"{path} (dataset copy)"
     if kind == "default":
         vocab = meta["config"]["model"]["vocab_size"]
-        path = Path(data.get("default_dir", "~/.cache/flm/default-data")).expanduser() / f"tokenizer-bpe-v{vocab}"
+        data_cfg = from_dict(DataConfig, data, "data")
+        path = default_data_dir(data_cfg) / f"tokenizer-bpe-v{vocab}"
         return _load(
             path,
             f"the default-corpus tokenizer of {ckpt}'s run (build it with `flm data default-corpus "
-            f"--out {path.parent} --vocab-size {vocab}`)",
+            f"--out {path.parent} --vocab-size {vocab} --selection {data_cfg.default_corpus}`)",
         ), f"{path} (default corpus)"
     source = (meta.get("growth") or {}).get("source")
     if source:

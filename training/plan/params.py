@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from training.config import ModelConfig, ParallelConfig
-from training.metrics import total_params
+from training.model_size import total_params
 
 
 @dataclass(frozen=True)
@@ -119,5 +119,5 @@ def rank_params(model: ModelConfig, parallel: ParallelConfig) -> list[RankParams
 
 def unique_params(model: ModelConfig, parallel: ParallelConfig) -> int:
     """Distinct parameters of the whole model under this layout's vocabulary padding (a tied
-    output weight counted once), i.e. ``training.metrics.total_params(model, tp)``."""
+    output weight counted once), i.e. ``training.model_size.total_params(model, tp)``."""
     return total_params(model, parallel.tp)

@@ -1,6 +1,6 @@
 """FLOPs per token, throughput sources, tokens per day.
 
-Time is counted in *model* FLOPs: ``training.metrics.flops_per_token`` = 6 x matmul parameters
+Time is counted in *model* FLOPs: ``training.model_size.flops_per_token`` = 6 x matmul parameters
 + 12·L·s·d·heads (forward + backward; Megatron's formula without the recompute term), the same
 number the trainer's TFLOP/s and MFU use. Recomputation executes more (full recomputation runs
 the forward twice: 8 x params + 16·L·s·d·heads, ``hardware_flops_per_token``) but trains nothing
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from training.config import ModelConfig
 from training.errors import FLMError
-from training.metrics import flops_per_token, matmul_params
+from training.model_size import flops_per_token, matmul_params
 
 SECONDS_PER_DAY = 86400.0
 

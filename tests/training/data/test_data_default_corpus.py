@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training.data.build import build_sources, prepare_default_data
+from training.data.build import build_sources, default_data_dir, prepare_default_data
 from training.data.config import DataConfig
 from training.data.default_corpus import build_default_corpus, write_default_corpus
+from training.data.errors import DataError
 from training.data.shards import PreparedDataset
 from training.data.tokenizer import load_tokenizer
 
@@ -66,3 +68,22 @@ def test_data_config_and_kind_default(default_data):
     for i in (0, 17, 4_000):
         assert np.array_equal(train.sample(i), train2.sample(i))
         assert np.array_equal(valid.sample(i), valid2.sample(i))
+
+
+def test_large_selection_extends_the_small_one_deterministically(tmp_path):
+    small, large = build_default_corpus(), build_default_corpus("large")
+    assert large.documents[: len(small.documents)] == small.documents
+    extra = [d["source"] for d in large.documents[len(small.documents) :]]
+    assert any(s.startswith("stdlib:") and "/" in s for s in extra)  # recursive: packages of the stdlib
+    assert not any("site-packages/" in s for s in extra if s.startswith("stdlib:"))
+    assert len(extra) == len(set(extra))
+    chars = sum(len(d["text"]) for d in large.documents)
+    assert 10 * sum(len(d["text"]) for d in small.documents) < chars <= 60_000_000
+    assert build_default_corpus("large").fingerprint() == large.fingerprint()
+    with pytest.raises(DataError, match="choose one of small, large"):
+        build_default_corpus("huge")
+
+
+def test_large_selection_is_cached_beside_the_small_one():
+    assert default_data_dir(DataConfig(kind="default", default_dir="/c")) == Path("/c")
+    assert default_data_dir(DataConfig(kind="default", default_dir="/c", default_corpus="large")) == Path("/c/large")

@@ -10,7 +10,7 @@ import pytest
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.config import ModelConfig, ParallelConfig
-from training.metrics import total_params
+from training.model_size import total_params
 from training.plan.memory import Recompute, in_flight, layer_activation_bytes, rank_memory
 from training.plan.params import rank_params
 
