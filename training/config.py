@@ -425,13 +425,16 @@ class StageGrowthConfig:
     default_operator: Literal["msg", "zero", "clone"] = "msg"
     depth_placement: Literal["stack", "interleave"] = "interleave"
     depth_init: Literal["copy", "fresh"] = "copy"
-    ramp_steps: int = 100
+    #: steps over which MSG's masks go from 0 to 1; long enough for the new weights to adapt before
+    #: they count in full (ramp 50 jumped +5.5% after growth, ramp 200 did not: docs/growth.md)
+    ramp_steps: int = 200
     ramp_shape: Literal["linear", "cosine"] = "linear"
     init_std: Optional[float] = None
     clone_noise: float = 0.0
     seed: int = 0
     exact: bool = True
-    #: LR at the start of the stage: inherit = this stage's start LR with its (short) warmup (FLM-101B);
+    #: with ``lr_schedule: {kind: per_stage}``, the LR at the start of the stage: inherit = this stage's
+    #: start LR with its (short) warmup (FLM-101B);
     #: rewind = straight back to this stage's peak LR, no warmup (MSG); restart = full warmup again,
     #: as long as the first stage's (G_stack)
     lr_policy: Literal["inherit", "rewind", "restart"] = "inherit"
@@ -511,10 +514,14 @@ class LRScheduleConfig:
       where the previous stage stopped: ``stages[i].growth.equivalent_tokens`` when given, else
       estimated from the previous stage's validation curve (``training.equivalent_step``) with
       ``size_exponent`` as the exponent of the loss in model size.
+
+    ``global`` is the default: of the three it keeps the loss after growth lowest (docs/growth.md,
+    "Where the post-growth jump comes from").
     """
 
-    kind: Literal["per_stage", "global", "equivalent_step"] = "per_stage"
-    warmup_tokens: int = 0
+    kind: Literal["per_stage", "global", "equivalent_step"] = "global"
+    #: warmup of the run-level schedule; null: the first stage's ``train.warmup_steps`` in its tokens
+    warmup_tokens: Optional[int] = None
     rewarmup_steps: int = 0
     #: α_N of L(N, D) = (N_c/N)^α_N + (D_c/D)^β (Kaplan et al. 2020: 0.076), for the estimate
     size_exponent: float = 0.076
@@ -523,7 +530,7 @@ class LRScheduleConfig:
         if not 0 < self.size_exponent < 1:
             raise ConfigError(join_key(path, "size_exponent"), f"must be in (0, 1), got {self.size_exponent}")
         for name in ("warmup_tokens", "rewarmup_steps"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ConfigError(join_key(path, name), "must be >= 0")
 
 
@@ -568,6 +575,17 @@ class RunConfig:
                 )
             if i > 0 and stage.growth is None:
                 raise ConfigError(join_key(where, "growth"), "every stage after the first needs a growth section")
+            if (
+                stage.growth is not None
+                and stage.growth.lr_policy != "inherit"
+                and self.lr_schedule.kind != "per_stage"
+            ):
+                raise ConfigError(
+                    join_key(where, "growth.lr_policy"),
+                    f"applies to lr_schedule.kind=per_stage; under {self.lr_schedule.kind} the stage enters the "
+                    "run-level schedule (use lr_schedule.rewarmup_steps for a re-warmup), so remove it or set "
+                    "lr_schedule.kind=per_stage",
+                )
             merged = stage_config(self, i, path)  # the merged single-stage config must be valid too
             if len(self.stages) > 1 and merged.train.optimizer_impl == "fused":
                 raise ConfigError(join_key(path, "train.optimizer_impl"), FUSED_ADAM_GROWTH)
@@ -716,7 +734,11 @@ def _run_level_schedule(
         # else: not known before the previous stage has trained (training.equivalent_step estimates it
         # from that stage's curve when this stage starts); until then, where the previous stage stopped
     train.schedule_offset_steps = entry // tokens_per_step
-    train.warmup_steps = math.ceil(run.lr_schedule.warmup_tokens / tokens_per_step)
+    warmup_tokens = run.lr_schedule.warmup_tokens
+    if warmup_tokens is None:
+        first = from_dict(TrainConfig, dict(to_dict(run.train), **run.stages[0].train), join_key(where, "train"))
+        warmup_tokens = first.warmup_steps * first.global_batch_size * run.stages[0].model.seq_length
+    train.warmup_steps = math.ceil(warmup_tokens / tokens_per_step)
     train.lr_decay_steps = max(math.ceil(total / tokens_per_step), train.schedule_offset_steps + train.steps)
     train.rewarmup_steps = run.lr_schedule.rewarmup_steps if index > 0 else 0
 

@@ -107,7 +107,7 @@ def test_layout_not_fitting_the_process_count_is_refused(tmp_path):
 def test_lr_policy_at_growth_sets_the_stage_schedule(tmp_path, policy, warmup):
     from training.config import stage_config
 
-    cfg = load_run(write_run(tmp_path, "x"), [f"stages.1.growth.lr_policy={policy}"])
+    cfg = load_run(write_run(tmp_path, "x"), ["lr_schedule.kind=per_stage", f"stages.1.growth.lr_policy={policy}"])
     stage = stage_config(cfg, 1)
     assert stage.train.warmup_steps == warmup  # the run's warmup is 2, stage 1 asks for 1
     assert stage.train.lr == 1.5e-3 and stage.train.steps == 8
