@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import free_port
 from training.cli import die_with_parent
 
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "srun")
@@ -24,12 +24,6 @@ DAEMONS = ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "srun")
 
 class Unavailable(Exception):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_installed() -> None:
@@ -124,7 +118,7 @@ def start(directory: Path, gpus: int = 2) -> Cluster:
     for sub in ("state", "spool"):
         (directory / sub).mkdir(exist_ok=True)
     (directory / "slurm.conf").write_text(
-        CONF.format(d=directory, ctld_port=_free_port(), d_port=_free_port(), cpus=os.cpu_count() or 1, gpus=gpus)
+        CONF.format(d=directory, ctld_port=free_port(), d_port=free_port(), cpus=os.cpu_count() or 1, gpus=gpus)
     )
     # "GPUs" without device files: the launch scripts size jobs in GPUs; the trainers run on CPU (gloo)
     for i in range(gpus):

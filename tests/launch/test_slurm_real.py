@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, child_env, processes_mentioning
 from tests.launch import slurm_cluster
 
 RUN = """
@@ -55,7 +55,7 @@ def _submit(cluster, tmp_path: Path, name: str) -> tuple[Path, list[str]]:
     out = tmp_path / name
     config = tmp_path / f"{name}.yaml"
     config.write_text(RUN.format(out=out))
-    env = dict(cluster.env, FLM_PYTHON=sys.executable, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env = child_env(cluster.env, FLM_PYTHON=sys.executable)
     proc = subprocess.run(
         [str(REPO / "launch/slurm/submit.sh"), "--gpus-per-node", "2", str(config)],
         cwd=REPO,
@@ -119,11 +119,4 @@ def test_slurm_chain_preempted_by_usr1_resumes_bit_exact(cluster, tmp_path):
     assert sorted(got) == sorted(ref_losses)
     assert got == ref_losses, "every step once, with the uninterrupted chain's loss"
     # no process of the run is left on the machine
-    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(out) in _cmdline(p)]
-
-
-def _cmdline(p: Path) -> str:
-    try:
-        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    assert not processes_mentioning(str(out))

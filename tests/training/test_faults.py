@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, flm, losses, read_metrics
+from tests.helpers import REPO, child_env, flm, losses, processes_mentioning, read_metrics
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 COMMON = [
@@ -174,21 +174,6 @@ def test_concurrent_second_job_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- signals and launchers
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (the process table, /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = next((ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("State:")), "")
-            except OSError:
-                continue
-            if text in cmdline and "zombie" not in state:
-                pids.append(int(entry.name))
-    return pids
-
-
 def _start(run: Path, *extra: str, nproc: int = 1, env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "training.cli", "train", TINY, f"output_dir={run}", *COMMON, *extra]
     if nproc > 1:
@@ -199,7 +184,7 @@ def _start(run: Path, *extra: str, nproc: int = 1, env: dict | None = None) -> s
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=err,
-        env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {})),
+        env=child_env(**(env or {})),
     )
 
 
@@ -217,7 +202,7 @@ def _has_step(run: Path, step: int) -> bool:
 
 
 def _no_process_left(run: Path, timeout: float = 20) -> None:
-    _wait_for(lambda: not _processes_mentioning(str(run)), timeout, f"the processes of {run} to end")
+    _wait_for(lambda: not processes_mentioning(str(run)), timeout, f"the processes of {run} to end")
 
 
 @pytest.mark.parametrize("moment", ["step", "save"])
@@ -248,7 +233,7 @@ def test_killed_launcher_takes_its_workers_along(tmp_path):
     run.mkdir()
     proc = _start(run, "train.steps=500", nproc=2)
     _wait_for(lambda: _has_step(run, 1), 240, "step 1 under torchrun")
-    assert len(_processes_mentioning(str(run))) >= 4  # launcher, torchrun, 2 workers
+    assert len(processes_mentioning(str(run))) >= 4  # launcher, torchrun, 2 workers
     proc.kill()  # kill -9: the launcher cannot pass anything on
     proc.wait()
     _no_process_left(run, timeout=60)
