@@ -1,8 +1,9 @@
 """A real one-host Slurm cluster for tests: slurmctld + slurmd on 127.0.0.1 (Debian's ``slurm-wlm``).
 
 ``start(dir)`` writes a ``slurm.conf`` (auth/none, no cgroups, free ports, one node ``localhost``
-with this machine's CPUs and ``gpus`` count-only GPU GRES), starts both daemons in the foreground as children of the test and waits
-until the node is idle; it returns a :class:`Cluster` whose ``env`` points the Slurm clients at it
+with this machine's CPUs and ``gpus`` count-only GPU GRES; job credentials live 30 s instead of
+120, which is also how long Slurm holds a requeued job before it may start again), starts both
+daemons in the foreground as children of the test and waits until the node is idle; it returns a :class:`Cluster` whose ``env`` points the Slurm clients at it
 (``SLURM_CONF``). Raises :class:`Unavailable` with the reason when it cannot run here (no Slurm
 binaries and no root to install them, daemons that do not come up), so tests can skip.
 """
@@ -51,6 +52,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
+AuthInfo=cred_expire=30
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid

@@ -4,12 +4,10 @@
   (``--nnodes 2 --node-rank 0/1``, rendezvous on 127.0.0.1), one process each, train DP2 with
   exactly the losses of the one-node launch with two processes.
 - ``launch/deepspeed.sh`` with a two-entry hostfile (``localhost``, ``127.0.0.1``) and no ssh: one
-  DeepSpeed launcher per "host" (``--node-rank``), the DeepSpeed engine under ZeRO-2 on DP2, exactly
-  the losses of the launch on a one-host hostfile with two slots.
-- The Slurm scripts run a two-stage growth run as a chain of two jobs through a one-machine
-  stand-in for Slurm (tests/launch/fake_slurm.py): the first job (1 process) trains stage 0, the
-  second (2 processes, TP2) starts from the grown checkpoint, is preempted after its first step and
-  requeued: it resumes from its checkpoint and appends to its log.
+  DeepSpeed launcher per "host" (``--node-rank``), the DeepSpeed engine under ZeRO-2 on DP2, with
+  the losses of the one-node run (the megatron engine; the engines agree to ~1e-7).
+
+The Slurm scripts run for real in tests/launch/test_slurm_real.py.
 
 Each launch runs in a process group of its own that is killed when the test ends, whatever happens."""
 
@@ -26,32 +24,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, child_env, free_port, kill_group, losses, processes_mentioning, read_metrics
-from tests.launch.fake_slurm import install, submissions
 from training.checkpoint import step_dir_name
 
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000"]
 STEPS = 3
 # tiny.yaml leaves dp free: two processes train DP2; one checkpoint, at the end
 TWO_RANKS = ["configs/runs/tiny.yaml", f"train.steps={STEPS}", f"checkpoint.save_interval={STEPS}", *COMMON]
-
-RUN = """
-name: t
-output_dir: {out}
-data: {{kind: mock, seed: 3}}
-train: {{global_batch_size: 8, micro_batch_size: 2, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 1, eval_interval: 1000}}
-logging: {{progress_bar: false, tensorboard: false}}
-checkpoint: {{save_interval: 1, keep_last: 5}}
-stages:
-  - name: s
-    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 1, dp: 1}}
-    tokens: 1024
-  - name: g
-    model: {{num_layers: 2, hidden_size: 128, ffn_hidden_size: 512, num_attention_heads: 8, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 2, dp: 1}}
-    tokens: 1536
-    growth: {{default_operator: msg, ramp_steps: 2}}
-"""
 
 
 def run_script(*args, env: dict, log) -> int:
@@ -112,27 +90,33 @@ def _layout(run: Path) -> dict:
     return json.loads((run / "checkpoints" / step_dir_name(STEPS) / "flm_checkpoint.json").read_text())["layout"]
 
 
-@pytest.mark.slow
-def test_torchrun_two_nodes_on_one_machine_equal_one_node(tmp_path):
-    # one node, two processes (torchrun --standalone): the reference, and the one-node path of the script
-    one = tmp_path / "one"
-    with open(tmp_path / "console", "w") as console:
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory) -> Path:
+    """One node, two processes (``launch/torchrun.sh --nproc 2``, torchrun --standalone): the
+    reference both two-node launches are compared with, and the one-node path of the script."""
+    tmp = tmp_path_factory.mktemp("one_node")
+    one = tmp / "run"
+    with open(tmp / "console", "w") as console:
         code = run_script(
             REPO / "launch/torchrun.sh",
             "--nproc",
             "2",
             "--log",
-            tmp_path / "logs" / "train.log",
+            tmp / "logs" / "train.log",
             *TWO_RANKS,
             f"output_dir={one}",
             env={},
             log=console,
         )
-    log = (tmp_path / "logs" / "train.log").read_text()
+    log = (tmp / "logs" / "train.log").read_text()
     assert code == 0, log[-3000:]
     assert f"flm train: done at step {STEPS}" in log
     assert _layout(one) == {"tp": 1, "pp": 1, "dp": 2}
+    return one
 
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_one_machine_equal_one_node(one_node, tmp_path):
     # two nodes: two torchrun agents started separately, one process each, rendezvous on 127.0.0.1
     two = tmp_path / "two"
     port = str(free_port())
@@ -148,7 +132,7 @@ def test_torchrun_two_nodes_on_one_machine_equal_one_node(tmp_path):
     assert _ranks_by_node(tmp_path) == [[0], [1]], "each node ran one rank of the world of two"
     assert _layout(two) == {"tp": 1, "pp": 1, "dp": 2}
     assert [r["step"] for r in read_metrics(two)] == list(range(1, STEPS + 1))
-    assert losses(two) == losses(one), "two nodes of one process train exactly like one node of two"
+    assert losses(two) == losses(one_node), "two nodes of one process train exactly like one node of two"
     assert not processes_mentioning(str(two))
 
 
@@ -162,42 +146,21 @@ def _deepspeed_on_path() -> str:
 
 
 @pytest.mark.slow
-def test_deepspeed_two_hosts_without_ssh_equal_one_host(tmp_path):
+def test_deepspeed_two_hosts_without_ssh(one_node, tmp_path):
     path = _deepspeed_on_path()
-    zero2 = ["engine=deepspeed", "deepspeed.zero_stage=2"]
-    # one host with two slots (the local path, no ssh check): the reference
-    one_host = tmp_path / "one_host"
-    one_host.write_text("localhost slots=2\n")
-    one = tmp_path / "one"
-    port = str(free_port())
-    with open(tmp_path / "console", "w") as console:
-        code = run_script(
-            REPO / "launch/deepspeed.sh",
-            "--hostfile",
-            one_host,
-            "--master-port",
-            port,
-            *TWO_RANKS,
-            *zero2,
-            f"output_dir={one}",
-            env={"PATH": path},
-            log=console,
-        )
-    assert code == 0, (tmp_path / "console").read_text()[-3000:]
-    assert _layout(one) == {"tp": 1, "pp": 1, "dp": 2}
-
     # two "hosts" on this machine, one slot each, no ssh: one launcher per host (DeepSpeed's
-    # --no_ssh --node_rank), meeting at the first host
-    two_hosts = tmp_path / "two_hosts"
-    two_hosts.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    # --no_ssh --node_rank), meeting at the first host; the DeepSpeed engine under ZeRO-2
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     two = tmp_path / "two"
     port = str(free_port())
     codes, logs = _launch_on_two_nodes(
         tmp_path,
         "launch/deepspeed.sh",
-        lambda r: ["--hostfile", two_hosts, "--node-rank", str(r), "--master-port", port],
+        lambda r: ["--hostfile", hosts, "--node-rank", str(r), "--master-port", port],
         *TWO_RANKS,
-        *zero2,
+        "engine=deepspeed",
+        "deepspeed.zero_stage=2",
         f"output_dir={two}",
         env={"PATH": path},
     )
@@ -206,33 +169,9 @@ def test_deepspeed_two_hosts_without_ssh_equal_one_host(tmp_path):
     assert _ranks_by_node(tmp_path) == [[0], [1]], "each host ran one rank of the world of two"
     meta = json.loads((two / "checkpoints" / step_dir_name(STEPS) / "flm_checkpoint.json").read_text())
     assert meta["engine"] == "deepspeed" and meta["layout"] == {"tp": 1, "pp": 1, "dp": 2}
-    assert [r["step"] for r in read_metrics(two)] == list(range(1, STEPS + 1))
-    assert losses(two) == losses(one), "two hosts of one slot train exactly like one host of two"
+    got, ref = losses(two), losses(one_node)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    # the megatron engine's DP2 run on one node: the engines agree to ~1e-7 (tests/training/test_ds_trainer.py)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5)
     assert not processes_mentioning(str(two))
-
-
-@pytest.mark.slow
-def test_slurm_chain_with_a_preempted_first_job(tmp_path):
-    config = tmp_path / "t.yaml"
-    out = tmp_path / "out"
-    config.write_text(RUN.format(out=out))
-    env = install(tmp_path / "bin", tmp_path / "slurm")
-    env.update(FAKE_SLURM_RUN="1", FAKE_SLURM_PREEMPT_ONCE="1", FLM_FAULT_AT="t/g:1")
-    with open(tmp_path / "console", "w") as console:
-        code = run_script(REPO / "launch/slurm/submit.sh", config, env=env, log=console)
-    console_text = (tmp_path / "console").read_text()
-    assert code == 0, console_text
-    subs = submissions(tmp_path / "slurm")
-    assert [s["args"][1] for s in subs] == ["0", "1"]
-    assert [s["options"]["--gpus-per-node"] for s in subs] == ["1", "2"]
-    assert subs[1]["options"]["--dependency"] == f"afterok:{subs[0]['id']}"
-    assert [(tmp_path / "slurm" / f"exit.{s['id']}").read_text() for s in subs] == ["0", "0"]
-    assert [r["step"] for r in read_metrics(out / "stage0-s")] == [1, 2]
-
-    second = (out / "logs" / f"stage1-g.{subs[1]['id']}.log").read_text()
-    assert "(restart 0)" in second and "started from the grown checkpoint" in second, second[-3000:]
-    assert "FLM_FAULT_AT: killing t/g after step 1" in second
-    assert "(restart 1)" in second and "stage 1 (t/g): resumed from" in second, second[-3000:]
-    assert [r["step"] for r in read_metrics(out / "stage1-g")] == [1, 2, 3], "the requeued job continues at step 2"
-    growth = json.loads((out / "stage1-g" / "growth.json").read_text())
-    assert growth["exact"]

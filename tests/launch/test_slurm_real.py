@@ -105,13 +105,15 @@ def test_slurm_chain_preempted_by_usr1_resumes_bit_exact(cluster, tmp_path):
         time.sleep(0.2)
     # what `sbatch --signal=B:USR1@300` sends before the time limit
     cluster.run("scancel", "--signal=USR1", "--batch", jobs[1])
-    end = time.monotonic() + 600  # Slurm holds a requeued job about two minutes (its old credential expires)
+    end = time.monotonic() + 600  # Slurm holds a requeued job until its old credential expires (30 s here)
     while "(restart 1)" not in _logs(out):
         assert time.monotonic() < end, _logs(out)[-4000:]
         time.sleep(1)
     assert _wait(cluster, jobs[1]) == "COMPLETED", _logs(out)[-4000:]
 
     log = _logs(out)
+    assert "stage 1 (t/g): started from the grown checkpoint" in log, log[-4000:]
+    assert json.loads((out / "stage1-g" / "growth.json").read_text())["exact"]
     assert "got USR1 before its time limit" in log and "exited with status 75" in log, log[-4000:]
     assert "stopped by SIGUSR1 after step" in log and "requeueing it" in log
     assert "stage 1 (t/g): resumed from" in log
