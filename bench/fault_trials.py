@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import signal
@@ -29,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from tests.helpers import child_env, kill_group  # noqa: E402  (the tests' process helpers: same environment)
 
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000"]
 
@@ -78,9 +79,8 @@ def command(kind: str, out: Path, nproc: int, resume: bool) -> list[str]:
 def run(cmd: list[str], log: Path, root: Path, kill_after: float | None = None) -> tuple[int, float, bool]:
     """Run ``cmd`` in its own process group; SIGKILL the group after ``kill_after`` seconds of training.
     Returns (exit status, seconds from the first metrics record to the end, whether it was killed)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     with open(log, "a") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=err, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=err, stderr=err, start_new_session=True)
         started = None
         killed = False
         try:
@@ -88,19 +88,16 @@ def run(cmd: list[str], log: Path, root: Path, kill_after: float | None = None) 
                 if started is None and _first_record(root):
                     started = time.monotonic()
                 if kill_after is not None and started is not None and time.monotonic() - started >= kill_after:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_group(proc)
                     killed = True
                     break
                 time.sleep(0.01)
         except BaseException:  # the benchmark itself interrupted: take the trial's processes along
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc)
             raise
         code = proc.wait()
-        # kill -9 of the group takes the workers of megatron's writer along; wait for them to vanish
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # kill -9 of the group takes the workers of megatron's writer along
+        kill_group(proc)
     return code, (time.monotonic() - started) if started else 0.0, killed
 
 

@@ -3,16 +3,20 @@
 # ssh with pdsh, and sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT for `flm train`).
 #
 #   launch/deepspeed.sh --hostfile FILE [options] RUN.yaml [key=value ...]
+#   launch/deepspeed.sh --hostfile FILE --node-rank R [options] RUN.yaml [key=value ...]   # without ssh
 #
 # hostfile: one "HOST slots=N" line per node (N = GPUs used there), '#' starts a comment; the
 # slots must add up to the stage's tp x pp x dp. A hostfile of one line naming this machine
-# ("localhost slots=2") runs locally without DeepSpeed's ssh check.
+# ("localhost slots=2") runs locally without DeepSpeed's ssh check. Without ssh between the
+# hosts, run the script on every host with its --node-rank (its line in the hostfile, from 0):
+# each starts only its own processes (DeepSpeed's --no_ssh) and they meet at the first host.
 #
 # options:
 #   --hostfile FILE     the hosts (required)
 #   --stage N           staged runs: only stage N (one launch per stage, like the Slurm jobs)
 #   --resume            continue from the latest checkpoint
 #   --master-port P     rendezvous port on the first host (default 29500)
+#   --node-rank R       start only the processes of host R (0-based line of the hostfile), no ssh
 #   --launcher NAME     DeepSpeed's multi-node launcher: pdsh (default), openmpi, mvapich, slurm
 #   --log FILE          also append the output to FILE
 #   --dry-run           check the hostfile against the layout, print the command and exit
@@ -28,7 +32,7 @@ source "$FLM_REPO/launch/common.sh"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-hostfile="" stage="" resume=0 port=29500 launcher=pdsh log="" dry_run=0 config=""
+hostfile="" stage="" resume=0 port=29500 launcher=pdsh log="" dry_run=0 config="" node_rank=""
 overrides=()
 need() { [[ $1 -ge 2 ]] || flm_die "$2 needs a value"; }
 while (($#)); do
@@ -37,6 +41,7 @@ while (($#)); do
     --stage) need $# "$1"; stage=$2; shift 2 ;;
     --master-port) need $# "$1"; port=$2; shift 2 ;;
     --launcher) need $# "$1"; launcher=$2; shift 2 ;;
+    --node-rank) need $# "$1"; node_rank=$2; shift 2 ;;
     --log) need $# "$1"; log=$2; shift 2 ;;
     --resume) resume=1; shift ;;
     --dry-run) dry_run=1; shift ;;
@@ -53,6 +58,7 @@ done
 [[ -f $hostfile ]] || flm_die "hostfile not found: $hostfile"
 [[ -z $stage || $stage =~ ^[0-9]+$ ]] || flm_die "--stage must be a stage index, got '$stage'"
 [[ $port =~ ^[0-9]+$ ]] || flm_die "--master-port must be a number, got '$port'"
+[[ -z $node_rank || $node_rank =~ ^[0-9]+$ ]] || flm_die "--node-rank must be a host index, got '$node_rank'"
 
 # parse the hostfile the way DeepSpeed does: "host slots=N", blank lines and comments ignored
 hosts=() world=0 lineno=0
@@ -71,6 +77,9 @@ while IFS= read -r line || [[ -n $line ]]; do
   world=$((world + BASH_REMATCH[1]))
 done <"$hostfile"
 ((${#hosts[@]})) || flm_die "$hostfile lists no hosts"
+if [[ -n $node_rank ]] && ((node_rank >= ${#hosts[@]})); then
+  flm_die "--node-rank $node_rank but $hostfile lists ${#hosts[@]} host(s) (0 .. $((${#hosts[@]} - 1)))"
+fi
 
 job_args=("$config" "${overrides[@]}")
 [[ -n $stage ]] && job_args+=(--stage "$stage")
@@ -88,14 +97,17 @@ train_args=("$config")
 ((resume)) && train_args+=(--resume)
 train_args+=("${overrides[@]}")
 cmd=(deepspeed --hostfile "$hostfile" --launcher "$launcher" --master_addr "${hosts[0]}" --master_port "$port")
-# one host that is this machine: nothing to reach over ssh (DeepSpeed checks ssh for any hostfile)
-if ((${#hosts[@]} == 1)) && [[ ${hosts[0]} =~ ^(localhost|127\.0\.0\.1|$(hostname -s)|$(hostname -f 2>/dev/null || hostname))$ ]]; then
+if [[ -n $node_rank ]]; then
+  # this host's processes only (ranks after the slots of the hosts above it); nothing over ssh
+  cmd+=(--no_ssh --node_rank "$node_rank")
+elif ((${#hosts[@]} == 1)) && [[ ${hosts[0]} =~ ^(localhost|127\.0\.0\.1|$(hostname -s)|$(hostname -f 2>/dev/null || hostname))$ ]]; then
+  # one host that is this machine: nothing to reach over ssh (DeepSpeed checks ssh for any hostfile)
   cmd+=(--no_ssh_check)
 fi
 cmd+=(--module --no_local_rank training.cli train "${train_args[@]}")
 
 if ((dry_run)); then
-  echo "# ${#hosts[@]} host(s), $world process(es): ${hosts[*]}"
+  echo "# ${#hosts[@]} host(s), $world process(es): ${hosts[*]}${node_rank:+; here host $node_rank (${hosts[node_rank]:-})}"
   flm_show "${cmd[@]}"
   exit 0
 fi

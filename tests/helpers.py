@@ -1,17 +1,74 @@
-"""Test helpers shared by every test package: paths, and running the real ``flm`` CLI (in several
-processes when asked). Fixtures live in ``tests/conftest.py``."""
+"""Test helpers shared by every test package: paths, the environment and process groups of child
+processes, and running the real ``flm`` CLI (in several processes when asked). Fixtures live in
+``tests/conftest.py``. ``bench/`` scripts that start the CLI use the same helpers."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+
+from training.local_launch import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+__all__ = [
+    "REPO",
+    "SHARED_DATA",
+    "child_env",
+    "flm",
+    "free_port",
+    "kill_group",
+    "losses",
+    "processes_mentioning",
+    "read_metrics",
+]
+
+
+def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a child process that runs the project (``flm``, a launcher, a trial):
+    ``base`` (default: this process's), third-party warnings off, one OpenMP thread per process
+    (the test machines share a few cores among several processes), the repository first on
+    ``PYTHONPATH`` (also when the child runs from another directory), then ``extra``."""
+    env = dict(os.environ if base is None else base)
+    path = env.get("PYTHONPATH")
+    env.update(
+        PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO)
+    )
+    env.update(extra)
+    return env
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of the live (not zombie) processes whose command line contains ``text`` (from /proc),
+    to check that a run left no process behind."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = next((ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("State:")), "")
+            except OSError:
+                continue
+            if text in cmdline and "zombie" not in state:
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group that ``proc`` leads (started with ``start_new_session=True``): the
+    launcher and every process it started, however far down; nothing to do when they are gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def flm(
@@ -21,7 +78,7 @@ def flm(
     cmd = [sys.executable, "-m", "training.cli", *args]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {}))
+    env = child_env(**(env or {}))
     # output through files, not pipes: a killed run's orphaned helper processes could hold a pipe open
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         code = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=err, timeout=timeout).returncode

@@ -62,36 +62,42 @@ def _train(cfg: RunConfig, resume: Optional[str], init_from: Optional[str]) -> i
     check_hash = cfg.checkpoint.verify_hash
     try:
         source = None
+
+        def load(path: Path) -> None:
+            check_same_model(checkpoint.read_meta(path)["config"]["model"], cfg.model, path)
+            trainer.load(path)
+
         if resume == "latest":
-            source = checkpoint.find_resumable(trainer.checkpoint_root(), check_hash=check_hash)
+            source = checkpoint.resume_verified(trainer.checkpoint_root(), load, check_hash=check_hash)
             if source is None and rank0:
                 log.info("no checkpoint under %s; starting fresh", trainer.checkpoint_root())
         elif resume is not None:
             path = Path(resume)
             if checkpoint.is_checkpoint(path):
                 source = path
-                checkpoint.verify_collective(source, check_hash=check_hash)
+                checkpoint.load_verified(source, load, check_hash=check_hash)
             else:  # a checkpoint root: its latest, with the fallback
                 if not path.is_dir():
                     raise CheckpointError(
                         f"checkpoint path {path} does not exist; pass a step_N directory or a checkpoint root"
                     )
-                source = checkpoint.find_resumable(path, check_hash=check_hash)
+                source = checkpoint.resume_verified(path, load, check_hash=check_hash)
                 if source is None:
                     raise CheckpointError(
                         f"no checkpoint in {path}: neither {checkpoint.META_FILE} nor step_N "
                         "directories; pass a step_N directory or a checkpoint root"
                     )
         if source is not None:
-            check_same_model(checkpoint.read_meta(source)["config"]["model"], cfg.model, source)
-            trainer.load(source)
             if rank0:
                 log.info("resumed from %s at step %d", source, trainer.step_count)
         elif init_from is not None:
             path = checkpoint.resolve(init_from)
-            checkpoint.verify_collective(path, check_hash=check_hash)
-            check_same_model(checkpoint.read_meta(path)["config"]["model"], cfg.model, path)
-            trainer.init_from(path)
+
+            def start_from(path: Path) -> None:
+                check_same_model(checkpoint.read_meta(path)["config"]["model"], cfg.model, path)
+                trainer.init_from(path)
+
+            checkpoint.load_verified(path, start_from, check_hash=check_hash)
             if rank0:
                 log.info("initialised weights from %s", path)
         trainer.fit()

@@ -140,23 +140,21 @@ def _run_stages(
             trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
             trainer.extra_meta = {"stage": i, "stage_name": run.stages[i].name}
             started = time.time()
+            check_hash = cfg.checkpoint.verify_hash
             latest = (
-                checkpoint.find_resumable(trainer.checkpoint_root(), check_hash=cfg.checkpoint.verify_hash)
+                checkpoint.resume_verified(trainer.checkpoint_root(), trainer.load, check_hash=check_hash)
                 if resume
                 else None
             )
             if latest is not None:
-                trainer.load(latest)
                 what = f"resumed from {latest} at step {trainer.step_count}"
             elif init_from and i == indices[0]:
-                checkpoint.verify_collective(checkpoint.resolve(init_from), check_hash=cfg.checkpoint.verify_hash)
-                trainer.init_from(Path(init_from))
+                checkpoint.load_verified(checkpoint.resolve(init_from), trainer.init_from, check_hash=check_hash)
                 what = f"started from {init_from}"
             elif i > 0:
                 source = grow_into(run, i)
                 check_same_model(checkpoint.read_meta(source)["config"]["model"], cfg.model, source)
-                checkpoint.verify_collective(source, check_hash=cfg.checkpoint.verify_hash)
-                trainer.init_from(source)
+                checkpoint.load_verified(source, trainer.init_from, check_hash=check_hash)
                 what = f"started from the grown checkpoint {source}"
             else:
                 what = "started from scratch"

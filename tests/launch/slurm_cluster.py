@@ -1,8 +1,9 @@
 """A real one-host Slurm cluster for tests: slurmctld + slurmd on 127.0.0.1 (Debian's ``slurm-wlm``).
 
 ``start(dir)`` writes a ``slurm.conf`` (auth/none, no cgroups, free ports, one node ``localhost``
-with this machine's CPUs and ``gpus`` count-only GPU GRES), starts both daemons in the foreground as children of the test and waits
-until the node is idle; it returns a :class:`Cluster` whose ``env`` points the Slurm clients at it
+with this machine's CPUs and ``gpus`` count-only GPU GRES; job credentials live 30 s instead of
+120, which is also how long Slurm holds a requeued job before it may start again), starts both
+daemons in the foreground as children of the test and waits until the node is idle; it returns a :class:`Cluster` whose ``env`` points the Slurm clients at it
 (``SLURM_CONF``). Raises :class:`Unavailable` with the reason when it cannot run here (no Slurm
 binaries and no root to install them, daemons that do not come up), so tests can skip.
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import free_port
 from training.cli import die_with_parent
 
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "srun")
@@ -24,12 +25,6 @@ DAEMONS = ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "srun")
 
 class Unavailable(Exception):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_installed() -> None:
@@ -57,6 +52,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
+AuthInfo=cred_expire=30
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
@@ -124,7 +120,7 @@ def start(directory: Path, gpus: int = 2) -> Cluster:
     for sub in ("state", "spool"):
         (directory / sub).mkdir(exist_ok=True)
     (directory / "slurm.conf").write_text(
-        CONF.format(d=directory, ctld_port=_free_port(), d_port=_free_port(), cpus=os.cpu_count() or 1, gpus=gpus)
+        CONF.format(d=directory, ctld_port=free_port(), d_port=free_port(), cpus=os.cpu_count() or 1, gpus=gpus)
     )
     # "GPUs" without device files: the launch scripts size jobs in GPUs; the trainers run on CPU (gloo)
     for i in range(gpus):

@@ -109,6 +109,22 @@ def test_torchrun_passes_stage_resume_and_overrides_verbatim():
     ]
 
 
+def test_torchrun_dry_run_of_one_node_of_several():
+    node = ["--nnodes", "24", "--node-rank", "5", "--master-addr", "node00", "--master-port", "29400"]
+    proc = run(REPO / "launch/torchrun.sh", "--dry-run", *node, "--stage", "2", FLM)
+    assert proc.returncode == 0, proc.stderr
+    assert "node 5 of 24 (rendezvous node00:29400), 8 process(es)" in proc.stdout
+    (argv,) = commands(proc.stdout)
+    i = argv.index("torch.distributed.run")
+    assert argv[i + 1 : argv.index("-m", i)] == [*node, "--nproc-per-node", "8"]  # 192 processes over 24 nodes
+    assert argv[argv.index("training.cli") :] == ["training.cli", "train", FLM, "--stage", "2"]
+    # dp free on CPU: the fewest processes per node for which every stage's tp x pp divides the world
+    proc = run(
+        REPO / "launch/torchrun.sh", "--dry-run", "--nnodes", "2", "--node-rank", "1", "--master-addr", "h", DRYRUN
+    )
+    assert proc.returncode == 0 and "node 1 of 2" in proc.stdout and ", 1 process(es)" in proc.stdout, proc.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -117,6 +133,14 @@ def test_torchrun_passes_stage_resume_and_overrides_verbatim():
         (["--bogus", TINY], "unknown option --bogus"),
         ([], "no run config given"),
         ([FLM], "different process counts"),
+        (["--nnodes", "2", "--master-addr", "h", TINY], "--nnodes 2 needs --node-rank"),
+        (["--nnodes", "2", "--node-rank", "2", "--master-addr", "h", TINY], "--node-rank must be a node index 0 .. 1"),
+        (["--nnodes", "2", "--node-rank", "1", TINY], "--nnodes 2 needs --master-addr"),
+        (["--node-rank", "1", TINY], "--node-rank 1 needs --nnodes greater than 1"),
+        (
+            ["--nnodes", "5", "--node-rank", "0", "--master-addr", "h", "--stage", "2", FLM],
+            "not a multiple of --nnodes 5",
+        ),
     ],
 )
 def test_torchrun_argument_errors(args, message):
@@ -284,6 +308,19 @@ def test_deepspeed_dry_run_checks_the_hostfile(tmp_path):
         "2",
         "--resume",
     ]
+
+
+def test_deepspeed_dry_run_of_one_host_without_ssh(tmp_path):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    proc = run(REPO / "launch/deepspeed.sh", "--dry-run", "--hostfile", hosts, "--node-rank", "1", TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 host(s), 2 process(es): localhost 127.0.0.1; here host 1 (127.0.0.1)" in proc.stdout
+    (argv,) = commands(proc.stdout)
+    assert opt(argv, "--master_addr") == "localhost" and opt(argv, "--node_rank") == "1"
+    assert "--no_ssh" in argv and "--no_ssh_check" not in argv
+    bad = run(REPO / "launch/deepspeed.sh", "--dry-run", "--hostfile", hosts, "--node-rank", "2", TINY)
+    assert bad.returncode == 2 and "--node-rank 2 but" in bad.stderr and "lists 2 host(s)" in bad.stderr, bad.stderr
 
 
 @pytest.mark.parametrize(

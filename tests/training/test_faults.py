@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, flm, losses, read_metrics
+from tests.helpers import REPO, child_env, flm, losses, processes_mentioning, read_metrics
+from training.checkpoint.lock import RunLock
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 COMMON = [
@@ -108,34 +109,39 @@ def test_flipped_bytes_fall_back_and_resume_bit_exact(reference, tmp_path):
     assert flm("ckpt", "verify", str(_ckpt(run, 6))).returncode == 0
 
 
-@pytest.mark.parametrize("damage", [d for d in DAMAGE if d != "flipped-bytes"])
-def test_damaged_latest_is_named_and_resume_falls_back(reference, tmp_path, damage):
-    run = _copy(reference, tmp_path)
-    spoil, what = DAMAGE[damage]
-    spoil(_ckpt(run, 6))
-    # train.steps=4: the fallback checkpoint (step 4) is already the end, so only the load runs
-    out = flm("train", TINY, "train.steps=4", f"output_dir={run}", "--resume", *COMMON)
-    assert what in out.stderr and "falling back to" in out.stderr, out.stderr[-3000:]
-    assert "resumed from" in out.stderr and "step_0000004 at step 4" in out.stderr
-
-
-def test_dangling_latest_falls_back_to_newest_complete(reference, tmp_path):
+def test_damaged_and_dangling_are_named_and_resume_falls_back(reference, tmp_path):
+    """One resume meets a dangling ``latest``, a corrupt ``flm_checkpoint.json`` (step 6) and a
+    missing ``.metadata`` (step 4): each is named and the run falls back to step 2."""
     run = _copy(reference, tmp_path)
     (run / "checkpoints" / "latest").write_text("step_0000099\n")
-    out = flm("train", TINY, "train.steps=6", f"output_dir={run}", "--resume", *COMMON)
-    assert "names step_0000099, which does not exist" in out.stderr
-    assert "step_0000006 at step 6" in out.stderr and "starting fresh" not in out.stderr
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000006"
+    for step, damage in ((6, "corrupt-meta"), (4, "missing-metadata")):
+        DAMAGE[damage][0](_ckpt(run, step))
+    # train.steps=2: the fallback checkpoint (step 2) is already the end, so only the load runs
+    out = flm("train", TINY, "train.steps=2", f"output_dir={run}", "--resume", *COMMON)
+    assert "names step_0000099, which does not exist" in out.stderr, out.stderr[-3000:]
+    assert "step_0000006/flm_checkpoint.json is corrupt" in out.stderr
+    assert "step_0000004: file .metadata is missing" in out.stderr
+    assert "falling back to" in out.stderr and "starting fresh" not in out.stderr
+    assert "resumed from" in out.stderr and "step_0000002 at step 2" in out.stderr
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+    assert {p.name for p in (run / "checkpoints").iterdir() if p.is_dir()} == {
+        "step_0000002",
+        "step_0000004.damaged",
+        "step_0000006.damaged",
+    }
 
 
 def test_nothing_verifies_is_one_line_error(reference, tmp_path):
     run = _copy(reference, tmp_path)
-    for step in (2, 4, 6):
-        os.truncate(_shard(_ckpt(run, step)), 10)
+    for step, damage in ((6, "truncated-shard"), (4, "empty-shard"), (2, "truncated-shard")):
+        DAMAGE[damage][0](_ckpt(run, step))
     out = flm("train", TINY, "train.steps=6", f"output_dir={run}", "--resume", *COMMON, check=False)
     assert out.returncode == 2
     line = _one_line_error(out.stderr)
-    assert "no usable checkpoint under" in line and "is truncated" in line
+    assert "no usable checkpoint under" in line
+    assert (
+        "step_0000006: file" in line and "is truncated" in line and "step_0000004: file" in line and "is empty" in line
+    )
 
 
 def test_used_output_dir_is_refused_without_resume(reference, tmp_path):
@@ -169,26 +175,11 @@ def test_concurrent_second_job_is_refused(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    # the lock dies with its holder (kill -9 included): the next job runs
-    flm("train", TINY, "train.steps=1", f"output_dir={run}", "--resume", *COMMON)
+    # the lock dies with its holder (kill -9 included): the next job takes it
+    RunLock(run).acquire().release()
 
 
 # ---------------------------------------------------------------- signals and launchers
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (the process table, /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = next((ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("State:")), "")
-            except OSError:
-                continue
-            if text in cmdline and "zombie" not in state:
-                pids.append(int(entry.name))
-    return pids
-
-
 def _start(run: Path, *extra: str, nproc: int = 1, env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "training.cli", "train", TINY, f"output_dir={run}", *COMMON, *extra]
     if nproc > 1:
@@ -199,7 +190,7 @@ def _start(run: Path, *extra: str, nproc: int = 1, env: dict | None = None) -> s
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=err,
-        env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **(env or {})),
+        env=child_env(**(env or {})),
     )
 
 
@@ -217,7 +208,7 @@ def _has_step(run: Path, step: int) -> bool:
 
 
 def _no_process_left(run: Path, timeout: float = 20) -> None:
-    _wait_for(lambda: not _processes_mentioning(str(run)), timeout, f"the processes of {run} to end")
+    _wait_for(lambda: not processes_mentioning(str(run)), timeout, f"the processes of {run} to end")
 
 
 @pytest.mark.parametrize("moment", ["step", "save"])
@@ -248,7 +239,7 @@ def test_killed_launcher_takes_its_workers_along(tmp_path):
     run.mkdir()
     proc = _start(run, "train.steps=500", nproc=2)
     _wait_for(lambda: _has_step(run, 1), 240, "step 1 under torchrun")
-    assert len(_processes_mentioning(str(run))) >= 4  # launcher, torchrun, 2 workers
+    assert len(processes_mentioning(str(run))) >= 4  # launcher, torchrun, 2 workers
     proc.kill()  # kill -9: the launcher cannot pass anything on
     proc.wait()
     _no_process_left(run, timeout=60)

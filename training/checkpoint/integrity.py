@@ -7,9 +7,15 @@ once all ranks have written, before the directory is renamed into place, so a co
 always has its manifest. :func:`verify` checks sizes (always, cheap) and hashes (by default; files
 are hashed in parallel threads, both hash functions release the GIL).
 
-Resuming (:func:`find_resumable`) verifies the checkpoint named by ``latest`` and otherwise falls
-back to the newest ``step_N`` that verifies, naming what was wrong; checkpoints newer than the one
-chosen are moved aside (``step_N.damaged``) so the resumed run can write its own ``step_N`` again.
+Loading verifies while it reads: :func:`load_verified` (an explicit checkpoint) and
+:func:`resume_verified` (a resume) check sizes first, then run the caller's load while background
+threads — on every rank, each hashing its share of the files — compute the hashes; the verdict is
+agreed before training goes on, so a damaged checkpoint is still refused (or, on resume, replaced by
+the newest one that verifies) and nothing loaded from it is used. Resuming takes the checkpoint
+named by ``latest`` and otherwise falls back to the newest ``step_N`` that verifies, naming what
+was wrong; checkpoints newer than the one chosen are moved aside (``step_N.damaged``) so the
+resumed run can write its own ``step_N`` again. :func:`find_resumable` and
+:func:`verify_collective` are the same without a load.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
@@ -49,10 +57,21 @@ def _hasher(algo: str):
 
 
 def file_hash(path: Path, algo: str = HASH_ALGO) -> str:
+    """The hex digest of a file. The file is mapped and hashed in one call, which runs without the
+    GIL from start to end (page faults included): a thread hashing alongside a loader that holds the
+    GIL often then never waits for it, where a read-and-update loop would wait at every chunk."""
     h = _hasher(algo)
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+        try:
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty file, or a filesystem that cannot map: read it
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+            return h.hexdigest()
+        with m:
+            if hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_SEQUENTIAL)
+            h.update(m)
     return h.hexdigest()
 
 
@@ -98,18 +117,13 @@ def load_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def verify(path: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
-    """Check a checkpoint directory against its manifest; returns its metadata.
-
-    Raises a one-line :class:`CheckpointError` naming the first problem: a corrupt or missing
-    ``flm_checkpoint.json``, a missing, truncated, grown or changed file, or an unexpected one.
-    Checkpoints written before manifests existed pass with their metadata readable (nothing to check).
-    """
-    path = Path(path)
+def _check_sizes(path: Path) -> tuple[dict[str, Any], Optional[dict[str, Any]], str]:
+    """The cheap part of :func:`verify`: metadata readable, every recorded file present with its
+    size, nothing unexpected. Returns (metadata, manifest or None for a pre-manifest checkpoint, algo)."""
     meta = load_meta(path)
     files = meta.get("files")
     if files is None:
-        return meta
+        return meta, None, HASH_ALGO
     algo = meta.get("hash_algo", HASH_ALGO)
     for name, entry in files.items():
         f = path / name
@@ -122,13 +136,90 @@ def verify(path: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
     extra = sorted(set(_files(path)) - set(files))
     if extra:
         raise CheckpointError(f"{path}: unexpected file {extra[0]} (not written by the save)")
-    if check_hash:
-        names = [n for n, e in files.items() if algo in e]
-        with ThreadPoolExecutor(_threads(len(names))) as pool:
-            digests = list(pool.map(lambda n: file_hash(path / n, algo), names))
-        for name, digest in zip(names, digests):
-            if digest != files[name][algo]:
-                raise CheckpointError(f"{path}: file {name} is damaged ({algo} differs from the one recorded at save)")
+    return meta, files, algo
+
+
+class PendingHashes:
+    """Hashes of some of a checkpoint's files, computed by background threads while the caller goes
+    on (typically: loads the checkpoint). Both hash functions release the GIL on large buffers and
+    file reads do too, so the threads run alongside the loader. :meth:`problem` waits for them."""
+
+    def __init__(self, path: Path, files: dict[str, Any], algo: str, names: list[str], threads: int):
+        self.path = path
+        self._expected = {n: files[n][algo] for n in names}
+        self._algo = algo
+        self._order = {n: i for i, n in enumerate(files)}
+        self._pool = ThreadPoolExecutor(max(1, min(len(names), threads)), thread_name_prefix="flm-hash")
+        # the largest files first: the pool's last thread to finish is not the one that got the big file late
+        by_size = sorted(names, key=lambda n: -files[n]["size"])
+        self._futures = {n: self._pool.submit(file_hash, path / n, algo) for n in by_size}
+
+    def cancel(self) -> None:
+        """Drop the hashes not started yet and wait for the running ones (an interrupted load)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def problem(self) -> tuple[int, Optional[str]]:
+        """Wait for the hashes; (manifest index, one-line message) of the first file (in manifest
+        order) whose hash differs from the recorded one, or ``(-1, None)`` when all match."""
+        try:
+            for name in sorted(self._futures, key=self._order.__getitem__):
+                try:
+                    digest = self._futures[name].result()
+                except OSError as err:
+                    return self._order[name], f"{self.path}: file {name} cannot be read ({err.strerror or err})"
+                if digest != self._expected[name]:
+                    return self._order[name], (
+                        f"{self.path}: file {name} is damaged ({self._algo} differs from the one recorded at save)"
+                    )
+            return -1, None
+        finally:
+            self.cancel()
+
+
+def _share(files: dict[str, Any], algo: str, rank: int, world: int) -> list[str]:
+    """The files rank ``rank`` of ``world`` hashes: the hashed files dealt out by size, largest first,
+    each to the rank with the fewest bytes so far (the same split on every rank)."""
+    names = sorted((n for n, e in files.items() if algo in e), key=lambda n: (-files[n]["size"], n))
+    load = [0] * world
+    mine = []
+    for n in names:
+        r = min(range(world), key=lambda i: (load[i], i))
+        load[r] += files[n]["size"]
+        if r == rank:
+            mine.append(n)
+    return mine
+
+
+def _start_hashes(path: Path, files: dict[str, Any], algo: str, rank: int, world: int) -> PendingHashes:
+    _hasher(algo)  # an unavailable algorithm is a one-line error before any thread starts
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
+    threads = min(16, max(1, (os.cpu_count() or 1) // max(1, local)))
+    return PendingHashes(path, files, algo, _share(files, algo, rank, world), threads)
+
+
+def start_verify(path: str | Path, *, check_hash: bool = True) -> tuple[dict[str, Any], Optional[PendingHashes]]:
+    """Check sizes now (a one-line :class:`CheckpointError` on the first problem) and start hashing
+    the files in background threads; returns the metadata and the pending hashes (None: hashes off,
+    or a checkpoint without manifest). :func:`verify` is this and a wait."""
+    path = Path(path)
+    meta, files, algo = _check_sizes(path)
+    if not check_hash or files is None:
+        return meta, None
+    return meta, _start_hashes(path, files, algo, 0, 1)
+
+
+def verify(path: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
+    """Check a checkpoint directory against its manifest; returns its metadata.
+
+    Raises a one-line :class:`CheckpointError` naming the first problem: a corrupt or missing
+    ``flm_checkpoint.json``, a missing, truncated, grown or changed file, or an unexpected one.
+    Checkpoints written before manifests existed pass with their metadata readable (nothing to check).
+    """
+    meta, pending = start_verify(path, check_hash=check_hash)
+    if pending is not None:
+        _, problem = pending.problem()
+        if problem:
+            raise CheckpointError(problem)
     return meta
 
 
@@ -140,9 +231,90 @@ def is_intact(path: Path, *, check_hash: bool) -> bool:
         return False
 
 
-def _search(root: Path, check_hash: bool) -> tuple[Optional[Path], list[str]]:
-    """The checkpoint to resume from under ``root`` and the problems met on the way."""
-    problems: list[str] = []
+def _dist() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _load_while_hashing(path: Path, load: Callable[[Path], Any], check_hash: bool) -> Optional[str]:
+    """``load(path)`` on every rank while the ranks hash their shares of its files (collective);
+    returns the first damaged file's message (the same on every rank), or None when all match.
+
+    A damaged file can also break the reader before the hashes are done: the load's exception then
+    gives way to the damage the hashes name (the caller falls back or refuses in one line). A load
+    that fails on an intact checkpoint raises its own error on the ranks where it failed, and a
+    one-line :class:`CheckpointError` naming them on the others.
+    """
+    if not check_hash:
+        load(path)
+        return None
+    rank, world = _dist()
+    # rank 0 checked the sizes; every rank reads the manifest for its share of the hashing
+    meta = load_meta(path)
+    files = meta.get("files")
+    if files is None:  # written before manifests existed: nothing to check
+        load(path)
+        return None
+    pending = _start_hashes(path, files, meta.get("hash_algo", HASH_ALGO), rank, world)
+    failure: Optional[BaseException] = None
+    try:
+        load(path)
+    except Exception as err:  # decided below, once the hashes say whether the files were damaged
+        failure = err
+    except BaseException:
+        pending.cancel()
+        raise
+    index, problem = pending.problem()
+    verdicts = [(index, problem, failure is not None)]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, verdicts[0])
+        verdicts = gathered
+    damaged = sorted((i, p) for i, p, _ in verdicts if p is not None)
+    if damaged:
+        return damaged[0][1]
+    if failure is not None:
+        raise failure
+    failed = [r for r, (_, _, f) in enumerate(verdicts) if f]
+    if failed:
+        raise CheckpointError(f"{path}: loading failed on rank(s) {failed} (see their error); the files verify")
+    return None
+
+
+_EXPLICIT = "; pass another checkpoint, or --resume without a path to use the newest one that verifies"
+
+
+def load_verified(path: str | Path, load: Callable[[Path], Any], *, check_hash: bool = True) -> None:
+    """Verify checkpoint ``path`` and ``load`` it (collective when distributed): sizes first (rank 0,
+    its verdict on every rank), then ``load(path)`` on every rank while the ranks hash their shares of
+    the files. A damaged checkpoint is refused with one line, no fallback (an explicit checkpoint);
+    what ``load`` did with the damaged files is never used (the caller stops)."""
+    path = Path(path)
+    error: list[Any] = [None]
+    rank, world = _dist()
+    if rank == 0:
+        try:
+            _check_sizes(path)
+        except CheckpointError as err:
+            error = [str(err)]
+    if world > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is None:
+        error[0] = _load_while_hashing(path, load, check_hash)
+    if error[0]:
+        raise CheckpointError(error[0] + _EXPLICIT)
+
+
+def verify_collective(path: str | Path, *, check_hash: bool = True) -> None:
+    """:func:`load_verified` without a load: the hashes are waited for at once."""
+    load_verified(path, lambda _: None, check_hash=check_hash)
+
+
+def _candidates(root: Path, problems: list[str]) -> Iterator[Path]:
+    """The checkpoints under ``root`` a resume may continue from, in order (the one ``latest`` names,
+    then every ``step_N``, newest first), each passing the size check; the problems of the others
+    are appended to ``problems`` on the way."""
     tried = None
     latest = root / LATEST_FILE
     if latest.is_file():
@@ -152,19 +324,19 @@ def _search(root: Path, check_hash: bool) -> tuple[Optional[Path], list[str]]:
         else:
             tried = target
             try:
-                verify(target, check_hash=check_hash)
-                return target, problems
+                _check_sizes(target)
+                yield target
             except CheckpointError as err:
                 problems.append(str(err))
     for _, path in reversed(step_dirs(root)):
         if path == tried:
             continue
         try:
-            verify(path, check_hash=check_hash)
-            return path, problems
+            _check_sizes(path)
         except CheckpointError as err:
             problems.append(str(err))
-    return None, problems
+            continue
+        yield path
 
 
 def _set_aside_newer(root: Path, chosen: Path) -> None:
@@ -181,58 +353,63 @@ def _set_aside_newer(root: Path, chosen: Path) -> None:
             log.warning("moved %s aside to %s (kept for inspection; delete it when done)", path, aside.name)
 
 
-def _decide(root: Path, check_hash: bool) -> tuple[Optional[str], Optional[str]]:
-    path, problems = _search(root, check_hash)
-    if path is None:
-        if problems:
-            return None, (
-                f"no usable checkpoint under {root}: "
-                + "; ".join(problems)
-                + "; restore a checkpoint from a copy, or start over in a new output_dir"
-            )
-        return None, None
-    if problems:
-        for p in problems:
-            log.warning("%s", p)
-        log.warning("falling back to %s, the newest checkpoint that verifies", path)
-        _set_aside_newer(root, path)
-        tmp = root / (LATEST_FILE + ".tmp")
-        tmp.write_text(path.name + "\n")
-        os.replace(tmp, root / LATEST_FILE)
-    return str(path), None
+def _fall_back(root: Path, path: Path, problems: list[str]) -> None:
+    """Name what was wrong with the newer checkpoints, move them aside, point ``latest`` at ``path``."""
+    for p in problems:
+        log.warning("%s", p)
+    log.warning("falling back to %s, the newest checkpoint that verifies", path)
+    _set_aside_newer(root, path)
+    tmp = root / (LATEST_FILE + ".tmp")
+    tmp.write_text(path.name + "\n")
+    os.replace(tmp, root / LATEST_FILE)
+
+
+def resume_verified(root: str | Path, load: Callable[[Path], Any], *, check_hash: bool = True) -> Optional[Path]:
+    """Resume the run whose checkpoints are under ``root``: ``load`` the checkpoint ``latest`` names
+    when it verifies, else the newest ``step_N`` that does (collective when distributed); returns the
+    path loaded, or None when ``root`` has no checkpoint at all (nothing loaded).
+
+    Rank 0 picks each candidate by the size check and tells the others; the ranks hash its files
+    (each its share, in background threads) while ``load`` reads it, so verifying costs little more
+    than the load. A candidate whose hashes differ is dropped, whatever ``load`` did with it, and the
+    next one is loaded over it. When the checkpoint loaded is not the one ``latest`` named, each
+    problem and the fallback are logged as warnings, the newer directories are moved aside and
+    ``latest`` is rewritten. A one-line CheckpointError when checkpoints exist but none verifies.
+    """
+    root = Path(root)
+    rank, world = _dist()
+    problems: list[str] = []
+    candidates = _candidates(root, problems) if rank == 0 else iter(())
+    while True:
+        decision: list[Any] = [None, None]
+        if rank == 0:
+            path = next(candidates, None)
+            if path is not None:
+                decision = [str(path), None]
+            elif problems:
+                decision = [
+                    None,
+                    f"no usable checkpoint under {root}: "
+                    + "; ".join(problems)
+                    + "; restore a checkpoint from a copy, or start over in a new output_dir",
+                ]
+        if world > 1:
+            dist.broadcast_object_list(decision, src=0)
+        if decision[1]:
+            raise CheckpointError(decision[1])
+        if decision[0] is None:
+            return None
+        chosen = Path(decision[0])
+        problem = _load_while_hashing(chosen, load, check_hash)
+        if problem is None:
+            break
+        problems.append(problem)
+    if rank == 0 and problems:
+        _fall_back(root, chosen, problems)
+    return chosen
 
 
 def find_resumable(root: str | Path, *, check_hash: bool = True) -> Optional[Path]:
-    """The checkpoint a ``--resume`` of the run continues from (collective when distributed).
-
-    The one named by ``latest`` when it verifies; else the newest ``step_N`` that does (each problem
-    and the fallback are logged as warnings; newer directories are moved aside and ``latest`` is
-    rewritten). None when ``root`` has no checkpoint at all; a one-line CheckpointError when it has
-    some but none verifies. Rank 0 decides and tells the others.
-    """
-    root = Path(root)
-    decision: list[Any] = [None, None]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        decision = list(_decide(root, check_hash))
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(decision, src=0)
-    path, error = decision
-    if error:
-        raise CheckpointError(error)
-    return Path(path) if path else None
-
-
-def verify_collective(path: str | Path, *, check_hash: bool = True) -> None:
-    """``verify`` on rank 0, its verdict raised on every rank (collective when distributed)."""
-    error: list[Any] = [None]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        try:
-            verify(path, check_hash=check_hash)
-        except CheckpointError as err:
-            error = [str(err)]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(error, src=0)
-    if error[0]:
-        raise CheckpointError(
-            error[0] + "; pass another checkpoint, or --resume without a path to use the newest one that verifies"
-        )
+    """The checkpoint a ``--resume`` of the run continues from, verified (hashes waited for at once),
+    with :func:`resume_verified`'s fallback (collective when distributed)."""
+    return resume_verified(root, lambda _: None, check_hash=check_hash)

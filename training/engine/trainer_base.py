@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from growth.masks import MaskState
 from training import checkpoint
-from training.checkpoint.integrity import find_resumable
+from training.checkpoint.integrity import resume_verified
 from training.config import RunConfig, run_config_to_dict
 from training.data.source import SampleSource
 from training.engine.model.masks import apply_masks, clear_masks
@@ -442,13 +442,12 @@ class BaseTrainer(ABC):
                 f"{what}, after {self.rollbacks} rollbacks (divergence.max_rollbacks); "
                 "the run stops: lower train.lr or inspect the data around these samples"
             )
-        target = find_resumable(self.checkpoint_root(), check_hash=self.cfg.checkpoint.verify_hash)
+        skip_to = self.consumed_samples
+        target = resume_verified(self.checkpoint_root(), self.load, check_hash=self.cfg.checkpoint.verify_hash)
         if target is None:
             raise DivergenceError(
                 f"{what}; no checkpoint to roll back to in {self.checkpoint_root()} (set checkpoint.save_interval)"
             )
-        skip_to = self.consumed_samples
-        self.load(target)
         skipped = skip_to - self.consumed_samples
         self.consumed_samples = skip_to
         self._scale_lr(d.rollback_lr_factor)
