@@ -52,6 +52,8 @@ VARIANTS = {
     "depth_zero_ramp200": ({"operators": {"depth": "zero"}, "ramp_steps": 200}, {}),
 }
 FRACTION = 0.35
+#: the base variant's ramp (the variants name their own); the defaults' 200 is the ``ramp200`` variant
+BASE_RAMP = 50
 SEED = 1234
 EVAL_EVERY = 10
 
@@ -61,7 +63,7 @@ def variant_config(out: Path, name: str, growth: dict, schedule: dict) -> tuple[
     run-level schedule changed."""
     size = SIZES["large"]
     flops = size.scratch_steps * size.tokens_per_step * _f_large()
-    stages, _ = stages_for(size, FRACTION, flops, size.ramp_steps, growth)
+    stages, _ = stages_for(size, FRACTION, flops, BASE_RAMP, growth)
     stages[1]["train"] = {"eval_interval": EVAL_EVERY}
     path = run_config(size, name, out, stages, schedule.get("kind", "global"), SEED)
     return path, stages[1]["growth"]["ramp_steps"]
