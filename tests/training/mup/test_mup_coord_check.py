@@ -15,9 +15,11 @@ from training.mup.proxies import load_base
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
 WIDTHS = [32, 64, 128, 256]
 STEPS = 2
-#: a fast check: one layer, short sequences, one micro-batch per step, the run's LR (1e-3)
-FAST = ["model.num_layers=1", "model.seq_length=32", "train.micro_batch_size=8"]
-#: |slope| of a flat site under μP after the steps (the standard parametrisation gives 0.5 to 1.5)
+#: a fast check: one layer, short sequences, one micro-batch per step; an LR at which two steps
+#: move the logits past their initial values (under μP the tied readout's logits start ~ m^-1/2)
+FAST = ["model.num_layers=1", "model.seq_length=32", "train.micro_batch_size=8", "train.lr=1e-2"]
+#: |slope| of a flat site under μP after the steps (measured: within 0.1; the standard
+#: parametrisation gives 0.8 for the logits and 1.4 for the attention output)
 MUP_FLAT = 0.25
 
 
@@ -29,8 +31,8 @@ def _check(tmp_path, overrides):
 def test_standard_parametrisation_grows_with_width(tmp_path):
     result = _check(tmp_path, [])
     slopes = {site: s[STEPS] for site, s in result.slopes().items()}
-    assert slopes["attention"] > 0.6, summary(result)
-    assert slopes["logits"] > 0.4, summary(result)
+    assert slopes["attention"] > 0.8, summary(result)
+    assert slopes["logits"] > 0.5, summary(result)
     assert abs(slopes["embedding"]) < 0.1, summary(result)  # a lookup: width-independent in any parametrisation
     # the files the command writes: the numbers, and a plot
     json_path, png = write(result, tmp_path)
