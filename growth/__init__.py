@@ -17,7 +17,16 @@ from growth.errors import GrowthError
 from growth.masks import MaskState, MaskValues
 from growth.operators import Growth, GrowthResult, grow_layer, grow_state, grow_tensor, prepare_growth
 from growth.optimizer_state import AdamState, grow_adam_state, grow_moment, grow_moment_layer
-from growth.plan import GrowthPlan, check_plan, inexact_reasons, load_plan, new_model_config, plan_for
+from growth.plan import (
+    GrowthPlan,
+    check_plan,
+    derived_fields,
+    inexact_reasons,
+    load_plan,
+    mup_readout_scale,
+    new_model_config,
+    plan_for,
+)
 from growth.roles import logical_keys, logical_shapes
 from growth.shape import ModelShape
 from growth.verify import VerifyReport, verify, verify_weights
@@ -33,6 +42,7 @@ __all__ = [
     "ModelShape",
     "VerifyReport",
     "check_plan",
+    "derived_fields",
     "grow_adam_state",
     "grow_layer",
     "grow_moment",
@@ -43,6 +53,7 @@ __all__ = [
     "load_plan",
     "logical_keys",
     "logical_shapes",
+    "mup_readout_scale",
     "new_model_config",
     "plan_for",
     "prepare_growth",

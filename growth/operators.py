@@ -14,10 +14,17 @@ assembled along the layer axis (``layer_sources``): old layers, copies of (grown
 fresh layers; zero-init new layers get zero output projections. Random values come from generators
 seeded by (plan seed, key, layer), so copies of a layer are identical and the order of tensors is
 irrelevant.
+
+μP (``cfg.mup``): new entries of the hidden matrices (``growth.roles.HIDDEN_MATRICES``) are drawn
+with the grown model's μP std ``init_std / sqrt(m_new)``; the embedding and readout keep
+``init_std``. When hidden growth changes ``m`` the kept entries of the readout matrix are multiplied
+by ``growth.plan.mup_readout_scale`` (its docstring says why), so the grown model is the μP model
+of its width and computes the old function.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Optional
@@ -28,9 +35,9 @@ from torch import Tensor
 from growth import axes as ax
 from growth.errors import GrowthError
 from growth.masks import MaskState
-from growth.plan import GrowthPlan, check_plan, inexact_reasons
-from growth.roles import TensorRole, logical_keys, role_of, tensor_shape
-from growth.tensor_ops import any_axis, gather, nonunit_product, place_old_, zero_where_
+from growth.plan import GrowthPlan, check_plan, inexact_reasons, mup_readout_scale
+from growth.roles import HIDDEN_MATRICES, TensorRole, logical_keys, readout_key, role_of, tensor_shape
+from growth.tensor_ops import any_axis, gather, nonunit_product, place_old_, scale_kept_, zero_where_
 from training.config import ModelConfig
 
 
@@ -47,10 +54,24 @@ class Growth:
     #: the grown model computes the old function (masks at 0)
     exact: bool
     init_std: float
+    #: μP: the factor on the kept entries of the readout matrix (``growth.plan.mup_readout_scale``)
+    readout_scale: float = 1.0
 
     @property
     def swiglu(self) -> bool:
         return self.old_cfg.activation == "swiglu"
+
+    @property
+    def readout_key(self) -> str:
+        """The readout matrix: the output layer, or the embedding when tied."""
+        return readout_key(self.old_cfg)
+
+    def fill_std(self, role: TensorRole) -> float:
+        """The std of new random entries of ``role``'s tensor: ``init_std``, divided by ``sqrt(m)`` of
+        the grown model for μP's hidden matrices."""
+        if self.new_cfg.mup is not None and role.key in HIDDEN_MATRICES:
+            return self.init_std / math.sqrt(self.new_cfg.width_multiplier)
+        return self.init_std
 
     def old_shape(self, key: str) -> tuple[int, ...]:
         return tensor_shape(role_of(key), self.plan.old, self.swiglu)
@@ -94,6 +115,7 @@ def prepare_growth(plan: GrowthPlan, cfg) -> Growth:
         masks=_mask_state(plan, layers),
         exact=not inexact_reasons(plan, cfg),
         init_std=plan.init_std if plan.init_std is not None else cfg.init_std,
+        readout_scale=mup_readout_scale(plan, cfg),
     )
 
 
@@ -139,7 +161,7 @@ def _grow_slice(g: Growth, role: TensorRole, maps: list[ax.AxisMap], old: Tensor
     if any(bool(m.new.any()) for m in maps):
         shape = tuple(m.size for m in maps)
         out = place_old_(
-            _fill(role, shape, old.dtype, g.init_std, _generator(g.plan.seed, *tag)).to(old.device), old, maps
+            _fill(role, shape, old.dtype, g.fill_std(role), _generator(g.plan.seed, *tag)).to(old.device), old, maps
         )
     else:
         out = gather(old, maps)
@@ -153,12 +175,14 @@ def _grow_slice(g: Growth, role: TensorRole, maps: list[ax.AxisMap], old: Tensor
         copies = (any_axis(maps, lambda m: m.copy) & ~any_axis(maps, lambda m: m.new)).to(out.device)
         noise = _randn(out.shape, out.dtype, _generator(g.plan.seed, *tag, "noise")).to(out.device)
         out = out + g.plan.clone_noise * noise * copies
+    if g.readout_scale != 1.0 and role.key == g.readout_key:
+        scale_kept_(out, maps, g.readout_scale)
     return out
 
 
 def _fresh(g: Growth, role: TensorRole, shape, dtype, device, tag) -> Tensor:
     """A freshly initialised layer slice: the model's own init (weights ~ N(0, std), norms 1/0, biases 0)."""
-    return _fill(role, shape, dtype, g.init_std, _generator(g.plan.seed, *tag)).to(device)
+    return _fill(role, shape, dtype, g.fill_std(role), _generator(g.plan.seed, *tag)).to(device)
 
 
 def grow_layer(

@@ -15,6 +15,15 @@ parameter):
   These are the moments the grown model would have accumulated along the old gradient history.
 - the step is kept (Adam's bias correction continues; new entries' first update is then
   (1 - beta1) / sqrt(1 - beta2) times the LR, in the gradient's sign).
+- μP: when hidden growth multiplies the readout matrix's kept entries by ``r``
+  (``growth.plan.mup_readout_scale``; the grown model computes the old function), the gradient
+  with respect to those entries is the old one divided by ``r`` (chain rule through ``W' = r W``),
+  so their moments are x ``1/r`` (first) and x ``1/r^2`` (second): exactly the moments a model
+  parametrised as ``W'`` from the start would hold. Adam's update ``m / sqrt(v)`` is invariant to
+  that scale (up to ``eps``), so the next step changes ``W'`` by what it would have changed ``W``:
+  in the function, the readout's step shrinks by ``1/r``, which is μP's ``1/m`` at the new width.
+  The per-group learning rates are not state: the grown stage's optimizer is built from the grown
+  config (hidden matrices at ``lr / m_new``).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ class AdamState:
     step: Union[int, Tensor]
 
 
-def _grow_moment_slice(g: Growth, maps, old: Tensor, order: Literal[1, 2]) -> Tensor:
+def _grow_moment_slice(g: Growth, key: str, maps, old: Tensor, order: Literal[1, 2]) -> Tensor:
     if any(bool(m.new.any()) for m in maps):
         out = place_old_(old.new_zeros(tuple(m.size for m in maps)), old, maps)
     else:
@@ -48,7 +57,11 @@ def _grow_moment_slice(g: Growth, maps, old: Tensor, order: Literal[1, 2]) -> Te
         if out is old:
             out = out.clone()
     scale = nonunit_product(maps, lambda m: m.grad_scale)
-    return out if scale is None else out.mul_((scale**order).to(out.dtype).to(out.device))
+    if scale is not None:
+        out.mul_((scale**order).to(out.dtype).to(out.device))
+    if g.readout_scale != 1.0 and key == g.readout_key:  # μP: W' = r W, gradient / r (module docstring)
+        out.mul_((1.0 / g.readout_scale) ** order)
+    return out
 
 
 def grow_moment_layer(
@@ -75,14 +88,14 @@ def grow_moment_layer(
         raise GrowthError(
             f"{key}: moment of new layer {j} comes from old layer {src.source} of shape {want}; got {got}"
         )
-    return _grow_moment_slice(g, [g.axes[a] for a in role.axes], old_layer, order)
+    return _grow_moment_slice(g, key, [g.axes[a] for a in role.axes], old_layer, order)
 
 
 def grow_moment(g: Growth, key: str, moment: Tensor, order: Literal[1, 2]) -> Tensor:
     """Adam moment of parameter ``key`` grown with ``g``: ``order`` 1 for exp_avg, 2 for exp_avg_sq."""
     role = g.check_old(key, moment)
     if not role.layered:
-        return _grow_moment_slice(g, [g.axes[a] for a in role.axes], moment, order)
+        return _grow_moment_slice(g, key, [g.axes[a] for a in role.axes], moment, order)
     out = moment.new_zeros(g.new_shape(key))
     for j, src in enumerate(g.layers):
         if not src.is_new:

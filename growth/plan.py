@@ -199,6 +199,33 @@ def inexact_reasons(plan: GrowthPlan, cfg=None) -> list[tuple[str, str]]:
     return out
 
 
+def mup_readout_scale(plan: GrowthPlan, cfg) -> float:
+    """Under μP, the factor the old entries of the readout matrix (the untied output layer, or the
+    embedding when tied) are multiplied by; 1 when nothing is rescaled.
+
+    The logits are ``(output_multiplier / m) * y.W^T`` with ``m = hidden / base_width``. A grown
+    model keeps every μP setting of its config (``output_multiplier``, ``base_width``,
+    ``attention_multiplier``): it is the μP model of its new width. msg/zero hidden growth leaves
+    ``y.W^T`` unchanged while ``m`` grows by ``H'/H``, so the readout weights take the factor
+    ``H'/H`` (their Adam moments ``H/H'`` and ``(H/H')^2``, ``growth.optimizer_state``). Clone already
+    multiplies ``y.W^T`` by ``k = H'/H`` (repeated hidden states), which the ``1/m`` absorbs exactly:
+    no rescaling. The head dim never changes (``GrowthPlan.validate``), so neither does the attention
+    scale ``attention_multiplier / d_head``; FFN, head and depth growth keep ``m``."""
+    if cfg.mup is None or plan.operators.hidden in ("none", "clone"):
+        return 1.0
+    return plan.new.hidden / plan.old.hidden
+
+
+def derived_fields(cfg) -> tuple[str, ...]:
+    """The ``ModelConfig`` fields ``new_model_config`` may set on a model grown from ``cfg`` (a staged
+    run takes them from the growth, not from the stage's ``model:`` section). Standard
+    parametrisation: ``norm_eps`` and ``output_multiplier``; μP: ``norm_eps``, and with tied
+    embeddings ``input_multiplier`` (``mup_readout_scale``)."""
+    if cfg.mup is None:
+        return ("norm_eps", "output_multiplier")
+    return ("norm_eps", "input_multiplier") if cfg.tie_embeddings else ("norm_eps",)
+
+
 def new_model_config(plan: GrowthPlan, cfg):
     """The ``ModelConfig`` of the grown model (``cfg`` is the old model's)."""
     old, new = plan.old, plan.new
@@ -214,10 +241,15 @@ def new_model_config(plan: GrowthPlan, cfg):
         # With the hidden zero-padded, mean(x^2) shrinks by H/H'; eps must shrink with it (and the gains by
         # sqrt(H/H'), see operators) for RMSNorm's output to stay exactly the same.
         changes["norm_eps"] = cfg.norm_eps * old.hidden / new.hidden
-    if plan.operators.hidden == "clone":
+    if plan.operators.hidden == "clone" and cfg.mup is None:
         # Cloned hidden states repeat each value H'/H times, so y'.W'^T = (H'/H) y.W^T for the repeated
-        # output weights; the output multiplier absorbs the factor (tied or untied alike).
+        # output weights; the output multiplier absorbs the factor (tied or untied alike). Under μP the
+        # readout's 1/m grows by the same factor: nothing to change (mup_readout_scale).
         changes["output_multiplier"] = cfg.output_multiplier * old.hidden / new.hidden
+    readout_scale = mup_readout_scale(plan, cfg)
+    if readout_scale != 1.0 and cfg.tie_embeddings:
+        # μP, tied: the embedding (the readout) is multiplied by H'/H; its input side compensates
+        changes["input_multiplier"] = cfg.input_multiplier / readout_scale
     out = dataclasses.replace(cfg, **changes)
     out.validate("model")
     return out

@@ -6,6 +6,9 @@ unsharded, layers stacked on dim 0; see
 ``growth.roles``). It is written from the model's math, not from megatron's code, so the two can
 check each other; it works in the state's dtype (float64 for exactness tests) and supports the
 growth masks (``growth.masks.MaskValues``) with the same semantics as ``training/engine/model``.
+Under μP (``cfg.mup``) the attention scores are ``attention_multiplier * q.k / d_head`` and the
+logits are multiplied by ``output_multiplier / m`` (``ModelConfig.attention_scale`` /
+``readout_multiplier``); the weights carry the rest of the parametrisation (docs/mup.md).
 
 The conversion between a megatron ``GPTModel`` and a logical state dict is the model's
 (``training.engine.model.state``).
@@ -85,7 +88,9 @@ def _attention(
         v = v * masks.group.to(x.dtype)[:, None]
     group_of_head = torch.arange(nq) // r
     k, v = k[:, :, group_of_head], v[:, :, group_of_head]
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k)
+    # standard: / sqrt(d); μP: x attention_multiplier / d (ModelConfig.attention_scale)
+    scores = scores / math.sqrt(d) if cfg.mup is None else scores * cfg.attention_scale
     causal = torch.ones(s, s, dtype=torch.bool).triu(1)
     probs = scores.masked_fill(causal, float("-inf")).softmax(-1)
     ctx = torch.einsum("bhqk,bkhd->bqhd", probs, v)
@@ -176,7 +181,7 @@ def forward_logits(
         x, _need(tensor, R.FINAL_NORM_WEIGHT).to(dtype), None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm
     )
     out_w = emb if cfg.tie_embeddings else _need(tensor, R.OUTPUT)
-    logits = _output_logits(y, out_w) * cfg.output_multiplier
+    logits = _output_logits(y, out_w) * cfg.readout_multiplier  # output_multiplier (/ m under μP)
     pad = torch.arange(logits.shape[-1], device=logits.device) >= cfg.vocab_size
     return logits.masked_fill(pad, torch.finfo(logits.dtype).min)
 

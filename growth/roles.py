@@ -42,6 +42,9 @@ FC1_BIAS = _L + "mlp.linear_fc1.bias"
 FC2_WEIGHT = _L + "mlp.linear_fc2.weight"
 FC2_BIAS = _L + "mlp.linear_fc2.bias"
 
+#: μP's hidden matrices (width-scaled init, Adam LR ``lr / m``); the embedding and the readout are not
+HIDDEN_MATRICES = (QKV_WEIGHT, PROJ_WEIGHT, FC1_WEIGHT, FC2_WEIGHT)
+
 AxisKind = Literal[
     "vocab", "hidden_out", "hidden_in", "hidden_logit", "hidden_norm", "qkv", "proj_in", "ffn_out", "ffn_in"
 ]
@@ -84,6 +87,11 @@ _ROLES = [
     TensorRole(FC2_BIAS, True, ("hidden_out",), "bias", output_projection=True),
 ]
 ROLES: dict[str, TensorRole] = {r.key: r for r in _ROLES}
+
+
+def readout_key(cfg) -> str:
+    """The readout matrix of model config ``cfg``: the output layer, or the embedding when tied."""
+    return EMBEDDING if cfg.tie_embeddings else OUTPUT
 
 
 def role_of(key: str) -> TensorRole:

@@ -85,3 +85,22 @@ def place_old_(base: Tensor, old: Tensor, maps: list[AxisMap]) -> Tensor:
         dest = dest.narrow(d, start, n)
     dest.copy_(block)
     return base
+
+
+def scale_kept_(out: Tensor, maps: list[AxisMap], factor: float) -> Tensor:
+    """In place: ``out`` times ``factor`` wherever no axis is new (the entries that come from the old
+    tensor); returns ``out``. Through views when the kept indices of every axis are contiguous (old
+    entries first, as msg/zero lay them out), else with a broadcast mask."""
+    keeps = [_indices(~m.new) for m in maps]
+    if any(k.numel() == 0 for k in keeps):
+        return out
+    view = out
+    for d, k in enumerate(keeps):
+        start, n = int(k[0]), k.numel()
+        if not torch.equal(k, torch.arange(start, start + n)):
+            kept = ~any_axis(maps, lambda m: m.new).to(out.device)
+            one = torch.ones((), dtype=out.dtype, device=out.device)
+            return out.mul_(torch.where(kept, one * factor, one))
+        view = view.narrow(d, start, n)
+    view.mul_(factor)
+    return out

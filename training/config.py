@@ -30,11 +30,15 @@ class MuPConfig:
     """μP, the maximal-update parametrisation (Yang et al. 2022) as μScaling and FLM-101B apply it
     to a pre-LN decoder: hyperparameters tuned at ``base_width`` transfer to any ``hidden_size``.
 
-    With the width multiplier ``m = hidden_size / base_width``: hidden matrices are drawn with std
-    ``init_std / sqrt(m)`` and trained with Adam learning rate ``lr / m``; attention logits are
-    ``attention_multiplier * q.k / d_head`` (not ``/ sqrt(d_head)``); the logits are multiplied by
-    ``output_multiplier / m``. Embeddings, norms and biases keep ``init_std`` and ``lr``. See
-    docs/mup.md. A model without this section uses the standard parametrisation.
+    With the width multiplier ``m = hidden_size / base_width``: hidden matrices (QKV, attention
+    output, FC1, FC2) are drawn with std ``init_std / sqrt(m)`` (megatron's extra ``1 / sqrt(2 *
+    num_layers)`` on the attention output and FC2 kept) and trained with Adam learning rate
+    ``lr / m`` and weight decay ``weight_decay * m`` (so the decay per step, ``lr * weight_decay``,
+    does not depend on the width); attention logits are ``attention_multiplier * q.k / d_head``
+    (not ``/ sqrt(d_head)``); the logits are multiplied by ``output_multiplier / m``. Embeddings,
+    the readout (the untied output layer, drawn with ``init_std`` like the embedding), norms and
+    biases keep ``init_std``, ``lr`` and ``weight_decay``. See docs/mup.md. A model without this
+    section uses the standard parametrisation.
     """
 
     base_width: int = 256
@@ -95,6 +99,29 @@ class ModelConfig:
         values = {name: getattr(self, name) for name in self.function_fields()}
         values.update(num_query_groups=self.query_groups, kv_channels=self.head_dim)
         return values
+
+    @property
+    def width_multiplier(self) -> float:
+        """μP's ``m = hidden_size / mup.base_width``; 1 under the standard parametrisation."""
+        return 1.0 if self.mup is None else self.hidden_size / self.mup.base_width
+
+    @property
+    def readout_multiplier(self) -> float:
+        """What the logits are multiplied by: ``output_multiplier``, divided by ``m`` under μP."""
+        return self.output_multiplier if self.mup is None else self.output_multiplier / self.width_multiplier
+
+    @property
+    def attention_scale(self) -> float:
+        """What ``q.k`` is multiplied by: ``1 / sqrt(head_dim)``, or ``attention_multiplier / head_dim``
+        under μP."""
+        if self.mup is None:
+            return 1.0 / math.sqrt(self.head_dim)
+        return self.mup.attention_multiplier / self.head_dim
+
+    @property
+    def hidden_init_std(self) -> float:
+        """The std hidden matrices are drawn with: ``init_std``, divided by ``sqrt(m)`` under μP."""
+        return self.init_std / math.sqrt(self.width_multiplier)
 
     @property
     def query_groups(self) -> int:

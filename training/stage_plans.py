@@ -7,9 +7,10 @@ stages need ``growth/`` (a layer above the configs), so they are checked here.
 
 What was verified is what gets trained: a grown stage trains the model its transition produces
 (``stage_model``), i.e. the previous stage's model grown by the plan, with the fields the
-operators derive (``growth.plan.new_model_config``: ``output_multiplier`` after a hidden clone,
-``norm_eps`` after a zero-padded RMSNorm hidden size) taken from the growth, not from the stage's
-``model:`` section. Any other function-defining field (``ModelConfig.function_fields``) on which the
+operators derive (``growth.plan.new_model_config``, ``growth.plan.derived_fields``:
+``output_multiplier`` after a hidden clone, ``norm_eps`` after a zero-padded RMSNorm hidden size;
+under μP, ``input_multiplier`` after msg/zero hidden growth with tied embeddings) taken from the
+growth, not from the stage's ``model:`` section. Any other function-defining field (``ModelConfig.function_fields``) on which the
 stage's section disagrees with the grown model is refused at load, naming the key; so is a stage
 that changes ``seq_length`` (the data position is counted in samples of one length).
 """
@@ -19,12 +20,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from growth.plan import GrowthPlan, check_plan, new_model_config, plan_for
+from growth.plan import GrowthPlan, check_plan, derived_fields, new_model_config, plan_for
 from training.config import NON_FUNCTION_FIELDS, ModelConfig, RunConfig, load_run_config
 from training.config_base import ConfigError
-
-#: fields the growth operators set on the grown model (``growth.plan.new_model_config``)
-DERIVED_FIELDS = ("norm_eps", "output_multiplier")
 
 
 def load_run(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -63,8 +61,9 @@ def stage_model(run: RunConfig, index: int, path: str = "") -> ModelConfig:
             )
         grown = new_model_config(_plan(run, i, model, path), model)
         want, have = stage.model.function_values(), grown.function_values()
+        derived = derived_fields(model)
         for name, value in want.items():
-            if name not in DERIVED_FIELDS and value != have[name]:
+            if name not in derived and value != have[name]:
                 raise ConfigError(
                     f"{where}.{name}",
                     f"{value!r}, but growing stage {i - 1}'s model gives {have[name]!r}: growth keeps "

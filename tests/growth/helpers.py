@@ -8,7 +8,7 @@ import itertools
 import torch
 
 from growth import ModelShape, logical_shapes, plan_for
-from training.config import ModelConfig
+from training.config import ModelConfig, MuPConfig
 
 BASE = ModelConfig(
     num_layers=2,
@@ -22,6 +22,9 @@ BASE = ModelConfig(
     output_multiplier=0.6,
     xpos_scale_base=8.0,
 )
+
+#: μP for BASE: m = 16 / 8 = 2 before growth; an attention multiplier != 1
+MUP = MuPConfig(base_width=8, attention_multiplier=1.3)
 
 #: every block variant: norm x activation x position embedding x tied x MHA/GQA (bias alternates)
 VARIANTS = [

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from growth import grow_state, verify
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import MUP, VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from training.config_base import ConfigError
 
 # (id, operators, new sizes (ModelConfig fields), extra plan options); head growth is given per MHA/GQA
@@ -85,3 +85,27 @@ def test_exact_operators_preserve_logits(case, variant):
     assert r64.abs_dloss <= 1e-10, r64
     r32 = _check(cfg, (case[0], case[1], case[2], dict(case[3])), torch.float32)
     assert r32.within(1e-5, 1e-5), r32
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_exact_operators_preserve_logits_under_mup(case, variant):
+    """μP (attention x multiplier / d_head, logits x output_multiplier / m): every exact operator,
+    float64; the grown config keeps every μP setting (it is the μP model of its new width)."""
+    cfg = make_cfg(variant, mup=MUP)
+    if case[0] == "hidden-zero" and cfg.normalization == "LayerNorm":
+        return  # refused as in the standard parametrisation (test above)
+    _, ops, spec, options = case
+    options = dict(options)
+    tp = options.pop("tp", 1)
+    plan = grown_plan(cfg, ops, tp=tp, plan=options, **_changes(cfg, spec))
+    state = random_state(cfg)
+    result = grow_state(plan, cfg, state)
+    report = verify(cfg, state, result.new_cfg, result.state, result.masks, tokens(cfg))
+    assert report.max_abs_logit > 1.0
+    assert report.max_abs_dlogit <= 1e-10 and report.abs_dloss <= 1e-10, report
+    new = result.new_cfg
+    assert new.mup == cfg.mup and new.output_multiplier == cfg.output_multiplier
+    assert new.width_multiplier == new.hidden_size / MUP.base_width
+    r = new.hidden_size / cfg.hidden_size if ops.get("hidden") in ("msg", "zero") else 1.0
+    assert new.input_multiplier == pytest.approx(cfg.input_multiplier / (r if cfg.tie_embeddings else 1.0), rel=1e-15)

@@ -9,7 +9,7 @@ import torch
 
 from growth import GrowthError, grow_state, grow_tensor, prepare_growth, verify
 from growth import roles as R
-from tests.growth.helpers import grown_plan, make_cfg, random_state, tokens
+from tests.growth.helpers import MUP, VARIANTS, grown_plan, make_cfg, random_state, tokens
 
 ALL = {"hidden": "msg", "ffn": "clone", "heads": "zero", "depth": "msg"}
 
@@ -73,6 +73,22 @@ def test_fresh_and_zero_layers():
         assert (zero.state[key][2] == 0).all()
     assert torch.equal(zero.state[R.FC1_WEIGHT][2], state[R.FC1_WEIGHT][0])  # LLaMA-Pro: copy, outputs zeroed
     assert zero.masks is None
+
+
+def test_new_entries_under_mup_get_the_grown_widths_init():
+    """μP: new hidden-matrix entries ~ N(0, init_std / sqrt(m_new)) (m_new = 64 / 8 = 8), new
+    embedding / readout entries ~ N(0, init_std): what a μP model of the new width is drawn with."""
+    cfg = make_cfg(VARIANTS[3], mup=MUP, init_std=0.05)
+    plan = grown_plan(
+        cfg, {"hidden": "msg", "depth": "msg"}, hidden_size=64, num_layers=3, plan={"depth": {"init": "fresh"}}
+    )
+    grown = grow_state(plan, cfg, random_state(cfg)).state
+    hidden_std = 0.05 / 8**0.5
+    for key in (R.QKV_WEIGHT, R.PROJ_WEIGHT, R.FC1_WEIGHT, R.FC2_WEIGHT):
+        assert grown[key][2].std() == pytest.approx(hidden_std, rel=0.15), key  # the fresh layer
+    assert grown[R.FC1_WEIGHT][0][:, 16:].std() == pytest.approx(hidden_std, rel=0.15)  # new input columns
+    assert grown[R.EMBEDDING][:50, 16:].std() == pytest.approx(0.05, rel=0.15)
+    assert grown[R.OUTPUT][:50, 16:].std() == pytest.approx(0.05, rel=0.15)
 
 
 def test_stack_repeats_the_stack_and_is_labelled_inexact():

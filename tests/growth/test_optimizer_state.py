@@ -13,7 +13,7 @@ import torch
 
 from growth import AdamState, GrowthError, grow_adam_state, grow_moment, grow_state, prepare_growth
 from growth.reference import reference_loss
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import MUP, VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 
 CASES = [
     ("hidden-msg", {"hidden": "msg"}, dict(hidden_size=24)),
@@ -55,7 +55,18 @@ def _grads(cfg, state, masks, toks):
 @pytest.mark.parametrize("variant", [RMS_VARIANTS[3], RMS_VARIANTS[12]], ids=variant_id)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_mapped_gradients_equal_grown_gradients(case, variant):
-    cfg = make_cfg(variant)
+    _check_mapped_gradients(make_cfg(variant), case)
+
+
+@pytest.mark.parametrize("variant", [RMS_VARIANTS[3], RMS_VARIANTS[12]], ids=variant_id)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mapped_gradients_equal_grown_gradients_under_mup(case, variant):
+    """μP: where hidden growth rescales the readout (untied output layer or tied embedding) by r,
+    its gradient is the old one / r, and the mapped moments follow (x 1/r, x 1/r^2)."""
+    _check_mapped_gradients(make_cfg(variant, mup=MUP), case)
+
+
+def _check_mapped_gradients(cfg, case):
     plan = grown_plan(cfg, case[1], **_changes(cfg, case[2]))
     g = prepare_growth(plan, cfg)
     state = random_state(cfg)
@@ -117,3 +128,23 @@ def test_adam_state_keeps_the_step():
     assert grown.exp_avg["decoder.layers.mlp.linear_fc2.weight"].shape == (2, 16, 32)
     with pytest.raises(GrowthError, match="old shape"):
         grow_moment(g, "decoder.layers.mlp.linear_fc2.weight", torch.zeros(2, 16, 32), 1)
+
+
+def test_mup_readout_moments_are_scaled_with_the_readout():
+    """μP msg hidden growth 16 -> 24 (m 2 -> 3): the untied output layer's kept block is x 3/2, its
+    moments x 2/3 and x 4/9; every other tensor and moment is mapped as in the standard parametrisation."""
+    cfg = make_cfg(VARIANTS[3], mup=MUP)
+    plan = grown_plan(cfg, {"hidden": "msg"}, hidden_size=24)
+    g = prepare_growth(plan, cfg)
+    assert g.readout_scale == 1.5 and g.readout_key == "output_layer.weight"
+    state = random_state(cfg)
+    grown = grow_state(plan, cfg, state).state
+    out = "output_layer.weight"
+    assert torch.equal(grown[out][:, :16], state[out] * 1.5)
+    m = state[out].abs() + 0.1
+    assert torch.equal(grow_moment(g, out, m, 1)[:, :16], m * (1 / 1.5))
+    assert torch.equal(grow_moment(g, out, m, 2)[:, :16], m * (1 / 1.5) ** 2)
+    sp = prepare_growth(grown_plan(make_cfg(VARIANTS[3]), {"hidden": "msg"}, hidden_size=24), make_cfg(VARIANTS[3]))
+    for key in state:
+        if key != out:
+            assert torch.equal(grow_moment(g, key, state[key], 2), grow_moment(sp, key, state[key], 2)), key

@@ -8,7 +8,7 @@ import torch
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from growth import grow_state
 from growth.reference import reference_logits
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import MUP, VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
 from training.config import ParallelConfig
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.model.state import load_logical_state_dict
@@ -47,7 +47,17 @@ def _masked_modules(chunk):
 
 @pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[13], VARIANTS[-1]], ids=variant_id)
 def test_apply_masks_matches_reference(build, variant):
-    cfg = make_cfg(variant)
+    _check_masks_match_reference(build, make_cfg(variant))
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[-1]], ids=variant_id)
+def test_apply_masks_matches_reference_under_mup(build, variant):
+    """μP, all msg (m 2 -> 3, readout rescaled, tied: input multiplier derived): the megatron model of
+    the grown config equals the reference at c = 0 (the old function), 1/2 and 1."""
+    _check_masks_match_reference(build, make_cfg(variant, mup=MUP))
+
+
+def _check_masks_match_reference(build, cfg):
     nq, ng = cfg.num_attention_heads, cfg.query_groups
     plan = grown_plan(
         cfg,

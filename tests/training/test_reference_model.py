@@ -15,7 +15,7 @@ import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from growth.reference import reference_logits, reference_loss
-from training.config import ModelConfig, ParallelConfig
+from training.config import ModelConfig, MuPConfig, ParallelConfig
 from training.engine.model.state import load_logical_state_dict, logical_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,6 +105,50 @@ def test_reference_matches_megatron(megatron, variant):
     torch.testing.assert_close(got[..., :v], want[..., :v], rtol=0, atol=1e-5 * (1 + scale))
     assert (got[..., v:] == torch.finfo(got.dtype).min).all()
     assert (want[..., v:] == torch.finfo(want.dtype).min).all()
+
+
+@pytest.mark.parametrize("attention", ["fused", "unfused"])
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[27], VARIANTS[-1]], ids=_id)
+def test_reference_matches_megatron_under_mup(megatron, variant, attention):
+    """μP (m = 32 / 8 = 4): attention x multiplier / d_head and logits x output_multiplier / m in both
+    core-attention paths of megatron and in the reference."""
+    from training.engine.model.build import build_model, transformer_config
+
+    cfg = dataclasses.replace(BASE, **variant, mup=MuPConfig(base_width=8, attention_multiplier=2.5))
+    chunk = build_model(cfg, transformer_config(cfg, ParallelConfig(), bf16=False, gloo=True), attention=attention)[0]
+    chunk.eval()
+    state = random_state(chunk, seed=7)
+    load_logical_state_dict(chunk, state)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = chunk(tokens, torch.arange(12)[None].expand(2, 12), None)
+        want = reference_logits(cfg, state, tokens)
+        standard = reference_logits(dataclasses.replace(cfg, mup=None), state, tokens)
+    v = cfg.vocab_size
+    scale = want[..., :v].abs().max().item()
+    assert (want[..., :v] - standard[..., :v]).abs().max() > 0.1 * scale  # μP is a different function
+    torch.testing.assert_close(got[..., :v], want[..., :v], rtol=0, atol=1e-5 * (1 + scale))
+
+
+def test_mup_init_scales_the_hidden_matrices_only(megatron):
+    """μP init: hidden matrices drawn as megatron draws them x 1/sqrt(m) (same RNG stream as the standard
+    parametrisation); embedding, output layer, norms and biases as in the standard parametrisation."""
+    from training.engine.model.build import build_model, transformer_config
+
+    cfg = dataclasses.replace(BASE, **VARIANTS[4], mup=MuPConfig(base_width=8))  # m = 4, untied
+    states = {}
+    for name, c in (("sp", dataclasses.replace(cfg, mup=None)), ("mup", cfg)):
+        torch.manual_seed(11)
+        states[name] = logical_state_dict(
+            build_model(c, transformer_config(c, ParallelConfig(), bf16=False, gloo=True))[0]
+        )
+    hidden = {"linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight", "linear_fc2.weight"}
+    for key, sp in states["sp"].items():
+        if any(key.endswith(h) for h in hidden):
+            torch.testing.assert_close(states["mup"][key], sp / 2, rtol=1e-6, atol=0)
+        else:
+            assert torch.equal(states["mup"][key], sp), key
+    assert states["mup"]["output_layer.weight"].std().item() == pytest.approx(cfg.init_std, rel=0.1)
 
 
 def test_logical_keys_match_megatron_sharded_state_dict(megatron):

@@ -53,11 +53,11 @@ stages:
 """
 
 
-def write_run(tmp_path, dim="hidden", op="msg", grown=None, name=None):
+def write_run(tmp_path, dim="hidden", op="msg", grown=None, name=None, small=SMALL):
     path = tmp_path / f"{dim}-{op}.yaml"
     path.write_text(
         RUN.format(
-            out=tmp_path / "run", small=SMALL, grown=grown or GROWN[dim], dim=dim, op=op, name=name or f"{dim}-{op}"
+            out=tmp_path / "run", small=small, grown=grown or GROWN[dim], dim=dim, op=op, name=name or f"{dim}-{op}"
         )
     )
     return path
@@ -95,6 +95,50 @@ def test_first_step_of_a_grown_stage_starts_from_the_verified_loss(trained_small
         teardown()
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_staged_mup_run_trains_the_verified_grown_model(tmp_path, tied):
+    """μP (base width 32, attention multiplier 2, output multiplier 2), hidden 32 -> 64 by msg: the
+    grown stage is the μP model of width 64 (m 1 -> 2; readout x 2 in the weights, tied: input
+    multiplier / 2), its config is the one the growth verified, its first forward gives the verified
+    loss, its hidden matrices train at lr / 2, and the stage trains on."""
+    from training.config import MuPConfig
+    from training.config_base import to_dict
+    from training.stages import stage_dir
+
+    small = SMALL.replace("tie_embeddings: false", f"tie_embeddings: {str(tied).lower()}")
+    small += ", output_multiplier: 2.0, mup: {base_width: 32, attention_multiplier: 2.0}"
+    run = load_run(write_run(tmp_path, grown=small.replace("hidden_size: 32", "hidden_size: 64"), small=small))
+    cfg = trained_stage_config(run, 1)
+    m = cfg.model
+    assert m.mup == MuPConfig(base_width=32, attention_multiplier=2.0) and m.width_multiplier == 2.0
+    assert m.output_multiplier == 2.0 and m.readout_multiplier == 1.0
+    assert m.input_multiplier == (0.5 if tied else 1.0)
+    run_stages(run, only_stage=0)
+    init_process_group()
+    try:
+        grown = grow_into(run, 1)
+        record = json.loads((grown.parent / "growth.json").read_text())
+        assert record["exact"] and record["preserved"], record
+        meta = json.loads((grown / "flm_checkpoint.json").read_text())
+        assert meta["config"]["model"] == to_dict(m)  # what was verified is what the stage trains
+        check_same_model(meta["config"]["model"], m, grown)
+        source = MockSource(m.vocab_size, m.seq_length, 0)
+        trainer = make_trainer(cfg, train_source=source, valid_source=source)
+        trainer.init_from(grown)
+        tokens = verify_tokens(m.vocab_size, m.seq_length, seed=meta["growth"]["plan"]["seed"]).numpy()
+        loss = trainer._forward_only_loss(trainer._micro_batches(tokens.astype(np.int64)))
+        assert loss == pytest.approx(record["verify"]["new_loss"], rel=2e-5), (loss, record["verify"])
+        hidden = [g for g in trainer.optimizer.param_groups if g["lr_mult"] != 1.0]
+        assert [(g["lr_mult"], g["wd_mult"], g["max_lr"]) for g in hidden] == [(0.5, 2.0, cfg.train.lr / 2)]
+        del trainer
+    finally:
+        teardown()
+    run_stages(run, only_stage=1)
+    records = [json.loads(line) for line in (stage_dir(run, 1) / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r and r.get("step")]
+    assert len(train) == cfg.train.steps and all(np.isfinite(r["loss"]) for r in train)
+
+
 def test_derived_fields_come_from_the_growth(tmp_path):
     """hidden clone halves output_multiplier, zero-padding an RMSNorm hidden size scales norm_eps:
     the stage trains those values although its model section leaves the run's."""
@@ -102,6 +146,23 @@ def test_derived_fields_come_from_the_growth(tmp_path):
     assert clone.output_multiplier == 0.5 and clone.hidden_size == 64
     zero = stage_model(load_run(write_run(tmp_path, "hidden", "zero")), 1)
     assert zero.norm_eps == pytest.approx(1e-5 * 32 / 64) and zero.output_multiplier == 1.0
+
+
+def test_mup_derives_no_output_multiplier(tmp_path):
+    """Under μP a grown model keeps output_multiplier (clone included: the 1/m absorbs the clone's
+    factor), so a stage section that changes it is refused; so is one that drops model.mup."""
+    small = SMALL + ", mup: {base_width: 32}"
+    clone = stage_model(
+        load_run(
+            write_run(tmp_path, "hidden", "clone", grown=GROWN["hidden"] + ", mup: {base_width: 32}", small=small)
+        ),
+        1,
+    )
+    assert clone.output_multiplier == 1.0 and clone.readout_multiplier == 0.5
+    for extra, key in ((", mup: {base_width: 32}, output_multiplier: 0.5", "output_multiplier"), ("", "mup")):
+        with pytest.raises(ConfigError) as info:
+            load_run(write_run(tmp_path, grown=GROWN["hidden"] + extra, small=small))
+        assert info.value.key == f"stages[1].model.{key}"
 
 
 @pytest.mark.parametrize(

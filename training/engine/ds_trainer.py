@@ -6,8 +6,8 @@ world, then wrapped by ``deepspeed.initialize``. Everything that defines the num
 megatron engine, so both give the same losses on the same data (tested):
 
 - optimizer: torch's ``AdamW`` with megatron's parameter groups (``_get_param_groups``: no weight
-  decay on biases and norms), handed to DeepSpeed as a client optimizer — no DeepSpeed op is
-  compiled (its fused/CPU Adam would be JIT-built);
+  decay on biases and norms; under μP the hidden matrices' group with LR ``lr / m``), handed to
+  DeepSpeed as a client optimizer — no DeepSpeed op is compiled (its fused/CPU Adam would be JIT-built);
 - LR and weight decay: megatron's ``OptimizerParamScheduler`` (``training.engine.optim.build_scheduler``)
   driving the ZeRO optimizer's parameter groups, stepped only for finite losses as in the megatron
   engine;
@@ -40,7 +40,7 @@ import deepspeed
 import deepspeed.ops
 import torch
 import torch.distributed as dist
-from megatron.core.optimizer import OptimizerConfig, _get_param_groups
+from megatron.core.optimizer import _get_param_groups
 from megatron.core.transformer.module import Float16Module
 
 from training import checkpoint
@@ -49,7 +49,13 @@ from training.data.source import SampleSource
 from training.engine import ds_checkpoint
 from training.engine.megatron_checkpoint import restore_rng
 from training.engine.model.build import build_model, transformer_config
-from training.engine.optim import build_scheduler, init_torch_adam_state, set_torch_adam_step
+from training.engine.optim import (
+    build_scheduler,
+    init_torch_adam_state,
+    optimizer_config,
+    param_group_overrides,
+    set_torch_adam_step,
+)
 from training.engine.trainer_base import BaseTrainer, StepResult, token_mean_loss
 
 log = logging.getLogger(__name__)
@@ -105,22 +111,13 @@ def deepspeed_config(cfg: RunConfig, dp: int, bf16: bool) -> dict[str, Any]:
 
 
 def param_groups(module: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
-    """megatron's optimizer parameter groups for ``module`` (the weight-decay rule and the
-    ``wd_mult``/``max_lr``/``min_lr`` keys ``OptimizerParamScheduler`` reads), so both engines
-    decay the same parameters. Collective (megatron aligns the groups across ranks)."""
+    """megatron's optimizer parameter groups for ``module`` (the weight-decay rule, μP's hidden-matrix
+    group, and the ``wd_mult``/``max_lr``/``min_lr`` keys ``OptimizerParamScheduler`` reads), so both
+    engines decay and scale the same parameters alike (``training.engine.optim.param_group_overrides``).
+    Collective (megatron aligns the groups across ranks)."""
 
-    t = cfg.train
-    config = OptimizerConfig(
-        optimizer="adam",
-        lr=t.lr,
-        min_lr=t.min_lr,
-        weight_decay=t.weight_decay,
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        adam_eps=t.adam_eps,
-        clip_grad=t.clip_grad,
-    )
-    return _get_param_groups([module], config, None)
+    config = optimizer_config(cfg.train)
+    return _get_param_groups([module], config, param_group_overrides(cfg.model, config))
 
 
 class DeepSpeedTrainer(BaseTrainer):

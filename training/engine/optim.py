@@ -6,19 +6,33 @@ Engine's or Apex's FusedAdam whenever one is importable (NGC images), torch's Ad
 ``torch`` (the default) forces torch's AdamW everywhere, so that the per-parameter state growth
 and ``load_moments`` map (``exp_avg``, ``exp_avg_sq``, ``step``) is what the optimizer uses;
 ``fused`` takes the FusedAdam and is refused where growth would have to carry its state.
+
+Parameter groups (both engines, ``param_group_overrides``): megatron's standard ones (no weight
+decay on biases and norms); under μP (``model.mup``) the hidden matrices (QKV, attention output,
+FC1, FC2: the parameters the model marks ``hidden_matrix``) form their own group with
+``max_lr = lr / m``, ``min_lr = min_lr / m`` and ``wd_mult = m`` (``lr_mult = 1 / m`` records the
+ratio and keeps the group's identity distinct when megatron matches saved groups on resume).
+megatron-core 0.16.1's ``OptimizerParamScheduler`` sets each group's LR from the group's own
+``max_lr``/``min_lr`` (it does not read ``lr_mult``), so every step of warmup and decay keeps the
+ratio ``1 / m``; the weight decay of a group is the schedule's times ``wd_mult``, so torch AdamW's
+decay per step ``lr * weight_decay`` is the same for every width. A checkpoint carries its groups
+(megatron engine) and a resumed run of the same config rebuilds the same ones (DeepSpeed engine); a
+grown stage builds its optimizer from its own (wider) model, so its hidden LR is ``lr / m_new``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Optional
 
 import torch
 from megatron.core import optimizer as megatron_optimizer
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.optimizer import OptimizerConfig, ParamKey, get_megatron_optimizer, get_standard_config_overrides
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler, ParamGroupOverride
 
-from training.config import FUSED_ADAM_GROWTH, TrainConfig
+from training.config import FUSED_ADAM_GROWTH, ModelConfig, TrainConfig
+from training.engine.model.build import HIDDEN_MATRIX_ATTR
 from training.errors import FLMError
 
 
@@ -55,8 +69,25 @@ def check_growth_can_carry(train: TrainConfig) -> None:
         raise OptimizerChoiceError(f"train.optimizer_impl={train.optimizer_impl}: {FUSED_ADAM_GROWTH}")
 
 
-def build_optimizer(train: TrainConfig, model_chunks, *, bf16: bool, distributed: bool):
-    config = OptimizerConfig(
+def param_group_overrides(model: ModelConfig, config: OptimizerConfig) -> Optional[dict[ParamKey, ParamGroupOverride]]:
+    """megatron's parameter-group overrides for ``model``: None (megatron's standard groups) under the
+    standard parametrisation; under μP the standard ones plus the hidden-matrix group (module
+    docstring). At ``m = 1`` the hidden group would equal the default one (and megatron could not
+    tell the two apart in a checkpoint), so none is added."""
+    m = model.width_multiplier
+    if model.mup is None or m == 1.0:
+        return None
+    overrides = get_standard_config_overrides(config)
+    overrides[ParamKey(attr=HIDDEN_MATRIX_ATTR)] = ParamGroupOverride(
+        max_lr=config.lr / m, min_lr=config.min_lr / m, wd_mult=m, lr_mult=1.0 / m
+    )
+    return overrides
+
+
+def optimizer_config(train: TrainConfig, *, bf16: bool = False, distributed: bool = False) -> OptimizerConfig:
+    """megatron's optimizer config of ``train`` (AdamW, clipping; mixed precision and the
+    distributed optimizer for the megatron engine)."""
+    return OptimizerConfig(
         optimizer="adam",
         lr=train.lr,
         min_lr=train.min_lr,
@@ -69,8 +100,12 @@ def build_optimizer(train: TrainConfig, model_chunks, *, bf16: bool, distributed
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=distributed,
     )
+
+
+def build_optimizer(train: TrainConfig, model_chunks, *, bf16: bool, distributed: bool, model: ModelConfig):
+    config = optimizer_config(train, bf16=bf16, distributed=distributed)
     with _adam_implementation(train.optimizer_impl):
-        optimizer = get_megatron_optimizer(config, model_chunks)
+        optimizer = get_megatron_optimizer(config, model_chunks, param_group_overrides(model, config))
     if train.optimizer_impl == "torch":
         kinds = {type(o) for o in inner_optimizers(optimizer)}
         if kinds != {torch.optim.AdamW}:

@@ -62,7 +62,7 @@ class Trainer(BaseTrainer):
             for i, c in enumerate(chunks)
         ]
         self.optimizer = build_optimizer(
-            cfg.train, self.model, bf16=self.bf16, distributed=cfg.parallel.distributed_optimizer
+            cfg.train, self.model, bf16=self.bf16, distributed=cfg.parallel.distributed_optimizer, model=cfg.model
         )
         self.scheduler = build_scheduler(cfg.train, self.optimizer)
         self._overlap_param_gather = overlap_param

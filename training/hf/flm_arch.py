@@ -58,7 +58,8 @@ def flm_config(cfg, vocab: int, ids, dtype: torch.dtype):
         bias=cfg.bias,
         norm_eps=float(cfg.norm_eps),
         input_multiplier=float(cfg.input_multiplier),
-        output_multiplier=float(cfg.output_multiplier),
+        # the readout multiplier (output_multiplier / m under μP; the attention scale is folded, fold.py)
+        output_multiplier=float(cfg.readout_multiplier),
         initializer_range=float(cfg.init_std),
         tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=ids.bos,

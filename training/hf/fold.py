@@ -13,6 +13,13 @@ neither multipliers nor padded rows, so the export state is, with ``V = vocab_si
 All of these are exact in exact arithmetic (products are formed in float64 and rounded once to the
 export dtype). Refused: non-finite multipliers, and ``μ_in = 0`` with tied embeddings and
 ``μ_out != 0`` (the output would need ``E``, which ``E' = 0`` no longer holds).
+
+μP (``model.mup``, docs/mup.md) is folded the same way, for every architecture (FLM's included), so
+an export is a standard-parametrisation model with the same logits: ``μ_out`` above is the readout
+multiplier ``output_multiplier / m``, and the attention scale ``attention_multiplier / d`` becomes the
+architectures' ``1 / sqrt(d)`` by multiplying the query rows of the fused QKV weight and bias by
+``attention_multiplier / sqrt(d)`` (RoPE and xPos are linear in the query, so the scores are
+``attention_multiplier * q.k / d`` again).
 """
 
 from __future__ import annotations
@@ -33,11 +40,12 @@ def export_state(
     """(export state in ``dtype``, a JSON-ready record of what was folded). ``state`` is unchanged.
     ``fold=False`` (the FLM architecture, which applies the multipliers itself): trim the padded
     vocabulary rows only."""
-    m_in, m_out = float(cfg.input_multiplier), float(cfg.output_multiplier)
+    m_in, m_out = float(cfg.input_multiplier), float(cfg.readout_multiplier)  # readout: output_multiplier (/ m)
     if not (math.isfinite(m_in) and math.isfinite(m_out)):
         raise HFInteropError(
             f"model.input_multiplier={m_in} / output_multiplier={m_out} are not finite; nothing can be exported"
         )
+    mup = _mup_record(cfg)
     vocab = cfg.vocab_size
     rows = state[R.EMBEDDING].shape[0]
     if rows < vocab:
@@ -49,6 +57,8 @@ def export_state(
         out[R.EMBEDDING] = state[R.EMBEDDING][:vocab]
         if not cfg.tie_embeddings:
             out[R.OUTPUT] = state[R.OUTPUT][:vocab]
+        if mup:
+            _fold_attention_scale(cfg, out)
         return (
             {k: v.to(dtype) for k, v in out.items()},
             {
@@ -56,15 +66,19 @@ def export_state(
                 "output_multiplier": m_out,
                 "padded_rows_dropped": rows - vocab,
                 "multipliers": "kept in config.json (the model applies them)",
+                **mup,
             },
         )
     out = {k: v.to(torch.float64) for k, v in state.items()}
     out[R.EMBEDDING] = out[R.EMBEDDING][:vocab] * m_in
+    if mup:
+        _fold_attention_scale(cfg, out)
     record: dict[str, Any] = {
         "input_multiplier": m_in,
         "output_multiplier": m_out,
         "padded_rows_dropped": rows - vocab,
         "embedding_scaled_by": m_in,
+        **mup,
     }
     if not cfg.tie_embeddings:
         out[R.OUTPUT] = out[R.OUTPUT][:vocab] * m_out
@@ -82,3 +96,29 @@ def export_state(
             out[R.FINAL_NORM_BIAS] = out[R.FINAL_NORM_BIAS] * scale
         record["final_norm_scaled_by"] = scale
     return {k: v.to(dtype) for k, v in out.items()}, record
+
+
+def _mup_record(cfg) -> dict[str, Any]:
+    """What μP folding records (empty under the standard parametrisation)."""
+    if cfg.mup is None:
+        return {}
+    return {
+        "mup": {"base_width": cfg.mup.base_width, "attention_multiplier": cfg.mup.attention_multiplier},
+        "width_multiplier": cfg.width_multiplier,
+        "readout_multiplier": cfg.readout_multiplier,
+        "query_scaled_by": cfg.attention_scale * math.sqrt(cfg.head_dim),
+    }
+
+
+def _fold_attention_scale(cfg, state: dict[str, Tensor]) -> None:
+    """μP: the query rows of the fused QKV weight and bias (per group ``[q heads, k, v]``) times
+    ``attention_multiplier / sqrt(d)`` (formed in float64), in ``state`` (new tensors, same dtype)."""
+    ng, d = cfg.query_groups, cfg.head_dim
+    r = cfg.num_attention_heads // ng
+    rows = torch.ones(ng, r + 2, d, dtype=torch.float64)
+    rows[:, :r] = cfg.attention_scale * math.sqrt(d)
+    rows = rows.reshape(-1)
+    for key, view in ((R.QKV_WEIGHT, rows[None, :, None]), (R.QKV_BIAS, rows[None, :])):
+        if key in state:
+            t = state[key]
+            state[key] = (t.to(torch.float64) * view).to(t.dtype)

@@ -25,6 +25,7 @@ from training.plan.throughput import (
     model_flops_per_token,
     tokens_per_day,
 )
+from training.stage_plans import stage_model
 
 #: MFU assumed when neither --mfu, --tflops nor --measured gives one
 DEFAULT_MFU = 0.5
@@ -53,6 +54,41 @@ class PlanOptions:
     compare_days: tuple[float, ...] = ()
 
 
+@dataclass(frozen=True)
+class MuPPlan:
+    """μP multipliers of the model a stage trains (a grown stage's: the grown config, derived fields
+    included; docs/mup.md)."""
+
+    base_width: int
+    #: m = hidden_size / base_width
+    width_multiplier: float
+    #: train.lr: embeddings, readout, norms and biases
+    lr: float
+    #: lr / m: QKV, attention output, FC1, FC2
+    hidden_lr: float
+    #: output_multiplier / m: what the logits are multiplied by
+    readout_multiplier: float
+    #: attention_multiplier / d_head: what q.k is multiplied by
+    attention_scale: float
+    #: init_std / sqrt(m): the hidden matrices' init std (fresh weights; growth keeps trained ones)
+    hidden_init_std: float
+
+    @classmethod
+    def of(cls, model: ModelConfig, train: TrainConfig) -> Optional[MuPPlan]:
+        if model.mup is None:
+            return None
+        m = model.width_multiplier
+        return cls(
+            base_width=model.mup.base_width,
+            width_multiplier=m,
+            lr=train.lr,
+            hidden_lr=train.lr / m,
+            readout_multiplier=model.readout_multiplier,
+            attention_scale=model.attention_scale,
+            hidden_init_std=model.hidden_init_std,
+        )
+
+
 @dataclass
 class StagePlan:
     index: int
@@ -77,6 +113,8 @@ class StagePlan:
     flops_imbalance: float
     reference_days: Optional[float] = None
     findings: list[Finding] = field(default_factory=list)
+    #: μP multipliers (None: the standard parametrisation)
+    mup: Optional[MuPPlan] = None
 
     @property
     def gpus(self) -> int:
@@ -183,7 +221,10 @@ def _plan_stage(
     throughput: Throughput,
     reference_days: Optional[float],
     capacity: float,
+    trained_model: Optional[ModelConfig] = None,
 ) -> StagePlan:
+    """``trained_model``: the model the stage trains when it differs from ``cfg.model`` in derived
+    fields (a grown stage, ``training.stage_plans.stage_model``); only its μP multipliers are read."""
     model, parallel, train = cfg.model, cfg.parallel, cfg.train
     dp, findings = checks.data_parallel(parallel, opts.gpus, key)
     micro_batches, found = checks.batch(train, parallel, dp, key)
@@ -230,6 +271,7 @@ def _plan_stage(
         flops_imbalance=imbalance,
         reference_days=reference_days,
         findings=findings,
+        mup=MuPPlan.of(trained_model or model, train),
     )
 
 
@@ -263,9 +305,10 @@ def plan_run(run: RunConfig, opts: PlanOptions, source: str = "") -> RunPlan:
                     "metrics.jsonl); pass --mfu or --tflops for the stages without one",
                 )
         throughput = _throughput(opts, tflops[i], mfus[i], measured)
-        stages.append(_plan_stage(i, names[i], keys[i], cfg, tokens[i], opts, throughput, refs[i], capacity))
+        trained = stage_model(run, i) if run.stages else run.model
+        stages.append(_plan_stage(i, names[i], keys[i], cfg, tokens[i], opts, throughput, refs[i], capacity, trained))
     final = stages[-1]
-    scratch = _plan_stage(
+    scratch = _plan_stage(  # from scratch: the final shape as its section says (no grown-in derived fields)
         n, f"{final.name} from scratch", final.key, configs[-1], sum(tokens), opts, final.throughput, None, capacity
     )
     scratch.findings = []  # the final stage's, already reported

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -177,6 +178,9 @@ def render(plan: RunPlan) -> str:
         out.append(f"  {src}")
     if any(s.throughput.source == "default" for s in plan.stages):
         out.append("  (throughput 'default': MFU 50% assumed; pass --mfu, --tflops or --measured)")
+    if any(s.mup for s in plan.stages):
+        out.append("")
+        out.append(mup_section(plan.stages))
     out.append("")
     findings = plan.findings
     out.append(
@@ -191,6 +195,36 @@ def render(plan: RunPlan) -> str:
     for f in findings:
         out.append(f"  {f}")
     return "\n".join(out)
+
+
+def mup_section(stages: list[StagePlan]) -> str:
+    """The per-stage μP multipliers (of the model each stage trains; docs/mup.md)."""
+    rows = []
+    for s in stages:
+        p = s.mup
+        if p is None:
+            rows.append([s.name, str(s.model.hidden_size), "-", "standard parametrisation", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                s.name,
+                str(s.model.hidden_size),
+                f"{p.width_multiplier:.4g}",
+                f"{p.lr:.3g}",
+                f"{p.hidden_lr:.3g}",
+                f"{p.readout_multiplier:.4g}",
+                f"{p.attention_scale:.4g}",
+                f"{p.hidden_init_std:.3g}",
+            ]
+        )
+    bases = sorted({s.mup.base_width for s in stages if s.mup})
+    head = (
+        f"μP (base width {', '.join(map(str, bases))}): m = hidden / base width; Adam LR lr on embeddings, readout, "
+        "norms and biases, lr / m on the hidden matrices (QKV, attention output, FC1, FC2); logits x output_multiplier "
+        "/ m; attention scores x attention_multiplier / d_head; fresh hidden matrices drawn with init_std / sqrt(m)"
+    )
+    headers = ["stage", "hidden", "m", "lr", "hidden lr", "readout mult", "attn scale", "hidden init std"]
+    return head + "\n" + table(headers, rows)
 
 
 def stage_json(s: StagePlan) -> dict[str, Any]:
@@ -231,6 +265,7 @@ def stage_json(s: StagePlan) -> dict[str, Any]:
         "gpu_hours": s.gpu_hours,
         "reference_days": s.reference_days,
         "findings": [{"level": f.level, "key": f.key, "message": f.message} for f in s.findings],
+        "mup": None if s.mup is None else dataclasses.asdict(s.mup),
     }
 
 

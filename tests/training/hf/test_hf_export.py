@@ -170,3 +170,29 @@ def test_cli_export_check_and_compare(tmp_path, sp_tokenizer, capsys):
     assert "[MISMATCH]" in capsys.readouterr().out
     assert main(["export-hf", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
     assert "flm export-hf: error: checkpoint path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, "xpos-flm"])
+def test_mup_export_folds_attention_scale_and_readout(name, tmp_path):
+    """μP (m = 32 / 8 = 4, attention multiplier 2.5): every architecture (the FLM code too) gets an
+    exact standard-parametrisation model: query rows x multiplier / sqrt(d), logits x output_multiplier / m."""
+    from training.config import MuPConfig
+
+    if name == "xpos-flm":
+        cfg = variant("neox-gqa-tied-bias", position_embedding="xpos", xpos_scale_base=16.0)
+    else:
+        cfg = variant(name)
+    cfg = dataclasses.replace(cfg, mup=MuPConfig(base_width=8, attention_multiplier=2.5))
+    state = random_state(cfg, seed=4, dtype=torch.float64)
+    ckpt = write_checkpoint(tmp_path / "ckpt", cfg, state)
+    report = export_checkpoint(ckpt, tmp_path / "hf", no_tokenizer=True)
+    assert report.architecture == ARCH_OF.get(name.split("-")[0], "FLMForCausalLM")
+    tokens = random_tokens(cfg.vocab_size, cfg.seq_length, batch=3, seed=1)
+    result = compare(cfg, state, load_hf_model(tmp_path / "hf", torch.float64), tokens)
+    assert result.max_abs_dlogit <= TOL[torch.float64] * (1 + result.max_abs_logit), result.summary()
+    standard = project_logits(dataclasses.replace(cfg, mup=None), state, tokens)
+    assert (project_logits(cfg, state, tokens) - standard).abs().max() > 0.1  # μP is another function
+    folded = json.loads((tmp_path / "hf" / "flm_export.json").read_text())["folded"]
+    assert folded["mup"] == {"base_width": 8, "attention_multiplier": 2.5} and folded["width_multiplier"] == 4.0
+    assert folded["output_multiplier"] == folded["readout_multiplier"] == pytest.approx(0.7 / 4)
+    assert folded["query_scaled_by"] == pytest.approx(2.5 / cfg.head_dim**0.5)

@@ -34,6 +34,20 @@ def test_flm101b_table_in_well_under_a_minute():
     assert cells[cells.index("given") + 3] == "6.11" and cells[-1] == "-6.6%"
 
 
+def test_mup_multipliers_are_printed_per_stage(capsys):
+    assert main(["plan", FLM]) == 0
+    out = capsys.readouterr().out
+    assert "μP (base width 256)" in out
+    rows = {line.split()[0]: line.split() for line in out.split("μP (base width")[1].splitlines()[2:5]}
+    assert rows["16b"] == ["16b", "5632", "22", "0.0004", "1.82e-05", "0.09091", "0.007812", "0.00341"]
+    assert rows["51b"][2:6] == ["40", "0.00034", "8.5e-06", "0.05"]
+    assert main(["plan", FLM, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["stages"][2]["mup"]["hidden_lr"] == 5e-06 and doc["scratch"]["mup"]["width_multiplier"] == 40
+    assert main(["plan", TINY, "--json", "--gpus", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"][0]["mup"] is None
+
+
 def test_json_and_exit_status_on_layout_errors(capsys):
     assert main(["plan", FLM, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

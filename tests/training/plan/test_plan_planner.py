@@ -27,6 +27,22 @@ def flm_plan():
     return plan_run(run, PlanOptions(gpu=GPUS["a800"], gpus=192, tflops=PAPER_TFLOPS, compare_days=PAPER_DAYS))
 
 
+def test_flm101b_mup_multipliers_per_stage(flm_plan):
+    """flm101b.yaml is μP at the paper's proxy values (base width 256, lr 4e-4, init std 1.6e-2, output
+    multiplier 2.0): per stage m = hidden / 256, hidden-matrix LR = the stage's lr / m, readout
+    multiplier 2 / m, attention scale 1 / 128 (head dim 128 in every stage)."""
+    model = flm_plan.stages[0].model
+    assert (model.mup.base_width, model.init_std, model.output_multiplier) == (256, 0.016, 2.0)
+    got = [
+        v
+        for s in flm_plan.stages
+        for v in (s.mup.width_multiplier, s.mup.lr, s.mup.hidden_lr, s.mup.readout_multiplier)
+    ]
+    assert got == pytest.approx([22, 4e-4, 4e-4 / 22, 2 / 22, 40, 3.4e-4, 3.4e-4 / 40, 0.05, 40, 2e-4, 5e-6, 0.05])
+    assert all(s.mup.attention_scale == 1 / 128 for s in flm_plan.stages)
+    assert flm_plan.stages[0].mup.hidden_init_std == pytest.approx(0.016 / 22**0.5)
+
+
 def test_101b_stage_reproduces_the_papers_days(flm_plan):
     s = flm_plan.stages[2]
     assert (s.name, s.gpus, s.tokens) == ("101b", 192, 26_540_000_000)

@@ -5,9 +5,16 @@
 each a megatron ``GPTModel`` with the project spec. Two behaviours megatron's ``GPTModel`` lacks are
 added with forward hooks, so its forward stays untouched:
 - embedding output x ``input_multiplier`` (muP) x growth hidden mask;
-- logits x ``output_multiplier`` (muP), and padded vocabulary rows (``vocab_size`` ..
-  ``padded_vocab_size``) pushed to the dtype's minimum so they never take probability mass: the
-  loss and any sampling see exactly the tokenizer's vocabulary.
+- logits x ``output_multiplier`` (x ``1 / m`` under μP: ``ModelConfig.readout_multiplier``), and
+  padded vocabulary rows (``vocab_size`` .. ``padded_vocab_size``) pushed to the dtype's minimum so
+  they never take probability mass: the loss and any sampling see exactly the tokenizer's vocabulary.
+
+μP (``model.mup``, docs/mup.md): the attention scale ``attention_multiplier / d_head`` is megatron's
+``TransformerConfig.softmax_scale`` (both core-attention paths read it); the hidden matrices (QKV,
+attention output, FC1, FC2: the parameters marked ``hidden_matrix``, which the optimizer's μP
+parameter groups select) are drawn as megatron draws them and multiplied by ``1 / sqrt(m)``, so their
+std is ``init_std / sqrt(m)`` (``/ sqrt(2 * num_layers)`` more for the attention output and FC2, as
+megatron's scaled init); the embedding and the untied output layer keep ``init_std``.
 
 Device placement (as Megatron-LM does it): the chunks are built where megatron's initialisation
 puts them and then moved, once, by ``place_model`` to the process's device
@@ -20,6 +27,7 @@ masks). Growth masks applied later are created on the device of the chunk's para
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -74,6 +82,8 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         attention_softmax_in_fp32=True,
+        # None: megatron's 1/sqrt(d_head); μP: attention_multiplier / d_head
+        softmax_scale=None if model.mup is None else model.attention_scale,
         # gloo matches batched isend/irecv to one peer by order: wrong gradients (see docs)
         batch_p2p_comm=not gloo,
     )
@@ -110,6 +120,20 @@ def _vocab_padding_mask(vocab_size: int, padded: int) -> Optional[torch.Tensor]:
     return torch.arange(start, end) >= vocab_size
 
 
+#: the attribute that marks a hidden matrix (μP: width-scaled init, Adam LR ``lr / m``)
+HIDDEN_MATRIX_ATTR = "hidden_matrix"
+
+
+def hidden_matrices(gpt: GPTModel) -> list[torch.nn.Parameter]:
+    """The hidden matrices of a chunk: QKV, attention output, FC1 and FC2 weights of its layers
+    (``growth.roles.HIDDEN_MATRICES``); not the embedding, the output layer, norms or biases."""
+    out = []
+    for layer in gpt.decoder.layers if hasattr(gpt, "decoder") else []:
+        attn, mlp = layer.self_attention, layer.mlp
+        out += [attn.linear_qkv.weight, attn.linear_proj.weight, mlp.linear_fc1.weight, mlp.linear_fc2.weight]
+    return out
+
+
 def build_model_chunk(
     model: ModelConfig,
     config: TransformerConfig,
@@ -142,8 +166,13 @@ def build_model_chunk(
         gpt.embedding.input_multiplier = model.input_multiplier
         gpt.embedding.hidden_mask = None
         gpt.embedding.register_forward_hook(_embedding_hook)
+    for param in hidden_matrices(gpt):
+        setattr(param, HIDDEN_MATRIX_ATTR, True)
+        if model.mup is not None:  # μP init: megatron's draw x 1/sqrt(m) (std init_std/sqrt(m))
+            with torch.no_grad():
+                param.mul_(1.0 / math.sqrt(model.width_multiplier))
     if post_process:
-        gpt.output_layer.output_multiplier = model.output_multiplier
+        gpt.output_layer.output_multiplier = model.readout_multiplier
         # a buffer, so that moving the chunk moves it; not persistent: it is derived from the config
         gpt.output_layer.register_buffer(
             "vocab_padding_mask", _vocab_padding_mask(model.vocab_size, padded), persistent=False
