@@ -29,6 +29,7 @@ from training.errors import PREEMPT_MARKER_ENV, PREEMPTED_EXIT_CODE, FLMError
 from training.hf import cli as hf_cli
 from training.local_launch import torchrun_command
 from training.log import setup_logging
+from training.mup import cli as mup_cli
 from training.plan import cli as plan_cli
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ EPILOG = """examples:
 """
 
 #: subcommands owned by other modules: each has ``register(subparsers)``
-REGISTRATIONS = (data_cli, grow_cli, ckpt_cli, dryrun, iq_cli, hf_cli, plan_cli)
+REGISTRATIONS = (data_cli, grow_cli, ckpt_cli, dryrun, iq_cli, hf_cli, plan_cli, mup_cli)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,94 @@
+"""μP hyperparameter transfer: the best learning rate of a narrow and a wide proxy, under μP and
+under the standard parametrisation (SP), from `flm mup sweep`.
+
+    python bench/mup_transfer.py [--widths 64,256] [--lr 1.25e-3,...] [--steps 150] [--seeds 1]
+                                 [--only sp|mup] [--threads 1] [--out runs/bench-mup-transfer]
+
+The base run is configs/runs/tiny.yaml (head dimension 16, FFN 4x) on the embedded default corpus
+(vocab 2048) with the overrides in BASE; μP adds `model.mup.base_width=<narrowest width>` (the
+narrow proxy is then the same model in both parametrisations). For each parametrisation the sweep
+trains every (width, lr, seed) proxy in its own process and reads its final val_loss; the bench
+prints both tables, the best LR per width, and the shift of the best LR from the narrowest to the
+widest width in grid steps. Goal: under μP the shift is at most one grid step; under SP it is not.
+Finished proxies under --out are reused (delete the directory for a fresh measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "configs" / "runs" / "tiny.yaml"
+BASE = [
+    "data.kind=default",
+    "model.vocab_size=2048",
+    "model.seq_length=32",
+    "train.global_batch_size=16",
+    "train.micro_batch_size=16",
+    "train.warmup_steps=10",
+    "train.min_lr=1e-5",  # the sweep keeps min_lr / lr for every grid LR
+    "train.lr=1e-3",
+    "train.eval_interval=1000000",  # validation once, at the last step
+    "train.eval_batches=8",
+]
+
+
+def sweep(kind: str, args, out: Path) -> dict:
+    overrides = [*BASE, f"model.num_layers={args.layers}"]
+    if kind == "mup":
+        overrides.append(f"model.mup.base_width={args.widths.split(',')[0]}")
+    cmd = [sys.executable, "-m", "training.cli", "mup", "sweep", str(RUN), *overrides]
+    cmd += ["--widths", args.widths, "--lr", args.lr, "--steps", str(args.steps), "--out", str(out / kind)]
+    if args.seeds:
+        cmd += ["--seeds", args.seeds]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(args.threads))
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    print(f"[{kind}] sweep took {time.perf_counter() - t0:.0f} s\n", flush=True)
+    return json.loads((out / kind / "sweep.json").read_text())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", default="64,256")
+    ap.add_argument("--lr", default="1.25e-3,2.5e-3,5e-3,1e-2,2e-2,4e-2", help="grid, spaced x2")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--seeds", default=None, help="init seeds, e.g. 1,2 (default: the run's)")
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--only", choices=("sp", "mup"), default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: fastest for tiny models)")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench-mup-transfer"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    print(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    kinds = [args.only] if args.only else ["sp", "mup"]
+    results = {kind: sweep(kind, args, out) for kind in kinds}
+    narrow, wide = args.widths.split(",")[0], args.widths.split(",")[-1]
+    ok = True
+    for kind, data in results.items():
+        best = data["best_lr"]
+        shift = data["shift_grid_steps"]
+        label = "μP" if kind == "mup" else "SP"
+        print(
+            f"{label}: best lr at width {narrow} = {best[narrow]}, at width {wide} = {best[wide]}; "
+            f"shift {shift:+d} grid steps",
+            end="",
+        )
+        if kind == "mup":
+            good = abs(shift) <= 1
+            print(f"  (goal: within one grid step: {'met' if good else 'NOT met'})")
+        else:
+            good = abs(shift) >= 2
+            print(f"  (goal: more than one grid step: {'met' if good else 'NOT met'})")
+        ok = ok and good
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""``flm predict``: proxies at several widths, their loss at one step, the fit, the prediction
+with its leave-one-out band, the measured target; clear errors before anything trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import REPO, flm
+from training.errors import UsageError
+from training.mup.predict import run_predict
+from training.mup.proxies import load_base
+
+TINY = REPO / "configs" / "runs" / "tiny.yaml"
+#: the embedded corpus (the loss falls with width within a few steps; mock tokens would not)
+FAST = [
+    "data.kind=default",
+    "model.vocab_size=2048",
+    "model.num_layers=1",
+    "model.seq_length=32",
+    "train.micro_batch_size=8",
+    "train.lr=3e-3",
+    "train.eval_interval=5",
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"widths": [32, 64]}, "needs at least 3 proxy widths, got 2"),
+        ({"step": 50}, r"--step 50 is beyond the end of the proxies' runs \(train.steps = 20\)"),
+        ({"target_width": 32}, "--target-width 32 is one of the proxies' --widths"),
+        ({"target_width": 72}, "width 72 is not a multiple of the head dimension 16"),
+        ({"window": 11, "metric": "loss"}, "--window 11 must be in 1..10"),
+    ],
+)
+def test_errors_come_before_any_training(tmp_path, kwargs, message):
+    args = {"widths": [16, 32, 48], "step": 10, **kwargs}
+    with pytest.raises(UsageError, match=message):
+        run_predict(load_base(str(TINY), []), out_dir=tmp_path, **args)
+    assert not any(tmp_path.iterdir())  # nothing was trained
+
+
+@pytest.mark.slow
+def test_predict_cli_fits_proxies_predicts_measures_and_reuses(tmp_path):
+    out = tmp_path / "pred"
+    common = [str(TINY), *FAST, "--widths", "16,32,48,64", "--steps", "10", "--step", "10", "--out", str(out)]
+    proc = flm("predict", *common, "--target-width", "96", "--measure")
+    data = json.loads((out / "predict.json").read_text())
+    assert [p["width"] for p in data["proxies"]] == [16, 32, 48, 64]
+    losses = [p["loss"] for p in data["proxies"]]
+    params = [p["params"] for p in data["proxies"]]
+    assert params == sorted(params) and losses == sorted(losses, reverse=True)
+    fit = data["fit"]
+    assert fit["b"] < 0 and fit["a"] > 0 and fit["c"] >= 0
+    # the prediction is the fit at the target's size, inside its leave-one-out band, below the widest proxy
+    n = data["target"]["params"]
+    assert data["predicted"] == pytest.approx(fit["a"] * n ** fit["b"] + fit["c"])
+    lo, hi = data["band"]
+    assert (
+        len(data["leave_one_out"]) == 4
+        and lo <= data["predicted"] * (1 + 1e-9)
+        and hi >= data["predicted"] * (1 - 1e-9)
+    )
+    assert data["predicted"] < losses[-1]
+    # the measured target: its val_loss at the step, and the error in % of it
+    measured = json.loads((out / "w96-lr0.003-s1234" / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    assert data["measured"] == pytest.approx(measured)
+    assert data["error_pct"] == pytest.approx(100 * (data["predicted"] - measured) / measured)
+    assert "predicted loss" in proc.stdout and "prediction error" in proc.stdout
+    # reused: another target needs no training; a step past the runs' end is refused
+    again = flm("predict", *common, "--target-width", "256")
+    assert again.stderr.count("finished run reused") == 4 and "trained in" not in again.stderr
+    assert json.loads((out / "predict.json").read_text())["target"]["width"] == 256
+    late = flm("predict", *common[:-4], "--step", "11", "--out", str(out), "--target-width", "256", check=False)
+    assert late.returncode == 2 and "--step 11 is beyond the end of the proxies' runs" in late.stderr
