@@ -33,7 +33,7 @@ from typing import Any, Optional
 from training.config import ModelConfig, ParallelConfig, RunConfig, run_config_to_dict, stage_config
 from training.config_base import ConfigError, from_dict, to_dict
 from training.errors import UsageError
-from training.metrics import total_params
+from training.model_size import total_params
 from training.stage_plans import load_run, stage_model
 
 
@@ -79,9 +79,12 @@ def load_base(config: str, overrides: list[str], stage: Optional[int] = None) ->
         )
     if not 0 <= stage < len(cfg.stages):
         raise UsageError(f"--stage {stage} is out of range; the run has stages 0..{len(cfg.stages) - 1}")
-    single = stage_config(cfg, stage)
+    # a proxy trains from scratch over its own steps: the stage's own schedule, not its place in a
+    # run-level one (the default lr_schedule is global)
+    own = dataclasses.replace(cfg, lr_schedule=dataclasses.replace(cfg.lr_schedule, kind="per_stage"))
+    single = stage_config(own, stage)
     single = dataclasses.replace(single, model=stage_model(cfg, stage))
-    single.train.lr_decay_steps = None  # the stage's run-level decay: a proxy decays over its own steps
+    single.train.lr_decay_steps = None
     return single
 
 
@@ -168,7 +171,7 @@ def non_embedding_params(model: ModelConfig) -> int:
     loss a clean power law of non-embedding parameters, while counting the ``vocab x hidden``
     embedding (which dominates small proxies: 2048 x 64 is more than a 64-wide layer) bends the
     curve; the embedding's lookup costs no FLOPs per token either. The rotary position embedding
-    has no parameters. Counted from the config with ``training.metrics.total_params`` (tested equal
+    has no parameters. Counted from the config with ``training.model_size.total_params`` (tested equal
     to the megatron model's own count)."""
     embedding = model.padded_vocab_size(1) * model.hidden_size
     return total_params(model, tp=1) - embedding * (1 if model.tie_embeddings else 2)
