@@ -45,10 +45,6 @@ def test_standard_parametrisation_grows_with_width(tmp_path):
     assert png.stat().st_size > 10_000
 
 
-@pytest.mark.skip(
-    reason="waits for mup-core (issue 16 items 1-2: the model, per-group learning rates and growth honouring "
-    "model.mup); under today's standard parametrisation the slopes are those of the test above"
-)
 def test_mup_is_flat_in_width(tmp_path):
     result = _check(tmp_path, ["model.mup.base_width=32"])
     for site in SITES:
