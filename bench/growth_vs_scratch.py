@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,32 +198,133 @@ def stages_for(size: Size, fraction: float | None, scratch_flops: float, ramp_st
     ], small_steps
 
 
-def train(path: Path, *extra: str) -> float:
-    """Run ``flm train`` on ``path``; returns the wall-clock seconds."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "training.cli", "train", str(path), *extra],
-        cwd=REPO,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
+@dataclass
+class Job:
+    """One ``flm train`` invocation of the bench: ``name`` trains ``config`` once the jobs named in
+    ``after`` have finished."""
+
+    name: str
+    config: Path
+    after: tuple[str, ...] = ()
+    #: prepares the output directory when the job starts; returns the extra ``flm train`` flags
+    prepare: Callable[[], tuple[str, ...]] = tuple
 
 
-def train_or_continue(path: Path, run_dir: Path) -> float:
-    """Train the run, keeping the stages ``run_dir`` already completed (``stages.jsonl``): the stages
-    after them are removed and the run resumes there, so a stage whose settings changed is redone."""
+def run_jobs(jobs: list[Job], parallel: int, threads: int) -> dict[str, float]:
+    """Run ``jobs`` respecting their ``after`` order, at most ``parallel`` at a time, each with
+    ``threads`` torch threads; returns each job's wall-clock seconds. A failed job stops the bench."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
+    pending, running, done, wall = list(jobs), {}, set(), {}
+    while pending or running:
+        ready = [j for j in pending if all(a in done for a in j.after)]
+        while ready and len(running) < parallel:
+            job = ready.pop(0)
+            pending.remove(job)
+            cmd = [sys.executable, "-m", "training.cli", "train", str(job.config), *job.prepare()]
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+            running[job.name] = (proc, time.perf_counter())
+            print(f"[{time.strftime('%H:%M:%S')}] start {job.name}", flush=True)
+        time.sleep(1.0)
+        for name, (proc, start) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode != 0:
+                for other, _ in running.values():
+                    other.kill()
+                raise SystemExit(f"bench: {name} failed (exit {proc.returncode}); its log is under its output_dir")
+            wall[name] = time.perf_counter() - start
+            done.add(name)
+            print(f"[{time.strftime('%H:%M:%S')}] done  {name} ({wall[name]:.0f} s)", flush=True)
+    return wall
+
+
+def completed_stages(run_dir: Path) -> int:
     record = run_dir / "stages.jsonl"
-    done = len(record.read_text().splitlines()) if record.is_file() else 0
+    return len(record.read_text().splitlines()) if record.is_file() else 0
+
+
+def continue_from_disk(run_dir: Path, keep_stages: int = -1) -> tuple[str, ...]:
+    """Prepare ``run_dir`` to continue after the stages it completed (``stages.jsonl``; at most
+    ``keep_stages`` of them when >= 0): later stage directories are removed, so a stage whose
+    settings changed is redone. Returns the ``flm train`` flags (``--resume`` if anything is kept)."""
+    done = completed_stages(run_dir)
+    if keep_stages >= 0:
+        done = min(done, keep_stages)
     if done == 0:
         shutil.rmtree(run_dir, ignore_errors=True)
-        return train(path)
+        return ()
+    lines = (run_dir / "stages.jsonl").read_text().splitlines()[:done]
+    (run_dir / "stages.jsonl").write_text("".join(line + "\n" for line in lines))
     for stage_dir in run_dir.glob("stage*-*"):
         if int(stage_dir.name[len("stage") :].split("-")[0]) >= done:
             shutil.rmtree(stage_dir)
-    return train(path, "--resume")
+    return ("--resume",)
+
+
+def copy_small_stage(src: Path, dst: Path) -> None:
+    """Start run ``dst`` from run ``src``'s completed small stage (stage 0: its directory, final
+    checkpoint included, and its ``stages.jsonl`` record): both runs train stage 0 identically
+    (``global`` and ``equivalent_step`` differ only from the grown stage on)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    shutil.copytree(src / "stage0-small", dst / "stage0-small", symlinks=True)
+    first = (src / "stages.jsonl").read_text().splitlines()[0]
+    (dst / "stages.jsonl").write_text(first + "\n")
+
+
+def grown_combos(schedules: list[str], fractions: list[float], seeds: list[int], full_grid: bool):
+    """(schedule, fraction, seed) of the grown runs: the recommended (first) schedule and fraction
+    with every seed; the other schedules at the first fraction and the other fractions with the
+    first schedule (``full_grid``: every schedule x fraction), with the first seed."""
+    combos = [(schedules[0], fractions[0], seed) for seed in seeds]
+    if full_grid:
+        combos += [(s, f, seeds[0]) for s in schedules for f in fractions if (s, f) != (schedules[0], fractions[0])]
+    else:
+        combos += [(s, fractions[0], seeds[0]) for s in schedules[1:]]
+        combos += [(schedules[0], f, seeds[0]) for f in fractions[1:]]
+    return combos
+
+
+def plan_jobs(out: Path, runs: dict, n_stages: dict[str, int], configs: dict[str, Path]) -> list[Job]:
+    """The jobs that complete every run in ``runs`` (name -> (fraction, schedule, seed)) under ``out``.
+
+    Runs that train the same small stage -- same fraction and seed, schedule ``global`` or
+    ``equivalent_step`` -- share it: the first trains stage 0 alone (``--stage 0``), then each
+    continues from it (the others from a copy). Runs already complete are skipped, partial ones
+    resume after their completed stages. Order: shared small stages, then the longest runs."""
+    groups: dict[tuple, list[str]] = {}
+    for name, (fraction, schedule, seed) in runs.items():
+        if fraction is not None and schedule in ("global", "equivalent_step"):
+            groups.setdefault((fraction, seed), []).append(name)
+    leader = {name: names[0] for names in groups.values() if len(names) > 1 for name in names}
+    first, full, after = [], [], []
+    for name in runs:
+        run_dir = out / name
+        if completed_stages(run_dir) == n_stages[name]:
+            continue
+        head = leader.get(name)
+        if head is None or completed_stages(run_dir) >= 1:
+            full.append(Job(name, configs[name], prepare=lambda d=run_dir: continue_from_disk(d)))
+            continue
+        if head == name:
+
+            def small_only(d=run_dir) -> tuple[str, ...]:
+                continue_from_disk(d, 0)
+                return ("--stage", "0")
+
+            first.append(Job(f"{name}:stage0", configs[name], prepare=small_only))
+            after.append(Job(name, configs[name], (f"{name}:stage0",), lambda d=run_dir: continue_from_disk(d)))
+        else:
+            head_dir = out / head
+            wait = () if completed_stages(head_dir) >= 1 else (f"{head}:stage0",)
+
+            def prepare(src=head_dir, dst=run_dir) -> tuple[str, ...]:
+                copy_small_stage(src, dst)
+                return ("--resume",)
+
+            after.append(Job(name, configs[name], wait, prepare))
+    return first + sorted(full, key=lambda j: not j.name.startswith("scratch")) + after
 
 
 @dataclass
@@ -311,6 +413,13 @@ def main() -> int:
         action="store_true",
         help="keep --out and skip runs already complete there (several invocations build one report)",
     )
+    ap.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (default 2: one per core)")
+    ap.add_argument("--threads", type=int, help="torch threads per run (default: the cores / --jobs)")
+    ap.add_argument(
+        "--full-grid",
+        action="store_true",
+        help="every schedule x every fraction with the first seed (default: each one varied around the first)",
+    )
     args = ap.parse_args()
     size = SIZES[args.size]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else size.seeds
@@ -320,6 +429,8 @@ def main() -> int:
     if args.scratch_steps:
         size.scratch_steps = args.scratch_steps
     out = Path(args.out or REPO / "runs" / f"bench-growth-{args.size}")
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
     if out.exists() and not args.keep:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,25 +443,19 @@ def main() -> int:
     tps = size.tokens_per_step
     scratch_flops = size.scratch_steps * tps * flops_per_token(from_dict(ModelConfig, size.large))
     started = time.perf_counter()
-    wall: dict[str, float] = {}
-
-    def complete(name: str, stages: list) -> bool:
-        record = out / name / "stages.jsonl"
-        return args.keep and record.is_file() and len(record.read_text().splitlines()) == len(stages)
-
-    for seed in seeds:
-        name = f"scratch-s{seed}"
-        stages, _ = stages_for(size, None, scratch_flops, ramp, None)
-        if not complete(name, stages):
-            wall[name] = train_or_continue(run_config(size, name, out, stages, "per_stage", seed), out / name)
-    combos = [(sch, frac, seeds[0]) for sch in schedules for frac in fractions]
-    combos += [(schedules[0], fractions[0], seed) for seed in seeds[1:]]
-    small_steps = {}
-    for schedule, fraction, seed in combos:
-        name = f"grown-{schedule}-f{fraction:g}-s{seed}"
-        stages, small_steps[fraction] = stages_for(size, fraction, scratch_flops, ramp, None)
-        if not complete(name, stages):
-            wall[name] = train_or_continue(run_config(size, name, out, stages, schedule, seed), out / name)
+    stage_lists = {None: stages_for(size, None, scratch_flops, ramp, None)}
+    for fraction in fractions:
+        stage_lists[fraction] = stages_for(size, fraction, scratch_flops, ramp, None)
+    small_steps = {f: stage_lists[f][1] for f in fractions}
+    runs = {f"scratch-s{seed}": (None, "per_stage", seed) for seed in seeds}
+    for schedule, fraction, seed in grown_combos(schedules, fractions, seeds, args.full_grid):
+        runs[f"grown-{schedule}-f{fraction:g}-s{seed}"] = (fraction, schedule, seed)
+    configs = {
+        name: run_config(size, name, out, stage_lists[fraction][0], schedule, seed)
+        for name, (fraction, schedule, seed) in runs.items()
+    }
+    jobs = plan_jobs(out, runs, {name: len(stage_lists[f][0]) for name, (f, _, _) in runs.items()}, configs)
+    wall = run_jobs(jobs, args.jobs, args.threads or max(1, (os.cpu_count() or 1) // args.jobs))
 
     rows = []
     for schedule in schedules:

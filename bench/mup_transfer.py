@@ -4,9 +4,7 @@ under the standard parametrisation (SP), from `flm mup sweep`.
     python bench/mup_transfer.py [--widths 64,256] [--lr 1.25e-3,...] [--steps 150] [--seeds 1]
                                  [--only sp|mup] [--threads 1] [--out runs/bench-mup-transfer]
 
-The base run is configs/runs/tiny.yaml (head dimension 16, FFN 4x) on the embedded default corpus
-(vocab 2048) with the overrides in BASE; μP adds `model.mup.base_width=<narrowest width>` (the
-narrow proxy is then the same model in both parametrisations). For each parametrisation the sweep
+The base run and its overrides: bench/mup_proxy_base.py. For each parametrisation the sweep
 trains every (width, lr, seed) proxy in its own process and reads its final val_loss; the bench
 prints both tables, the best LR per width, and the shift of the best LR from the narrowest to the
 widest width in grid steps. Goal: under μP the shift is at most one grid step; under SP it is not.
@@ -16,42 +14,18 @@ Finished proxies under --out are reused (delete the directory for a fresh measur
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-RUN = REPO / "configs" / "runs" / "tiny.yaml"
-BASE = [
-    "data.kind=default",
-    "model.vocab_size=2048",
-    "model.seq_length=32",
-    "train.global_batch_size=16",
-    "train.micro_batch_size=16",
-    "train.warmup_steps=10",
-    "train.min_lr=1e-5",  # the sweep keeps min_lr / lr for every grid LR
-    "train.lr=1e-3",
-    "train.eval_interval=1000000",  # validation once, at the last step
-    "train.eval_batches=8",
-]
+from mup_proxy_base import REPO, RUN, load_average, overrides, run_flm
 
 
 def sweep(kind: str, args, out: Path) -> dict:
-    overrides = [*BASE, f"model.num_layers={args.layers}"]
-    if kind == "mup":
-        overrides.append(f"model.mup.base_width={args.widths.split(',')[0]}")
-    cmd = [sys.executable, "-m", "training.cli", "mup", "sweep", str(RUN), *overrides]
+    cmd = ["mup", "sweep", str(RUN), *overrides(kind, args.widths, args.layers, "train.lr=1e-3")]
     cmd += ["--widths", args.widths, "--lr", args.lr, "--steps", str(args.steps), "--out", str(out / kind)]
     if args.seeds:
         cmd += ["--seeds", args.seeds]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(args.threads))
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
-    print(f"[{kind}] sweep took {time.perf_counter() - t0:.0f} s\n", flush=True)
-    return json.loads((out / kind / "sweep.json").read_text())
+    return run_flm(cmd, kind, args.threads, out / kind / "sweep.json")
 
 
 def main() -> int:
@@ -66,7 +40,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-mup-transfer"))
     args = ap.parse_args()
     out = Path(args.out)
-    print(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(load_average(), flush=True)
     kinds = [args.only] if args.only else ["sp", "mup"]
     results = {kind: sweep(kind, args, out) for kind in kinds}
     narrow, wide = args.widths.split(",")[0], args.widths.split(",")[-1]

@@ -117,7 +117,7 @@ def cmd_sweep(args) -> int:
 def cmd_predict(args) -> int:
     # startup time: the proxies' machinery and scipy load only when the command runs
     from training.mup import predict
-    from training.mup.proxies import load_base, parse_widths
+    from training.mup.proxies import load_base, parse_ints, parse_widths
 
     _check_positive(args.steps, "--steps")
     _check_positive(args.target_width, "--target-width")
@@ -130,6 +130,7 @@ def cmd_predict(args) -> int:
         step=args.step,
         out_dir=out,
         target_width=args.target_width,
+        seeds=None if args.seeds is None else parse_ints(args.seeds, "--seeds", minimum=0),
         steps=args.steps,
         metric=args.metric,
         window=args.window,
@@ -200,6 +201,9 @@ def _register_predict(sub) -> None:
     p.add_argument("--step", type=int, required=True, help="the step whose loss is fitted and predicted")
     p.add_argument("--target-width", type=int, default=None, help="width to predict (default: the run's hidden_size)")
     p.add_argument("--measure", action="store_true", help="also train the target and report the prediction's error")
+    p.add_argument(
+        "--seeds", default=None, help="init seeds (train.seed), e.g. 1,2,3: losses are averaged (default: the run's)"
+    )
     p.add_argument("--out", default=None, help="proxies' directory (default <output_dir>/predict)")
     _loss_args(p)
     p.set_defaults(func=cmd_predict)

@@ -29,6 +29,7 @@ import training
 from training import checkpoint
 from training.config import RunConfig, run_config_to_dict
 from training.errors import FLMError, UsageError
+from training.mup.proxies import proxy_config, proxy_name
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,13 @@ class Proxy:
 
     def describe(self) -> str:
         return f"proxy {self.name} (width {self.width}, lr {self.lr:g}, seed {self.seed})"
+
+
+def make_proxy(base: RunConfig, width: int, out_dir: Path, lr: float, seed: int, steps: Optional[int]) -> Proxy:
+    """The proxy of ``base`` at ``width``, ``lr`` and ``seed``, in ``out_dir/<proxy_name>``."""
+    name = proxy_name(width, lr, seed)
+    cfg = proxy_config(base, width, output_dir=str(out_dir / name), lr=lr, seed=seed, steps=steps)
+    return Proxy(name, width, lr, seed, cfg)
 
 
 @dataclass

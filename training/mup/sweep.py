@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from training.config import RunConfig
-from training.mup.proxies import parametrisation, proxy_config, proxy_name
-from training.mup.runner import Proxy, ProxyError, loss_at, train_proxies
+from training.mup.proxies import parametrisation
+from training.mup.runner import ProxyError, loss_at, make_proxy, train_proxies
 
 
 @dataclass
@@ -128,13 +128,7 @@ def run_sweep(
     window: int = 1,
     config_name: str = "",
 ) -> SweepResult:
-    proxies = []
-    for width in widths:
-        for lr in lrs:
-            for seed in seeds:
-                name = proxy_name(width, lr, seed)
-                cfg = proxy_config(base, width, output_dir=str(out_dir / name), lr=lr, seed=seed, steps=steps)
-                proxies.append(Proxy(name, width, lr, seed, cfg))
+    proxies = [make_proxy(base, w, out_dir, lr, seed, steps) for w in widths for lr in lrs for seed in seeds]
     result = SweepResult(
         config=config_name,
         parametrisation=parametrisation(base),

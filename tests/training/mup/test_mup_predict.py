@@ -75,3 +75,34 @@ def test_predict_cli_fits_proxies_predicts_measures_and_reuses(tmp_path):
     assert json.loads((out / "predict.json").read_text())["target"]["width"] == 256
     late = flm("predict", *common[:-4], "--step", "11", "--out", str(out), "--target-width", "256", check=False)
     assert late.returncode == 2 and "--step 11 is beyond the end of the proxies' runs" in late.stderr
+
+
+def test_seeds_are_averaged_per_width_and_for_the_measured_target(tmp_path, monkeypatch):
+    """Every (width, seed) proxy and every seed of the target is trained; the fit sees each width's
+    mean over the seeds, the error is against the target's mean. The proxies' training is replaced
+    by known losses here (the slow test above trains real ones)."""
+    import training.mup.predict as predict
+    from training.mup.runner import ProxyOutcome
+
+    def loss(width, seed):
+        return 2.0 + 40.0 / width + 0.01 * seed
+
+    trained = []
+
+    def fake_train(proxies):
+        trained.extend((p.width, p.seed) for p in proxies)
+        return [ProxyOutcome(p, records=[{"step": 10, "val_loss": loss(p.width, p.seed)}]) for p in proxies]
+
+    monkeypatch.setattr(predict, "train_proxies", fake_train)
+    widths, seeds = [16, 32, 48, 64], [1, 2, 5]
+    result = run_predict(
+        load_base(str(TINY), []), widths=widths, step=10, out_dir=tmp_path, target_width=128, seeds=seeds, measure=True
+    )
+    assert trained == [(w, s) for w in widths for s in seeds] + [(128, s) for s in seeds]
+    assert result.losses == pytest.approx([loss(w, 0) + 0.01 * 8 / 3 for w in widths])
+    assert result.seed_losses[0] == pytest.approx([loss(16, s) for s in seeds])
+    assert result.measured == pytest.approx(loss(128, 0) + 0.01 * 8 / 3)
+    assert result.measured_seeds == pytest.approx([loss(128, s) for s in seeds])
+    data = result.to_json()
+    assert data["seeds"] == seeds and data["proxies"][1]["seed_losses"] == pytest.approx([loss(32, s) for s in seeds])
+    assert "mean of seeds 1,2,5" in result.report() and "over the seeds" in result.report()

@@ -1,0 +1,54 @@
+"""What the μP benches (bench/mup_transfer.py, bench/loss_prediction.py) share: the base run, its
+overrides, and how a `flm mup sweep` / `flm predict` command is run and timed.
+
+The base run is configs/runs/tiny.yaml (head dimension 16, FFN 4x) on the embedded default corpus
+(vocab 2048), one layer, untied embeddings (μP's readout is then its own matrix), validation once at
+the last step on 8 batches. μP adds `model.mup.base_width=<narrowest width>`, so the narrowest proxy
+is the same model in both parametrisations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "configs" / "runs" / "tiny.yaml"
+BASE = [
+    "data.kind=default",
+    "model.vocab_size=2048",
+    "model.seq_length=32",
+    "model.tie_embeddings=false",
+    "train.global_batch_size=16",
+    "train.micro_batch_size=16",
+    "train.warmup_steps=10",
+    "train.min_lr=1e-5",  # the sweep keeps min_lr / lr for every grid LR
+    "train.eval_interval=1000000",  # validation once, at the last step
+    "train.eval_batches=8",
+]
+
+
+def overrides(kind: str, widths: str, layers: int, *extra: str) -> list[str]:
+    """The run's overrides for parametrisation ``kind`` (``sp`` or ``mup``)."""
+    out = [*BASE, f"model.num_layers={layers}", *extra]
+    if kind == "mup":
+        out.append(f"model.mup.base_width={widths.split(',')[0]}")
+    return out
+
+
+def run_flm(args: list[str], kind: str, threads: int, result: Path) -> dict:
+    """Run ``python -m training.cli ARGS`` (torch threads ``threads``), print its time, and return
+    the JSON it wrote to ``result``."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env, check=True)
+    print(f"[{kind}] took {time.perf_counter() - t0:.0f} s\n", flush=True)
+    return json.loads(result.read_text())
+
+
+def load_average() -> str:
+    return f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
