@@ -88,5 +88,24 @@ def grown_plan(cfg: ModelConfig, operators: dict, *, tp: int = 1, **changes):
     return plan_for(cfg, new, operators, tp=tp, **{"ramp": {"steps": 8}, **options})
 
 
+ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
+
+
+def all_msg_plan(cfg: ModelConfig, num_layers: int, **plan_options):
+    """MSG on every dimension: hidden 24, FFN 32, one more query group (with its heads), and
+    ``num_layers`` layers; ``plan_options`` are GrowthPlan sections (e.g. ``ramp={"steps": 4}``)."""
+    nq, ng = cfg.num_attention_heads, cfg.query_groups
+    return grown_plan(
+        cfg,
+        ALL_MSG,
+        hidden_size=24,
+        ffn_hidden_size=32,
+        num_attention_heads=nq + nq // ng,
+        num_query_groups=ng + 1,
+        num_layers=num_layers,
+        plan=plan_options,
+    )
+
+
 def tokens(cfg: ModelConfig, b: int = 2, s: int = 9, seed: int = 5) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (b, s), generator=torch.Generator().manual_seed(seed))

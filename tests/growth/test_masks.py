@@ -9,9 +9,8 @@ import torch
 
 from growth import MaskState, grow_moment, grow_state, prepare_growth
 from growth.reference import reference_loss
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import ALL_MSG, VARIANTS, all_msg_plan, grown_plan, make_cfg, random_state, tokens, variant_id
 
-ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
 TWO_VARIANTS = [VARIANTS[0], VARIANTS[-1]]
 
 
@@ -89,17 +88,7 @@ def _grads(cfg, state, masks, toks):
 @pytest.mark.parametrize("variant", TWO_VARIANTS, ids=variant_id)
 def test_new_parameters_get_gradients_while_ramping(variant):
     cfg = make_cfg(variant)
-    nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(
-        cfg,
-        ALL_MSG,
-        hidden_size=24,
-        ffn_hidden_size=32,
-        num_attention_heads=nq + nq // ng,
-        num_query_groups=ng + 1,
-        num_layers=3,
-        plan={"ramp": {"steps": 4}},
-    )
+    plan = all_msg_plan(cfg, 3, ramp={"steps": 4})
     g = prepare_growth(plan, cfg)
     res = grow_state(plan, cfg, random_state(cfg))
     regions = _new_regions(g, res.state)
@@ -147,16 +136,7 @@ def test_zero_init_output_projections_get_gradients(dim, changes):
 @pytest.mark.parametrize("variant", TWO_VARIANTS, ids=variant_id)
 def test_loss_is_continuous_over_the_ramp(variant):
     cfg = make_cfg(variant)
-    nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(
-        cfg,
-        ALL_MSG,
-        hidden_size=24,
-        ffn_hidden_size=32,
-        num_attention_heads=nq + nq // ng,
-        num_query_groups=ng + 1,
-        num_layers=3,
-    )
+    plan = all_msg_plan(cfg, 3)
     state = random_state(cfg)
     res = grow_state(plan, cfg, state)
     toks = tokens(cfg)

@@ -12,13 +12,11 @@ import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from growth import grow_state
-from tests.growth.helpers import VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import VARIANTS, all_msg_plan, make_cfg, random_state, tokens, variant_id
 from training.config import ParallelConfig
 from training.engine.model.attention import FLMCoreAttention
 from training.engine.model.masks import apply_masks
 from training.engine.model.state import load_logical_state_dict
-
-ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +67,7 @@ def test_fused_equals_unfused(build, variant):
 @pytest.mark.parametrize("variant", [VARIANTS[5], VARIANTS[30]], ids=variant_id)
 def test_fused_equals_unfused_with_growth_masks(build, variant):
     cfg = make_cfg(variant)
-    nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(
-        cfg,
-        ALL_MSG,
-        hidden_size=24,
-        ffn_hidden_size=32,
-        num_attention_heads=nq + nq // ng,
-        num_query_groups=ng + 1,
-        num_layers=4,
-        plan={"ramp": {"steps": 2}},
-    )
+    plan = all_msg_plan(cfg, 4, ramp={"steps": 2})
     res = grow_state(plan, cfg, random_state(cfg, dtype=torch.float32))
     fused, unfused = build(res.new_cfg, "fused", res.state), build(res.new_cfg, "unfused", res.state)
     for step in (0, 1):

@@ -8,12 +8,20 @@ import torch
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from growth import grow_state
 from growth.reference import reference_logits
-from tests.growth.helpers import MUP, VARIANTS, grown_plan, make_cfg, random_state, tokens, variant_id
+from tests.growth.helpers import (
+    ALL_MSG,
+    MUP,
+    VARIANTS,
+    all_msg_plan,
+    grown_plan,
+    make_cfg,
+    random_state,
+    tokens,
+    variant_id,
+)
 from training.config import ParallelConfig
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.model.state import load_logical_state_dict
-
-ALL_MSG = {"hidden": "msg", "ffn": "msg", "heads": "msg", "depth": "msg"}
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +66,7 @@ def test_apply_masks_matches_reference_under_mup(build, variant):
 
 
 def _check_masks_match_reference(build, cfg):
-    nq, ng = cfg.num_attention_heads, cfg.query_groups
-    plan = grown_plan(
-        cfg,
-        ALL_MSG,
-        hidden_size=24,
-        ffn_hidden_size=32,
-        num_attention_heads=nq + nq // ng,
-        num_query_groups=ng + 1,
-        num_layers=4,
-        plan={"ramp": {"steps": 2}, "depth": {"placement": "interleave"}},
-    )
+    plan = all_msg_plan(cfg, 4, ramp={"steps": 2}, depth={"placement": "interleave"})
     state = random_state(cfg, dtype=torch.float32)
     res = grow_state(plan, cfg, state)
     chunk = build(res.new_cfg)
