@@ -3,8 +3,8 @@ and (b) grown from a small model, side by side, over seeds, LR schedules and gro
 
     python bench/growth_vs_scratch.py                      # --size small: the toy budget (4.3e12 FLOPs)
     python bench/growth_vs_scratch.py --size large         # 10x: Llama-style, large corpus, 2 seeds
-        [--seeds 1,2] [--schedules global,equivalent_step,per_stage] [--fractions 0.25,0.35]
-        [--ramp-steps N] [--out runs/bench-growth-large]
+        [--seeds 1,2] [--schedules global,equivalent_step,per_stage] [--fractions 0.35,0.25]
+        [--ramp-steps N] [--jobs 2] [--full-grid] [--keep] [--out runs/bench-growth-large]
 
 Sizes:
 - small: 2 x 64 -> 4 x 128 (LayerNorm, GELU, tied), 2048 tokens/step, the embedded default corpus
@@ -13,9 +13,13 @@ Sizes:
   FLOPs per run (10x), the large default corpus (``data.default_corpus: large``, ~22M tokens at a
   2048 vocabulary: no run repeats a token), validation on 16k tokens every 50 steps.
 
-Runs: from scratch once per seed; grown for every (schedule, fraction) with the first seed, and the
-first (schedule, fraction) -- the recommended one -- with every seed. Every grown run spends the
-scratch run's FLOPs: ``fraction`` of them in the small stage, the rest in the final shape.
+Runs: from scratch once per seed; grown with the recommended (first) schedule and growth point at
+every seed, and with the first seed each other schedule at the first growth point and each other
+growth point under the first schedule (``--full-grid``: every schedule x growth point). Every grown
+run spends the scratch run's FLOPs: ``fraction`` of them in the small stage, the rest in the final
+shape. ``global`` and ``equivalent_step`` runs of one growth point and seed train the same small
+stage, so it is trained once and copied. ``--jobs`` runs train at the same time (default 2: on the
+2-core machine, one per core with one torch thread each).
 
 Reports per grown configuration (mean and spread over its seeds, each seed against the scratch run
 of the same seed):

@@ -68,6 +68,25 @@ def _layers(state: dict[str, Tensor]) -> int:
     return int(state[R.QKV_WEIGHT].shape[0])
 
 
+def _shared_fields(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype) -> dict:
+    """The Hugging Face config fields every exported architecture takes from ``cfg`` alike."""
+    return dict(
+        vocab_size=vocab,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.ffn_hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        max_position_embeddings=cfg.seq_length,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        attention_dropout=cfg.attention_dropout,
+        bos_token_id=ids.bos,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.pad,
+        dtype=dtype,
+    )
+
+
 # ---------------------------------------------------------------------------------------- Llama
 def _llama_refusal(cfg) -> Optional[str]:
     if cfg.normalization != "RMSNorm" or cfg.activation != "swiglu":
@@ -76,28 +95,15 @@ def _llama_refusal(cfg) -> Optional[str]:
 
 
 def _llama_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
-
     return transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads,
+        **_shared_fields(cfg, vocab, ids, dtype),
         num_key_value_heads=cfg.query_groups,
         head_dim=cfg.head_dim,
         hidden_act="silu",
-        max_position_embeddings=cfg.seq_length,
         rms_norm_eps=cfg.norm_eps,
         rope_theta=float(cfg.rotary_base),
         attention_bias=cfg.bias,
         mlp_bias=cfg.bias,
-        tie_word_embeddings=cfg.tie_embeddings,
-        initializer_range=cfg.init_std,
-        attention_dropout=cfg.attention_dropout,
-        bos_token_id=ids.bos,
-        eos_token_id=ids.eos,
-        pad_token_id=ids.pad,
-        dtype=dtype,
     )
 
 
@@ -160,28 +166,15 @@ def _neox_refusal(cfg) -> Optional[str]:
 
 
 def _neox_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
-
     return transformers.GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads,
+        **_shared_fields(cfg, vocab, ids, dtype),
         hidden_act="gelu",
         rotary_pct=1.0,
         rotary_emb_base=cfg.rotary_base,
-        max_position_embeddings=cfg.seq_length,
         layer_norm_eps=cfg.norm_eps,
         use_parallel_residual=False,
         attention_bias=cfg.bias,
-        tie_word_embeddings=cfg.tie_embeddings,
-        initializer_range=cfg.init_std,
-        attention_dropout=cfg.attention_dropout,
         hidden_dropout=cfg.hidden_dropout,
-        bos_token_id=ids.bos,
-        eos_token_id=ids.eos,
-        pad_token_id=ids.pad,
-        dtype=dtype,
     )
 
 
@@ -247,30 +240,17 @@ def _stablelm_refusal(cfg) -> Optional[str]:
 
 
 def _stablelm_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
-
     return transformers.StableLmConfig(
-        vocab_size=vocab,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads,
+        **_shared_fields(cfg, vocab, ids, dtype),
         num_key_value_heads=cfg.query_groups,
         hidden_act="silu",
-        max_position_embeddings=cfg.seq_length,
         layer_norm_eps=cfg.norm_eps,
         rope_theta=float(cfg.rotary_base),
         partial_rotary_factor=1.0,
         use_qkv_bias=False,
         qk_layernorm=False,
         use_parallel_residual=False,
-        tie_word_embeddings=cfg.tie_embeddings,
-        initializer_range=cfg.init_std,
-        attention_dropout=cfg.attention_dropout,
         hidden_dropout=cfg.hidden_dropout,
-        bos_token_id=ids.bos,
-        eos_token_id=ids.eos,
-        pad_token_id=ids.pad,
-        dtype=dtype,
     )
 
 
