@@ -212,15 +212,61 @@ class Job:
     after: tuple[str, ...] = ()
     #: prepares the output directory when the job starts; returns the extra ``flm train`` flags
     prepare: Callable[[], tuple[str, ...]] = tuple
+    #: estimated seconds (``step_seconds``), for the order
+    cost: float = 0.0
+
+
+def step_seconds(flops_per_step: float) -> float:
+    """A training step's seconds on one core of the 2-core machine (fp32, one torch thread): a
+    fixed part plus FLOPs at ~53 GFLOP/s, fitted to the large size's two shapes (0.36 s and 1.3 s)."""
+    return 0.115 + flops_per_step / 5.3e10
+
+
+def makespan(jobs: list[Job], parallel: int, order: list[str]) -> float:
+    """Estimated end of the list schedule: whenever a worker is free it starts the first job of
+    ``order`` whose ``after`` jobs have ended (by the jobs' ``cost``)."""
+    end: dict[str, float] = {}
+    free = [0.0] * parallel
+    todo = list(order)
+    by_name = {j.name: j for j in jobs}
+    while todo:
+        t = min(free)
+        ready = [n for n in todo if all(end.get(a, float("inf")) <= t for a in by_name[n].after)]
+        if not ready:  # wait for the next end after t
+            free[free.index(t)] = min(e for e in end.values() if e > t)
+            continue
+        name = ready[0]
+        todo.remove(name)
+        end[name] = t + by_name[name].cost
+        free[free.index(t)] = end[name]
+    return max(end.values(), default=0.0)
+
+
+def job_order(jobs: list[Job], parallel: int) -> list[str]:
+    """A start order for ``jobs`` that keeps the estimated end early: built one job at a time, each
+    the candidate whose rollout (the rest in order of their longest chain of work) ends first."""
+    chain: dict[str, float] = {}
+    for job in reversed(jobs):  # jobs are listed after the ones they wait on
+        chain[job.name] = job.cost + max((chain[j.name] for j in jobs if job.name in j.after), default=0.0)
+    rest = sorted(chain, key=chain.get, reverse=True)
+    order: list[str] = []
+    while rest:
+        best = min(rest, key=lambda n: makespan(jobs, parallel, order + [n] + [m for m in rest if m != n]))
+        order.append(best)
+        rest.remove(best)
+    return order
 
 
 def run_jobs(jobs: list[Job], parallel: int, threads: int) -> dict[str, float]:
     """Run ``jobs`` respecting their ``after`` order, at most ``parallel`` at a time, each with
-    ``threads`` torch threads; returns each job's wall-clock seconds. A failed job stops the bench."""
+    ``threads`` torch threads; returns each job's wall-clock seconds. A failed job stops the bench.
+    Jobs start in ``job_order`` (estimated by their ``cost``), so that the runs end close together."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
+    order = job_order(jobs, parallel)
+    print(f"estimated {makespan(jobs, parallel, order) / 60:.0f} min for {len(jobs)} jobs", flush=True)
     pending, running, done, wall = list(jobs), {}, set(), {}
     while pending or running:
-        ready = [j for j in pending if all(a in done for a in j.after)]
+        ready = sorted((j for j in pending if all(a in done for a in j.after)), key=lambda j: order.index(j.name))
         while ready and len(running) < parallel:
             job = ready.pop(0)
             pending.remove(job)
@@ -290,13 +336,14 @@ def grown_combos(schedules: list[str], fractions: list[float], seeds: list[int],
     return combos
 
 
-def plan_jobs(out: Path, runs: dict, n_stages: dict[str, int], configs: dict[str, Path]) -> list[Job]:
-    """The jobs that complete every run in ``runs`` (name -> (fraction, schedule, seed)) under ``out``.
+def plan_jobs(out: Path, runs: dict, stage_costs: dict[str, list[float]], configs: dict[str, Path]) -> list[Job]:
+    """The jobs that complete every run in ``runs`` (name -> (fraction, schedule, seed)) under ``out``
+    (``stage_costs``: each run's estimated seconds per stage).
 
     Runs that train the same small stage -- same fraction and seed, schedule ``global`` or
     ``equivalent_step`` -- share it: the first trains stage 0 alone (``--stage 0``), then each
     continues from it (the others from a copy). Runs already complete are skipped, partial ones
-    resume after their completed stages. Order: shared small stages, then the longest runs."""
+    resume after their completed stages. Each job lists after the jobs it waits on."""
     groups: dict[tuple, list[str]] = {}
     for name, (fraction, schedule, seed) in runs.items():
         if fraction is not None and schedule in ("global", "equivalent_step"):
@@ -305,11 +352,14 @@ def plan_jobs(out: Path, runs: dict, n_stages: dict[str, int], configs: dict[str
     first, full, after = [], [], []
     for name in runs:
         run_dir = out / name
-        if completed_stages(run_dir) == n_stages[name]:
+        costs, done = stage_costs[name], completed_stages(run_dir)
+        if done == len(costs):
             continue
         head = leader.get(name)
-        if head is None or completed_stages(run_dir) >= 1:
-            full.append(Job(name, configs[name], prepare=lambda d=run_dir: continue_from_disk(d)))
+        if head is None or done >= 1:
+            full.append(
+                Job(name, configs[name], prepare=lambda d=run_dir: continue_from_disk(d), cost=sum(costs[done:]))
+            )
             continue
         if head == name:
 
@@ -317,8 +367,10 @@ def plan_jobs(out: Path, runs: dict, n_stages: dict[str, int], configs: dict[str
                 continue_from_disk(d, 0)
                 return ("--stage", "0")
 
-            first.append(Job(f"{name}:stage0", configs[name], prepare=small_only))
-            after.append(Job(name, configs[name], (f"{name}:stage0",), lambda d=run_dir: continue_from_disk(d)))
+            first.append(Job(f"{name}:stage0", configs[name], prepare=small_only, cost=costs[0]))
+            after.append(
+                Job(name, configs[name], (f"{name}:stage0",), lambda d=run_dir: continue_from_disk(d), sum(costs[1:]))
+            )
         else:
             head_dir = out / head
             wait = () if completed_stages(head_dir) >= 1 else (f"{head}:stage0",)
@@ -327,8 +379,8 @@ def plan_jobs(out: Path, runs: dict, n_stages: dict[str, int], configs: dict[str
                 copy_small_stage(src, dst)
                 return ("--resume",)
 
-            after.append(Job(name, configs[name], wait, prepare))
-    return first + sorted(full, key=lambda j: not j.name.startswith("scratch")) + after
+            after.append(Job(name, configs[name], wait, prepare, sum(costs[1:])))
+    return first + full + after
 
 
 @dataclass
@@ -458,7 +510,12 @@ def main() -> int:
         name: run_config(size, name, out, stage_lists[fraction][0], schedule, seed)
         for name, (fraction, schedule, seed) in runs.items()
     }
-    jobs = plan_jobs(out, runs, {name: len(stage_lists[f][0]) for name, (f, _, _) in runs.items()}, configs)
+    flops = {shape: flops_per_token(from_dict(ModelConfig, getattr(size, shape))) * tps for shape in ("small", "large")}
+    costs = {
+        name: [st["tokens"] // tps * step_seconds(flops[st["name"]]) for st in stage_lists[f][0]]
+        for name, (f, _, _) in runs.items()
+    }
+    jobs = plan_jobs(out, runs, costs, configs)
     wall = run_jobs(jobs, args.jobs, args.threads or max(1, (os.cpu_count() or 1) // args.jobs))
 
     rows = []
