@@ -102,7 +102,7 @@ SIZES = {
         scratch_steps=300,
         seeds=[1234],
         fractions=[0.6],
-        schedules=["per_stage"],
+        schedules=["global"],
         ramp_steps=20,
         warmup_steps=20,
     ),

@@ -24,7 +24,7 @@ from mup_proxy_base import REPO, RUN, load_average, overrides, run_flm
 
 
 def predict(kind: str, args, out: Path) -> dict:
-    cmd = ["predict", str(RUN), *overrides(kind, args.widths, args.layers, f"train.lr={args.lr}")]
+    cmd = ["predict", str(RUN), *overrides(kind, args.widths, args.layers, args.untied, f"train.lr={args.lr}")]
     cmd += ["--widths", args.widths, "--steps", str(args.steps), "--step", str(args.steps)]
     cmd += ["--target-width", str(args.target_width), "--seeds", args.seeds, "--measure", "--out", str(out / kind)]
     return run_flm(cmd, kind, args.threads, out / kind / "predict.json")
@@ -38,6 +38,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--seeds", default="1,2,3", help="init seeds; losses are averaged over them")
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument(
+        "--tied", dest="untied", action="store_false", help="tie the embedding and the readout (default: untied)"
+    )
     ap.add_argument("--only", choices=("sp", "mup"), default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: fastest for tiny models)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-loss-prediction"))
@@ -51,6 +54,10 @@ def main() -> int:
     for kind in kinds:
         data = predict(kind, args, Path(args.out))
         label = "μP" if kind == "mup" else "SP"
+        if data is None:
+            print(f"{label}: no prediction: flm predict failed (its error is above)")
+            ok = ok and kind != "mup"
+            continue
         lo, hi = data["band"] if data["band"] else (float("nan"), float("nan"))
         print(
             f"{label}: width {data['target']['width']} ({data['target']['params']:,} non-embedding params) at step "

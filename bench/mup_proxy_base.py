@@ -2,9 +2,10 @@
 overrides, and how a `flm mup sweep` / `flm predict` command is run and timed.
 
 The base run is configs/runs/tiny.yaml (head dimension 16, FFN 4x) on the embedded default corpus
-(vocab 2048), one layer, untied embeddings (μP's readout is then its own matrix), validation once at
-the last step on 8 batches. μP adds `model.mup.base_width=<narrowest width>`, so the narrowest proxy
-is the same model in both parametrisations.
+(vocab 2048), one layer, validation once at the last step on 8 batches. μP adds
+`model.mup.base_width=<narrowest width>`: the narrowest proxy then has the same init, LRs and
+multipliers in both parametrisations, and differs only in its attention scale (1/d_head against
+1/sqrt(d_head)).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "configs" / "runs" / "tiny.yaml"
@@ -22,7 +24,6 @@ BASE = [
     "data.kind=default",
     "model.vocab_size=2048",
     "model.seq_length=32",
-    "model.tie_embeddings=false",
     "train.global_batch_size=16",
     "train.micro_batch_size=16",
     "train.warmup_steps=10",
@@ -32,22 +33,22 @@ BASE = [
 ]
 
 
-def overrides(kind: str, widths: str, layers: int, *extra: str) -> list[str]:
+def overrides(kind: str, widths: str, layers: int, untied: bool, *extra: str) -> list[str]:
     """The run's overrides for parametrisation ``kind`` (``sp`` or ``mup``)."""
-    out = [*BASE, f"model.num_layers={layers}", *extra]
+    out = [*BASE, f"model.num_layers={layers}", f"model.tie_embeddings={str(not untied).lower()}", *extra]
     if kind == "mup":
         out.append(f"model.mup.base_width={widths.split(',')[0]}")
     return out
 
 
-def run_flm(args: list[str], kind: str, threads: int, result: Path) -> dict:
+def run_flm(args: list[str], kind: str, threads: int, result: Path) -> Optional[dict]:
     """Run ``python -m training.cli ARGS`` (torch threads ``threads``), print its time, and return
-    the JSON it wrote to ``result``."""
+    the JSON it wrote to ``result``; None when the command failed (its error is on stderr)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env, check=True)
-    print(f"[{kind}] took {time.perf_counter() - t0:.0f} s\n", flush=True)
-    return json.loads(result.read_text())
+    proc = subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env)
+    print(f"[{kind}] took {time.perf_counter() - t0:.0f} s (exit {proc.returncode})\n", flush=True)
+    return json.loads(result.read_text()) if proc.returncode == 0 else None
 
 
 def load_average() -> str:

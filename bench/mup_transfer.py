@@ -21,7 +21,7 @@ from mup_proxy_base import REPO, RUN, load_average, overrides, run_flm
 
 
 def sweep(kind: str, args, out: Path) -> dict:
-    cmd = ["mup", "sweep", str(RUN), *overrides(kind, args.widths, args.layers, "train.lr=1e-3")]
+    cmd = ["mup", "sweep", str(RUN), *overrides(kind, args.widths, args.layers, args.untied, "train.lr=1e-3")]
     cmd += ["--widths", args.widths, "--lr", args.lr, "--steps", str(args.steps), "--out", str(out / kind)]
     if args.seeds:
         cmd += ["--seeds", args.seeds]
@@ -39,6 +39,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seeds", default=None, help="init seeds, e.g. 1,2 (default: the run's)")
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--untied", action="store_true", help="untie the embedding and the readout (default: tied)")
     ap.add_argument("--only", choices=("sp", "mup"), default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: fastest for tiny models)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-mup-transfer"))
@@ -47,6 +48,9 @@ def main() -> int:
     print(load_average(), flush=True)
     kinds = [args.only] if args.only else ["sp", "mup"]
     results = {kind: sweep(kind, args, out) for kind in kinds}
+    if any(data is None for data in results.values()):
+        print("a sweep failed (its error is above)")
+        return 1
     narrow, wide = args.widths.split(",")[0], args.widths.split(",")[-1]
     ok = True
     for kind, data in results.items():
