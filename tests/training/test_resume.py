@@ -17,8 +17,6 @@ COMMON = [
 ]
 
 CASES = {
-    "tp2-to-pp2": ((2, ["parallel.tp=2"]), (2, ["parallel.pp=2"])),
-    "pp2-to-tp2": ((2, ["parallel.pp=2"]), (2, ["parallel.tp=2"])),
     "distopt-dp2-to-tp2": (
         (2, ["parallel.distributed_optimizer=true"]),
         (2, ["parallel.tp=2", "parallel.distributed_optimizer=true"]),
@@ -58,6 +56,34 @@ def test_resume_under_other_layout_matches_uninterrupted(tmp_path, name):
     assert sorted(got) == [4, 5, 6, 7, 8]
     for step in range(4, 9):
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), f"step {step}: {got[step]} vs {ref[step]}"
+
+
+@pytest.mark.slow
+def test_resume_from_tp2_into_pp2_and_back_matches_uninterrupted(tmp_path):
+    """A TP2 run's step-3 checkpoint resumed under PP2, and that run's step-6 checkpoint resumed under
+    TP2 again: both directions of resharding continue the uninterrupted TP2 run's losses."""
+    full, as_pp2, back = tmp_path / "full", tmp_path / "as_pp2", tmp_path / "back"
+    flm("train", TINY, "train.steps=8", f"output_dir={full}", *COMMON, "parallel.tp=2", nproc=2)
+    step3 = full / "checkpoints" / "step_0000003"
+    flm(
+        "train",
+        TINY,
+        "train.steps=8",
+        f"output_dir={as_pp2}",
+        "--resume",
+        str(step3),
+        *COMMON,
+        "parallel.pp=2",
+        nproc=2,
+    )
+    step6 = as_pp2 / "checkpoints" / "step_0000006"
+    flm("train", TINY, "train.steps=8", f"output_dir={back}", "--resume", str(step6), *COMMON, "parallel.tp=2", nproc=2)
+    ref = losses(full)
+    for run, steps in ((as_pp2, [4, 5, 6, 7, 8]), (back, [7, 8])):
+        got = losses(run)
+        assert sorted(got) == steps, run.name
+        for step in steps:
+            assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), f"{run.name} step {step}"
 
 
 @pytest.mark.slow
