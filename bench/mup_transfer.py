@@ -1,7 +1,7 @@
 """μP hyperparameter transfer: the best learning rate of a narrow and a wide proxy, under μP and
 under the standard parametrisation (SP), from `flm mup sweep`.
 
-    python bench/mup_transfer.py [--widths 64,256] [--lr 6.25e-4,...] [--steps 150] [--seeds 1]
+    python bench/mup_transfer.py [--widths 64,256] [--lr 8.84e-4,...] [--layers 4] [--steps 150] [--seeds 1]
                                  [--only sp|mup] [--threads 1] [--out runs/bench-mup-transfer]
 
 The base run and its overrides: bench/mup_proxy_base.py. For each parametrisation the sweep
@@ -33,12 +33,14 @@ def main() -> int:
     ap.add_argument("--widths", default="64,256")
     ap.add_argument(
         "--lr",
-        default="6.25e-4,8.84e-4,1.25e-3,1.77e-3,2.5e-3,3.54e-3,5e-3,7.07e-3,1e-2,1.41e-2,2e-2",
+        default="8.84e-4,1.25e-3,1.77e-3,2.5e-3,3.54e-3,5e-3,7.07e-3",
         help="grid, spaced x sqrt(2) (under SP, theory moves the optimum by 1/m: 4 steps from width 64 to 256)",
     )
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seeds", default=None, help="init seeds, e.g. 1,2 (default: the run's)")
-    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument(
+        "--layers", type=int, default=4, help="proxy depth (4: hidden matrices hold most parameters; 1 is 4x faster)"
+    )
     ap.add_argument("--untied", action="store_true", help="untie the embedding and the readout (default: tied)")
     ap.add_argument("--only", choices=("sp", "mup"), default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: fastest for tiny models)")
