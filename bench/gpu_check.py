@@ -7,7 +7,7 @@ the wheels the GPU machine lacks.
 
 ``wheels`` downloads, for CPython 3.12 on x86-64 Linux and without dependencies (the GPU machine
 brings torch with CUDA; nothing may pull another torch), the packages the engine imports besides
-torch: megatron-core (the pinned release), numpy, packaging, PyYAML, tqdm, einops. The folder is
+torch: megatron-core (the pinned release), numpy, packaging, PyYAML, tqdm, einops, psutil. The folder is
 ignored by git; carry it to the GPU machine.
 
 ``run`` installs the missing ones from that folder into ``.gpu-wheels/site`` (``pip install
@@ -35,6 +35,7 @@ soon as they are used).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import importlib.util
 import json
@@ -57,6 +58,7 @@ PACKAGES = [
     ("yaml", "pyyaml"),
     ("tqdm", "tqdm"),
     ("einops", "einops"),
+    ("psutil", "psutil"),  # megatron's checkpoint writers import it undeclared; without it a save hangs
 ]
 DEFAULT_WHEELS = REPO / ".gpu-wheels"
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
@@ -196,7 +198,12 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-def run_checks(out: Path, smoke: bool = False) -> int:
+def run_checks(out: Path, smoke: bool = False, timeout: float = 0) -> int:
+    """Run the checks; past ``timeout`` seconds (0: never) dump every thread's stack and exit 1, so a hung
+    check (a dead checkpoint writer, a collective that never returns) shows where it hung instead of
+    silently spending the GPU session."""
+    if timeout:
+        faulthandler.dump_traceback_later(timeout, exit=True)
     # local imports: they need the packages install_missing put on PYTHONPATH of this re-executed process
     import dataclasses
 
@@ -385,6 +392,7 @@ def run_checks(out: Path, smoke: bool = False) -> int:
         "ok": checks.ok,
         "checks": checks.results,
     }
+    faulthandler.cancel_dump_traceback_later()
     (out / "gpu-check.json").write_text(json.dumps(summary, indent=2))
     print(
         f"gpu-check: {'all checks passed' if checks.ok else 'FAILED'} in {total:.0f} s; "
@@ -403,17 +411,26 @@ def main() -> int:
     r.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS)
     r.add_argument("--out", type=Path, default=REPO / "reports" / "gpu-check")
     r.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=510,
+        help="after this many seconds print every thread's stack and exit 1 (default 510: inside one 600 s "
+        "device call; 0 = none)",
+    )
     r.add_argument("--smoke", action="store_true", help="tiny shapes, CPU allowed: the same code in seconds (tests)")
     args = ap.parse_args()
     if args.cmd == "wheels":
         return collect_wheels(args.dest)
-    if args.in_process or args.smoke:
-        return run_checks(args.out, smoke=args.smoke)
+    if args.in_process:
+        return run_checks(args.out, smoke=args.smoke, timeout=args.timeout)
+    # --smoke takes this path too: a bare Python (torch only) runs the whole GPU-machine procedure on a CPU
     site = install_missing(args.wheels)
     env = dict(os.environ)
     if site.is_dir():
         env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.call([sys.executable, __file__, "run", "--in-process", "--out", str(args.out)], env=env)
+    again = [sys.executable, __file__, "run", "--in-process", "--out", str(args.out), "--timeout", str(args.timeout)]
+    return subprocess.call(again + (["--smoke"] if args.smoke else []), env=env)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,15 @@ def test_gpu_check_smoke_run_passes(tmp_path):
     grow = next(c for c in report["checks"] if c["check"].startswith("grow"))
     assert grow["fp32_masters_carried"] and grow["rel"] <= 2e-3
     assert "tokens_per_s" in report["checks"][-1]
+
+
+def test_gpu_check_watchdog_dumps_stacks_and_fails(tmp_path):
+    """A hung check must not eat the GPU session: past --timeout the run prints where every thread is
+    and exits non-zero (here the watchdog fires while the checks are still importing torch)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    script = str(REPO / "bench" / "gpu_check.py")
+    cmd = [sys.executable, script, "run", "--in-process", "--smoke", "--timeout", "0.2", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Timeout" in proc.stderr and "run_checks" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "gpu-check.json").exists()
