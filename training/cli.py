@@ -141,6 +141,14 @@ def cmd_train(args) -> int:
     # RANK is set by every launcher (torchrun, DeepSpeed's); LOCAL_RANK alone is not a sign of one
     # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        from training.config import check_layouts  # startup time (as in cmd_config_show)
+        from training.stage_plans import load_run
+
+        # a config or layout error now, in one process, rather than from every worker torchrun would start
+        overrides = [*args.overrides, *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
+        run = load_run(args.config, overrides)
+        only = args.stage is not None and 0 <= args.stage < len(run.stages)  # (out of range: the workers say so)
+        check_layouts(run, args.nproc, [args.stage] if only else None)
         return _relaunch_under_torchrun(args.nproc)
     if "RANK" in os.environ:  # a worker of a launcher: stop (saving) when the launcher is gone
         die_with_parent()

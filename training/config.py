@@ -717,6 +717,22 @@ def stage_config(run: RunConfig, index: int, path: str = "", entry_tokens: Optio
     return single
 
 
+def check_layouts(run: RunConfig, world_size: int, indices: Optional[list[int]] = None) -> None:
+    """Refuse, before anything trains, a layout that ``world_size`` processes cannot run: tp x pp must
+    divide it (and match ``parallel.dp`` if set) and the global batch must split into micro-batches over
+    the DP ranks. A staged run checks every stage in ``indices`` (default: all) under its own key, so a
+    later stage's layout is refused at launch, not after the earlier stages have trained."""
+    if not run.stages:
+        run.train.micro_batches(run.parallel.data_parallel_size(world_size))
+        return
+    for index in range(len(run.stages)) if indices is None else indices:
+        cfg = stage_config(run, index)
+        try:
+            cfg.train.micro_batches(cfg.parallel.data_parallel_size(world_size))
+        except ConfigError as err:
+            raise ConfigError(join_key(f"stages[{index}]", err.key), err.message) from None
+
+
 def _run_level_schedule(
     run: RunConfig, index: int, train: TrainConfig, model: ModelConfig, where: str, entry_tokens: Optional[int]
 ) -> None:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from training import checkpoint, equivalent_step
 from training.checkpoint.lock import lock_if_rank0
-from training.config import RunConfig, stage_config
+from training.config import RunConfig, check_layouts, stage_config
 from training.config_base import to_dict
 from training.data.build import run_sources
 from training.engine.factory import make_trainer
@@ -122,11 +122,11 @@ def _run_stages(
 ) -> int:
     init_process_group()
     rank0 = dist.get_rank() == 0
-    indices = range(len(run.stages)) if only_stage is None else [only_stage]
+    indices = list(range(len(run.stages))) if only_stage is None else [only_stage]
     try:
+        check_layouts(run, dist.get_world_size(), indices)
         for i in indices:
             cfg = trained_stage_config(run, i, _agreed_entry(run, i))
-            cfg.parallel.data_parallel_size(dist.get_world_size())
             if _final_checkpoint(cfg) is not None:
                 if not resume:
                     raise checkpoint.CheckpointError(

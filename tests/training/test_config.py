@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import REPO, flm
-from training.config import load_run_config
+from training.config import check_layouts, load_run_config
 from training.config_base import ConfigError
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
@@ -56,6 +56,10 @@ def test_layout_must_fit_the_world_size():
     cfg = load_run_config(TINY, ["train.global_batch_size=6", "train.micro_batch_size=2"])
     with pytest.raises(ConfigError, match="multiple of 8"):
         cfg.train.micro_batches(4)
+    with pytest.raises(ConfigError, match="multiple of 8") as info:
+        check_layouts(cfg, 4)  # a run without stages: its own keys
+    assert info.value.key == "train.global_batch_size"
+    check_layouts(cfg, 3)
 
 
 def test_missing_file_and_bad_include(tmp_path):

@@ -90,17 +90,21 @@ def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
     assert hint in str(info.value)
 
 
-def test_layout_not_fitting_the_process_count_is_refused(tmp_path):
-    bad = flm(
-        "train",
-        str(write_run(tmp_path, "x")),
-        "stages.1.parallel.tp=4",
-        "stages.1.model.num_attention_heads=8",
-        nproc=2,
-        check=False,
-    )
-    assert bad.returncode != 0
-    assert "world size 2 is not divisible by tp x pp = 4 x 1" in bad.stderr
+def test_layout_not_fitting_the_process_count_is_refused_before_anything_trains(tmp_path):
+    """A later stage's layout is refused at launch, not after the earlier stages have trained: by the
+    ``--nproc`` launcher before it starts torchrun, and by the workers themselves (any launcher) before
+    stage 0's first step."""
+    run = write_run(tmp_path, "x")
+    bad = flm("train", str(run), "stages.1.parallel.tp=4", "stages.1.model.num_attention_heads=8", nproc=2, check=False)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "config key 'stages[1].parallel': world size 2 is not divisible by tp x pp = 4 x 1" in bad.stderr
+    assert "torchrun" not in bad.stderr and not (tmp_path / "x").exists()
+    bad = flm("train", str(run), "stages.1.parallel.tp=2", check=False)  # one process, no launcher
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "config key 'stages[1].parallel': world size 1 is not divisible by tp x pp = 2 x 1" in bad.stderr
+    assert not (tmp_path / "x" / "stage0-s").exists()
+    bad = flm("train", str(run), "stages.1.train.global_batch_size=7", nproc=2, check=False)
+    assert bad.returncode == 2 and "config key 'stages[1].train.global_batch_size'" in bad.stderr
 
 
 @pytest.mark.parametrize("policy, warmup", [("inherit", 1), ("rewind", 0), ("restart", 2)])
