@@ -33,6 +33,9 @@ QUIET_LOGGERS = {
     "datasets": logging.ERROR,
     "transformers": logging.ERROR,
     "torch.distributed": logging.ERROR,
+    # "No CUDA runtime is found, using CUDA_HOME=...": a CUDA build of torch on a node without a GPU
+    # (a login node running flm plan or config show), said when megatron or DeepSpeed import it
+    "torch.utils.cpp_extension": logging.ERROR,
 }
 
 #: warnings (regular expressions of their message) that are known to be harmless here
