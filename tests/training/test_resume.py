@@ -16,74 +16,39 @@ COMMON = [
     "checkpoint.keep_last=5",
 ]
 
-CASES = {
-    "distopt-dp2-to-tp2": (
-        (2, ["parallel.distributed_optimizer=true"]),
-        (2, ["parallel.tp=2", "parallel.distributed_optimizer=true"]),
-    ),
-    "distopt-overlap-dp2-to-dp2": (
-        (
-            2,
-            [
-                "parallel.distributed_optimizer=true",
-                "parallel.overlap_grad_reduce=true",
-                "parallel.overlap_param_gather=true",
-            ],
-        ),
-        (
-            2,
-            [
-                "parallel.distributed_optimizer=true",
-                "parallel.overlap_grad_reduce=true",
-                "parallel.overlap_param_gather=true",
-            ],
-        ),
-    ),
-}
+DISTOPT = ["parallel.distributed_optimizer=true"]
+OVERLAP = [*DISTOPT, "parallel.overlap_grad_reduce=true", "parallel.overlap_param_gather=true"]
+
+
+def resume_chain(tmp_path, first: list[str], second: list[str], third: list[str]) -> None:
+    """Train 8 steps under ``first`` (the reference); resume its step-3 checkpoint under ``second``,
+    and that run's step-6 checkpoint under ``third``: both continue the reference's losses."""
+    full, mid, last = tmp_path / "full", tmp_path / "mid", tmp_path / "last"
+    flm("train", TINY, "train.steps=8", f"output_dir={full}", *COMMON, *first, nproc=2)
+    step3 = full / "checkpoints" / "step_0000003"
+    flm("train", TINY, "train.steps=8", f"output_dir={mid}", "--resume", str(step3), *COMMON, *second, nproc=2)
+    step6 = mid / "checkpoints" / "step_0000006"
+    flm("train", TINY, "train.steps=8", f"output_dir={last}", "--resume", str(step6), *COMMON, *third, nproc=2)
+    ref = losses(full)
+    for run, steps in ((mid, [4, 5, 6, 7, 8]), (last, [7, 8])):
+        got = losses(run)
+        assert sorted(got) == steps, run.name
+        for step in steps:
+            assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), f"{run.name} step {step}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(CASES))
-def test_resume_under_other_layout_matches_uninterrupted(tmp_path, name):
-    (n1, first), (n2, second) = CASES[name]
-    full = tmp_path / "full"
-    flm("train", TINY, "train.steps=8", f"output_dir={full}", *COMMON, *first, nproc=n1)
-    step3 = full / "checkpoints" / "step_0000003"
-    assert step3.is_dir()
-    resumed = tmp_path / "resumed"
-    flm("train", TINY, "train.steps=8", f"output_dir={resumed}", "--resume", str(step3), *COMMON, *second, nproc=n2)
-    ref, got = losses(full), losses(resumed)
-    assert sorted(got) == [4, 5, 6, 7, 8]
-    for step in range(4, 9):
-        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), f"step {step}: {got[step]} vs {ref[step]}"
+def test_distributed_optimizer_resumes_across_layouts_and_into_overlap(tmp_path):
+    """The distributed optimizer's sharded state: DP2 with grad-reduce and param-gather overlap ->
+    TP2 -> DP2 with overlap again, each resume continuing the uninterrupted run."""
+    resume_chain(tmp_path, OVERLAP, ["parallel.tp=2", *DISTOPT], OVERLAP)
 
 
 @pytest.mark.slow
 def test_resume_from_tp2_into_pp2_and_back_matches_uninterrupted(tmp_path):
     """A TP2 run's step-3 checkpoint resumed under PP2, and that run's step-6 checkpoint resumed under
     TP2 again: both directions of resharding continue the uninterrupted TP2 run's losses."""
-    full, as_pp2, back = tmp_path / "full", tmp_path / "as_pp2", tmp_path / "back"
-    flm("train", TINY, "train.steps=8", f"output_dir={full}", *COMMON, "parallel.tp=2", nproc=2)
-    step3 = full / "checkpoints" / "step_0000003"
-    flm(
-        "train",
-        TINY,
-        "train.steps=8",
-        f"output_dir={as_pp2}",
-        "--resume",
-        str(step3),
-        *COMMON,
-        "parallel.pp=2",
-        nproc=2,
-    )
-    step6 = as_pp2 / "checkpoints" / "step_0000006"
-    flm("train", TINY, "train.steps=8", f"output_dir={back}", "--resume", str(step6), *COMMON, "parallel.tp=2", nproc=2)
-    ref = losses(full)
-    for run, steps in ((as_pp2, [4, 5, 6, 7, 8]), (back, [7, 8])):
-        got = losses(run)
-        assert sorted(got) == steps, run.name
-        for step in steps:
-            assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), f"{run.name} step {step}"
+    resume_chain(tmp_path, ["parallel.tp=2"], ["parallel.pp=2"], ["parallel.tp=2"])
 
 
 @pytest.mark.slow
