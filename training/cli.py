@@ -142,11 +142,10 @@ def cmd_train(args) -> int:
     # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         from training.config import check_layouts  # startup time (as in cmd_config_show)
-        from training.stage_plans import load_run
+        from training.stage_plans import load_train_args
 
         # a config or layout error now, in one process, rather than from every worker torchrun would start
-        overrides = [*args.overrides, *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
-        run = load_run(args.config, overrides)
+        run = load_train_args(args)
         only = args.stage is not None and 0 <= args.stage < len(run.stages)  # (out of range: the workers say so)
         check_layouts(run, args.nproc, [args.stage] if only else None)
         return _relaunch_under_torchrun(args.nproc)

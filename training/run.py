@@ -15,7 +15,7 @@ from training.engine.factory import make_trainer
 from training.engine.parallel import teardown
 from training.errors import UsageError
 from training.model_check import check_same_model
-from training.stage_plans import load_run
+from training.stage_plans import load_train_args
 from training.stages import StageEndHook, run_stages
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,7 @@ log = logging.getLogger(__name__)
 def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
     """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``; ``stage_end``
     runs after each stage of a staged run (``training.stages.StageEndHook``)."""
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    cfg = load_run(args.config, overrides)
+    cfg = load_train_args(args)
     if cfg.stages:
         if args.resume not in (None, "latest"):
             raise UsageError("--resume: a staged run resumes from its own output_dir; use --resume without a path")

@@ -25,6 +25,13 @@ from training.config import NON_FUNCTION_FIELDS, ModelConfig, RunConfig, load_ru
 from training.config_base import ConfigError
 
 
+def load_train_args(args) -> RunConfig:
+    """The run config of ``flm train``'s arguments: ``args.config`` with ``args.overrides`` and, last,
+    ``--output-dir`` (the launcher's pre-launch check and the workers read it the same way)."""
+    overrides = [*args.overrides, *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
+    return load_run(args.config, overrides)
+
+
 def load_run(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """``training.config.load_run_config`` plus the checks of a staged run: every transition must
     be a valid growth (errors name the file and the key)."""
