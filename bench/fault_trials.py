@@ -49,7 +49,7 @@ stages:
     model: {{num_layers: 2, hidden_size: 128, ffn_hidden_size: 512, num_attention_heads: 8, vocab_size: 512, seq_length: 64}}
     parallel: {{tp: 1, dp: 1}}
     tokens: 2048
-    growth: {{default_operator: msg, ramp_steps: 2}}
+    growth: {{default_operator: msg, ramp: {{steps: 2}}}}
 """
 
 

@@ -42,14 +42,14 @@ from growth_vs_scratch import REPO, SIZES, run_config, stages_for  # noqa: E402
 VARIANTS = {
     "base": ({}, {}),
     "lr_restart": ({"equivalent_tokens": 0}, {"kind": "equivalent_step"}),
-    "ramp200": ({"ramp_steps": 200}, {}),
+    "ramp200": ({"ramp": {"steps": 200}}, {}),
     "init_small": ({"init_std": 0.002}, {}),
     "zero": ({"default_operator": "zero"}, {}),
-    "depth_fresh": ({"depth_init": "fresh"}, {}),
+    "depth_fresh": ({"depth": {"init": "fresh"}}, {}),
     "depth_zero": ({"operators": {"depth": "zero"}}, {}),
-    "zero_ramp200": ({"default_operator": "zero", "ramp_steps": 200}, {}),
-    "init_small_ramp200": ({"init_std": 0.002, "ramp_steps": 200}, {}),
-    "depth_zero_ramp200": ({"operators": {"depth": "zero"}, "ramp_steps": 200}, {}),
+    "zero_ramp200": ({"default_operator": "zero", "ramp": {"steps": 200}}, {}),
+    "init_small_ramp200": ({"init_std": 0.002, "ramp": {"steps": 200}}, {}),
+    "depth_zero_ramp200": ({"operators": {"depth": "zero"}, "ramp": {"steps": 200}}, {}),
 }
 FRACTION = 0.35
 #: the base variant's ramp (the variants name their own); the defaults' 200 is the ``ramp200`` variant
@@ -66,7 +66,7 @@ def variant_config(out: Path, name: str, growth: dict, schedule: dict) -> tuple[
     stages, _ = stages_for(size, FRACTION, flops, BASE_RAMP, growth)
     stages[1]["train"] = {"eval_interval": EVAL_EVERY}
     path = run_config(size, name, out, stages, schedule.get("kind", "global"), SEED)
-    return path, stages[1]["growth"]["ramp_steps"]
+    return path, stages[1]["growth"]["ramp"]["steps"]
 
 
 def _f_large() -> float:

@@ -171,7 +171,7 @@ def run_config(size: Size, name: str, out: Path, stages: list[dict], schedule: s
 
 
 def growth_section(size: Size, ramp_steps: int, overrides: dict | None = None) -> dict:
-    section = {"default_operator": "msg", "depth_placement": "interleave", "ramp_steps": ramp_steps}
+    section = {"default_operator": "msg", "depth": {"placement": "interleave"}, "ramp": {"steps": ramp_steps}}
     section.update(size.growth)
     section.update(overrides or {})
     return section

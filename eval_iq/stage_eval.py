@@ -101,21 +101,22 @@ class StageIQ:
     anything trains (the config layer cannot: the names are the benchmark's)."""
 
     def check(self, run: Any) -> None:
-        if run.iq_eval is None:
+        """``run``: a ``training.stage_plans.StagedRun``."""
+        iq_eval = run.config.iq_eval
+        if iq_eval is None:
             return
         try:
-            resolve_subtasks(run.iq_eval.tasks)
+            resolve_subtasks(iq_eval.tasks)
         except UnknownSubtaskError as err:
             raise ConfigError("iq_eval.tasks", str(err)) from None
 
-    def __call__(self, run: Any, index: int, cfg: Any, final_checkpoint: Path | None) -> dict[str, Any] | None:
-        if run.iq_eval is None:
+    def __call__(self, run: Any, stage: Any, final_checkpoint: Path | None) -> dict[str, Any] | None:
+        """``run``: a ``training.stage_plans.StagedRun``; ``stage``: its ``Stage`` that just ended."""
+        q = run.config.iq_eval
+        if q is None:
             return None
-        q = run.iq_eval
         return {
-            "iq": evaluate_stage(
-                final_checkpoint, Path(cfg.output_dir) / "iq", tasks=q.tasks, limit=q.limit, data_dir=q.data_dir
-            )
+            "iq": evaluate_stage(final_checkpoint, stage.dir / "iq", tasks=q.tasks, limit=q.limit, data_dir=q.data_dir)
         }
 
 

@@ -102,10 +102,10 @@ def prepare_growth(plan: GrowthPlan, cfg) -> Growth:
     new_cfg = check_plan(plan, cfg)
     old, new, ops = plan.old, plan.new, plan.operators
     maps = {"vocab": ax.vocab_map(old.vocab, new.vocab)}
-    maps.update(ax.hidden_maps(ops.hidden, old.hidden, new.hidden, cfg.normalization == "RMSNorm"))
-    maps.update(ax.ffn_maps(ops.ffn, old.ffn, new.ffn, cfg.activation == "swiglu"))
-    maps.update(ax.head_maps(ops.heads, old, new))
-    layers = ax.layer_sources(ops.depth, plan.depth.placement, plan.depth.init, old.layers, new.layers)
+    maps.update(ax.hidden_maps(ops.named("hidden"), old.hidden, new.hidden, cfg.normalization == "RMSNorm"))
+    maps.update(ax.ffn_maps(ops.named("ffn"), old.ffn, new.ffn, cfg.activation == "swiglu"))
+    maps.update(ax.head_maps(ops.named("heads"), old, new))
+    layers = ax.layer_sources(ops.named("depth"), plan.depth.placement, plan.depth.init, old.layers, new.layers)
     return Growth(
         plan=plan,
         old_cfg=cfg,

@@ -4,10 +4,13 @@ A plan is a config section (YAML or dict, loaded with ``training.config_base.fro
 
     old: {layers: 2, hidden: 64, ffn: 256, heads: 4, query_groups: 4, head_dim: 16, vocab: 512}
     new: {layers: 4, hidden: 128, ffn: 512, heads: 8, query_groups: 8, head_dim: 16, vocab: 512}
-    operators: {hidden: msg, ffn: msg, heads: msg, depth: msg}
-    depth: {placement: stack, init: copy}
+    operators: {hidden: msg, ffn: msg, heads: msg, depth: msg}   # or leave them to default_operator
+    depth: {placement: interleave, init: copy}
     ramp: {steps: 1000, shape: linear}
     tp: 1
+
+Besides the shapes and ``tp``, a plan has exactly the options of a staged run's ``growth:`` section
+(``training.config.growth.GrowthOptions``: one spelling, one set of defaults).
 
 ``GrowthPlan.validate`` checks the plan on its own (called by ``from_dict``); ``check_plan`` checks
 it against the model config of the checkpoint being grown (the block variant decides what is
@@ -19,73 +22,49 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 from growth.shape import ModelShape
+from training.config import GrowthOptions
 from training.config_base import ConfigError, from_dict, join_key, read_yaml
 
-WidthOperator = Literal["none", "msg", "zero", "clone"]
-DepthOperator = Literal["none", "msg", "zero", "stack"]
-
 
 @dataclass
-class Operators:
-    """One operator per dimension; ``none`` exactly when that dimension keeps its size.
+class GrowthPlan(GrowthOptions):
+    """The growth of one model into a larger one: the two shapes, the target TP size, and the options
+    every growth shares (``GrowthOptions``: operators, default_operator, depth, ramp, init_std,
+    clone_noise, seed, exact; the same spelling and defaults as a staged run's ``growth:`` section).
+    After validation every operator is named (``Operators``: none exactly where a dimension keeps
+    its size)."""
 
-    msg: masked structural growth (new structure multiplied by a mask ramped 0 -> 1).
-    zero: new structure whose output projections are zero (no masks).
-    clone: width x an integer factor by repeating (HyperCloning).
-    stack: depth x an integer factor by repeating the layer stack (G_stack; never exact).
-    """
-
-    hidden: WidthOperator = "none"
-    ffn: WidthOperator = "none"
-    #: heads and/or query groups
-    heads: WidthOperator = "none"
-    depth: DepthOperator = "none"
-
-
-@dataclass
-class DepthOptions:
-    #: stack: new layers on top of the old stack; interleave: spread evenly, each after an old layer
-    placement: Literal["stack", "interleave"] = "stack"
-    #: copy: a new layer copies an old one (see docs/growth.md for which); fresh: random init
-    init: Literal["copy", "fresh"] = "copy"
-
-
-@dataclass
-class RampOptions:
-    #: optimizer steps over which msg masks rise from 0 to 1 (then they are removed)
-    steps: int = 0
-    shape: Literal["linear", "cosine"] = "linear"
-
-
-@dataclass
-class GrowthPlan:
     #: required (the default, all zeros, fails validation)
     old: ModelShape = field(default_factory=ModelShape)
     new: ModelShape = field(default_factory=ModelShape)
-    operators: Operators = field(default_factory=Operators)
-    depth: DepthOptions = field(default_factory=DepthOptions)
-    ramp: RampOptions = field(default_factory=RampOptions)
-    #: std of new random weights; null means the model's init_std
-    init_std: Optional[float] = None
-    #: std of Gaussian noise added to cloned copies (symmetry breaking; makes clone inexact)
-    clone_noise: float = 0.0
-    seed: int = 0
     #: tensor-parallel size the grown model will be trained with (sizes must divide by it)
     tp: int = 1
-    #: refuse operators that are not function-preserving for this block variant
-    exact: bool = True
 
     @property
     def uses_masks(self) -> bool:
         ops = self.operators
         return "msg" in (ops.hidden, ops.ffn, ops.heads, ops.depth)
 
+    def grows(self) -> dict[str, bool]:
+        """Which dimensions (``training.config.DIMENSIONS``) change size."""
+        old, new = self.old, self.new
+        return {
+            "hidden": new.hidden != old.hidden,
+            "ffn": new.ffn != old.ffn,
+            "heads": (new.heads, new.query_groups) != (old.heads, old.query_groups),
+            "depth": new.layers != old.layers,
+        }
+
     def validate(self, path: str) -> None:
+        """Check the plan on its own (``check_plan`` checks it against the model being grown); names
+        every operator left to ``default_operator`` (``GrowthOptions.resolve_operators``)."""
         self.old.validate(join_key(path, "old"))
         self.new.validate(join_key(path, "new"))
+        GrowthOptions.validate(self, path)
+        self.operators = self.resolve_operators(self.grows(), path)
         old, new, ops = self.old, self.new, self.operators
         if self.tp < 1:
             raise ConfigError(join_key(path, "tp"), "must be >= 1")
@@ -109,10 +88,6 @@ class GrowthPlan:
         self._check_operators(path)
         if self.uses_masks and self.ramp.steps < 1:
             raise ConfigError(join_key(path, "ramp.steps"), "msg needs a mask ramp of at least 1 step")
-        if self.init_std is not None and self.init_std <= 0:
-            raise ConfigError(join_key(path, "init_std"), "must be > 0 (or null for the model's init_std)")
-        if self.clone_noise < 0:
-            raise ConfigError(join_key(path, "clone_noise"), "must be >= 0")
         if self.clone_noise > 0 and "clone" not in (ops.hidden, ops.ffn, ops.heads):
             raise ConfigError(join_key(path, "clone_noise"), "only applies to clone; no dimension uses clone")
         if self.exact:
@@ -138,7 +113,10 @@ class GrowthPlan:
             op = getattr(ops, dim)
             if changes and op == "none":
                 allowed = "msg, zero or stack" if dim == "depth" else "msg, zero or clone"
-                raise ConfigError(join_key(path, f"operators.{dim}"), f"{what} needs an operator: {allowed}")
+                raise ConfigError(
+                    join_key(path, f"operators.{dim}"),
+                    f"{what} needs an operator: {allowed} (name it, or set default_operator)",
+                )
             if not changes and op != "none":
                 raise ConfigError(
                     join_key(path, f"operators.{dim}"), f"is {op!r} but {what.split(' ')[0]} does not change; use none"

@@ -62,12 +62,11 @@ def cmd_config_show(args) -> int:
     from training.config import run_config_to_dict  # startup time (as above)
     from training.stage_plans import load_run  # startup time: imports growth/ and torch
 
-    cfg = load_run(args.config, args.overrides)
-    stage_end_iq.check(cfg)
+    run = load_run(args.config, args.overrides)
+    stage_end_iq.check(run)
     if args.world_size is not None:
-        dp = cfg.parallel.data_parallel_size(args.world_size)
-        cfg.train.micro_batches(dp)
-    print(yaml.safe_dump(run_config_to_dict(cfg), sort_keys=False), end="")
+        run.check_layouts(args.world_size)
+    print(yaml.safe_dump(run_config_to_dict(run.config), sort_keys=False), end="")
     return 0
 
 
@@ -141,13 +140,12 @@ def cmd_train(args) -> int:
     # RANK is set by every launcher (torchrun, DeepSpeed's); LOCAL_RANK alone is not a sign of one
     # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
-        from training.config import check_layouts  # startup time (as in cmd_config_show)
-        from training.stage_plans import load_train_args
+        from training.stage_plans import load_train_args  # startup time (as in cmd_config_show)
 
         # a config or layout error now, in one process, rather than from every worker torchrun would start
         run = load_train_args(args)
-        only = args.stage is not None and 0 <= args.stage < len(run.stages)  # (out of range: the workers say so)
-        check_layouts(run, args.nproc, [args.stage] if only else None)
+        only = run.staged and args.stage is not None and 0 <= args.stage < len(run.stages)  # (else: the workers say)
+        run.check_layouts(args.nproc, [args.stage] if only else None)
         return _relaunch_under_torchrun(args.nproc)
     if "RANK" in os.environ:  # a worker of a launcher: stop (saving) when the launcher is gone
         die_with_parent()

@@ -24,10 +24,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eval_iq.stage_eval import stages_markdown
-from training.config import CONFIGS_DIR, RunConfig, stage_config
+from training.config import CONFIGS_DIR, RunConfig
 from training.local_launch import torchrun_command
+
+if TYPE_CHECKING:  # startup time: growth/ (torch) loads when a command runs, not for `flm --help`
+    from training.stage_plans import StagedRun
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,8 @@ def run(args) -> int:
         overrides.append("iq_eval=null")
     from training.stage_plans import load_run  # startup time: growth/ (torch) loads when the command runs
 
-    cfg = load_run(args.config, overrides)
+    staged = load_run(args.config, overrides)
+    cfg = staged.config
     out = Path(cfg.output_dir)
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -71,20 +76,15 @@ def run(args) -> int:
     if code != 0:
         log.error("training failed (exit %d); fix the error above and re-run to resume", code)
         return code
-    report = write_report(cfg)
-    iq = run_iq(cfg, report) if not args.skip_iq else None
+    report = write_report(staged)
+    iq = run_iq(staged, report) if not args.skip_iq else None
     print(
         f"\nflm dryrun: report in {report}/\n  {report / 'stages.md'}\n  {report / 'loss_vs_tokens.png'}\n"
         f"  {report / 'metrics.jsonl'}\n  TensorBoard: {cfg.output_dir}/stage*/tensorboard\n"
         + (f"  IQ benchmark: {report / 'iq' / 'report.md'}\n" if iq == 0 else "")
-        + f"  final checkpoint: {final_checkpoint(cfg)}"
+        + f"  final checkpoint: {staged.stages[-1].checkpoint_root}"
     )
     return 0
-
-
-def final_checkpoint(cfg: RunConfig) -> Path:
-    last = stage_config(cfg, len(cfg.stages) - 1)
-    return Path(last.output_dir) / "checkpoints"
 
 
 def _stage_records(cfg: RunConfig) -> list[dict]:
@@ -97,26 +97,28 @@ def _stage_records(cfg: RunConfig) -> list[dict]:
     return [records[i] for i in sorted(records)]
 
 
-def write_report(cfg: RunConfig) -> Path:
+def write_report(run: StagedRun) -> Path:
+    """Write ``<output_dir>/report/`` of the staged run ``run`` from what its stages wrote; returns its path."""
     # startup time: matplotlib loads for the report only, not when `flm` builds its parser
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after use("Agg")
 
-    report = Path(cfg.output_dir) / "report"
+    cfg = run.config
+    report = run.output_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
     merged, boundaries, rows = [], [], []
     stage_info = {r["stage"]: r for r in _stage_records(cfg)}
-    for i in range(len(cfg.stages)):
-        scfg = stage_config(cfg, i)
-        metrics_path = Path(scfg.output_dir) / "metrics.jsonl"
+    for i, stage in enumerate(run.stages):
+        scfg = stage.config
+        metrics_path = stage.dir / "metrics.jsonl"
         records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
         for r in records:
             merged.append(dict(r, stage=i))
         if records and i > 0:
             boundaries.append(records[0]["tokens"] - scfg.train.global_batch_size * scfg.model.seq_length)
-        growth = Path(scfg.output_dir) / "growth.json"
+        growth = stage.dir / "growth.json"
         entry = "trained from scratch"
         if growth.exists():
             g = json.loads(growth.read_text())
@@ -145,9 +147,9 @@ def write_report(cfg: RunConfig) -> Path:
         "",
         "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/metrics.py).",
         "",
-        "TensorBoard: " + ", ".join(f"`{stage_config(cfg, i).output_dir}/tensorboard`" for i in range(len(cfg.stages))),
+        "TensorBoard: " + ", ".join(f"`{stage.dir}/tensorboard`" for stage in run.stages),
         "",
-        f"Final checkpoint: `{final_checkpoint(cfg)}`",
+        f"Final checkpoint: `{run.stages[-1].checkpoint_root}`",
         "",
     ]
 
@@ -184,7 +186,7 @@ def write_report(cfg: RunConfig) -> Path:
     return report
 
 
-def run_iq(cfg: RunConfig, report: Path) -> int:
+def run_iq(run: StagedRun, report: Path) -> int:
     """A small IQ benchmark run on the final model (``flm iq`` in a process of its own; needs a
     tokenizer); returns its exit status."""
     cmd = [
@@ -195,7 +197,7 @@ def run_iq(cfg: RunConfig, report: Path) -> int:
         "--model",
         "flm",
         "--checkpoint",
-        str(final_checkpoint(cfg)),
+        str(run.stages[-1].checkpoint_root),
         "--subtasks",
         IQ_SUBTASKS,
         "--limit",

@@ -1,124 +1,312 @@
-"""A staged run's growth transitions as plans, the model each stage trains, and loading a run
-with them checked.
+"""A run as the stages it trains: ``load_run`` builds a ``StagedRun`` once, every stage derived there.
 
-``load_run`` is how every command that trains, plans or shows a run loads its config: the
-config layer validates each section and each stage's merged config; the transitions between
-stages need ``growth/`` (a layer above the configs), so they are checked here.
+``load_run`` is how every command that trains, plans or shows a run loads its config. The config
+layer validates each section; here each stage of a staged run becomes a frozen ``Stage``: the
+single-stage config it trains (the run's ``train`` section with the stage's overrides, steps from its
+token budget, its place in the LR schedule, its own output directory and checkpoint root, and the
+model its growth produces), the ``GrowthPlan`` that makes it from the previous stage, and where its
+files go. Nothing else derives a stage: the trainer loop (``training.stages``), the planner, the μP
+tools and the dry run read ``run.stages[i]``.
 
-What was verified is what gets trained: a grown stage trains the model its transition produces
-(``stage_model``), i.e. the previous stage's model grown by the plan, with the fields the
-operators derive (``growth.plan.new_model_config``, ``growth.plan.derived_fields``:
-``output_multiplier`` after a hidden clone, ``norm_eps`` after a zero-padded RMSNorm hidden size;
-under μP, ``input_multiplier`` after msg/zero hidden growth with tied embeddings) taken from the
-growth, not from the stage's ``model:`` section. Any other function-defining field (``ModelConfig.function_fields``) on which the
+What was verified is what gets trained: a grown stage trains the model its transition produces,
+i.e. the previous stage's model grown by the plan, with the fields the operators derive
+(``growth.plan.new_model_config``, ``growth.plan.derived_fields``: ``output_multiplier`` after a
+hidden clone, ``norm_eps`` after a zero-padded RMSNorm hidden size; under μP, ``input_multiplier``
+after msg/zero hidden growth with tied embeddings) taken from the growth, not from the stage's
+``model:`` section. Any other function-defining field (``ModelConfig.function_fields``) on which the
 stage's section disagrees with the grown model is refused at load, naming the key; so is a stage
 that changes ``seq_length`` (the data position is counted in samples of one length).
+
+A run without ``stages:`` is a ``StagedRun`` of one stage: the run itself (``staged`` is False), so
+code that walks stages needs no second path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 from growth.plan import GrowthPlan, check_plan, derived_fields, new_model_config, plan_for
-from training.config import NON_FUNCTION_FIELDS, ModelConfig, RunConfig, load_run_config
-from training.config_base import ConfigError
+from training.checkpoint.meta import is_checkpoint, step_dir_name
+from training.config import (
+    FUSED_ADAM_GROWTH,
+    NON_FUNCTION_FIELDS,
+    GrowthOptions,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+)
+from training.config_base import ConfigError, from_dict, join_key, to_dict
+
+#: the directory under a stage's own directory that holds the checkpoint it starts from (the
+#: previous stage's final checkpoint grown by the stage's plan)
+GROWN_DIR = "grown"
+
+#: how a stage enters the LR schedule: ``own`` — its own warmup and decay over its own steps
+#: (``lr_schedule.kind: per_stage``, and a run without stages); ``continues`` — the run-level
+#: schedule where the previous stage stopped (``global``; the first stage at its start);
+#: ``given`` — the run-level schedule at ``growth.equivalent_tokens``; ``estimated`` — at the
+#: equivalent-step entry estimated from the previous stage's curve once it has trained
+#: (``Stage.entered_at``; until then the config says where the previous stage stopped)
+ScheduleEntry = Literal["own", "continues", "given", "estimated"]
 
 
-def load_train_args(args) -> RunConfig:
-    """The run config of ``flm train``'s arguments: ``args.config`` with ``args.overrides`` and, last,
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run, as trained. ``config`` is a single-stage ``RunConfig`` (no ``stages``)."""
+
+    index: int
+    #: the stage's name (``stage<index>`` when the section has none; the run's name for a run without stages)
+    name: str
+    #: the key errors about this stage are reported under (``stages[<index>]``; "" without stages)
+    key: str
+    #: what the stage trains: merged train section, steps, LR schedule placement, output_dir,
+    #: checkpoint root (``checkpoint.dir`` set per stage) and the grown model (derived fields included)
+    config: RunConfig
+    #: the stage's ``model:`` section as written (equal to ``config.model`` but for derived fields)
+    declared_model: ModelConfig
+    #: the plan that grows the previous stage's model into this one (None for the first stage)
+    growth: Optional[GrowthPlan]
+    #: token budget (``steps x global_batch_size x seq_length`` for a run without stages)
+    tokens: int
+    schedule_entry: ScheduleEntry
+    #: the whole run's token budget (the run-level schedule decays to ``min_lr`` at its end)
+    run_tokens: int
+
+    @property
+    def dir(self) -> Path:
+        """The stage's own directory: metrics, TensorBoard, ``growth.json``, ``grown/``."""
+        return Path(self.config.output_dir)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where the stage's ``step_N`` checkpoints go (``checkpoint.dir``, per stage, or ``<dir>/checkpoints``)."""
+        return self.config.checkpoint_root
+
+    @property
+    def grown_dir(self) -> Path:
+        return self.dir / GROWN_DIR
+
+    @property
+    def final_checkpoint(self) -> Optional[Path]:
+        """The stage's checkpoint at its last step, if it exists (the stage is done)."""
+        final = self.checkpoint_root / step_dir_name(self.config.train.steps)
+        return final if is_checkpoint(final) else None
+
+    def entered_at(self, tokens: int) -> Stage:
+        """This stage entering the run-level schedule at ``tokens`` (an equivalent-step estimate)."""
+        if self.schedule_entry != "estimated":
+            raise ValueError(f"stage {self.index} does not estimate its schedule entry ({self.schedule_entry})")
+        train = self.config.train
+        tokens_per_step = train.global_batch_size * self.config.model.seq_length
+        offset = tokens // tokens_per_step
+        decay = max(math.ceil(self.run_tokens / tokens_per_step), offset + train.steps)
+        new_train = dataclasses.replace(train, schedule_offset_steps=offset, lr_decay_steps=decay)
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, train=new_train))
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """A run config and its stages, each derived once (``load_run``)."""
+
+    #: the run as loaded and validated (its ``stages:`` list as written)
+    config: RunConfig
+    #: every stage the run trains, in order; one (the run itself) for a run without ``stages:``
+    stages: tuple[Stage, ...]
+    #: the file the run was loaded from (for error messages), if any
+    source: Optional[str] = None
+
+    @property
+    def staged(self) -> bool:
+        """Whether the run has a ``stages:`` list (a growth run)."""
+        return bool(self.config.stages)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    def check_layouts(self, world_size: int, indices: Optional[list[int]] = None) -> None:
+        """Refuse, before anything trains, a layout that ``world_size`` processes cannot run: tp x pp
+        must divide it (and match ``parallel.dp`` if set) and the global batch must split into
+        micro-batches over the DP ranks. Every stage in ``indices`` (default: all) is checked under its
+        own key, so a later stage's layout is refused at launch, not after the earlier stages trained."""
+        for index in range(len(self.stages)) if indices is None else indices:
+            stage = self.stages[index]
+            cfg = stage.config
+            try:
+                cfg.train.micro_batches(cfg.parallel.data_parallel_size(world_size))
+            except ConfigError as err:
+                raise ConfigError(join_key(stage.key, err.key), err.message) from None
+
+
+def load_train_args(args) -> StagedRun:
+    """The run of ``flm train``'s arguments: ``args.config`` with ``args.overrides`` and, last,
     ``--output-dir`` (the launcher's pre-launch check and the workers read it the same way)."""
     overrides = [*args.overrides, *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
     return load_run(args.config, overrides)
 
 
-def load_run(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """``training.config.load_run_config`` plus the checks of a staged run: every transition must
-    be a valid growth (errors name the file and the key)."""
+def load_run(path: str | Path | None, overrides: list[str] | None = None) -> StagedRun:
+    """``training.config.load_run_config`` and the stages built from it: every stage's merged config
+    valid, every transition a valid growth. Errors name the file and the key."""
     cfg = load_run_config(path, overrides)
     try:
-        validate_stages(cfg)
+        return build_run(cfg, source=None if path is None else str(path))
     except ConfigError as err:
         if path is not None and err.source is None:
             raise ConfigError(err.key, err.message, source=str(path)) from None
         raise
-    return cfg
 
 
-def growth_plan(run: RunConfig, index: int, path: str = "") -> GrowthPlan:
-    """The ``GrowthPlan`` that turns stage ``index - 1``'s model into stage ``index``'s."""
-    return _plan(run, index, stage_model(run, index - 1), path)
+def build_run(cfg: RunConfig, source: Optional[str] = None) -> StagedRun:
+    """The ``StagedRun`` of a validated run config (ConfigError naming the stage's key otherwise)."""
+    if not cfg.stages:
+        tokens = cfg.train.steps * cfg.train.global_batch_size * cfg.model.seq_length
+        only = Stage(0, cfg.name, "", cfg, cfg.model, None, tokens, "own", tokens)
+        return StagedRun(cfg, (only,), source)
+    stages: list[Stage] = []
+    model = cfg.stages[0].model
+    for i, section in enumerate(cfg.stages):
+        key = f"stages[{i}]"
+        merged, entry = _stage_config(cfg, i)
+        if len(cfg.stages) > 1 and merged.train.optimizer_impl == "fused":
+            raise ConfigError("train.optimizer_impl", FUSED_ADAM_GROWTH)
+        plan = None
+        if i > 0:
+            plan = _plan(cfg, i, model, stages[-1].config)
+            model = _grown_model(cfg, i, model, plan)
+        trained = dataclasses.replace(merged, model=model)
+        run_tokens = sum(s.tokens for s in cfg.stages)
+        name = section.name or f"stage{i}"
+        stages.append(Stage(i, name, key, trained, section.model, plan, section.tokens, entry, run_tokens))
+    return StagedRun(cfg, tuple(stages), source)
 
 
-def stage_model(run: RunConfig, index: int, path: str = "") -> ModelConfig:
-    """The model stage ``index`` trains: stage 0's ``model:``; a grown stage's is the previous
-    stage's model grown by its plan (derived fields from the operators) with the stage's own
-    ``NON_FUNCTION_FIELDS``. ConfigError when the stage's section disagrees on another
-    function-defining field, or changes ``seq_length``."""
-    model = run.stages[0].model
-    for i in range(1, index + 1):
-        stage = run.stages[i]
-        where = f"{path}.stages[{i}].model" if path else f"stages[{i}].model"
-        if stage.model.seq_length != model.seq_length:
-            raise ConfigError(
-                f"{where}.seq_length",
-                f"{stage.model.seq_length}, but stage {i - 1} trains with {model.seq_length}: a stage "
-                "cannot change seq_length (the data position is counted in samples of one length); "
-                "keep one seq_length for the whole run",
-            )
-        grown = new_model_config(_plan(run, i, model, path), model)
-        want, have = stage.model.function_values(), grown.function_values()
-        derived = derived_fields(model)
-        for name, value in want.items():
-            if name not in derived and value != have[name]:
-                raise ConfigError(
-                    f"{where}.{name}",
-                    f"{value!r}, but growing stage {i - 1}'s model gives {have[name]!r}: growth keeps "
-                    f"{name} (set it to {have[name]!r}, or change it in the first stage)",
-                )
-        model = dataclasses.replace(grown, **{f: getattr(stage.model, f) for f in NON_FUNCTION_FIELDS})
-    return model
-
-
-def _plan(run: RunConfig, index: int, prev_model: ModelConfig, path: str = "") -> GrowthPlan:
-    """The plan from ``prev_model`` (stage ``index - 1``'s model as trained) to stage ``index``'s shape."""
-    prev = dataclasses.replace(run.stages[index - 1], model=prev_model)
+def _stage_config(run: RunConfig, index: int) -> tuple[RunConfig, ScheduleEntry]:
+    """Stage ``index``'s single-stage config with the model of its section: the run's train section
+    with the stage's overrides and LR placement, steps from its token budget, its own output directory
+    ``<output_dir>/stage<index>-<name>`` and, when the run sets ``checkpoint.dir``, its own checkpoint
+    root ``<checkpoint.dir>/stage<index>-<name>``."""
     stage = run.stages[index]
-    g = stage.growth
-    where = f"{path}.stages[{index}].growth" if path else f"stages[{index}].growth"
-    changed = {
-        "hidden": prev.model.hidden_size != stage.model.hidden_size,
-        "ffn": prev.model.ffn_hidden_size != stage.model.ffn_hidden_size,
-        "heads": (prev.model.num_attention_heads, prev.model.query_groups)
-        != (stage.model.num_attention_heads, stage.model.query_groups),
-        "depth": prev.model.num_layers != stage.model.num_layers,
-    }
-    operators = {dim: g.operators.get(dim, g.default_operator if moved else "none") for dim, moved in changed.items()}
-    if operators["depth"] == "clone":
-        operators["depth"] = "msg"
+    where = f"stages[{index}]"
+    train = from_dict(TrainConfig, dict(to_dict(run.train), **stage.train), join_key(where, "train"))
+    train.steps = stage_steps(stage.tokens, train, stage.model)
+    entry: ScheduleEntry = "own"
+    if run.lr_schedule.kind == "per_stage":
+        if stage.growth is not None and stage.growth.lr_policy == "rewind":
+            train.warmup_steps = 0
+        elif stage.growth is not None and stage.growth.lr_policy == "restart":
+            first = dict(to_dict(run.train), **run.stages[0].train)
+            train.warmup_steps = int(first.get("warmup_steps", train.warmup_steps))
+    else:
+        entry = _run_level_schedule(run, index, train, stage.model, where)
+    dirname = f"stage{index}-{stage.name or f'stage{index}'}"
+    ckpt = run.checkpoint
+    if ckpt.dir:
+        ckpt = dataclasses.replace(ckpt, dir=str(Path(ckpt.dir) / dirname))
+    single = dataclasses.replace(
+        run,
+        name=f"{run.name}/{stage.name or f'stage{index}'}",
+        output_dir=str(Path(run.output_dir) / dirname),
+        model=stage.model,
+        parallel=stage.parallel,
+        train=train,
+        checkpoint=ckpt,
+        stages=[],
+        iq_eval=None,
+    )
+    try:
+        single.validate("")
+    except ConfigError as err:
+        raise ConfigError(join_key(where, err.key), err.message) from None
+    return single, entry
+
+
+def stage_steps(tokens: int, train: TrainConfig, model: ModelConfig) -> int:
+    """Optimizer steps of a stage: its token budget in global batches, rounded up."""
+    return max(1, math.ceil(tokens / (train.global_batch_size * model.seq_length)))
+
+
+def _run_level_schedule(
+    run: RunConfig, index: int, train: TrainConfig, model: ModelConfig, where: str
+) -> ScheduleEntry:
+    """Stage ``index``'s ``train`` section under a ``global`` / ``equivalent_step`` schedule: the
+    run-level schedule (in tokens) in this stage's steps, entered at the stage's offset."""
+    tokens_per_step = train.global_batch_size * model.seq_length
+    total = sum(s.tokens for s in run.stages)
+    entry_tokens = sum(s.tokens for s in run.stages[:index])
+    growth = run.stages[index].growth
+    entry: ScheduleEntry = "continues"
+    if run.lr_schedule.kind == "equivalent_step" and growth is not None:
+        if growth.equivalent_tokens is not None:
+            entry_tokens, entry = growth.equivalent_tokens, "given"
+        else:
+            # not known before the previous stage has trained (training.equivalent_step estimates it from
+            # that stage's curve when this stage starts: Stage.entered_at); until then, where it stopped
+            entry = "estimated"
+    train.schedule_offset_steps = entry_tokens // tokens_per_step
+    warmup_tokens = run.lr_schedule.warmup_tokens
+    if warmup_tokens is None:
+        first = from_dict(TrainConfig, dict(to_dict(run.train), **run.stages[0].train), join_key(where, "train"))
+        warmup_tokens = first.warmup_steps * first.global_batch_size * run.stages[0].model.seq_length
+    train.warmup_steps = math.ceil(warmup_tokens / tokens_per_step)
+    train.lr_decay_steps = max(math.ceil(total / tokens_per_step), train.schedule_offset_steps + train.steps)
+    train.rewarmup_steps = run.lr_schedule.rewarmup_steps if index > 0 else 0
+    return entry
+
+
+def _grown_model(run: RunConfig, index: int, prev_model: ModelConfig, plan: GrowthPlan) -> ModelConfig:
+    """The model stage ``index`` trains: ``prev_model`` grown by ``plan`` (derived fields from the
+    operators) with the stage's own ``NON_FUNCTION_FIELDS``. ConfigError when the stage's section
+    disagrees on another function-defining field, or changes ``seq_length``."""
+    stage = run.stages[index]
+    where = f"stages[{index}].model"
+    if stage.model.seq_length != prev_model.seq_length:
+        raise ConfigError(
+            f"{where}.seq_length",
+            f"{stage.model.seq_length}, but stage {index - 1} trains with {prev_model.seq_length}: a stage "
+            "cannot change seq_length (the data position is counted in samples of one length); "
+            "keep one seq_length for the whole run",
+        )
+    grown = new_model_config(plan, prev_model)
+    want, have = stage.model.function_values(), grown.function_values()
+    derived = derived_fields(prev_model)
+    for name, value in want.items():
+        if name not in derived and value != have[name]:
+            raise ConfigError(
+                f"{where}.{name}",
+                f"{value!r}, but growing stage {index - 1}'s model gives {have[name]!r}: growth keeps "
+                f"{name} (set it to {have[name]!r}, or change it in the first stage)",
+            )
+    return dataclasses.replace(grown, **{f: getattr(stage.model, f) for f in NON_FUNCTION_FIELDS})
+
+
+def _plan(run: RunConfig, index: int, prev_model: ModelConfig, prev: RunConfig) -> GrowthPlan:
+    """The plan from ``prev_model`` (stage ``index - 1``'s model as trained, under ``prev``'s layout)
+    to stage ``index``'s shape, with the stage's growth options."""
+    stage = run.stages[index]
+    assert stage.growth is not None  # RunConfig.validate: every stage after the first has a growth section
+    where = f"stages[{index}].growth"
+    options = {f.name: to_dict(getattr(stage.growth, f.name)) for f in dataclasses.fields(GrowthOptions)}
     try:
         plan = plan_for(
-            prev.model,
+            prev_model,
             stage.model,
-            operators,
+            options.pop("operators"),
             tp=stage.parallel.tp,
-            old_vocab=prev.model.padded_vocab_size(prev.parallel.tp),
-            depth={"placement": g.depth_placement, "init": g.depth_init},
-            ramp={"steps": g.ramp_steps, "shape": g.ramp_shape},
-            init_std=g.init_std,
-            clone_noise=g.clone_noise,
-            seed=g.seed,
-            exact=g.exact,
+            old_vocab=prev_model.padded_vocab_size(prev.parallel.tp),
+            **options,
         )
-        check_plan(plan, prev.model, where)
+        check_plan(plan, prev_model, where)
     except ConfigError as err:
         key = err.key if err.key.startswith(where) else f"{where}.{err.key}"
         raise ConfigError(key, err.message) from None
     return plan
-
-
-def validate_stages(run: RunConfig) -> None:
-    """Every transition must be a valid growth (no shrinking, exactness as requested, TP fits) and
-    every stage's ``model:`` section must describe the model its growth produces."""
-    if run.stages:
-        stage_model(run, len(run.stages) - 1)

@@ -29,7 +29,7 @@ stages:
   - name: g
     model: {{num_layers: 4, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 2048, seq_length: 128}}
     tokens: 1024
-    growth: {{default_operator: msg, ramp_steps: 2}}
+    growth: {{default_operator: msg, ramp: {{steps: 2}}}}
 """
 
 
@@ -43,13 +43,14 @@ def test_iq_eval_section_is_parsed_and_checked(tmp_path):
     from eval_iq.stage_eval import stage_end_iq
     from training.config import load_run_config
     from training.config_base import ConfigError
+    from training.stage_plans import load_run
 
     run = _write_run(tmp_path)
     cfg = load_run_config(run)
     assert cfg.iq_eval.tasks == ["counting", "head_tail", "single_supporting_fact"] and cfg.iq_eval.limit == 2
     assert load_run_config(run, ["iq_eval=null"]).iq_eval is None
     with pytest.raises(ConfigError) as info:  # the names are checked by the benchmark's stage hook
-        stage_end_iq.check(load_run_config(run, ["iq_eval.tasks=[counting, countin]"]))
+        stage_end_iq.check(load_run(run, ["iq_eval.tasks=[counting, countin]"]))
     assert info.value.key == "iq_eval.tasks" and "'countin'" in str(info.value) and "Valid: 'all'" in str(info.value)
     with pytest.raises(ConfigError) as info:
         load_run_config(run, ["iq_eval.limit=0"])
@@ -132,10 +133,10 @@ def test_staged_run_evaluates_iq_at_every_stage_and_the_report_shows_it(tmp_path
         assert results["model"]["max_length"] == 128
         assert {n: s["acc"] for n, s in results["subtasks"].items()} == iq["subtasks"]
     assert "left-truncated" in proc.stderr
-    from training.config import load_run_config
     from training.dryrun import write_report
+    from training.stage_plans import load_run
 
-    report = write_report(load_run_config(run))
+    report = write_report(load_run(run))
     table = (report / "stages.md").read_text()
     assert "## IQ benchmark at the end of each stage" in table
     assert "| 0 s | – (partial) |" in table and "| 1 g | – (partial) |" in table and "Single Supporting Fact" in table

@@ -81,9 +81,11 @@ def grown_plan(cfg: ModelConfig, operators: dict, *, tp: int = 1, **changes):
     """The plan growing ``cfg`` to ``cfg`` with ``changes`` (ModelConfig fields) using ``operators``.
 
     Plan options go through ``plan`` (a dict of GrowthPlan sections); kv_channels is pinned to the
-    old head dim so that hidden growth does not change it.
+    old head dim so that hidden growth does not change it. New layers go on top of the stack unless
+    ``plan`` says otherwise (the tests name which old layer each new one copies under that placement).
     """
-    options = changes.pop("plan", {})
+    options = dict(changes.pop("plan", {}))
+    options["depth"] = {"placement": "stack", **options.get("depth", {})}
     new = dataclasses.replace(cfg, kv_channels=cfg.head_dim, **changes)
     return plan_for(cfg, new, operators, tp=tp, **{"ramp": {"steps": 8}, **options})
 

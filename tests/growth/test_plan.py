@@ -173,3 +173,28 @@ def test_programmatic_plan_is_validated_by_check_plan():
     plan = GrowthPlan(old=ModelShape(**OLD), new=ModelShape(**{**OLD, "hidden": 8}))
     with pytest.raises(ConfigError, match="never shrinks"):
         check_plan(plan, make_cfg())
+
+
+def test_a_plan_and_a_stage_growth_section_share_options_and_defaults():
+    """One growth vocabulary: a plan file's options are a staged run's ``growth:`` options (same
+    names, same defaults); a dimension left out gets default_operator when it grows, none otherwise."""
+    import dataclasses
+
+    from training.config import GrowthOptions, StageGrowthConfig
+
+    shared = {f.name: f.default for f in dataclasses.fields(GrowthOptions) if f.default is not dataclasses.MISSING}
+    for cls in (GrowthPlan, StageGrowthConfig):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert {name: fields[name].default for name in shared} == shared
+        assert fields["ramp"].default_factory().steps == 200
+        assert fields["depth"].default_factory().placement == "interleave"
+    plan = load_plan({"old": OLD, "new": {**OLD, "hidden": 32, "ffn": 32}, "operators": {"ffn": "zero"}})
+    assert (plan.operators.hidden, plan.operators.ffn, plan.operators.heads, plan.operators.depth) == (
+        "msg",
+        "zero",
+        "none",
+        "none",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_plan({"old": OLD, "new": {**OLD, "hidden": 32}, "default_operator": "none"})
+    assert info.value.key == "operators.hidden" and "needs an operator" in str(info.value)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import REPO, flm
-from training.config import check_layouts, load_run_config
+from training.config import load_run_config
 from training.config_base import ConfigError
+from training.stage_plans import build_run, load_run
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
 
@@ -57,9 +58,9 @@ def test_layout_must_fit_the_world_size():
     with pytest.raises(ConfigError, match="multiple of 8"):
         cfg.train.micro_batches(4)
     with pytest.raises(ConfigError, match="multiple of 8") as info:
-        check_layouts(cfg, 4)  # a run without stages: its own keys
+        build_run(cfg).check_layouts(4)  # a run without stages: its own keys
     assert info.value.key == "train.global_batch_size"
-    check_layouts(cfg, 3)
+    build_run(cfg).check_layouts(3)
 
 
 def test_missing_file_and_bad_include(tmp_path):
@@ -115,10 +116,10 @@ def test_deepspeed_engine_config_defaults_and_staged_layouts(tmp_path):
     run.write_text(
         "engine: deepspeed\nstages:\n"
         "  - {name: a, tokens: 1024, model: {num_layers: 2}}\n"
-        "  - {name: b, tokens: 1024, model: {num_layers: 4}, parallel: {tp: 2}, growth: {ramp_steps: 2}}\n"
+        "  - {name: b, tokens: 1024, model: {num_layers: 4}, parallel: {tp: 2}, growth: {ramp: {steps: 2}}}\n"
     )
     with pytest.raises(ConfigError) as info:
-        load_run_config(run)
+        load_run(run)
     assert info.value.key == "stages[1].parallel.tp" and "data parallelism only" in str(info.value)
 
 

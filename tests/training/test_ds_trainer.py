@@ -185,7 +185,7 @@ STAGED = [
     "stages.1.parallel.tp=1",
     "stages.0.tokens=2048",
     "stages.1.tokens=2048",
-    "stages.1.growth.ramp_steps=3",
+    "stages.1.growth.ramp.steps=3",
 ]
 
 

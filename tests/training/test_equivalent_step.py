@@ -11,9 +11,8 @@ import pytest
 
 from tests.helpers import flm, read_metrics
 from training import equivalent_step
-from training.config import stage_config
 from training.model_size import non_embedding_params
-from training.stage_plans import load_run, stage_model
+from training.stage_plans import load_run
 
 RUN = """
 name: eq
@@ -31,7 +30,7 @@ stages:
   - name: g
     model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 128, num_attention_heads: 4, vocab_size: 256, seq_length: 32}}
     tokens: 2048
-    growth: {{default_operator: msg, ramp_steps: 2}}
+    growth: {{default_operator: msg, ramp: {{steps: 2}}}}
 """
 
 
@@ -62,33 +61,37 @@ def test_entry_solves_the_grown_shapes_curve_and_is_kept(tmp_path):
     path = tmp_path / "eq.yaml"
     path.write_text(RUN.format(out=tmp_path / "eq"))
     run = load_run(path, [])
-    prev = stage_config(run, 0)
+    prev = run.stages[0].config
     write_curve(prev)
     stage_dir = tmp_path / "eq" / "stage1-g"
-    got = equivalent_step.entry_tokens(run, 1, prev, stage_model(run, 1), stage_dir)
+    got = equivalent_step.entry_tokens(run.config, 1, prev, run.stages[1].config.model, stage_dir)
     record = json.loads((stage_dir / "equivalent_step.json").read_text())
     tps = prev.train.global_batch_size * prev.model.seq_length
     d_prev = prev.train.steps * tps
-    floor = 2.5 * (non_embedding_params(prev.model) / non_embedding_params(stage_model(run, 1))) ** 0.076
+    floor = 2.5 * (non_embedding_params(prev.model) / non_embedding_params(run.stages[1].config.model)) ** 0.076
     want = (40.0 / (law(d_prev, 2.5, 40.0, 0.35) - floor)) ** (1 / 0.35)
     assert got == record["equivalent_tokens"] and got == pytest.approx(want, rel=1e-3)
     assert 0 < got < d_prev  # the larger shape needs fewer tokens for the same loss
-    assert stage_config(run, 1, entry_tokens=got).train.schedule_offset_steps == got // tps
+    assert run.stages[1].entered_at(got).config.train.schedule_offset_steps == got // tps
     (tmp_path / "eq" / "stage0-s" / "metrics.jsonl").write_text("")  # the record is read back, not refitted
-    assert equivalent_step.entry_tokens(run, 1, prev, stage_model(run, 1), stage_dir) == got
+    assert equivalent_step.entry_tokens(run.config, 1, prev, run.stages[1].config.model, stage_dir) == got
 
 
 def test_too_few_points_name_the_fix(tmp_path):
     path = tmp_path / "eq.yaml"
     path.write_text(RUN.format(out=tmp_path / "eq"))
     run = load_run(path, [])
-    prev = stage_config(run, 0)
+    prev = run.stages[0].config
     write_curve(prev, every=10)
     with pytest.raises(equivalent_step.EquivalentStepError, match="lower train.eval_interval or give stages"):
-        equivalent_step.entry_tokens(run, 1, prev, stage_model(run, 1), tmp_path / "eq" / "stage1-g")
+        equivalent_step.entry_tokens(run.config, 1, prev, run.stages[1].config.model, tmp_path / "eq" / "stage1-g")
     assert (
         equivalent_step.entry_tokens(
-            load_run(path, ["stages.1.growth.equivalent_tokens=512"]), 1, prev, stage_model(run, 1), tmp_path / "x"
+            load_run(path, ["stages.1.growth.equivalent_tokens=512"]).config,
+            1,
+            prev,
+            run.stages[1].config.model,
+            tmp_path / "x",
         )
         is None
     )
@@ -100,11 +103,11 @@ def test_staged_run_enters_the_schedule_at_the_estimate(tmp_path):
     flm("train", str(path))
     record = json.loads((tmp_path / "eq" / "stage1-g" / "equivalent_step.json").read_text())
     run = load_run(path, [])
-    train = stage_config(run, 1, entry_tokens=record["equivalent_tokens"]).train
+    train = run.stages[1].entered_at(record["equivalent_tokens"]).config.train
     assert (
         train.schedule_offset_steps
         == record["equivalent_tokens"] // 256
-        < stage_config(run, 1).train.schedule_offset_steps
+        < run.stages[1].config.train.schedule_offset_steps
     )
     first = read_metrics(tmp_path / "eq" / "stage1-g")[0]
     n = train.schedule_offset_steps + 1

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tests.helpers import REPO
-from training.config import stage_config
 from training.config_base import ConfigError
 from training.engine.optim import build_scheduler
 from training.stage_plans import load_run
@@ -35,7 +34,7 @@ def lrs(train, steps=None):
 
 def schedule(kind, *extra):
     run = load_run(DRYRUN, [f"lr_schedule.kind={kind}", "lr_schedule.warmup_tokens=20480", *extra])
-    return [stage_config(run, i).train for i in range(len(run.stages))]
+    return [stage.config.train for stage in run.stages]
 
 
 def cosine(step, warmup, decay, lr, min_lr):
@@ -83,7 +82,7 @@ def test_equivalent_step_enters_where_given():
     )
     assert [t.schedule_offset_steps for t in trains] == [0, 81920 // (16 * 128), 245760 // (16 * 128)]
     run = load_run(DRYRUN, ["lr_schedule.kind=equivalent_step"])  # not given: estimated when the stage starts
-    assert stage_config(run, 1, entry_tokens=40960).train.schedule_offset_steps == 40960 // (16 * 128)
+    assert run.stages[1].entered_at(40960).config.train.schedule_offset_steps == 40960 // (16 * 128)
     with pytest.raises(ConfigError) as info:
         load_run(DRYRUN, ["lr_schedule.kind=equivalent_step", "lr_schedule.size_exponent=1.5"])
     assert info.value.key == "lr_schedule.size_exponent"

@@ -16,8 +16,8 @@ from training.engine.factory import make_trainer
 from training.engine.parallel import init_process_group, teardown
 from training.grow import verify_tokens
 from training.model_check import check_same_model
-from training.stage_plans import load_run, stage_model
-from training.stages import grow_into, run_stages, trained_stage_config
+from training.stage_plans import load_run
+from training.stages import grow_into, run_stages
 
 SMALL = (
     "num_layers: 2, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 4, kv_channels: 8, "
@@ -49,7 +49,7 @@ stages:
   - name: {name}
     model: {{{grown}}}
     tokens: 256
-    growth: {{operators: {{{dim}: {op}}}, ramp_steps: 4}}
+    growth: {{operators: {{{dim}: {op}}}, ramp: {{steps: 4}}}}
 """
 
 
@@ -80,7 +80,7 @@ def test_first_step_of_a_grown_stage_starts_from_the_verified_loss(trained_small
         grown = grow_into(run, 1)
         record = json.loads((grown.parent / "growth.json").read_text())
         assert record["exact"] and record["preserved"], record
-        cfg = trained_stage_config(run, 1)
+        cfg = run.stages[1].config
         meta = json.loads((grown / "flm_checkpoint.json").read_text())
         check_same_model(meta["config"]["model"], cfg.model, grown)  # the trained model is the grown one
         source = MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0)
@@ -103,12 +103,11 @@ def test_staged_mup_run_trains_the_verified_grown_model(tmp_path, tied):
     loss, its hidden matrices train at lr / 2, and the stage trains on."""
     from training.config import MuPConfig
     from training.config_base import to_dict
-    from training.stages import stage_dir
 
     small = SMALL.replace("tie_embeddings: false", f"tie_embeddings: {str(tied).lower()}")
     small += ", output_multiplier: 2.0, mup: {base_width: 32, attention_multiplier: 2.0}"
     run = load_run(write_run(tmp_path, grown=small.replace("hidden_size: 32", "hidden_size: 64"), small=small))
-    cfg = trained_stage_config(run, 1)
+    cfg = run.stages[1].config
     m = cfg.model
     assert m.mup == MuPConfig(base_width=32, attention_multiplier=2.0) and m.width_multiplier == 2.0
     assert m.output_multiplier == 2.0 and m.readout_multiplier == 1.0
@@ -134,7 +133,7 @@ def test_staged_mup_run_trains_the_verified_grown_model(tmp_path, tied):
     finally:
         teardown()
     run_stages(run, only_stage=1)
-    records = [json.loads(line) for line in (stage_dir(run, 1) / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run.stages[1].dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r and r.get("step")]
     assert len(train) == cfg.train.steps and all(np.isfinite(r["loss"]) for r in train)
 
@@ -142,9 +141,9 @@ def test_staged_mup_run_trains_the_verified_grown_model(tmp_path, tied):
 def test_derived_fields_come_from_the_growth(tmp_path):
     """hidden clone halves output_multiplier, zero-padding an RMSNorm hidden size scales norm_eps:
     the stage trains those values although its model section leaves the run's."""
-    clone = stage_model(load_run(write_run(tmp_path, "hidden", "clone")), 1)
+    clone = load_run(write_run(tmp_path, "hidden", "clone")).stages[1].config.model
     assert clone.output_multiplier == 0.5 and clone.hidden_size == 64
-    zero = stage_model(load_run(write_run(tmp_path, "hidden", "zero")), 1)
+    zero = load_run(write_run(tmp_path, "hidden", "zero")).stages[1].config.model
     assert zero.norm_eps == pytest.approx(1e-5 * 32 / 64) and zero.output_multiplier == 1.0
 
 
@@ -152,11 +151,10 @@ def test_mup_derives_no_output_multiplier(tmp_path):
     """Under μP a grown model keeps output_multiplier (clone included: the 1/m absorbs the clone's
     factor), so a stage section that changes it is refused; so is one that drops model.mup."""
     small = SMALL + ", mup: {base_width: 32}"
-    clone = stage_model(
-        load_run(
-            write_run(tmp_path, "hidden", "clone", grown=GROWN["hidden"] + ", mup: {base_width: 32}", small=small)
-        ),
-        1,
+    clone = (
+        load_run(write_run(tmp_path, "hidden", "clone", grown=GROWN["hidden"] + ", mup: {base_width: 32}", small=small))
+        .stages[1]
+        .config.model
     )
     assert clone.output_multiplier == 1.0 and clone.readout_multiplier == 0.5
     for extra, key in ((", mup: {base_width: 32}, output_multiplier: 0.5", "output_multiplier"), ("", "mup")):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.helpers import flm, read_metrics
+from tests.helpers import REPO, flm, read_metrics
 from training.config_base import ConfigError
 from training.stage_plans import load_run
 
@@ -29,7 +29,7 @@ stages:
     parallel: {{tp: 2}}
     tokens: 4096
     train: {{lr: 1.5e-3, warmup_steps: 1}}
-    growth: {{default_operator: msg, ramp_steps: 4, depth_placement: interleave}}
+    growth: {{default_operator: msg, ramp: {{steps: 4}}, depth: {{placement: interleave}}}}
 """
 
 
@@ -56,14 +56,18 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
     assert sorted(ref) == list(range(1, 9))
     assert [ref[s]["mask_value"] for s in (1, 2, 3, 4, 5)] == [0.0, 0.25, 0.5, 0.75, None]
 
-    killed = write_run(tmp_path, "killed")
+    # the interrupted run keeps its checkpoints elsewhere (checkpoint.dir): each stage under its own root
+    killed, ckpts = write_run(tmp_path, "killed"), f"checkpoint.dir={tmp_path / 'ckpts'}"
     # killed right after the growth (stage 1 has no checkpoint yet) ...
-    bad = flm("train", str(killed), nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:1"})
+    bad = flm("train", str(killed), ckpts, nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:1"})
     assert bad.returncode != 0 and (tmp_path / "killed" / "stage1-g" / "grown").is_dir()
     # ... then inside the mask ramp (latest checkpoint: step 2, masks at 0.5) ...
-    bad = flm("train", str(killed), "--resume", nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:3"})
+    bad = flm("train", str(killed), ckpts, "--resume", nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:3"})
     assert bad.returncode != 0
-    flm("train", str(killed), "--resume", nproc=2)
+    flm("train", str(killed), ckpts, "--resume", nproc=2)
+    assert (tmp_path / "ckpts" / "stage0-s" / "step_0000006").is_dir()
+    assert (tmp_path / "ckpts" / "stage1-g" / "step_0000008").is_dir()
+    assert not list((tmp_path / "killed").glob("stage*/checkpoints"))
     got = last_by_step(tmp_path / "killed" / "stage1-g")
     for step in range(1, 9):
         assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-6), f"stage 1 step {step}"
@@ -78,9 +82,13 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
         ("stages.1.model.hidden_size=32", "stages[1].growth.new.hidden", "never shrinks"),
         ("stages.1.tokens=0", "stages[1].tokens", "must be > 0"),
         ("stages.1.parallel.tp=3", "stages[1].model.num_attention_heads", "not divisible by parallel.tp=3"),
-        ("stages.0.growth={ramp_steps: 3}", "stages[0].growth", "first stage"),
+        ("stages.0.growth={ramp: {steps: 3}}", "stages[0].growth", "first stage"),
         ("stages.1.growth=null", "stages[1].growth", "needs a growth section"),
         ("stages.1.growth.operators={depth: stack}", "stages[1].growth.operators.depth", "exact: false"),
+        # one growth vocabulary: a plan's option types, so no operator is silently swapped for another
+        ("stages.1.growth.operators={depth: clone}", "stages[1].growth.operators.depth", "allowed values"),
+        ("stages.1.growth.default_operator=clone", "stages[1].growth.operators.depth", "no depth counterpart"),
+        ("stages.1.growth.ramp_steps=3", "stages[1].growth.ramp_steps", "unknown key"),
     ],
 )
 def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
@@ -107,12 +115,25 @@ def test_layout_not_fitting_the_process_count_is_refused_before_anything_trains(
     assert bad.returncode == 2 and "config key 'stages[1].train.global_batch_size'" in bad.stderr
 
 
+def test_each_stage_has_its_own_directories_and_checkpoint_root(tmp_path):
+    """Derived once by load_run: a stage's output and checkpoint directories are its own, also when the
+    run sets checkpoint.dir (each stage under <checkpoint.dir>/stage<i>-<name>)."""
+    run = load_run(write_run(tmp_path, "x"))
+    assert [s.dir for s in run.stages] == [tmp_path / "x" / "stage0-s", tmp_path / "x" / "stage1-g"]
+    assert [s.checkpoint_root for s in run.stages] == [s.dir / "checkpoints" for s in run.stages]
+    run = load_run(write_run(tmp_path, "x"), [f"checkpoint.dir={tmp_path / 'c'}"])
+    assert [s.checkpoint_root for s in run.stages] == [tmp_path / "c" / "stage0-s", tmp_path / "c" / "stage1-g"]
+    assert [s.grown_dir for s in run.stages] == [s.dir / "grown" for s in run.stages]
+    assert run.stages[0].growth is None and run.stages[1].growth.new.layers == 4
+    assert run.stages[1].config.model.num_layers == 4 and run.stages[1].config.train.steps == 8
+    single = load_run(REPO / "configs" / "runs" / "tiny.yaml")
+    assert not single.staged and [s.config for s in single.stages] == [single.config]
+
+
 @pytest.mark.parametrize("policy, warmup", [("inherit", 1), ("rewind", 0), ("restart", 2)])
 def test_lr_policy_at_growth_sets_the_stage_schedule(tmp_path, policy, warmup):
-    from training.config import stage_config
-
-    cfg = load_run(write_run(tmp_path, "x"), ["lr_schedule.kind=per_stage", f"stages.1.growth.lr_policy={policy}"])
-    stage = stage_config(cfg, 1)
+    run = load_run(write_run(tmp_path, "x"), ["lr_schedule.kind=per_stage", f"stages.1.growth.lr_policy={policy}"])
+    stage = run.stages[1].config
     assert stage.train.warmup_steps == warmup  # the run's warmup is 2, stage 1 asks for 1
     assert stage.train.lr == 1.5e-3 and stage.train.steps == 8
     assert stage.output_dir.endswith("stage1-g") and stage.parallel.tp == 2

@@ -130,8 +130,15 @@ class DeepSpeedTrainer(BaseTrainer):
         train_source: SampleSource,
         valid_source: Optional[SampleSource] = None,
         output_dir: Optional[Path] = None,
+        checkpoint_meta: Optional[dict] = None,
     ):
-        super().__init__(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
+        super().__init__(
+            cfg,
+            train_source=train_source,
+            valid_source=valid_source,
+            output_dir=output_dir,
+            checkpoint_meta=checkpoint_meta,
+        )
         if self.layout.tp != 1 or self.layout.pp != 1:
             raise ValueError("the DeepSpeed engine needs parallel.tp = parallel.pp = 1 (checked at config load)")
         deepspeed = import_deepspeed()

@@ -17,11 +17,24 @@ def make_trainer(
     train_source: SampleSource,
     valid_source: Optional[SampleSource] = None,
     output_dir: Optional[Path] = None,
+    checkpoint_meta: Optional[dict] = None,
 ) -> BaseTrainer:
     """The trainer of the run's ``engine`` (the DeepSpeed engine's module, which imports deepspeed,
-    only when it is chosen)."""
+    only when it is chosen); ``checkpoint_meta``: extra fields recorded in every checkpoint it saves."""
     if cfg.engine == "deepspeed":
         from training.engine.ds_trainer import DeepSpeedTrainer  # optional heavy dependency: deepspeed
 
-        return DeepSpeedTrainer(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
-    return Trainer(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
+        return DeepSpeedTrainer(
+            cfg,
+            train_source=train_source,
+            valid_source=valid_source,
+            output_dir=output_dir,
+            checkpoint_meta=checkpoint_meta,
+        )
+    return Trainer(
+        cfg,
+        train_source=train_source,
+        valid_source=valid_source,
+        output_dir=output_dir,
+        checkpoint_meta=checkpoint_meta,
+    )

@@ -42,8 +42,15 @@ class Trainer(BaseTrainer):
         train_source: SampleSource,
         valid_source: Optional[SampleSource] = None,
         output_dir: Optional[Path] = None,
+        checkpoint_meta: Optional[dict] = None,
     ):
-        super().__init__(cfg, train_source=train_source, valid_source=valid_source, output_dir=output_dir)
+        super().__init__(
+            cfg,
+            train_source=train_source,
+            valid_source=valid_source,
+            output_dir=output_dir,
+            checkpoint_meta=checkpoint_meta,
+        )
         self.tconfig = transformer_config(
             cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
         )

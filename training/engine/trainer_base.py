@@ -110,6 +110,7 @@ class BaseTrainer(ABC):
         train_source: SampleSource,
         valid_source: Optional[SampleSource] = None,
         output_dir: Optional[Path] = None,
+        checkpoint_meta: Optional[dict[str, Any]] = None,
     ):
         self.cfg = cfg
         self.layout: Layout = setup_layout(cfg.parallel, cfg.train.seed)
@@ -125,7 +126,8 @@ class BaseTrainer(ABC):
         self.adam_step = 0
         #: MSG growth masks while they ramp (None: plain model); advanced after each optimizer step
         self.masks = None
-        self.extra_meta: dict[str, Any] = {}
+        #: extra fields of every checkpoint's metadata (a staged run's stage index and name)
+        self.extra_meta: dict[str, Any] = dict(checkpoint_meta or {})
         self._flops_per_token = flops_per_token(cfg.model)
         self._peak = device_peak_tflops(cfg.logging.peak_tflops)
         #: divergence policy state: recent good losses, why the last step was skipped, rollbacks done

@@ -30,11 +30,11 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-from training.config import ModelConfig, ParallelConfig, RunConfig, run_config_to_dict, stage_config
+from training.config import ModelConfig, ParallelConfig, RunConfig, run_config_to_dict
 from training.config_base import ConfigError, from_dict, to_dict
 from training.errors import UsageError
 from training.model_size import total_params
-from training.stage_plans import load_run, stage_model
+from training.stage_plans import build_run, load_run
 
 
 def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
@@ -67,23 +67,23 @@ def parse_floats(text: str, option: str) -> list[float]:
 def load_base(config: str, overrides: list[str], stage: Optional[int] = None) -> RunConfig:
     """The single-stage run the proxies derive from: the run config, or stage ``stage`` of a staged
     run (its merged config, with the model the stage trains)."""
-    cfg = load_run(config, overrides)
-    if not cfg.stages:
+    run = load_run(config, overrides)
+    cfg = run.config
+    if not run.staged:
         if stage is not None:
             raise UsageError(f"--stage {stage}: {config} is not a staged run (it has no stages: list)")
         return cfg
     if stage is None:
         raise UsageError(
-            f"{config} is a staged run: pass --stage N (0..{len(cfg.stages) - 1}) to take the model and "
+            f"{config} is a staged run: pass --stage N (0..{len(run.stages) - 1}) to take the model and "
             "train section of stage N"
         )
-    if not 0 <= stage < len(cfg.stages):
-        raise UsageError(f"--stage {stage} is out of range; the run has stages 0..{len(cfg.stages) - 1}")
+    if not 0 <= stage < len(run.stages):
+        raise UsageError(f"--stage {stage} is out of range; the run has stages 0..{len(run.stages) - 1}")
     # a proxy trains from scratch over its own steps: the stage's own schedule, not its place in a
     # run-level one (the default lr_schedule is global)
     own = dataclasses.replace(cfg, lr_schedule=dataclasses.replace(cfg.lr_schedule, kind="per_stage"))
-    single = stage_config(own, stage)
-    single = dataclasses.replace(single, model=stage_model(cfg, stage))
+    single = build_run(own).stages[stage].config
     single.train.lr_decay_steps = None
     return single
 

@@ -100,7 +100,7 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
 def finished(proxy: Proxy) -> bool:
     """The proxy's final checkpoint and last step's metrics are on disk."""
     steps = proxy.config.train.steps
-    final = proxy.dir / "checkpoints" / checkpoint.step_dir_name(steps)
+    final = proxy.config.checkpoint_root / checkpoint.step_dir_name(steps)
     return checkpoint.is_checkpoint(final) and any(r.get("step") == steps for r in read_records(proxy.dir))
 
 

@@ -108,7 +108,6 @@ def register(sub) -> None:
 def cmd_plan(args) -> int:
     import json  # (with the rest) startup time: the planner loads torch and growth/ when the command runs
 
-    from training.config import stage_config
     from training.plan.planner import PlanOptions, plan_run
     from training.plan.report import render, to_json
     from training.stage_plans import load_run
@@ -135,9 +134,8 @@ def cmd_plan(args) -> int:
     if args.materialize:
         from training.plan.materialize import materialize_stage  # optional heavy dependency: megatron-core
 
-        configs = [stage_config(run, i) for i in range(len(run.stages))] if run.stages else [run]
-        for stage, cfg in zip(plan.stages, configs):
-            materialized.append(materialize_stage(stage.name, cfg.model, cfg.parallel))
+        for planned, stage in zip(plan.stages, run.stages):
+            materialized.append(materialize_stage(planned.name, stage.declared_model, stage.config.parallel))
         if any(m.mismatches() for m in materialized):
             status = 1
     if args.json:

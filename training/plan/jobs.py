@@ -15,8 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from training.config import stage_config
-from training.config_base import ConfigError
+from training.config_base import ConfigError, join_key
 from training.errors import FLMError
 from training.stage_plans import load_run
 
@@ -38,23 +37,19 @@ class Job:
 def jobs(config: str, overrides: list[str], gpus: Optional[int] = None) -> list[Job]:
     """One ``Job`` per stage (or one for a run without stages)."""
     run = load_run(config, overrides)
-    if not run.stages:
-        cfgs = [("all", run.name, run)]
-    else:
-        cfgs = [(str(i), s.name or f"stage{i}", stage_config(run, i)) for i, s in enumerate(run.stages)]
     out = []
-    for index, name, cfg in cfgs:
-        p = cfg.parallel
+    for stage in run.stages:
+        index = str(stage.index) if run.staged else "all"
+        p = stage.config.parallel
         if gpus is not None:
             try:
-                cfg.parallel.data_parallel_size(gpus)
+                p.data_parallel_size(gpus)
             except ConfigError as err:
-                where = f"stages[{index}]." if run.stages else ""
-                raise ConfigError(where + err.key, err.message) from None
+                raise ConfigError(join_key(stage.key, err.key), err.message) from None
             world: Optional[int] = gpus
         else:
             world = p.tp * p.pp * p.dp if p.dp is not None else None
-        out.append(Job(index, name, world, p.tp * p.pp, cfg.output_dir))
+        out.append(Job(index, stage.name, world, p.tp * p.pp, stage.config.output_dir))
     return out
 
 

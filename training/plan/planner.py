@@ -7,11 +7,12 @@ metrics files) and returns a ``RunPlan`` that ``training.plan.report`` prints. A
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from training.config import ModelConfig, ParallelConfig, RunConfig, TrainConfig, stage_config
+from training.config import ModelConfig, ParallelConfig, RunConfig, TrainConfig
 from training.config_base import ConfigError
 from training.plan import checks
 from training.plan.checks import Finding
@@ -25,7 +26,7 @@ from training.plan.throughput import (
     model_flops_per_token,
     tokens_per_day,
 )
-from training.stage_plans import stage_model
+from training.stage_plans import StagedRun
 
 #: MFU assumed when neither --mfu, --tflops nor --measured gives one
 DEFAULT_MFU = 0.5
@@ -224,7 +225,7 @@ def _plan_stage(
     trained_model: Optional[ModelConfig] = None,
 ) -> StagePlan:
     """``trained_model``: the model the stage trains when it differs from ``cfg.model`` in derived
-    fields (a grown stage, ``training.stage_plans.stage_model``); only its μP multipliers are read."""
+    fields (a grown stage, ``training.stage_plans.Stage.config``); only its μP multipliers are read."""
     model, parallel, train = cfg.model, cfg.parallel, cfg.train
     dp, findings = checks.data_parallel(parallel, opts.gpus, key)
     micro_batches, found = checks.batch(train, parallel, dp, key)
@@ -275,41 +276,47 @@ def _plan_stage(
     )
 
 
-def plan_run(run: RunConfig, opts: PlanOptions, source: str = "") -> RunPlan:
-    """Plan every stage of ``run`` (or the run itself when it has no stages) and the from-scratch
-    training of the final shape on the summed token budget. Raises ``ConfigError`` when a stage
-    cannot be sized at all; everything else becomes a ``Finding`` of the stage."""
+def plan_run(run: StagedRun, opts: PlanOptions, source: str = "") -> RunPlan:
+    """Plan every stage of ``run`` (a run without stages is one stage) and the from-scratch training
+    of the final shape on the summed token budget. Raises ``ConfigError`` when a stage cannot be
+    sized at all; everything else becomes a ``Finding`` of the stage."""
     capacity = opts.gpu.memory_bytes - opts.reserve_gib * GIB
-    if run.stages:
-        configs = [stage_config(run, i) for i in range(len(run.stages))]
-        names = [s.name or f"stage{i}" for i, s in enumerate(run.stages)]
-        keys = [f"stages[{i}]" for i in range(len(run.stages))]
-        tokens = [s.tokens for s in run.stages]
-    else:
-        configs, names, keys = [run], [run.name], [""]
-        tokens = [run.train.steps * run.train.global_batch_size * run.model.seq_length]
+    # sized by the shapes as written; a grown stage's derived fields (its μP multipliers) come from the
+    # model it trains
+    configs = [dataclasses.replace(s.config, model=s.declared_model) for s in run.stages]
     n = len(configs)
     tflops = _per_stage(opts.tflops, n, "--tflops")
     mfus = _per_stage(opts.mfu, n, "--mfu")
     refs = _per_stage(opts.compare_days, n, "--compare-days")
     stages = []
-    for i, cfg in enumerate(configs):
+    for i, (stage, cfg) in enumerate(zip(run.stages, configs)):
         measured = None
         if opts.measured is not None:
-            measured = _measured_path(opts.measured, Path(cfg.output_dir), bool(run.stages))
+            measured = _measured_path(opts.measured, stage.dir, run.staged)
             if measured is None and tflops[i] is None and mfus[i] is None:
                 raise ConfigError(
                     "--measured",
-                    f"no metrics.jsonl for stage {names[i]} under {opts.measured} "
-                    f"(looked for {Path(cfg.output_dir).name}/metrics.jsonl and "
+                    f"no metrics.jsonl for stage {stage.name} under {opts.measured} "
+                    f"(looked for {stage.dir.name}/metrics.jsonl and "
                     "metrics.jsonl); pass --mfu or --tflops for the stages without one",
                 )
         throughput = _throughput(opts, tflops[i], mfus[i], measured)
-        trained = stage_model(run, i) if run.stages else run.model
-        stages.append(_plan_stage(i, names[i], keys[i], cfg, tokens[i], opts, throughput, refs[i], capacity, trained))
+        stages.append(
+            _plan_stage(
+                i, stage.name, stage.key, cfg, stage.tokens, opts, throughput, refs[i], capacity, stage.config.model
+            )
+        )
     final = stages[-1]
     scratch = _plan_stage(  # from scratch: the final shape as its section says (no grown-in derived fields)
-        n, f"{final.name} from scratch", final.key, configs[-1], sum(tokens), opts, final.throughput, None, capacity
+        n,
+        f"{final.name} from scratch",
+        final.key,
+        configs[-1],
+        run.stages[-1].run_tokens,
+        opts,
+        final.throughput,
+        None,
+        capacity,
     )
     scratch.findings = []  # the final stage's, already reported
     return RunPlan(source=source, gpu=opts.gpu, capacity_bytes=capacity, options=opts, stages=stages, scratch=scratch)

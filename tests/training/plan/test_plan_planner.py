@@ -8,11 +8,11 @@ import pytest
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from tests.helpers import REPO
-from training.config import load_run_config
 from training.config_base import ConfigError
 from training.plan.hardware import GPUS
 from training.plan.planner import PlanOptions, plan_run
 from training.plan.throughput import hardware_flops_per_token, measured_mfu, tokens_per_day
+from training.stage_plans import load_run
 
 FLM = REPO / "configs" / "runs" / "flm101b.yaml"
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
@@ -23,7 +23,7 @@ PAPER_TFLOPS = (162.0, 160.0, 165.0)
 
 @pytest.fixture(scope="module")
 def flm_plan():
-    run = load_run_config(FLM)
+    run = load_run(FLM)
     return plan_run(run, PlanOptions(gpu=GPUS["a800"], gpus=192, tflops=PAPER_TFLOPS, compare_days=PAPER_DAYS))
 
 
@@ -78,7 +78,7 @@ def test_flm_stages_fit_on_a800_with_recomputation_where_needed(flm_plan):
 
 
 def test_world_size_mismatch_names_the_key_and_the_fix():
-    plan = plan_run(load_run_config(FLM), PlanOptions(gpu=GPUS["h100"], gpus=96))
+    plan = plan_run(load_run(FLM), PlanOptions(gpu=GPUS["h100"], gpus=96))
     errors = [f for f in plan.findings if f.level == "error"]
     assert errors[0].key == "stages[0].parallel.dp"
     assert "set stages.0.parallel.dp=48" in errors[0].message and "plan for 192 GPUs" in errors[0].message
@@ -87,24 +87,22 @@ def test_world_size_mismatch_names_the_key_and_the_fix():
 def test_gpus_not_divisible_by_model_parallel():
     with pytest.raises(ConfigError, match=r"--gpus 100 is not divisible by tp x pp = 4 x 2"):
         plan_run(
-            load_run_config(
-                FLM, ["stages.0.parallel.dp=null", "stages.1.parallel.dp=null", "stages.2.parallel.dp=null"]
-            ),
+            load_run(FLM, ["stages.0.parallel.dp=null", "stages.1.parallel.dp=null", "stages.2.parallel.dp=null"]),
             PlanOptions(gpu=GPUS["a100"], gpus=100),
         )
 
 
 def test_unknown_world_size_asks_for_gpus():
     with pytest.raises(ConfigError, match="pass --gpus N"):
-        plan_run(load_run_config(TINY), PlanOptions(gpu=GPUS["a100"]))
+        plan_run(load_run(TINY), PlanOptions(gpu=GPUS["a100"]))
 
 
 def test_batch_that_does_not_split_and_a_pipeline_that_never_fills():
-    run = load_run_config(TINY, ["parallel.pp=2", "train.global_batch_size=6"])
+    run = load_run(TINY, ["parallel.pp=2", "train.global_batch_size=6"])
     plan = plan_run(run, PlanOptions(gpu=GPUS["a100"], gpus=8))  # dp 4 does not split 6
     keys = {(f.level, f.key) for f in plan.findings}
     assert ("error", "train.global_batch_size") in keys
-    run = load_run_config(
+    run = load_run(
         TINY, ["parallel.pp=4", "model.num_layers=4", "train.global_batch_size=4", "train.micro_batch_size=2"]
     )
     plan = plan_run(run, PlanOptions(gpu=GPUS["a100"], gpus=4))
@@ -113,7 +111,7 @@ def test_batch_that_does_not_split_and_a_pipeline_that_never_fills():
 
 def test_does_not_fit_and_tp_across_nodes():
     # the 101B shape on 16 GPUs without pipeline or distributed optimizer
-    run = load_run_config(
+    run = load_run(
         FLM,
         [
             "stages.2.parallel.pp=1",
@@ -134,7 +132,7 @@ def test_does_not_fit_and_tp_across_nodes():
 
 
 def test_unbalanced_pipeline_is_reported():
-    run = load_run_config(TINY, ["parallel.pp=2", "model.vocab_size=8192"])
+    run = load_run(TINY, ["parallel.pp=2", "model.vocab_size=8192"])
     plan = plan_run(run, PlanOptions(gpu=GPUS["a100"], gpus=2))
     assert any(f.key == "parallel.pp" and "pipeline rank" in f.message for f in plan.findings)
 
@@ -145,7 +143,7 @@ def test_measured_mfu_per_stage(tmp_path):
     records = [{"step": i, "loss": 5.0, "mfu": m} for i, m in enumerate([0.05, 0.30, 0.40, 0.35], 1)]
     (stage / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     assert measured_mfu(stage) == pytest.approx(0.35)  # median without the first step
-    run = load_run_config(REPO / "configs" / "runs" / "dryrun.yaml", [f"output_dir={tmp_path}"])
+    run = load_run(REPO / "configs" / "runs" / "dryrun.yaml", [f"output_dir={tmp_path}"])
     plan = plan_run(run, PlanOptions(gpu=GPUS["h100"], gpus=2, measured=tmp_path, mfu=(0.2,)))
     assert plan.stages[0].throughput.mfu == pytest.approx(0.35)
     assert plan.stages[0].throughput.source.startswith("measured")
@@ -165,12 +163,12 @@ def test_deepspeed_runs_are_planned_with_their_zero_stage():
     optimizer states over DP, so each rank holds a DP-th of stage 0's model states."""
     plans = {
         zero: plan_run(
-            load_run_config(TINY, ["engine=deepspeed", f"deepspeed.zero_stage={zero}"]),
+            load_run(TINY, ["engine=deepspeed", f"deepspeed.zero_stage={zero}"]),
             PlanOptions(gpu=GPUS["a100"], gpus=4),
         ).stages[0]
         for zero in (1, 3)
     }
-    megatron = plan_run(load_run_config(TINY), PlanOptions(gpu=GPUS["a100"], gpus=4)).stages[0]
+    megatron = plan_run(load_run(TINY), PlanOptions(gpu=GPUS["a100"], gpus=4)).stages[0]
     assert (plans[1].zero, plans[3].zero, megatron.zero) == (1, 3, 0)
     (z1,), (z3,), (m,) = plans[1].memory, plans[3].memory, megatron.memory
     assert z3.weights == pytest.approx(m.weights / 4) and z3.grads == pytest.approx(m.grads / 4)

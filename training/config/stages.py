@@ -1,0 +1,58 @@
+"""A staged run's ``stages:`` entries: ``StageConfig`` and its ``growth:`` section.
+
+The stages as trained (merged configs, grown models, plans, directories) are built from these by
+``training.stage_plans.load_run``, a layer above (it needs ``growth/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from training.config.growth import GrowthOptions
+from training.config.layout import ParallelConfig
+from training.config.model import ModelConfig
+from training.config_base import ConfigError, join_key
+
+
+@dataclass
+class StageGrowthConfig(GrowthOptions):
+    """How the previous stage's final checkpoint grows into this stage (docs/growth.md): the growth
+    options a plan file has (``training.config.growth.GrowthOptions``: operators, default_operator,
+    depth, ramp, init_std, clone_noise, seed, exact), with the shapes taken from the two stages'
+    models, and how the stage enters the LR schedule."""
+
+    #: with ``lr_schedule: {kind: per_stage}``, the LR at the start of the stage: inherit = this stage's
+    #: start LR with its (short) warmup (FLM-101B);
+    #: rewind = straight back to this stage's peak LR, no warmup (MSG); restart = full warmup again,
+    #: as long as the first stage's (G_stack)
+    lr_policy: Literal["inherit", "rewind", "restart"] = "inherit"
+    #: with ``lr_schedule: {kind: equivalent_step}``: where (in tokens of the run-level schedule) this
+    #: stage enters the schedule; null estimates it from the previous stage's curve
+    equivalent_tokens: Optional[int] = None
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if self.equivalent_tokens is not None and self.equivalent_tokens < 0:
+            raise ConfigError(join_key(path, "equivalent_tokens"), "must be >= 0")
+
+
+@dataclass
+class StageConfig:
+    """One stage of a growth run: a model shape trained for a token budget under a layout."""
+
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    #: token budget of the stage (steps = ceil(tokens / (global_batch_size x seq_length)))
+    tokens: int = 0
+    #: overrides of the run's ``train`` section for this stage (lr, min_lr, warmup_steps, batch sizes, ...)
+    train: dict[str, Any] = field(default_factory=dict)
+    #: how the previous stage grows into this one (required for every stage but the first)
+    growth: Optional[StageGrowthConfig] = None
+
+    def validate(self, path: str) -> None:
+        if self.tokens <= 0:
+            raise ConfigError(join_key(path, "tokens"), f"the token budget must be > 0, got {self.tokens}")
+        if "steps" in self.train:
+            raise ConfigError(join_key(path, "train.steps"), "a stage's length is its token budget; set tokens instead")
