@@ -19,13 +19,13 @@ re-executes itself with that folder on ``PYTHONPATH`` and checks, on ``cuda:0``:
    step (same batches, same initial weights);
 2. save -> resume (bf16, both optimizers): the resumed run's losses at steps 4..6 equal the
    uninterrupted run's (relative 1e-3: flash-attention backward kernels are not bit-deterministic);
-3. growth of the bf16 checkpoint (``training.grow.grow_checkpoint``, what ``flm grow`` runs; MSG on
+3. growth of the bf16 checkpoint (``training.orchestration.grow.grow_checkpoint``, what ``flm grow`` runs; MSG on
    FFN width and depth, 24 -> 28 layers) and 3 steps of the grown model: the validation loss right
    after growth equals the old model's (relative 2e-3, bf16) and the fp32 master weights are carried
    bit for bit;
 4. a ~1.3B model in bf16 (24 x 2048, seq 2048, micro-batch 4) for a timed window of 10 steps after
    3 warm-up steps: tokens/s, TFLOP/s per GPU and MFU (``training.model_size.flops_per_token`` and the
-   device's peak from ``training.metrics.PEAK_TFLOPS``).
+   device's peak from ``training.engine.metrics.PEAK_TFLOPS``).
 
 It prints one line per check and a summary, writes ``<out>/gpu-check.json``, and exits non-zero if
 a check failed. Budget: well under 8 minutes on one H100/H200 (the 350M checkpoints are removed as
@@ -215,11 +215,11 @@ def run_checks(out: Path, smoke: bool = False, timeout: float = 0) -> int:
     from training.checkpoint.logical import master_key, stored_master_key
     from training.config import load_run_config
     from training.data.source import MockSource
+    from training.engine.metrics import peak_tflops_of
     from training.engine.parallel import teardown
     from training.engine.trainer import Trainer
-    from training.grow import grow_checkpoint
-    from training.metrics import peak_tflops_of
     from training.model_size import flops_per_token
+    from training.orchestration.grow import grow_checkpoint
 
     if not torch.cuda.is_available() and not smoke:
         raise SystemExit("gpu-check needs a CUDA GPU (torch.cuda.is_available() is False)")

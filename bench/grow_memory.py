@@ -32,7 +32,7 @@ sys.path.insert(0, {repo!r})
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from training.engine.parallel import init_process_group
 init_process_group()
-import training.grow, training.checkpoint.logical  # imports done before the baseline
+import training.orchestration.grow, training.checkpoint.logical  # imports done before the baseline
 
 def rss_kb():
     for line in open("/proc/self/status"):
@@ -60,7 +60,7 @@ if mode == "copy":
     os.makedirs(dst)
     dist_checkpointing.save(state, dst)
 else:
-    from training.grow import grow_from_files
+    from training.orchestration.grow import grow_from_files
     from pathlib import Path
     grow_from_files(Path(src), Path(dst), Path(plan), verify=(mode == "grow-verify"))
 dt = time.perf_counter() - t0

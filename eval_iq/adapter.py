@@ -7,7 +7,7 @@ that reproduces the arithmetic of lm-eval's ``hf`` backend: same context/continu
 windows, same stop-sequence post-processing. :class:`HFBackend` wraps a ``transformers`` causal
 LM and tokenizer (used by the tests to check the adapter against the ``hf`` backend);
 :func:`load_project_backend` obtains a backend for a project checkpoint from
-``training.iq_backend.load_backend``.
+``training.apps.iq_backend.load_backend``.
 
 Generation re-runs the full sequence every step (the interface has no KV cache): correct for any
 causal model, quadratic in the generated length. Batches are right-padded; causality makes the
@@ -260,7 +260,7 @@ class HFBackend:
 
 
 def load_project_backend(checkpoint_dir: str | Path) -> CausalLMBackend:
-    """A backend for a project checkpoint, from ``training.iq_backend.load_backend``.
+    """A backend for a project checkpoint, from ``training.apps.iq_backend.load_backend``.
 
     Raises BackendUnavailableError when the directory is missing or the loader returns something
     that is not a :class:`CausalLMBackend`.
@@ -269,7 +269,7 @@ def load_project_backend(checkpoint_dir: str | Path) -> CausalLMBackend:
     if not checkpoint_dir.exists():
         raise BackendUnavailableError(f"checkpoint directory not found: {checkpoint_dir}")
     # optional heavy dependency: the project's checkpoint reader (torch DCP) only for --model flm
-    from training.iq_backend import load_backend
+    from training.apps.iq_backend import load_backend
 
     backend = load_backend(checkpoint_dir)
     check_backend(backend)

@@ -95,13 +95,13 @@ def evaluate_stage(checkpoint_dir: str | Path | None, out_dir: str | Path, **opt
 
 
 class StageIQ:
-    """``training.stages.StageEndHook`` of ``flm train`` (wired in by ``training.cli``): with the
+    """``training.orchestration.stages.StageEndHook`` of ``flm train`` (wired in by ``training.cli``): with the
     run's ``iq_eval`` section set, the benchmark on each stage's final checkpoint, recorded as
     ``{"iq": record}`` in ``stages.jsonl``. ``check`` validates the section's task names before
     anything trains (the config layer cannot: the names are the benchmark's)."""
 
     def check(self, run: Any) -> None:
-        """``run``: a ``training.stage_plans.StagedRun``."""
+        """``run``: a ``training.orchestration.stage_plans.StagedRun``."""
         iq_eval = run.config.iq_eval
         if iq_eval is None:
             return
@@ -111,7 +111,7 @@ class StageIQ:
             raise ConfigError("iq_eval.tasks", str(err)) from None
 
     def __call__(self, run: Any, stage: Any, final_checkpoint: Path | None) -> dict[str, Any] | None:
-        """``run``: a ``training.stage_plans.StagedRun``; ``stage``: its ``Stage`` that just ended."""
+        """``run``: a ``training.orchestration.stage_plans.StagedRun``; ``stage``: its ``Stage`` that just ended."""
         q = run.config.iq_eval
         if q is None:
             return None

@@ -101,8 +101,8 @@ def test_function_local_imports_state_their_reason():
 
 def test_lower_layers_load_neither_megatron_nor_the_cpu_bridge():
     code = (
-        "import sys; import training.config, training.stage_plans, growth, growth.verify, training.checkpoint, "
-        "training.checkpoint.logical, training.grow, training.iq_backend, training.cli; "
+        "import sys; import training.config, training.orchestration.stage_plans, growth, growth.verify, training.checkpoint, "
+        "training.checkpoint.logical, training.orchestration.grow, training.apps.iq_backend, training.cli; "
         "loaded = sorted(m for m in sys.modules if m.startswith(('megatron', 'training.engine', 'deepspeed'))); "
         "print(loaded); sys.exit(1 if loaded else 0)"
     )

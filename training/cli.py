@@ -23,13 +23,13 @@ import tempfile
 from typing import Optional
 
 from eval_iq import cli as iq_cli
-from training import ckpt_cli, dryrun, grow_cli
-from training.data import cli as data_cli
+from training.apps import dryrun
 from training.errors import PREEMPT_MARKER_ENV, PREEMPTED_EXIT_CODE, FLMError
 from training.hf import cli as hf_cli
 from training.local_launch import torchrun_command
 from training.log import setup_logging
 from training.mup import cli as mup_cli
+from training.orchestration import ckpt_cli, data_cli, grow_cli
 from training.plan import cli as plan_cli
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def cmd_config_show(args) -> int:
 
     from eval_iq.stage_eval import stage_end_iq  # (with the above)
     from training.config import run_config_to_dict  # startup time (as above)
-    from training.stage_plans import load_run  # startup time: imports growth/ and torch
+    from training.orchestration.stage_plans import load_run  # startup time: imports growth/ and torch
 
     run = load_run(args.config, args.overrides)
     stage_end_iq.check(run)
@@ -140,7 +140,7 @@ def cmd_train(args) -> int:
     # RANK is set by every launcher (torchrun, DeepSpeed's); LOCAL_RANK alone is not a sign of one
     # (the DeepSpeed engine sets LOCAL_RANK=0 in a plain single process, see training/engine/ds_trainer.py)
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
-        from training.stage_plans import load_train_args  # startup time (as in cmd_config_show)
+        from training.orchestration.stage_plans import load_train_args  # startup time (as in cmd_config_show)
 
         # a config or layout error now, in one process, rather than from every worker torchrun would start
         run = load_train_args(args)
@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
         _write_pid_file()
     # startup time: the engine (megatron, torch) loads only to train
     from eval_iq.stage_eval import stage_end_iq
-    from training.run import train_from_cli
+    from training.orchestration.run import train_from_cli
 
     return train_from_cli(args, stage_end=stage_end_iq)
 

@@ -37,3 +37,7 @@ class PreemptedError(FLMError):
     """SIGTERM/SIGUSR1 arrived: every rank finished its step, the run saved and stops (``--resume``)."""
 
     exit_code = PREEMPTED_EXIT_CODE
+
+
+class DataError(FLMError, ValueError):
+    """A data input, artefact or setting is wrong; the message names the file and the fix."""

@@ -160,9 +160,9 @@ def test_same_benchmark_scores_as_hf_backend(backend, hflm, iq_data_dir):
 def test_load_project_backend_errors(tmp_path, monkeypatch, backend):
     with pytest.raises(BackendUnavailableError, match="checkpoint directory not found"):
         load_project_backend(tmp_path / "missing")
-    fake = types.ModuleType("training.iq_backend")
+    fake = types.ModuleType("training.apps.iq_backend")
     fake.load_backend = lambda path: object()
-    monkeypatch.setitem(sys.modules, "training.iq_backend", fake)
+    monkeypatch.setitem(sys.modules, "training.apps.iq_backend", fake)
     with pytest.raises(BackendUnavailableError, match="missing logits, encode, decode, eos_token_id, max_length"):
         load_project_backend(tmp_path)
     fake.load_backend = lambda path: backend

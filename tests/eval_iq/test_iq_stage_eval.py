@@ -43,7 +43,7 @@ def test_iq_eval_section_is_parsed_and_checked(tmp_path):
     from eval_iq.stage_eval import stage_end_iq
     from training.config import load_run_config
     from training.config_base import ConfigError
-    from training.stage_plans import load_run
+    from training.orchestration.stage_plans import load_run
 
     run = _write_run(tmp_path)
     cfg = load_run_config(run)
@@ -133,8 +133,8 @@ def test_staged_run_evaluates_iq_at_every_stage_and_the_report_shows_it(tmp_path
         assert results["model"]["max_length"] == 128
         assert {n: s["acc"] for n, s in results["subtasks"].items()} == iq["subtasks"]
     assert "left-truncated" in proc.stderr
-    from training.dryrun import write_report
-    from training.stage_plans import load_run
+    from training.apps.dryrun import write_report
+    from training.orchestration.stage_plans import load_run
 
     report = write_report(load_run(run))
     table = (report / "stages.md").read_text()

@@ -19,7 +19,7 @@ from training.checkpoint.logical import read_logical, write_logical
 from training.config import RunConfig
 from training.config_base import to_dict
 from training.engine.parallel import init_process_group
-from training.grow import GrowthVerificationError, grow_checkpoint
+from training.orchestration.grow import GrowthVerificationError, grow_checkpoint
 
 CASES = [
     (
@@ -141,7 +141,7 @@ def test_whole_tensor_sources_from_older_versions_still_grow(tmp_path):
 
 
 def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
-    import training.grow as gc
+    import training.orchestration.grow as gc
 
     cfg = make_cfg()
     src, _, _ = _source(tmp_path, cfg)

@@ -25,7 +25,7 @@ from training.config import load_run_config
 from training.data.source import MockSource
 from training.engine.megatron_checkpoint import _float16_main_params, unwrap_ddp
 from training.engine.trainer import Trainer
-from training.grow import grow_checkpoint
+from training.orchestration.grow import grow_checkpoint
 
 BF16_REL = 5e-3
 COMMON = [

@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import REPO, flm
 from training.config import load_run_config
 from training.config_base import ConfigError
-from training.stage_plans import build_run, load_run
+from training.orchestration.stage_plans import build_run, load_run
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
 

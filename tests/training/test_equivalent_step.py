@@ -1,5 +1,5 @@
 """The equivalent-step entry of a grown stage estimated from the previous stage's validation curve
-(training/equivalent_step.py), and a staged run that enters the schedule there."""
+(training/orchestration/equivalent_step.py), and a staged run that enters the schedule there."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import flm, read_metrics
-from training import equivalent_step
 from training.model_size import non_embedding_params
-from training.stage_plans import load_run
+from training.orchestration import equivalent_step
+from training.orchestration.stage_plans import load_run
 
 RUN = """
 name: eq

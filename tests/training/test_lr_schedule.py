@@ -11,7 +11,7 @@ import torch
 from tests.helpers import REPO
 from training.config_base import ConfigError
 from training.engine.optim import build_scheduler
-from training.stage_plans import load_run
+from training.orchestration.stage_plans import load_run
 
 DRYRUN = REPO / "configs" / "runs" / "dryrun.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from training.metrics import MetricsSink
+from training.engine.metrics import MetricsSink
 
 
 def test_progress_bar_counts_steps_not_records(tmp_path):
@@ -29,7 +29,7 @@ def test_progress_bar_starts_at_the_resumed_step(tmp_path):
 
 
 def test_peak_table_matches_device_names():
-    from training.metrics import peak_tflops_of
+    from training.engine.metrics import peak_tflops_of
 
     assert peak_tflops_of("NVIDIA H100 80GB HBM3") == 989.0
     assert peak_tflops_of("NVIDIA H200") == 989.0

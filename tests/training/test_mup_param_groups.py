@@ -18,7 +18,7 @@ from training.config import load_run_config
 from training.data.source import MockSource
 from training.engine.factory import make_trainer
 from training.engine.megatron_checkpoint import unwrap_ddp
-from training.grow import grow_checkpoint
+from training.orchestration.grow import grow_checkpoint
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
 #: tiny.yaml's hidden size is 64: m = 2

@@ -14,10 +14,10 @@ from training.config_base import ConfigError
 from training.data.source import MockSource
 from training.engine.factory import make_trainer
 from training.engine.parallel import init_process_group, teardown
-from training.grow import verify_tokens
-from training.model_check import check_same_model
-from training.stage_plans import load_run
-from training.stages import grow_into, run_stages
+from training.orchestration.grow import verify_tokens
+from training.orchestration.model_check import check_same_model
+from training.orchestration.stage_plans import load_run
+from training.orchestration.stages import grow_into, run_stages
 
 SMALL = (
     "num_layers: 2, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 4, kv_channels: 8, "

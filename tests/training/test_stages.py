@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import REPO, flm, read_metrics
 from training.config_base import ConfigError
-from training.stage_plans import load_run
+from training.orchestration.stage_plans import load_run
 
 RUN = """
 name: t

@@ -10,7 +10,7 @@ One module per concern: ``model`` (the model section, which ``growth/`` needs), 
 ``stages`` (a staged run's ``stages:`` entries), ``run`` (the other sections and ``RunConfig``),
 ``load`` (YAML, includes, overrides). The names are re-exported here, so ``from training.config
 import RunConfig`` is how code outside the package imports them. A staged run's stages as trained
-are built one layer up, by ``training.stage_plans.load_run``.
+are built one layer up, by ``training.orchestration.stage_plans.load_run``.
 """
 
 from training.config.growth import (

@@ -49,7 +49,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     """Load, resolve and validate a run config. Errors name the file and the key.
 
     A staged run's stages (each stage's merged config, its growth transition) are built and checked
-    by ``training.stage_plans.load_run``: that needs ``growth/``, a layer above this one."""
+    by ``training.orchestration.stage_plans.load_run``: that needs ``growth/``, a layer above this one."""
     data = load_run_data(path, overrides)
     try:
         return from_dict(RunConfig, data)

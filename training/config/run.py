@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from training.config.data import DataConfig
 from training.config.layout import ParallelConfig, check_deepspeed_layout
 from training.config.model import ModelConfig
 from training.config.stages import StageConfig
 from training.config_base import ConfigError, join_key
-from training.data.config import DataConfig
 
 #: why growth refuses TE/Apex FusedAdam (``train.optimizer_impl: fused``)
 FUSED_ADAM_GROWTH = (
@@ -225,7 +225,7 @@ class LRScheduleConfig:
     - ``equivalent_step``: as ``global``, but a grown stage enters the schedule at the tokens a
       from-scratch run of the grown shape would need to reach the current loss (MSG), instead of
       where the previous stage stopped: ``stages[i].growth.equivalent_tokens`` when given, else
-      estimated from the previous stage's validation curve (``training.equivalent_step``) with
+      estimated from the previous stage's validation curve (``training.orchestration.equivalent_step``) with
       ``size_exponent`` as the exponent of the loss in model size.
 
     ``global`` is the default: of the three it keeps the loss after growth lowest (docs/growth.md,
@@ -274,7 +274,7 @@ class RunConfig:
     @property
     def checkpoint_root(self) -> Path:
         """Where this run's ``step_N`` checkpoints go: ``checkpoint.dir``, else ``<output_dir>/checkpoints``
-        (a staged run's stages each get their own, ``training.stage_plans``)."""
+        (a staged run's stages each get their own, ``training.orchestration.stage_plans``)."""
         return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.output_dir) / "checkpoints"
 
     def validate(self, path: str) -> None:

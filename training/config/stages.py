@@ -1,7 +1,7 @@
 """A staged run's ``stages:`` entries: ``StageConfig`` and its ``growth:`` section.
 
 The stages as trained (merged configs, grown models, plans, directories) are built from these by
-``training.stage_plans.load_run``, a layer above (it needs ``growth/``).
+``training.orchestration.stage_plans.load_run``, a layer above (it needs ``growth/``).
 """
 
 from __future__ import annotations

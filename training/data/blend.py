@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.data.errors import DataError
 from training.data.source import SampleSource
+from training.errors import DataError
 
 DEFAULT_CHUNK = 1 << 14
 

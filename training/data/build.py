@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.config import RunConfig
+from training.config.data import DataConfig, DatasetConfig
 from training.data.blend import BlendedSource
-from training.data.config import DataConfig, DatasetConfig
 from training.data.default_corpus import write_default_corpus
-from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
 from training.data.sampler import PackedSequences, ShuffledSource
@@ -32,6 +31,7 @@ from training.data.shards import PreparedDataset
 from training.data.source import MockSource, SampleSource
 from training.data.splits import split_runs
 from training.data.tokenizer import TokenizerSpec, load_tokenizer, model_path, train_tokenizer
+from training.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.data.errors import DataError
 from training.data.fsutil import output_lock, read_json, staging_dir, write_json
+from training.errors import DataError
 
 CORPUS_FILE = "corpus.jsonl"
 MANIFEST_FILE = "manifest.json"

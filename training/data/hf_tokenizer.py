@@ -30,8 +30,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from training.data.errors import DataError
 from training.data.tokenizer import BaseTokenizer
+from training.errors import DataError
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Optional
 
-from training.data.errors import DataError
 from training.data.fsutil import sha256_file, sha256_json
+from training.errors import DataError
 
 Format = Literal["auto", "json", "parquet", "text"]
 TextUnit = Literal["document", "paragraph", "line"]

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from training.data.errors import DataError
 from training.data.fsutil import output_lock, read_json, sha256_json, staging_dir, write_json
 from training.data.ingest import CorpusSpec, corpus_fingerprint, describe_source, iter_documents, resolve_files
 from training.data.shards import (
@@ -43,6 +42,7 @@ from training.data.shards import (
     token_dtype,
 )
 from training.data.tokenizer import BaseTokenizer, load_tokenizer
+from training.errors import DataError
 
 #: characters of text per worker task: large enough to amortise inter-process overhead
 TASK_CHARS = 1 << 20

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.data.errors import DataError
 from training.data.shards import PreparedDataset
 from training.data.splits import TokenRuns
+from training.errors import DataError
 
 
 class PackedSequences:

@@ -25,8 +25,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from training.data.errors import DataError
 from training.data.fsutil import read_json
+from training.errors import DataError
 
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "doc_ends.bin"

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from training.data.errors import DataError
+from training.errors import DataError
 
 Split = Literal["train", "validation"]
 

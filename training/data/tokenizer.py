@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from training.data.errors import DataError
 from training.data.fsutil import output_lock, read_json, sha256_json, staging_dir, write_json
 from training.data.ingest import CorpusSpec, corpus_fingerprint, describe_source, iter_documents, resolve_files
+from training.errors import DataError
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"

@@ -38,10 +38,10 @@ from training import checkpoint
 from training.checkpoint.integrity import resume_verified
 from training.config import RunConfig, run_config_to_dict
 from training.data.source import SampleSource
+from training.engine.metrics import MetricsSink, device_peak_tflops
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, process_device, setup_layout
 from training.errors import PREEMPTED_EXIT_CODE, FLMError, PreemptedError
-from training.metrics import MetricsSink, device_peak_tflops
 from training.model_size import flops_per_token
 
 log = logging.getLogger(__name__)

@@ -40,13 +40,13 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers
 from tokenizers import Tokenizer as TkTokenizer
 
 from training.checkpoint import read_meta
+from training.config.data import DataConfig
 from training.config_base import from_dict
 from training.data.build import default_data_dir
-from training.data.config import DataConfig
-from training.data.errors import DataError
 from training.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, load_hf_tokenizer
 from training.data.shards import dataset_tokenizer_path
 from training.data.tokenizer import META_FILE, MODEL_FILE, BaseTokenizer, Tokenizer, load_tokenizer
+from training.errors import DataError
 from training.hf.errors import HFInteropError
 
 #: texts every exported tokenizer must encode exactly like sentencepiece (digits, whitespace runs,

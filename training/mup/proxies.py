@@ -34,7 +34,7 @@ from training.config import ModelConfig, ParallelConfig, RunConfig, run_config_t
 from training.config_base import ConfigError, from_dict, to_dict
 from training.errors import UsageError
 from training.model_size import total_params
-from training.stage_plans import build_run, load_run
+from training.orchestration.stage_plans import build_run, load_run
 
 
 def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:

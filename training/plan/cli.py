@@ -108,9 +108,9 @@ def register(sub) -> None:
 def cmd_plan(args) -> int:
     import json  # (with the rest) startup time: the planner loads torch and growth/ when the command runs
 
+    from training.orchestration.stage_plans import load_run
     from training.plan.planner import PlanOptions, plan_run
     from training.plan.report import render, to_json
-    from training.stage_plans import load_run
 
     if any(v > 1 for v in args.mfu):
         raise UsageError(f"--mfu is a fraction of the peak (0..1], got {args.mfu}")

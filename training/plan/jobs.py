@@ -17,7 +17,7 @@ from typing import Optional
 
 from training.config_base import ConfigError, join_key
 from training.errors import FLMError
-from training.stage_plans import load_run
+from training.orchestration.stage_plans import load_run
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 from training.config import ModelConfig, ParallelConfig, RunConfig, TrainConfig
 from training.config_base import ConfigError
+from training.orchestration.stage_plans import StagedRun
 from training.plan import checks
 from training.plan.checks import Finding
 from training.plan.hardware import GIB, GpuSpec
@@ -26,7 +27,6 @@ from training.plan.throughput import (
     model_flops_per_token,
     tokens_per_day,
 )
-from training.stage_plans import StagedRun
 
 #: MFU assumed when neither --mfu, --tflops nor --measured gives one
 DEFAULT_MFU = 0.5
@@ -225,7 +225,7 @@ def _plan_stage(
     trained_model: Optional[ModelConfig] = None,
 ) -> StagePlan:
     """``trained_model``: the model the stage trains when it differs from ``cfg.model`` in derived
-    fields (a grown stage, ``training.stage_plans.Stage.config``); only its μP multipliers are read."""
+    fields (a grown stage, ``training.orchestration.stage_plans.Stage.config``); only its μP multipliers are read."""
     model, parallel, train = cfg.model, cfg.parallel, cfg.train
     dp, findings = checks.data_parallel(parallel, opts.gpus, key)
     micro_batches, found = checks.batch(train, parallel, dp, key)

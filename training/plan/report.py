@@ -13,7 +13,7 @@ from training.plan.planner import RunPlan, StagePlan
 
 FLOPS_NOTE = (
     "FLOPs/token = 6 x matmul params + 12·L·s·d·heads (model FLOPs, Megatron's formula without the "
-    "recompute term; training/metrics.py); days = tokens x FLOPs/token / (GPUs x TFLOP/s per GPU)"
+    "recompute term; training/engine/metrics.py); days = tokens x FLOPs/token / (GPUs x TFLOP/s per GPU)"
 )
 
 

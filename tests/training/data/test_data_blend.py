@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.data.blend import BlendedSource, chunk_counts
-from training.data.errors import DataError
+from training.errors import DataError
 
 
 class Counter:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from tests.training.data.data_helpers import make_documents, write_jsonl
+from training.config.data import DataConfig, DatasetConfig
 from training.data.build import build_sources, check_vocab_size, tokenizer_vocab_size
-from training.data.config import DataConfig, DatasetConfig
-from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
 from training.data.source import MockSource
 from training.data.tokenizer import TokenizerSpec, train_tokenizer
+from training.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.training.data.data_helpers import make_documents, write_jsonl
 from training.cli import main as flm_main
-from training.data import cli
+from training.orchestration import data_cli as cli
 
 
 def run(argv: list[str]) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from training.config.data import DataConfig, DatasetConfig
 from training.config_base import ConfigError, from_dict, to_dict
-from training.data.config import DataConfig, DatasetConfig
 
 
 def test_defaults_are_mock():

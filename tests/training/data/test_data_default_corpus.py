@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.config.data import DataConfig
 from training.data.build import build_sources, default_data_dir, prepare_default_data
-from training.data.config import DataConfig
 from training.data.default_corpus import build_default_corpus, write_default_corpus
-from training.data.errors import DataError
 from training.data.shards import PreparedDataset
 from training.data.tokenizer import load_tokenizer
+from training.errors import DataError
 
 
 def test_corpus_is_deterministic_prose_and_code(tmp_path):

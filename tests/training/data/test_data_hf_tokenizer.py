@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from tests.training.data.data_helpers import MULTILINGUAL, make_documents, write_hf_bpe_tokenizer
-from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
 from training.data.tokenizer import load_tokenizer
+from training.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_directory_only_autotokenizer_reads(hf_dir, tmp_path):
 
 def test_prepare_with_hf_tokenizer(hf_dir, corpus_file, corpus_docs, tmp_path, capsys):
     from training.cli import main
+    from training.config.data import DataConfig, DatasetConfig
     from training.data.build import build_sources, check_vocab_size
-    from training.data.config import DataConfig, DatasetConfig
     from training.data.shards import PreparedDataset
 
     tok = load_tokenizer(hf_dir)
@@ -116,8 +116,8 @@ def test_prepare_with_hf_tokenizer(hf_dir, corpus_file, corpus_docs, tmp_path, c
 
 
 def test_hf_tokenizer_refusals(hf_dir, tokenizer_dir, corpus_file, tmp_path):
+    from training.config.data import DataConfig, DatasetConfig
     from training.data.build import build_sources
-    from training.data.config import DataConfig, DatasetConfig
 
     no_eos = write_hf_bpe_tokenizer(tmp_path / "noeos", make_documents(50), 300, eos=None, pad=None)
     tj = json.loads((no_eos / "tokenizer.json").read_text())

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.data.errors import DataError
 from training.data.ingest import CorpusSpec, corpus_fingerprint, iter_documents, resolve_files
+from training.errors import DataError
 
 
 def read_all(spec: CorpusSpec) -> list[str]:

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.training.data.data_helpers import make_documents, write_jsonl
-from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
 from training.data.shards import PreparedDataset, ShardWriter, token_dtype
 from training.data.tokenizer import load_tokenizer
+from training.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.training.data.data_helpers import make_documents, write_jsonl
+from training.config.data import DataConfig, DatasetConfig
 from training.data.build import build_sources
-from training.data.config import DataConfig, DatasetConfig
-from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
 from training.data.sampler import PackedSequences, ShuffledSource
 from training.data.shards import PreparedDataset
 from training.data.splits import runs_of, split_runs, validation_mask
+from training.errors import DataError
 
 SEQ = 32
 

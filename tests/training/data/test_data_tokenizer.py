@@ -7,7 +7,6 @@ import json
 import pytest
 
 from tests.training.data.data_helpers import write_jsonl
-from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.tokenizer import (
     META_FILE,
@@ -17,6 +16,7 @@ from training.data.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
+from training.errors import DataError
 
 
 def test_trained_tokenizer_contract(tokenizer_dir, corpus_docs):

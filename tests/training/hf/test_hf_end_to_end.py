@@ -145,7 +145,7 @@ def test_llama_with_tokenizer_json_imports_trains_grows_trains_exports(tmp_path,
     for seed in (0, 1):
         result = compare_dirs(tmp_path / "run2" / "checkpoints", tmp_path / "out", seed=seed)
         assert result.within and result.max_abs_logit > 1.0, result.summary()
-    from training.iq_backend import load_backend
+    from training.apps.iq_backend import load_backend
 
     backend = load_backend(tmp_path / "run2" / "checkpoints")
     ids = torch.tensor([backend.encode(MULTILINGUAL)[:32]])

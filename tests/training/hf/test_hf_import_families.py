@@ -72,8 +72,8 @@ def test_qwen2_qkv_bias(bpe_dir, tmp_path):
     assert cfg.vocab_size == vocab + 48
     # its tokenizer prepares training data the imported model accepts
     from tests.training.data.data_helpers import MULTILINGUAL
+    from training.config.data import DataConfig, DatasetConfig
     from training.data.build import check_vocab_size
-    from training.data.config import DataConfig, DatasetConfig
     from training.data.ingest import CorpusSpec
     from training.data.prepare import prepare_dataset
 

@@ -1,5 +1,5 @@
 """The IQ benchmark gives identical results on a trained checkpoint through the project backend
-(``flm iq --model flm --checkpoint CKPT``: ``training.iq_backend``) and on its export through
+(``flm iq --model flm --checkpoint CKPT``: ``training.apps.iq_backend``) and on its export through
 lm-eval's ``hf`` backend (``flm iq --model hf --model-path OUT``); the backend's errors are clear."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _ll(lm, pairs):
 def test_loglikelihoods_equal_on_checkpoint_and_export(trained):
     """Multiple-choice scoring: the same adapter over the checkpoint and over the exported model."""
     from eval_iq.adapter import BackendLM, HFBackend
-    from training.iq_backend import load_backend
+    from training.apps.iq_backend import load_backend
 
     root, ckpt = trained
     backend = load_backend(ckpt)
@@ -134,7 +134,7 @@ def test_adapter_loglikelihood_equals_lm_eval_hf_backend(trained):
 
 def test_backend_errors_are_clear(tmp_path, capsys):
     from eval_iq.cli import main
-    from training.iq_backend import CheckpointBackendError, load_backend
+    from training.apps.iq_backend import CheckpointBackendError, load_backend
 
     cfg = variant("neox-gqa-tied-bias")
     ckpt = write_checkpoint(tmp_path / "mock", cfg, random_state(cfg, 0))
@@ -151,8 +151,8 @@ def test_backend_computes_the_checkpoint_function(tmp_path, sp_tokenizer):
     grown checkpoint whose masks still ramp; encode/decode are the project tokenizer's."""
     from growth.masks import MaskState
     from growth.reference import reference_logits
+    from training.apps.iq_backend import load_backend
     from training.data.tokenizer import load_tokenizer
-    from training.iq_backend import load_backend
 
     cfg = variant("llama-gqa-untied")
     state = random_state(cfg, 1)

@@ -65,7 +65,7 @@ def test_import_keeps_tokenizer_json_and_export_writes_it_back(bpe_llama, bpe_di
 
 
 def test_iq_backend_encodes_with_the_kept_tokenizer(bpe_llama, tmp_path):
-    from training.iq_backend import load_backend
+    from training.apps.iq_backend import load_backend
 
     import_hf(bpe_llama, tmp_path / "ck")
     backend = load_backend(tmp_path / "ck")

@@ -9,10 +9,10 @@ import pytest
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from tests.helpers import REPO
 from training.config_base import ConfigError
+from training.orchestration.stage_plans import load_run
 from training.plan.hardware import GPUS
 from training.plan.planner import PlanOptions, plan_run
 from training.plan.throughput import hardware_flops_per_token, measured_mfu, tokens_per_day
-from training.stage_plans import load_run
 
 FLM = REPO / "configs" / "runs" / "flm101b.yaml"
 TINY = REPO / "configs" / "runs" / "tiny.yaml"

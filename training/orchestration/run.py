@@ -11,16 +11,16 @@ from training.data.build import run_sources
 from training.engine.factory import make_trainer
 from training.engine.parallel import teardown
 from training.errors import UsageError
-from training.stage_plans import Stage, load_train_args
-from training.stages import StageEndHook, run_stages
-from training.start import How, start
+from training.orchestration.stage_plans import Stage, load_train_args
+from training.orchestration.stages import StageEndHook, run_stages
+from training.orchestration.start import How, start
 
 log = logging.getLogger(__name__)
 
 
 def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
     """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``; ``stage_end``
-    runs after each stage of a staged run (``training.stages.StageEndHook``)."""
+    runs after each stage of a staged run (``training.orchestration.stages.StageEndHook``)."""
     run = load_train_args(args)
     if run.staged:
         if args.resume not in (None, "latest"):

@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from training.config import load_run_config
-from training.data.errors import DataError
 from training.data.shards import DEFAULT_SHARD_TOKENS
 from training.data.tokenizer import TokenizerSpec
+from training.errors import DataError
 
 _TOKENIZER_DEFAULTS = TokenizerSpec(vocab_size=0)
 

@@ -31,7 +31,7 @@ from training.config import CONFIGS_DIR, RunConfig
 from training.local_launch import torchrun_command
 
 if TYPE_CHECKING:  # startup time: growth/ (torch) loads when a command runs, not for `flm --help`
-    from training.stage_plans import StagedRun
+    from training.orchestration.stage_plans import StagedRun
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def run(args) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     if args.skip_iq:
         overrides.append("iq_eval=null")
-    from training.stage_plans import load_run  # startup time: growth/ (torch) loads when the command runs
+    from training.orchestration.stage_plans import load_run  # startup time: growth/ (torch) loads when the command runs
 
     staged = load_run(args.config, overrides)
     cfg = staged.config
@@ -145,7 +145,7 @@ def write_report(run: StagedRun) -> Path:
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/metrics.py).",
+        "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/engine/metrics.py).",
         "",
         "TensorBoard: " + ", ".join(f"`{stage.dir}/tensorboard`" for stage in run.stages),
         "",

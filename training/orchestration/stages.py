@@ -1,7 +1,7 @@
 """Multi-stage growth runs: train a stage, grow its final checkpoint, train the next stage.
 
 On one box ``run_stages`` does every transition inside one job: at a stage's end its final
-checkpoint exists; the growth transform (``training.grow.grow_checkpoint``, the same as ``flm
+checkpoint exists; the growth transform (``training.orchestration.grow.grow_checkpoint``, the same as ``flm
 grow``) writes ``<output_dir>/stage<i>-<name>/grown`` with the verification of the exactness; the
 next stage's ``Trainer`` is built under the next layout and started from it (weights, Adam moments,
 masks, data position). On a cluster each stage can be its own job (``flm train RUN --stage N``).
@@ -23,17 +23,18 @@ from typing import Optional, Protocol
 
 import torch.distributed as dist
 
-from training import checkpoint, equivalent_step
+from training import checkpoint
 from training.checkpoint.lock import lock_if_rank0
 from training.config_base import to_dict
 from training.data.build import run_sources
 from training.engine.factory import make_trainer
 from training.engine.parallel import init_process_group, teardown
 from training.errors import FLMError
-from training.grow import grow_checkpoint
 from training.model_size import flops_per_token, total_params
-from training.stage_plans import Stage, StagedRun
-from training.start import How, start
+from training.orchestration import equivalent_step
+from training.orchestration.grow import grow_checkpoint
+from training.orchestration.stage_plans import Stage, StagedRun
+from training.orchestration.start import How, start
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class StageEndHook(Protocol):
 
 def entered_stage(run: StagedRun, index: int) -> Stage:
     """Stage ``index`` with its LR-schedule entry resolved: under ``equivalent_step`` without
-    ``growth.equivalent_tokens``, estimated from stage ``index - 1``'s curve (``training.equivalent_step``,
+    ``growth.equivalent_tokens``, estimated from stage ``index - 1``'s curve (``training.orchestration.equivalent_step``,
     written once to the stage's directory). Reads the previous stages' files: call it once stage
     ``index - 1`` has trained."""
     stage = run.stages[index]

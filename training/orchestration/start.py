@@ -17,7 +17,7 @@ from typing import Optional
 from training import checkpoint
 from training.checkpoint import CheckpointError
 from training.engine.trainer_base import BaseTrainer
-from training.model_check import check_same_model
+from training.orchestration.model_check import check_same_model
 
 
 @dataclass(frozen=True)

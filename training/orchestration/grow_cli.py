@@ -44,7 +44,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from training.grow import grow_from_files  # startup time: torch loads when the command runs, not for `flm --help`
+    from training.orchestration.grow import (
+        grow_from_files,  # startup time: torch loads when the command runs, not for `flm --help`
+    )
 
     report = grow_from_files(Path(args.src), Path(args.dst), Path(args.plan), verify=args.verify)
     print(report.summary())

@@ -5,7 +5,7 @@ layer validates each section; here each stage of a staged run becomes a frozen `
 single-stage config it trains (the run's ``train`` section with the stage's overrides, steps from its
 token budget, its place in the LR schedule, its own output directory and checkpoint root, and the
 model its growth produces), the ``GrowthPlan`` that makes it from the previous stage, and where its
-files go. Nothing else derives a stage: the trainer loop (``training.stages``), the planner, the μP
+files go. Nothing else derives a stage: the trainer loop (``training.orchestration.stages``), the planner, the μP
 tools and the dry run read ``run.stages[i]``.
 
 What was verified is what gets trained: a grown stage trains the model its transition produces,
@@ -249,7 +249,7 @@ def _run_level_schedule(
         if growth.equivalent_tokens is not None:
             entry_tokens, entry = growth.equivalent_tokens, "given"
         else:
-            # not known before the previous stage has trained (training.equivalent_step estimates it from
+            # not known before the previous stage has trained (training.orchestration.equivalent_step estimates it from
             # that stage's curve when this stage starts: Stage.entered_at); until then, where it stopped
             entry = "estimated"
     train.schedule_offset_steps = entry_tokens // tokens_per_step
