@@ -1,15 +1,11 @@
-"""The IQ benchmark at the end of each stage of a growth run, and its per-stage table.
+"""The IQ benchmark on a growth run's checkpoints: the compact per-checkpoint record and the per-stage table.
 
-A staged run with an ``iq_eval`` section (``training.config.IQEvalConfig``: ``tasks``, ``limit``,
-``data_dir``) calls :func:`evaluate_stage` on rank 0 with each stage's final checkpoint. It runs
-the selected subtasks through the project backend (:func:`eval_iq.adapter.load_project_backend`,
-the same path as ``flm iq --model flm``), writes the full ``flm iq`` outputs to
-``<stage output_dir>/iq/`` and returns a compact record that the stage summary
-(``stages.jsonl``) keeps; ``flm dryrun``'s ``stages.md`` shows the records side by side with
-:func:`stages_markdown`, so each growth step's effect on the scores is visible.
-
-An evaluation problem never stops the training run: it is logged and recorded as
-``{"error": ...}`` in the stage's record.
+A staged run's ``iq_eval`` section (``training.config.IQEvalConfig``: ``tasks``, ``limit``,
+``data_dir``) says what to evaluate; ``flm eval`` (``eval_iq.watch``) evaluates each checkpoint in
+a process of its own (``flm iq --model flm``, the project backend) and keeps :func:`compact` of
+the results in the stage's ``eval.jsonl``; ``flm dryrun``'s ``stages.md`` shows each stage's
+final record side by side with :func:`stages_markdown`, so each growth step's effect on the scores
+is visible. :func:`evaluate_checkpoint` is the same evaluation in-process (tests, notebooks).
 """
 
 from __future__ import annotations
@@ -82,45 +78,17 @@ def compact(summary: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def evaluate_stage(checkpoint_dir: str | Path | None, out_dir: str | Path, **options: Any) -> dict[str, Any]:
-    """:func:`evaluate_checkpoint` for a training run: any failure is logged and returned as
-    ``{"error": message}`` instead of raised, so an evaluation never stops the training."""
-    if checkpoint_dir is None:
-        return {"error": "the stage has no final checkpoint to evaluate"}
+def check_iq_eval(run: Any) -> None:
+    """Refuse (ConfigError naming ``iq_eval.tasks``) task names the benchmark does not know, before
+    anything trains; ``run``: a ``training.orchestration.stage_plans.StagedRun``. (The config layer
+    cannot: the names are the benchmark's.)"""
+    iq_eval = run.config.iq_eval
+    if iq_eval is None:
+        return
     try:
-        return evaluate_checkpoint(checkpoint_dir, out_dir, **options)
-    except Exception as err:  # noqa: BLE001 - recorded and logged; training goes on
-        logger.warning("IQ evaluation of %s failed: %s", checkpoint_dir, err, exc_info=True)
-        return {"error": f"{type(err).__name__}: {err}"}
-
-
-class StageIQ:
-    """``training.orchestration.stages.StageEndHook`` of ``flm train`` (wired in by ``training.cli``): with the
-    run's ``iq_eval`` section set, the benchmark on each stage's final checkpoint, recorded as
-    ``{"iq": record}`` in ``stages.jsonl``. ``check`` validates the section's task names before
-    anything trains (the config layer cannot: the names are the benchmark's)."""
-
-    def check(self, run: Any) -> None:
-        """``run``: a ``training.orchestration.stage_plans.StagedRun``."""
-        iq_eval = run.config.iq_eval
-        if iq_eval is None:
-            return
-        try:
-            resolve_subtasks(iq_eval.tasks)
-        except UnknownSubtaskError as err:
-            raise ConfigError("iq_eval.tasks", str(err)) from None
-
-    def __call__(self, run: Any, stage: Any, final_checkpoint: Path | None) -> dict[str, Any] | None:
-        """``run``: a ``training.orchestration.stage_plans.StagedRun``; ``stage``: its ``Stage`` that just ended."""
-        q = run.config.iq_eval
-        if q is None:
-            return None
-        return {
-            "iq": evaluate_stage(final_checkpoint, stage.dir / "iq", tasks=q.tasks, limit=q.limit, data_dir=q.data_dir)
-        }
-
-
-stage_end_iq = StageIQ()
+        resolve_subtasks(iq_eval.tasks)
+    except UnknownSubtaskError as err:
+        raise ConfigError("iq_eval.tasks", str(err)) from None
 
 
 def _pct(x: float | None) -> str:

@@ -23,6 +23,7 @@ import tempfile
 from typing import Optional
 
 from eval_iq import cli as iq_cli
+from eval_iq import watch as eval_cli
 from training.apps import dryrun
 from training.errors import PREEMPT_MARKER_ENV, PREEMPTED_EXIT_CODE, FLMError
 from training.hf import cli as hf_cli
@@ -42,7 +43,7 @@ EPILOG = """examples:
 """
 
 #: subcommands owned by other modules: each has ``register(subparsers)``
-REGISTRATIONS = (data_cli, grow_cli, ckpt_cli, dryrun, iq_cli, hf_cli, plan_cli, mup_cli)
+REGISTRATIONS = (data_cli, grow_cli, ckpt_cli, dryrun, iq_cli, eval_cli, hf_cli, plan_cli, mup_cli)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -58,12 +59,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_config_show(args) -> int:
     import yaml  # startup time: loaded when the command runs, not for `flm --help`
 
-    from eval_iq.stage_eval import stage_end_iq  # (with the above)
+    from eval_iq.stage_eval import check_iq_eval  # (with the above)
     from training.config import run_config_to_dict  # startup time (as above)
     from training.orchestration.stage_plans import load_run  # startup time: imports growth/ and torch
 
     run = load_run(args.config, args.overrides)
-    stage_end_iq.check(run)
+    check_iq_eval(run)
     if args.world_size is not None:
         run.check_layouts(args.world_size)
     print(yaml.safe_dump(run_config_to_dict(run.config), sort_keys=False), end="")
@@ -151,10 +152,10 @@ def cmd_train(args) -> int:
         die_with_parent()
         _write_pid_file()
     # startup time: the engine (megatron, torch) loads only to train
-    from eval_iq.stage_eval import stage_end_iq
+    from eval_iq.stage_eval import check_iq_eval
     from training.orchestration.run import train_from_cli
 
-    return train_from_cli(args, stage_end=stage_end_iq)
+    return train_from_cli(args, preflight=check_iq_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
-"""IQ during growth runs: the ``iq_eval`` run-config section, the benchmark on a stage's final
-checkpoint (recorded per stage, never stopping training), and the dry-run report's per-stage table."""
+"""IQ during growth runs: the ``iq_eval`` run-config section, ``flm eval`` scoring a run's checkpoints
+outside the training job (each in its own process; a damaged checkpoint skipped, never scored), and
+the dry-run report's per-stage table."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from eval_iq.stage_eval import evaluate_checkpoint, evaluate_stage, stages_markdown
+from eval_iq.stage_eval import evaluate_checkpoint, stages_markdown
+from tests.helpers import flm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +42,7 @@ def _write_run(tmp_path: Path) -> Path:
 
 
 def test_iq_eval_section_is_parsed_and_checked(tmp_path):
-    from eval_iq.stage_eval import stage_end_iq
+    from eval_iq.stage_eval import check_iq_eval
     from training.config import load_run_config
     from training.config_base import ConfigError
     from training.orchestration.stage_plans import load_run
@@ -50,7 +52,7 @@ def test_iq_eval_section_is_parsed_and_checked(tmp_path):
     assert cfg.iq_eval.tasks == ["counting", "head_tail", "single_supporting_fact"] and cfg.iq_eval.limit == 2
     assert load_run_config(run, ["iq_eval=null"]).iq_eval is None
     with pytest.raises(ConfigError) as info:  # the names are checked by the benchmark's stage hook
-        stage_end_iq.check(load_run(run, ["iq_eval.tasks=[counting, countin]"]))
+        check_iq_eval(load_run(run, ["iq_eval.tasks=[counting, countin]"]))
     assert info.value.key == "iq_eval.tasks" and "'countin'" in str(info.value) and "Valid: 'all'" in str(info.value)
     with pytest.raises(ConfigError) as info:
         load_run_config(run, ["iq_eval.limit=0"])
@@ -77,11 +79,9 @@ def test_evaluate_checkpoint_writes_outputs_and_a_compact_record(tiny_llama_dir,
     assert rec["flm_iq"] is None and rec["complete"] is False
 
 
-def test_evaluate_stage_records_problems_instead_of_raising(tmp_path, caplog):
-    assert evaluate_stage(None, tmp_path) == {"error": "the stage has no final checkpoint to evaluate"}
-    rec = evaluate_stage(tmp_path / "missing", tmp_path / "iq", tasks="counting", limit=1)
-    assert rec["error"].startswith("BackendUnavailableError: checkpoint directory not found")
-    assert "IQ evaluation of" in caplog.text
+def test_flm_eval_refuses_a_missing_run_directory(tmp_path):
+    out = flm("eval", str(tmp_path / "nope"), check=False)
+    assert out.returncode == 2 and "run directory" in out.stderr and "does not exist" in out.stderr
 
 
 def test_stages_markdown_shows_each_stage():
@@ -107,9 +107,17 @@ def test_stages_markdown_shows_each_stage():
 
 
 @pytest.mark.slow
-def test_staged_run_evaluates_iq_at_every_stage_and_the_report_shows_it(tmp_path):
-    """A 2-stage growth run (default corpus and its tokenizer) with iq_eval: each stage's final
-    checkpoint is evaluated, stages.jsonl records the scores, the dry-run report tabulates them."""
+def test_checkpoints_are_scored_outside_the_training_job_and_the_report_shows_them(tmp_path):
+    """A 2-stage growth run (default corpus and its tokenizer) with iq_eval: the training job records
+    the section and evaluates nothing; `flm eval --watch --final-only` (the run is over, so it returns)
+    scores each stage's final checkpoint in its own process, writes eval.jsonl (keyed by tokens),
+    the flm iq outputs and TensorBoard scalars beside the stage's metrics, skips a damaged checkpoint
+    in one line; the dry-run report tabulates the scores."""
+    import shutil
+
+    from training.apps.dryrun import write_report
+    from training.orchestration.stage_plans import load_run
+
     run = _write_run(tmp_path)
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     proc = subprocess.run(
@@ -121,22 +129,36 @@ def test_staged_run_evaluates_iq_at_every_stage_and_the_report_shows_it(tmp_path
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    records = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in records] == [0, 1]
-    for r, stage_dir in zip(records, ("stage0-s", "stage1-g")):
-        iq = r["iq"]
-        assert "error" not in iq, iq
+    assert "flm eval" in proc.stderr and "--watch" in proc.stderr  # the one-line note, nothing evaluated here
+    out = tmp_path / "out"
+    records = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == [0, 1] and not any("iq" in r for r in records)
+    assert json.loads((out / "iq_eval.json").read_text())["limit"] == 2
+    assert not list(out.glob("stage*/eval.jsonl"))
+    # a damaged copy of stage 0's final checkpoint: reported and skipped, never scored
+    final0 = out / "stage0-s" / "checkpoints" / "step_0000002"
+    damaged = final0.parent / "step_0000001"
+    shutil.copytree(final0, damaged)
+    victim = next(p for p in sorted(damaged.rglob("*.distcp")))
+    victim.write_bytes(b"\0" * victim.stat().st_size)
+    ev = flm("eval", str(out), "--watch", "--interval", "1", "--final-only")
+    assert f"skipped {damaged}" in ev.stderr and "verification failed" in ev.stderr
+    for stage_dir in ("stage0-s", "stage1-g"):
+        recs = [json.loads(line) for line in (out / stage_dir / "eval.jsonl").read_text().splitlines()]
+        scored = [r for r in recs if "iq" in r]
+        assert len(scored) == 1 and scored[0]["final"] and scored[0]["tokens"] == 1024 * (1 + (stage_dir == "stage1-g"))
+        iq = scored[0]["iq"]
         assert set(iq["subtasks"]) == {"counting", "head_tail", "single_supporting_fact"}
         assert iq["n"] == {n: 2 for n in iq["subtasks"]}
         assert iq["truncated"]["single_supporting_fact"] == 2  # seq_length 128: recorded, not hidden
-        results = json.loads((tmp_path / "out" / stage_dir / "iq" / "results.json").read_text())
+        results = json.loads((out / stage_dir / "iq" / "step_0000002" / "results.json").read_text())
         assert results["model"]["max_length"] == 128
         assert {n: s["acc"] for n, s in results["subtasks"].items()} == iq["subtasks"]
-    assert "left-truncated" in proc.stderr
-    from training.apps.dryrun import write_report
-    from training.orchestration.stage_plans import load_run
-
+        assert list((out / stage_dir / "tensorboard").glob("events.out.tfevents.*"))
+    skipped = [json.loads(line) for line in (out / "stage0-s" / "eval.jsonl").read_text().splitlines()]
+    assert [r["checkpoint"] for r in skipped if "skipped" in r] == [str(damaged)]
+    again = flm("eval", str(out), "--final-only")  # everything is recorded: nothing is evaluated twice
+    assert "evaluated 0 checkpoint(s)" in again.stderr
     report = write_report(load_run(run))
     table = (report / "stages.md").read_text()
     assert "## IQ benchmark at the end of each stage" in table
-    assert "| 0 s | – (partial) |" in table and "| 1 g | – (partial) |" in table and "Single Supporting Fact" in table

@@ -9,7 +9,9 @@ growth of width and depth, embedded default corpus), then writes ``<output_dir>/
 - ``metrics.jsonl``: every stage's metrics in one file, with the stage index;
 - the stages' TensorBoard directories and the final checkpoint are listed in ``stages.md``;
 - ``iq/``: the IQ benchmark on the final model (a small subset), when the checkpoint has a tokenizer;
-- ``stages.md`` also shows the IQ scores at the end of each stage when the run has ``iq_eval``.
+- ``stages.md`` also shows the IQ scores of each stage's final checkpoint when the run has ``iq_eval``:
+  evaluated after training by the same path as a live run's (``flm eval --final-only``, one process
+  per checkpoint; ``eval_iq.watch``).
 
 Re-running resumes: a finished run only regenerates the report.
 """
@@ -76,6 +78,8 @@ def run(args) -> int:
     if code != 0:
         log.error("training failed (exit %d); fix the error above and re-run to resume", code)
         return code
+    if cfg.iq_eval is not None:
+        stage_iq(staged)
     report = write_report(staged)
     iq = run_iq(staged, report) if not args.skip_iq else None
     print(
@@ -85,6 +89,31 @@ def run(args) -> int:
         + f"  final checkpoint: {staged.stages[-1].checkpoint_root}"
     )
     return 0
+
+
+def _last_val_loss(records: list[dict]) -> float:
+    """The stage's last validation loss (a training batch's loss is one noisy sample)."""
+    return next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), float("nan"))
+
+
+def stage_iq(run: StagedRun) -> int:
+    """Each stage's final checkpoint evaluated the way a live run's are: ``flm eval --final-only``
+    (``eval_iq.watch``, one process per checkpoint, scores in ``<stage dir>/eval.jsonl``)."""
+    from eval_iq.watch import EvalOptions, evaluate_pending  # startup time: loaded when the dry run evaluates
+
+    roots = [Path(run.config.checkpoint.dir)] if run.config.checkpoint.dir else []
+    options = EvalOptions.for_run(run.output_dir, None, None, None, timeout=3600.0)
+    return evaluate_pending(run.output_dir, options, roots, final_only=True)
+
+
+def _stage_iq_record(stage_dir: Path) -> dict | None:
+    """The stage's final IQ record for the report: its scores, or why it has none."""
+    from eval_iq.watch import final_records  # startup time: loaded when the report is written
+
+    record = final_records(stage_dir)
+    if record is None:
+        return None
+    return record.get("iq") or {"error": record.get("skipped", "not evaluated")}
 
 
 def _stage_records(cfg: RunConfig) -> list[dict]:
@@ -133,7 +162,7 @@ def write_report(run: StagedRun) -> Path:
             f"| {i} | {cfg.stages[i].name} | TP{scfg.parallel.tp} PP{scfg.parallel.pp} | {m.num_layers} x {m.hidden_size}, "
             f"FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads | {info.get('params', 0):,} | "
             f"{info.get('tokens', 0):,} | {info.get('wall_s', float('nan')):.0f} s | {info.get('flops', 0):.2e} | "
-            f"{entry} | {records[-1]['loss'] if records else float('nan'):.3f} |"
+            f"{entry} | {_last_val_loss(records):.3f} |"
         )
     with open(report / "metrics.jsonl", "w") as f:
         for r in merged:
@@ -141,11 +170,12 @@ def write_report(run: StagedRun) -> Path:
     lines = [
         f"# Dry run `{cfg.name}`",
         "",
-        "| stage | name | layout | shape | params | tokens | wall time | FLOPs | exactness at entry | last loss |",
+        "| stage | name | layout | shape | params | tokens | wall time | FLOPs | exactness at entry | last val loss |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/engine/metrics.py).",
+        "FLOPs: 6 x matmul parameters + attention, per token, times tokens (training/engine/metrics.py). "
+        "Last val loss: the stage's last validation loss (the same held-out batches for every stage).",
         "",
         "TensorBoard: " + ", ".join(f"`{stage.dir}/tensorboard`" for stage in run.stages),
         "",
@@ -153,9 +183,7 @@ def write_report(run: StagedRun) -> Path:
         "",
     ]
 
-    iq = stages_markdown(
-        [(f"{i} {cfg.stages[i].name}", stage_info.get(i, {}).get("iq")) for i in range(len(cfg.stages))]
-    )
+    iq = stages_markdown([(f"{s.index} {cfg.stages[s.index].name}", _stage_iq_record(s.dir)) for s in run.stages])
     if iq:
         lines += ["## IQ benchmark at the end of each stage", "", iq]
     (report / "stages.md").write_text("\n".join(lines))

@@ -28,6 +28,7 @@ from training.config.load import CONFIGS_DIR, load_run_config, load_run_data, ru
 from training.config.model import NON_FUNCTION_FIELDS, ModelConfig, MuPConfig
 from training.config.run import (
     FUSED_ADAM_GROWTH,
+    IQ_EVAL_RECORD,
     CheckpointConfig,
     DeepSpeedConfig,
     DivergenceConfig,
@@ -43,6 +44,7 @@ __all__ = [
     "CONFIGS_DIR",
     "DIMENSIONS",
     "FUSED_ADAM_GROWTH",
+    "IQ_EVAL_RECORD",
     "NON_FUNCTION_FIELDS",
     "CheckpointConfig",
     "DeepSpeedConfig",

@@ -188,11 +188,18 @@ class DivergenceConfig:
             raise ConfigError(join_key(path, "max_rollbacks"), "must be >= 0")
 
 
+#: where a staged run records its ``iq_eval`` section for the evaluators (``<output_dir>/iq_eval.json``)
+IQ_EVAL_RECORD = "iq_eval.json"
+
+
 @dataclass
 class IQEvalConfig:
-    """The ``iq_eval:`` section: the IQ benchmark on each stage's final checkpoint of a growth run
-    (``eval_iq.stage_eval``; results in ``<stage dir>/iq/``, scores in ``stages.jsonl`` and the
-    dry-run report). Needs a tokenizer with the checkpoint (not ``data.kind: mock``)."""
+    """The ``iq_eval:`` section: what the IQ benchmark evaluates on a growth run's checkpoints. The
+    training job never evaluates: it records this section in ``<output_dir>/iq_eval.json`` and
+    ``flm eval <output_dir> [--watch]`` (``eval_iq.watch``) scores the checkpoints, each in a process
+    of its own (results in ``<stage dir>/iq/step_N/``, scores in ``<stage dir>/eval.jsonl``;
+    ``flm dryrun`` shows each stage's final scores). Needs a tokenizer with the checkpoint (not
+    ``data.kind: mock``)."""
 
     #: subtasks, categories or groups, as ``flm iq --subtasks`` takes them
     tasks: list[str] = field(default_factory=lambda: ["rules", "patterns", "anti_interference"])
@@ -204,7 +211,7 @@ class IQEvalConfig:
     def check(self, path: str) -> None:
         """Called by ``RunConfig.validate`` (a ``validate`` method's errors would be reported as
         "expected IQEvalConfig or null" by the conversion of an optional section). The task names are
-        the benchmark's, a layer above the configs: ``eval_iq.stage_eval.StageIQ.check`` checks them
+        the benchmark's, a layer above the configs: ``eval_iq.stage_eval.check_iq_eval`` checks them
         when a run is shown or started."""
         if not self.tasks:
             raise ConfigError(join_key(path, "tasks"), "give at least one subtask, category or group")

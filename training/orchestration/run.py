@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -11,25 +12,25 @@ from training.data.build import run_sources
 from training.engine.factory import make_trainer
 from training.engine.parallel import teardown
 from training.errors import UsageError
-from training.orchestration.stage_plans import Stage, load_train_args
-from training.orchestration.stages import StageEndHook, run_stages
+from training.orchestration.stage_plans import Stage, StagedRun, load_train_args
+from training.orchestration.stages import run_stages
 from training.orchestration.start import How, start
 
 log = logging.getLogger(__name__)
 
 
-def train_from_cli(args, stage_end: Optional[StageEndHook] = None) -> int:
-    """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``; ``stage_end``
-    runs after each stage of a staged run (``training.orchestration.stages.StageEndHook``)."""
+def train_from_cli(args, preflight: Optional[Callable[[StagedRun], None]] = None) -> int:
+    """``flm train CONFIG [overrides] [--resume [CKPT]] [--init-from CKPT] [--stage N]``; ``preflight``
+    checks the run before anything trains (the IQ task names of ``iq_eval``: a layer above this one)."""
     run = load_train_args(args)
+    if preflight is not None:
+        preflight(run)
     if run.staged:
         if args.resume not in (None, "latest"):
             raise UsageError("--resume: a staged run resumes from its own output_dir; use --resume without a path")
         if args.stage is not None and not 0 <= args.stage < len(run.stages):
             raise UsageError(f"--stage {args.stage} is out of range; the run has stages 0..{len(run.stages) - 1}")
-        return run_stages(
-            run, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from, stage_end=stage_end
-        )
+        return run_stages(run, resume=args.resume is not None, only_stage=args.stage, init_from=args.init_from)
     if args.stage is not None:
         raise UsageError("--stage needs a run config with a stages: list")
     return run_training(run.stages[0], resume=args.resume, init_from=args.init_from)

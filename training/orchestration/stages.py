@@ -19,12 +19,13 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import torch.distributed as dist
 
 from training import checkpoint
 from training.checkpoint.lock import lock_if_rank0
+from training.config import IQ_EVAL_RECORD
 from training.config_base import to_dict
 from training.data.build import run_sources
 from training.engine.factory import make_trainer
@@ -37,17 +38,6 @@ from training.orchestration.stage_plans import Stage, StagedRun
 from training.orchestration.start import How, start
 
 log = logging.getLogger(__name__)
-
-
-#: called on rank 0 after each stage, with the whole run, the stage and its final checkpoint, while
-#: the other ranks wait; returns fields for the stage's ``stages.jsonl`` record (the IQ benchmark per
-#: stage, ``eval_iq.stage_eval.stage_end_iq``, is wired in by ``flm``'s CLI: the benchmark is a layer
-#: above this one)
-class StageEndHook(Protocol):
-    def check(self, run: StagedRun) -> None:
-        """Refuse (ConfigError) what the hook cannot do for ``run``, before anything trains."""
-
-    def __call__(self, run: StagedRun, stage: Stage, final_checkpoint: Optional[Path]) -> Optional[dict]: ...
 
 
 def entered_stage(run: StagedRun, index: int) -> Stage:
@@ -86,25 +76,22 @@ def run_stages(
     resume: bool = False,
     only_stage: Optional[int] = None,
     init_from: Optional[str] = None,
-    stage_end: Optional[StageEndHook] = None,
 ) -> int:
     """Train the stages of ``run`` (all, or ``only_stage``) in this job; collective over all ranks.
-    ``stage_end`` (rank 0, after each stage) adds fields to the stage's record."""
-    if stage_end is not None:
-        stage_end.check(run)
+    Nothing is evaluated in the job: a run with ``iq_eval`` records the section for ``flm eval``."""
     lock = lock_if_rank0(run.config.output_dir)
     try:
-        return _run_stages(run, resume, only_stage, init_from, stage_end)
+        return _run_stages(run, resume, only_stage, init_from)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_stages(
-    run: StagedRun, resume: bool, only_stage: Optional[int], init_from: Optional[str], stage_end: Optional[StageEndHook]
-) -> int:
+def _run_stages(run: StagedRun, resume: bool, only_stage: Optional[int], init_from: Optional[str]) -> int:
     init_process_group()
     rank0 = dist.get_rank() == 0
+    if rank0 and run.config.iq_eval is not None:
+        _record_iq_eval(run)
     indices = list(range(len(run.stages))) if only_stage is None else [only_stage]
     try:
         run.check_layouts(dist.get_world_size(), indices)
@@ -140,8 +127,7 @@ def _run_stages(
             wall_s = time.time() - started
             del trainer
             if rank0:
-                extra = stage_end(run, stage, stage.final_checkpoint) if stage_end is not None else None
-                _record_stage(run, stage, wall_s, extra)
+                _record_stage(run, stage, wall_s)
     finally:
         teardown()
     return 0
@@ -181,7 +167,19 @@ def grow_into(run: StagedRun, index: int) -> Path:
     return dst
 
 
-def _record_stage(run: StagedRun, stage: Stage, wall_s: float, extra: Optional[dict] = None) -> None:
+def _record_iq_eval(run: StagedRun) -> None:
+    """Write the run's ``iq_eval`` section where ``flm eval`` finds it; say in one line how to evaluate."""
+    out = run.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / IQ_EVAL_RECORD).write_text(json.dumps(to_dict(run.config.iq_eval)) + "\n")
+    log.info(
+        "iq_eval: the checkpoints are evaluated outside this job, each in a process of its own: "
+        "flm eval %s --watch (or --final-only after the run)",
+        out,
+    )
+
+
+def _record_stage(run: StagedRun, stage: Stage, wall_s: float) -> None:
     """Append the stage's summary to <output_dir>/stages.jsonl (what the dry-run report reads)."""
     out = run.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +197,5 @@ def _record_stage(run: StagedRun, stage: Stage, wall_s: float, extra: Optional[d
         "wall_s": wall_s,
         "output_dir": cfg.output_dir,
     }
-    record.update(extra or {})
     with open(out / "stages.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
