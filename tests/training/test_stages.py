@@ -52,6 +52,16 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
     flm("train", str(full), nproc=2)
     growth = json.loads((tmp_path / "full" / "stage1-g" / "growth.json").read_text())
     assert growth["preserved"] and growth["exact"] and growth["verify"]["max_abs_dlogit"] <= 1e-10
+    check = json.loads((tmp_path / "full" / "stage1-g" / "transition_check.json").read_text())
+    assert (
+        check["preserved"]
+        and check["rel_dloss"] <= 1e-5
+        and (check["old_layout"], check["new_layout"])
+        == (
+            "TP1 PP1 DP2",
+            "TP2 PP1 DP1",
+        )
+    )
     ref = last_by_step(tmp_path / "full" / "stage1-g")
     assert sorted(ref) == list(range(1, 9))
     assert [ref[s]["mask_value"] for s in (1, 2, 3, 4, 5)] == [0.0, 0.25, 0.5, 0.75, None]
@@ -61,6 +71,14 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
     # killed right after the growth (stage 1 has no checkpoint yet) ...
     bad = flm("train", str(killed), ckpts, nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:1"})
     assert bad.returncode != 0 and (tmp_path / "killed" / "stage1-g" / "grown").is_dir()
+    # the engine's check of the transition (same batch, DP2 fp32 vs TP2 fp32): a reference that the
+    # grown model does not reproduce stops the stage before its first step, exit status 1
+    ref_path = tmp_path / "killed" / "stage0-s" / "transition_reference.json"
+    reference = json.loads(ref_path.read_text())
+    ref_path.write_text(json.dumps(dict(reference, loss=reference["loss"] * 1.001)))
+    bad = flm("train", str(killed), ckpts, "--resume", nproc=2, check=False)
+    assert bad.returncode == 1 and "relative difference 9.99e-04 > 1e-05" in bad.stderr, bad.stderr[-2000:]
+    ref_path.write_text(json.dumps(reference))
     # ... then inside the mask ramp (latest checkpoint: step 2, masks at 0.5) ...
     bad = flm("train", str(killed), ckpts, "--resume", nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:3"})
     assert bad.returncode != 0

@@ -156,6 +156,10 @@ def write_report(run: StagedRun) -> Path:
                 f"{'exact' if g['preserved'] else 'NOT preserved'}: max abs Δlogit {v.get('max_abs_dlogit', float('nan')):.1e}, "
                 f"abs Δloss {v.get('abs_dloss', float('nan')):.1e}"
             )
+        check = stage.dir / "transition_check.json"
+        if check.exists():
+            c = json.loads(check.read_text())
+            entry += f"; engine ({c['old_layout']} -> {c['new_layout']}, {c['new_precision']}): rel Δloss {c['rel_dloss']:.1e}"
         info = stage_info.get(i, {})
         m = scfg.model
         rows.append(

@@ -225,11 +225,15 @@ class BaseTrainer(ABC):
         std = math.sqrt(sum((x - mean) ** 2 for x in self._recent_losses) / len(self._recent_losses))
         return loss > mean + d.spike_sigmas * std and loss > d.spike_ratio * mean
 
-    @torch.no_grad()
     def evaluate(self, batches: Optional[int] = None) -> float:
         """Mean validation loss over the first ``batches`` global batches of the validation source."""
-        source = self.valid_source or self.train_source
-        n = batches or self.cfg.train.eval_batches
+        return self.loss_on(self.valid_source or self.train_source, batches or self.cfg.train.eval_batches)
+
+    @torch.no_grad()
+    def loss_on(self, source: SampleSource, batches: int) -> float:
+        """Mean loss over the first ``batches`` global batches of ``source``, without gradients, in
+        evaluation mode (collective; the same value on every rank, whatever the layout)."""
+        n = batches
         self._set_train_mode(False)
         total = 0.0
         for b in range(n):

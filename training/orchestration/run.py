@@ -61,9 +61,9 @@ def _train(stage: Stage, resume: Optional[str], init_from: Optional[str]) -> int
             resume_required=resume not in (None, "latest"),
             init_from=None if init_from is None else Path(init_from),
         )
-        what = start(trainer, how)
+        started = start(trainer, how)
         if rank0:
-            log.info("%s", what)
+            log.info("%s", started.message)
         trainer.fit()
         if rank0:
             log.info(

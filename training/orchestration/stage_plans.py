@@ -41,6 +41,13 @@ from training.config import (
     load_run_config,
 )
 from training.config_base import ConfigError, from_dict, join_key, to_dict
+from training.model_size import total_params
+
+#: a transition runs the float64 reference check by default up to this many parameters of the grown
+#: model (``stages[i].growth.verify_reference`` decides otherwise): it runs on one process and holds
+#: one layer in float64 — minutes at 1B parameters, hours at FLM-101B's 51B -> 101B (docs/growth.md,
+#: "What each transition check proves"). The engine's check always runs
+REFERENCE_CHECK_MAX_PARAMS = 1_000_000_000
 
 #: the directory under a stage's own directory that holds the checkpoint it starts from (the
 #: previous stage's final checkpoint grown by the stage's plan)
@@ -76,6 +83,9 @@ class Stage:
     schedule_entry: ScheduleEntry
     #: the whole run's token budget (the run-level schedule decays to ``min_lr`` at its end)
     run_tokens: int
+    #: whether the transition into this stage runs the float64 reference check besides the engine's
+    #: (``growth.verify_reference``; null: models up to ``REFERENCE_CHECK_MAX_PARAMS`` parameters)
+    reference_check: bool = False
 
     @property
     def dir(self) -> Path:
@@ -186,7 +196,10 @@ def build_run(cfg: RunConfig, source: Optional[str] = None) -> StagedRun:
         trained = dataclasses.replace(merged, model=model)
         run_tokens = sum(s.tokens for s in cfg.stages)
         name = section.name or f"stage{i}"
-        stages.append(Stage(i, name, key, trained, section.model, plan, section.tokens, entry, run_tokens))
+        reference = section.growth.verify_reference if section.growth is not None else None
+        if reference is None:
+            reference = i > 0 and total_params(model) <= REFERENCE_CHECK_MAX_PARAMS
+        stages.append(Stage(i, name, key, trained, section.model, plan, section.tokens, entry, run_tokens, reference))
     return StagedRun(cfg, tuple(stages), source)
 
 

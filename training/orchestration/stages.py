@@ -32,7 +32,7 @@ from training.engine.factory import make_trainer
 from training.engine.parallel import init_process_group, teardown
 from training.errors import FLMError
 from training.model_size import flops_per_token, total_params
-from training.orchestration import equivalent_step
+from training.orchestration import equivalent_step, transition
 from training.orchestration.grow import grow_checkpoint
 from training.orchestration.stage_plans import Stage, StagedRun
 from training.orchestration.start import How, start
@@ -120,10 +120,14 @@ def _run_stages(run: StagedRun, resume: bool, only_stage: Optional[int], init_fr
                 init_from=Path(init_from) if init_from and i == indices[0] else None,
                 grown=(lambda i=i: grow_into(run, i)) if i > 0 and not (init_from and i == indices[0]) else None,
             )
-            what = start(trainer, how)
+            begun = start(trainer, how)
             if rank0:
-                log.info("stage %d (%s): %s", i, cfg.name, what)
+                log.info("stage %d (%s): %s", i, cfg.name, begun.message)
+            if begun.kind == "grown":
+                _check_transition(run, stage, trainer, rank0)
             trainer.fit()
+            if i + 1 < len(run.stages):  # what the next stage's grown model must compute, as this engine does
+                transition.record_reference(trainer, stage.dir, rank0)
             wall_s = time.time() - started
             del trainer
             if rank0:
@@ -131,6 +135,35 @@ def _run_stages(run: StagedRun, resume: bool, only_stage: Optional[int], init_fr
     finally:
         teardown()
     return 0
+
+
+def _check_transition(run: StagedRun, stage: Stage, trainer, rank0: bool) -> None:
+    """The engine's check of the transition into ``stage`` (``training.orchestration.transition``)."""
+    reference = transition.read_reference(run.stages[stage.index - 1].dir)
+    if reference is None:
+        if rank0:
+            log.info(
+                "stage %d: no engine reference of stage %d's model; the float64 check stands",
+                stage.index,
+                stage.index - 1,
+            )
+        return
+    assert stage.growth is not None
+    record = transition.check(trainer, reference, exact=stage.growth.exact, stage_dir=stage.dir, rank0=rank0)
+    if rank0:
+        log.info(
+            "stage %d: the engine computes the old model's loss on the verification batch: %.6g under %s (%s) vs %.6g "
+            "under %s (%s), relative difference %.1e (tolerance %g)",
+            stage.index,
+            record["new_loss"],
+            record["new_layout"],
+            record["new_precision"],
+            record["old_loss"],
+            record["old_layout"],
+            record["old_precision"],
+            record["rel_dloss"],
+            record["tolerance"],
+        )
 
 
 def grow_into(run: StagedRun, index: int) -> Path:
@@ -146,7 +179,7 @@ def grow_into(run: StagedRun, index: int) -> Path:
             f"{prev.checkpoint_root}, which does not exist; train stage {index - 1} first"
         )
     assert stage.growth is not None  # every stage after the first has a plan
-    report = grow_checkpoint(src, dst, stage.growth)
+    report = grow_checkpoint(src, dst, stage.growth, run_verify=stage.reference_check)
     if dist.get_rank() == 0:
         log.info("%s", report.summary())
         with open(stage.dir / "growth.json", "w") as f:

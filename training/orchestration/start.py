@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from training import checkpoint
 from training.checkpoint import CheckpointError
@@ -36,8 +36,17 @@ class How:
     grown: Optional[Callable[[], Path]] = None
 
 
-def start(trainer: BaseTrainer, how: How) -> str:
-    """Bring ``trainer`` to where ``how`` says it starts (collective); returns what happened, for the log."""
+@dataclass(frozen=True)
+class Started:
+    """Where a trainer started: ``kind`` and the checkpoint (None from scratch); ``message`` for the log."""
+
+    kind: Literal["resume", "init_from", "grown", "scratch"]
+    source: Optional[Path]
+    message: str
+
+
+def start(trainer: BaseTrainer, how: How) -> Started:
+    """Bring ``trainer`` to where ``how`` says it starts (collective); returns where it started."""
     check_hash = trainer.cfg.checkpoint.verify_hash
     model = trainer.cfg.model
 
@@ -51,18 +60,18 @@ def start(trainer: BaseTrainer, how: How) -> str:
     if how.resume is not None:
         source = _resume(trainer, how, checked(trainer.load), check_hash)
         if source is not None:
-            return f"resumed from {source} at step {trainer.step_count}"
+            return Started("resume", source, f"resumed from {source} at step {trainer.step_count}")
     if how.init_from is not None:
         path = checkpoint.resolve(how.init_from)
         checkpoint.load_verified(path, checked(trainer.init_from), check_hash=check_hash)
-        return f"initialised weights from {path}"
+        return Started("init_from", path, f"initialised weights from {path}")
     if how.grown is not None:
         grown = how.grown()
         checkpoint.load_verified(grown, checked(trainer.init_from), check_hash=check_hash)
-        return f"started from the grown checkpoint {grown}"
+        return Started("grown", grown, f"started from the grown checkpoint {grown}")
     if how.resume is not None:
-        return f"no checkpoint under {how.resume}; starting fresh"
-    return "started from scratch"
+        return Started("scratch", None, f"no checkpoint under {how.resume}; starting fresh")
+    return Started("scratch", None, "started from scratch")
 
 
 def _resume(trainer: BaseTrainer, how: How, load, check_hash: bool) -> Optional[Path]:
