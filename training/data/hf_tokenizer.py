@@ -1,4 +1,4 @@
-"""Hugging Face tokenizers behind the project's tokenizer interface (:class:`BaseTokenizer`).
+"""Hugging Face tokenizers behind the project's tokenizer interface (:class:`training.data.tokenizer_base.BaseTokenizer`).
 
 :class:`HFTokenizer` wraps a ``tokenizers.Tokenizer`` (the Rust pipeline transformers' fast
 tokenizers use), so the data pipeline tokenizes exactly as ``AutoTokenizer`` does, without loading
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from training.data.errors import DataError
-from training.data.tokenizer import BaseTokenizer
+from training.data.tokenizer_base import BaseTokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"

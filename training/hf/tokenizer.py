@@ -45,8 +45,10 @@ from training.data.build import default_data_dir
 from training.data.config import DataConfig
 from training.data.errors import DataError
 from training.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, load_hf_tokenizer
+from training.data.sentencepiece_tokenizer import META_FILE, MODEL_FILE, Tokenizer
 from training.data.shards import dataset_tokenizer_path
-from training.data.tokenizer import META_FILE, MODEL_FILE, BaseTokenizer, Tokenizer, load_tokenizer
+from training.data.tokenizer import load_tokenizer
+from training.data.tokenizer_base import BaseTokenizer
 from training.hf.errors import HFInteropError
 
 #: texts every exported tokenizer must encode exactly like sentencepiece (digits, whitespace runs,

@@ -14,8 +14,8 @@ from training.data.config import DataConfig, DatasetConfig
 from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
+from training.data.sentencepiece_tokenizer import TokenizerSpec, train_tokenizer
 from training.data.source import MockSource
-from training.data.tokenizer import TokenizerSpec, train_tokenizer
 
 
 @pytest.fixture(scope="module")

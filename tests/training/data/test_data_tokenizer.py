@@ -9,14 +9,8 @@ import pytest
 from tests.training.data.data_helpers import write_jsonl
 from training.data.errors import DataError
 from training.data.ingest import CorpusSpec
-from training.data.tokenizer import (
-    META_FILE,
-    MIN_VOCAB_SIZE,
-    SPECIAL_IDS,
-    TokenizerSpec,
-    load_tokenizer,
-    train_tokenizer,
-)
+from training.data.sentencepiece_tokenizer import META_FILE, MIN_VOCAB_SIZE, SPECIAL_IDS, TokenizerSpec, train_tokenizer
+from training.data.tokenizer import load_tokenizer
 
 
 def test_trained_tokenizer_contract(tokenizer_dir, corpus_docs):
