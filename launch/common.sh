@@ -27,9 +27,9 @@
 #                         dies as unknown; else the run config (config), then key=value overrides
 #                         (appended to overrides, verbatim). Sets flm_used to the arguments taken.
 #   flm_train_arg ARGS... flm_arg plus the options of the launchers that start `flm train` directly:
-#                         --stage N (stage), --resume (resume=1), --log FILE (log)
-#   flm_args_done         die unless a run config was given and exists, and unless --stage (if the
-#                         script took it) is a stage index
+#                         --stage N (stage; dies unless N is a stage index), --resume (resume=1),
+#                         --log FILE (log)
+#   flm_args_done         die unless a run config was given and exists
 #   flm_train_args        set train_args to `flm train`'s arguments: config, --stage N, --resume, overrides
 
 flm_python() {
@@ -95,7 +95,10 @@ flm_arg() {
 flm_train_arg() {
   flm_used=2
   case $1 in
-    --stage) need $# "$1"; stage=$2 ;;
+    --stage)
+      need $# "$1"
+      [[ $2 =~ ^[0-9]+$ ]] || flm_die "--stage must be a stage index, got '$2'"
+      stage=$2 ;;
     --log) need $# "$1"; log=$2 ;;
     --resume) resume=1; flm_used=1 ;;
     *) flm_arg "$@" ;;
@@ -105,7 +108,6 @@ flm_train_arg() {
 flm_args_done() {
   [[ -n $config ]] || { flm_usage >&2; flm_die "no run config given"; }
   [[ -f $config ]] || flm_die "run config not found: $config"
-  [[ -z ${stage:-} || $stage =~ ^[0-9]+$ ]] || flm_die "--stage must be a stage index, got '$stage'"
 }
 
 flm_train_args() {
