@@ -36,7 +36,7 @@ from training.data.build import build_sources, prepare_default_data  # noqa: E40
 from training.data.default_corpus import build_default_corpus  # noqa: E402
 from training.data.ingest import CorpusSpec  # noqa: E402
 from training.data.prepare import prepare_dataset  # noqa: E402
-from training.data.tokenizer import TokenizerSpec, train_tokenizer  # noqa: E402
+from training.data.sentencepiece_tokenizer import TokenizerSpec, train_tokenizer  # noqa: E402
 
 
 def bench_tokenization(root: Path, copies: int, workers: int, vocab_size: int, repeats: int) -> dict:

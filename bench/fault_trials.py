@@ -29,28 +29,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import child_env, kill_group  # noqa: E402  (the tests' process helpers: same environment)
+from bench.procs import child_env, kill_group  # noqa: E402  (the tests' process helpers: same environment)
+from bench.staged_run import write_staged_run  # noqa: E402
 
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000"]
 
-STAGED = """
-name: ft
-output_dir: {out}
-data: {{kind: mock, seed: 3}}
-train: {{global_batch_size: 8, micro_batch_size: 2, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 1, eval_interval: 1000}}
-logging: {{progress_bar: false, tensorboard: false}}
-checkpoint: {{save_interval: 1, keep_last: 3}}
-stages:
-  - name: s
-    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 1, dp: 1}}
-    tokens: 2048
-  - name: g
-    model: {{num_layers: 2, hidden_size: 128, ffn_hidden_size: 512, num_attention_heads: 8, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 1, dp: 1}}
-    tokens: 2048
-    growth: {{default_operator: msg, ramp: {{steps: 2}}}}
-"""
+#: the staged trial: configs/runs/tiny_staged.yaml on one process, a checkpoint every step
+STAGED = (
+    "name=ft",
+    "checkpoint.save_interval=1",
+    "checkpoint.keep_last=3",
+    "stages.0.parallel={tp: 1, dp: 1}",
+    "stages.0.tokens=2048",
+    "stages.1.parallel={tp: 1, dp: 1}",
+    "stages.1.tokens=2048",
+)
 
 
 def command(kind: str, out: Path, nproc: int, resume: bool) -> list[str]:
@@ -67,7 +60,7 @@ def command(kind: str, out: Path, nproc: int, resume: bool) -> list[str]:
     else:
         config = out.parent / f"{out.name}.yaml"
         if not config.exists():
-            config.write_text(STAGED.format(out=out))
+            write_staged_run(config, out, *STAGED)
         args = ["train", str(config)]
     if resume:
         args.append("--resume")

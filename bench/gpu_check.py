@@ -138,7 +138,7 @@ def _model(path: str, **changes) -> list[str]:
 
 
 #: (350M model, its grown FFN width and depth, the ~1.3B model, micro-batch, global batch) of the GPU run;
-#: ``--smoke`` shrinks everything to run the same code on a CPU in seconds (tests/test_gpu_check.py)
+#: ``--smoke`` shrinks everything to run the same code on a CPU in seconds (tests/bench/test_gpu_check.py)
 SHAPES = {
     "gpu": dict(
         small=dict(seq_length=1024),

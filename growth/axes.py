@@ -30,6 +30,13 @@ from growth.shape import ModelShape
 
 @dataclass(frozen=True)
 class AxisMap:
+    """How one axis of old size n grows to new size n' (module docstring: the meaning of each field).
+
+    Invariants: ``src`` (int64), ``scale`` and ``grad_scale`` (float64) and ``copy`` (bool) are 1-D
+    of length n'; ``src[i]`` is an old index in ``0 .. n-1`` or -1 (new); ``copy[i]`` implies
+    ``src[i] >= 0``. Immutable.
+    """
+
     src: Tensor
     scale: Tensor
     grad_scale: Tensor
@@ -38,14 +45,17 @@ class AxisMap:
 
     @property
     def new(self) -> Tensor:
+        """bool[n']: the entries that are new (``src < 0``)."""
         return self.src < 0
 
     @property
     def size(self) -> int:
+        """n', the grown size of the axis."""
         return self.src.shape[0]
 
     @property
     def is_identity(self) -> bool:
+        """Whether the map leaves the axis as it is: same size, ``src = 0 .. n-1``, scales all 1."""
         n = self.size
         return (
             bool(torch.equal(self.src, torch.arange(n)))
@@ -72,6 +82,7 @@ def _axis(
 
 
 def identity(n: int) -> AxisMap:
+    """The map of an axis of size ``n`` that does not grow (``AxisMap.is_identity``)."""
     return _axis(torch.arange(n))
 
 
@@ -111,6 +122,10 @@ def vocab_map(old: int, new: int) -> AxisMap:
 
 
 def hidden_maps(op: str, old: int, new: int, rms: bool) -> dict[str, AxisMap]:
+    """The four hidden axis kinds (``hidden_out``, ``hidden_in``, ``hidden_logit``, ``hidden_norm``),
+    each of size ``old`` -> ``new``, under width operator ``op`` (none/msg/zero/clone; clone needs
+    ``new % old == 0``); ``rms``: the model uses RMSNorm (zero growth rescales the norm gains then).
+    ``ValueError`` for an unknown operator."""
     if op == "none":
         return {k: identity(old) for k in ("hidden_out", "hidden_in", "hidden_logit", "hidden_norm")}
     if op == "msg":
@@ -138,6 +153,9 @@ def hidden_maps(op: str, old: int, new: int, rms: bool) -> dict[str, AxisMap]:
 
 
 def ffn_maps(op: str, old: int, new: int, swiglu: bool) -> dict[str, AxisMap]:
+    """``ffn_in`` (size ``old`` -> ``new``) and ``ffn_out`` (the fc1 rows: the same, or twice that with
+    ``swiglu``, gate and up halves grown alike) under width operator ``op``. ``ValueError`` for an
+    unknown operator."""
     halves = 2 if swiglu else 1
     if op == "none":
         return {"ffn_out": identity(old * halves), "ffn_in": identity(old)}
@@ -159,10 +177,12 @@ class HeadLayout:
 
     @property
     def head_is_new(self) -> list[bool]:
+        """One entry per new head: True where it has no old head (MSG masks it)."""
         return [s < 0 for s in self.head_src]
 
     @property
     def group_is_new(self) -> list[bool]:
+        """One entry per new query group: True where it has no old group (MSG masks its keys/values)."""
         return [s < 0 for s in self.group_src]
 
 
@@ -185,6 +205,10 @@ def head_layout(op: str, old: ModelShape, new: ModelShape) -> HeadLayout:
 
 
 def head_maps(op: str, old: ModelShape, new: ModelShape) -> dict[str, AxisMap]:
+    """``qkv`` (the fused QKV rows, ``ModelShape.qkv_rows`` of each shape) and ``proj_in`` (the output
+    projection's columns, heads x head_dim) for heads/query groups grown by ``op`` following
+    ``head_layout``; the head dim never changes. Clone divides ``proj_in`` by the head factor and
+    the gradients of repeated heads/groups by their factors."""
     d, r, r_new = old.head_dim, old.heads_per_group, new.heads_per_group
     if op == "none":
         return {"qkv": identity(old.qkv_rows), "proj_in": identity(old.heads * d)}

@@ -1,6 +1,6 @@
-"""MSG masks: their state (pure, JSON-serialisable data), their values, and applying them to a model.
+"""MSG masks: their state (pure, JSON-serialisable data) and their values.
 
-Semantics (the model side is in ``training/engine/model``): every structure grown with ``msg`` is multiplied
+Semantics (applied to the modules by ``training.engine.model.masks``): every structure grown with ``msg`` is multiplied
 by a ramp value c (1 on old structure):
 - hidden: the embedding output and every norm output are multiplied by ``m`` (1 on the first
   ``hidden_old`` dims, c on the rest) and the norms' statistics are weighted by ``m``;
@@ -66,9 +66,12 @@ class MaskState:
         return t
 
     def is_done(self, step: Optional[int] = None) -> bool:
+        """Whether the ramp is over after ``step`` optimizer steps (default ``steps_done``): c = 1 from
+        then on and the masks are removed."""
         return (self.steps_done if step is None else step) >= self.ramp_steps
 
     def advanced(self, steps: int = 1) -> MaskState:
+        """A copy ``steps`` optimizer steps further along the ramp (this state is left unchanged)."""
         return dataclasses.replace(self, steps_done=self.steps_done + steps)
 
     def values(
@@ -99,10 +102,12 @@ class MaskState:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (checkpoint metadata); ``from_dict`` reads them back to an equal state."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MaskState:
+        """The state ``to_dict`` wrote; ``ValueError`` naming unknown keys."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -59,6 +59,7 @@ class Growth:
 
     @property
     def swiglu(self) -> bool:
+        """The MLP is SwiGLU: fc1 holds gate and up halves (``ffn_out`` axes are 2 x ffn rows)."""
         return self.old_cfg.activation == "swiglu"
 
     @property
@@ -74,9 +75,11 @@ class Growth:
         return self.init_std
 
     def old_shape(self, key: str) -> tuple[int, ...]:
+        """The logical shape of tensor ``key`` in the old model (layered tensors: layers first)."""
         return tensor_shape(role_of(key), self.plan.old, self.swiglu)
 
     def new_shape(self, key: str) -> tuple[int, ...]:
+        """The logical shape of tensor ``key`` in the grown model; ``grow_tensor`` returns this shape."""
         return tensor_shape(role_of(key), self.plan.new, self.swiglu)
 
     def check_old(self, key: str, tensor: Tensor) -> TensorRole:
@@ -90,6 +93,9 @@ class Growth:
 
 @dataclass(frozen=True)
 class GrowthResult:
+    """What ``grow_state`` returns: the grown logical state dict (every tensor at
+    ``Growth.new_shape``) and the grown model's config."""
+
     state: dict[str, Tensor]
     new_cfg: ModelConfig
     #: MSG masks to apply while training the grown model; None when no operator is msg
@@ -97,7 +103,7 @@ class GrowthResult:
     exact: bool
 
 
-def prepare_growth(plan: GrowthPlan, cfg) -> Growth:
+def prepare_growth(plan: GrowthPlan, cfg: ModelConfig) -> Growth:
     """Resolve ``plan`` for the old model config ``cfg``; ``ConfigError`` if the plan does not fit."""
     new_cfg = check_plan(plan, cfg)
     old, new, ops = plan.old, plan.new, plan.operators
@@ -223,7 +229,7 @@ def grow_tensor(g: Growth, key: str, tensor: Tensor) -> Tensor:
     return out
 
 
-def grow_state(plan: GrowthPlan, cfg, state: dict[str, Tensor]) -> GrowthResult:
+def grow_state(plan: GrowthPlan, cfg: ModelConfig, state: dict[str, Tensor]) -> GrowthResult:
     """Grow a whole logical state dict of a model with config ``cfg``.
 
     ``state`` must hold exactly the logical keys of ``cfg`` (``growth.roles.logical_keys``) at the

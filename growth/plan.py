@@ -22,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from growth.shape import ModelShape
-from training.config import GrowthOptions
+from training.config import GrowthOptions, ModelConfig
 from training.config_base import ConfigError, from_dict, join_key, read_yaml
 
 
@@ -35,7 +35,12 @@ class GrowthPlan(GrowthOptions):
     every growth shares (``GrowthOptions``: operators, default_operator, depth, ramp, init_std,
     clone_noise, seed, exact; the same spelling and defaults as a staged run's ``growth:`` section).
     After validation every operator is named (``Operators``: none exactly where a dimension keeps
-    its size)."""
+    its size).
+
+    Invariants after ``validate``: no dimension shrinks, the head dim is unchanged, the new sizes
+    divide by ``tp``, ``operators`` name one operator exactly for the dimensions that change (with
+    the integer factors clone and stack need), and with ``exact`` every operator is function-
+    preserving as far as the plan alone tells (``check_plan`` adds the model's block variant)."""
 
     #: required (the default, all zeros, fails validation)
     old: ModelShape = field(default_factory=ModelShape)
@@ -45,6 +50,7 @@ class GrowthPlan(GrowthOptions):
 
     @property
     def uses_masks(self) -> bool:
+        """Whether any dimension grows with msg (the grown model then trains under a mask ramp)."""
         ops = self.operators
         return "msg" in (ops.hidden, ops.ffn, ops.heads, ops.depth)
 
@@ -154,7 +160,7 @@ class GrowthPlan(GrowthOptions):
                 raise ConfigError(join_key(path, "depth.init"), "stack repeats the trained layers; use copy")
 
 
-def inexact_reasons(plan: GrowthPlan, cfg=None) -> list[tuple[str, str]]:
+def inexact_reasons(plan: GrowthPlan, cfg: Optional[ModelConfig] = None) -> list[tuple[str, str]]:
     """``[(key, why)]`` for each part of ``plan`` that is not function-preserving.
 
     Without ``cfg`` only variant-independent reasons are found; with the model config the block
@@ -177,7 +183,7 @@ def inexact_reasons(plan: GrowthPlan, cfg=None) -> list[tuple[str, str]]:
     return out
 
 
-def mup_readout_scale(plan: GrowthPlan, cfg) -> float:
+def mup_readout_scale(plan: GrowthPlan, cfg: ModelConfig) -> float:
     """Under μP, the factor the old entries of the readout matrix (the untied output layer, or the
     embedding when tied) are multiplied by; 1 when nothing is rescaled.
 
@@ -194,7 +200,7 @@ def mup_readout_scale(plan: GrowthPlan, cfg) -> float:
     return plan.new.hidden / plan.old.hidden
 
 
-def derived_fields(cfg) -> tuple[str, ...]:
+def derived_fields(cfg: ModelConfig) -> tuple[str, ...]:
     """The ``ModelConfig`` fields ``new_model_config`` may set on a model grown from ``cfg`` (a staged
     run takes them from the growth, not from the stage's ``model:`` section). Standard
     parametrisation: ``norm_eps`` and ``output_multiplier``; μP: ``norm_eps``, and with tied
@@ -204,7 +210,7 @@ def derived_fields(cfg) -> tuple[str, ...]:
     return ("norm_eps", "input_multiplier") if cfg.tie_embeddings else ("norm_eps",)
 
 
-def new_model_config(plan: GrowthPlan, cfg):
+def new_model_config(plan: GrowthPlan, cfg: ModelConfig) -> ModelConfig:
     """The ``ModelConfig`` of the grown model (``cfg`` is the old model's)."""
     old, new = plan.old, plan.new
     changes: dict[str, Any] = dict(
@@ -233,7 +239,7 @@ def new_model_config(plan: GrowthPlan, cfg):
     return out
 
 
-def check_plan(plan: GrowthPlan, cfg, path: str = "growth"):
+def check_plan(plan: GrowthPlan, cfg: ModelConfig, path: str = "growth") -> ModelConfig:
     """Validate ``plan`` against the old model's config ``cfg``; return the new model's config."""
     plan.validate(path)
     old = plan.old
@@ -280,7 +286,9 @@ def load_plan(source: str | Path | dict, path: str = "") -> GrowthPlan:
         raise
 
 
-def plan_for(cfg, new_cfg, operators: dict[str, str], *, tp: int = 1, **options) -> GrowthPlan:
+def plan_for(
+    cfg: ModelConfig, new_cfg: ModelConfig, operators: dict[str, str], *, tp: int = 1, **options: Any
+) -> GrowthPlan:
     """Convenience: the plan that grows model config ``cfg`` into ``new_cfg`` (shapes taken from both).
 
     ``options`` are the other ``GrowthPlan`` sections as plain data (``ramp={"steps": 10}``, ...).

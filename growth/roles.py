@@ -1,7 +1,8 @@
 """The logical state dict: tensor keys, what each axis of each tensor means, expected shapes.
 
-The logical state dict is what ``megatron.core.dist_checkpointing.load_plain_tensors`` returns for
-this project's model: unsharded tensors, the layers stacked on dim 0. Growth works per axis, so
+The logical state dict is what ``training.checkpoint.logical.read_logical`` reads from a checkpoint of
+any layout (the tensors megatron's ``dist_checkpointing.load_plain_tensors`` would return for this
+project's model): unsharded tensors, the layers stacked on dim 0. Growth works per axis, so
 every tensor is described by the *kind* of each of its (per-layer) axes:
 
 - ``vocab``: embedding / output rows (padded vocabulary).
@@ -23,6 +24,7 @@ from typing import Literal
 
 from growth.errors import GrowthError
 from growth.shape import ModelShape
+from training.config import ModelConfig
 
 EMBEDDING = "embedding.word_embeddings.weight"
 OUTPUT = "output_layer.weight"
@@ -89,7 +91,7 @@ _ROLES = [
 ROLES: dict[str, TensorRole] = {r.key: r for r in _ROLES}
 
 
-def readout_key(cfg) -> str:
+def readout_key(cfg: ModelConfig) -> str:
     """The readout matrix of model config ``cfg``: the output layer, or the embedding when tied."""
     return EMBEDDING if cfg.tie_embeddings else OUTPUT
 
@@ -105,6 +107,7 @@ def role_of(key: str) -> TensorRole:
 
 
 def axis_size(kind: AxisKind, shape: ModelShape, swiglu: bool) -> int:
+    """The size of an axis of kind ``kind`` in a model of ``shape`` (``ffn_out``: 2 x ffn with ``swiglu``)."""
     return {
         "vocab": shape.vocab,
         "hidden_out": shape.hidden,
@@ -124,7 +127,7 @@ def tensor_shape(role: TensorRole, shape: ModelShape, swiglu: bool) -> tuple[int
     return ((shape.layers,) if role.layered else ()) + dims
 
 
-def logical_keys(cfg) -> list[str]:
+def logical_keys(cfg: ModelConfig) -> list[str]:
     """The keys of the logical state dict of a model with config ``cfg`` (a ``ModelConfig``)."""
     keys = []
     for r in _ROLES:
@@ -138,7 +141,7 @@ def logical_keys(cfg) -> list[str]:
     return keys
 
 
-def logical_shapes(cfg, shape: ModelShape) -> dict[str, tuple[int, ...]]:
+def logical_shapes(cfg: ModelConfig, shape: ModelShape) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of the logical state dict of model variant ``cfg`` at sizes ``shape``."""
     swiglu = cfg.activation == "swiglu"
     return {key: tensor_shape(ROLES[key], shape, swiglu) for key in logical_keys(cfg)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from training.config import ModelConfig
 from training.config_base import ConfigError, join_key
 
 
@@ -26,6 +27,8 @@ class ModelShape:
     vocab: int = 0
 
     def validate(self, path: str) -> None:
+        """``ConfigError`` naming the key under ``path`` unless every size is positive, the heads
+        divide into the query groups and the head dim is even."""
         for name in ("layers", "hidden", "ffn", "heads", "query_groups", "head_dim", "vocab"):
             if getattr(self, name) <= 0:
                 raise ConfigError(join_key(path, name), "required; must be a positive integer")
@@ -38,7 +41,7 @@ class ModelShape:
             raise ConfigError(join_key(path, "head_dim"), f"{self.head_dim} must be even for rotary embeddings")
 
     @classmethod
-    def from_model_config(cls, cfg, tp: int = 1) -> ModelShape:
+    def from_model_config(cls, cfg: ModelConfig, tp: int = 1) -> ModelShape:
         """Shape of ``cfg`` (a ``training.config.ModelConfig``) with the vocabulary padded for ``tp``."""
         return cls(
             layers=cfg.num_layers,
@@ -52,6 +55,7 @@ class ModelShape:
 
     @property
     def heads_per_group(self) -> int:
+        """Query heads that share one key/value head (``heads / query_groups``; exact after ``validate``)."""
         return self.heads // self.query_groups
 
     @property

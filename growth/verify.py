@@ -18,6 +18,9 @@ from growth.reference import forward_logits, layer_slices, token_loss
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """The old and the grown model on the same batch: the largest logit difference (over the
+    tokenizer's vocabulary) and both models' mean token losses."""
+
     max_abs_dlogit: float
     abs_dloss: float
     #: largest |logit| of the old model (the scale for a relative tolerance)
@@ -34,9 +37,14 @@ class Weights(Protocol):
     """Where a forward pass gets a model's logical weights: non-layered tensors by key (None when
     the variant has none) and the per-layer slices of one layer at a time."""
 
-    def tensor(self, key: str) -> Optional[Tensor]: ...
+    def tensor(self, key: str) -> Optional[Tensor]:
+        """The full logical tensor of a non-layered ``key`` (embedding, final norm, output layer); None
+        when the model variant has none (e.g. the output layer under tied embeddings)."""
+        ...
 
-    def layer(self, index: int) -> dict[str, Tensor]: ...
+    def layer(self, index: int) -> dict[str, Tensor]:
+        """Layer ``index``'s slice (the leading layer axis removed) of every layered tensor, by key."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,11 @@ class StateWeights:
     state: dict[str, Tensor]
 
     def tensor(self, key: str) -> Optional[Tensor]:
+        """``state[key]``, None when absent."""
         return self.state.get(key)
 
     def layer(self, index: int) -> dict[str, Tensor]:
+        """``growth.reference.layer_slices(state, index)``."""
         return layer_slices(self.state, index)
 
 

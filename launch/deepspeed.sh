@@ -30,33 +30,21 @@ export FLM_REPO
 # shellcheck source=launch/common.sh
 source "$FLM_REPO/launch/common.sh"
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-
-hostfile="" stage="" resume=0 port=29500 launcher=pdsh log="" dry_run=0 config="" node_rank=""
-overrides=()
-need() { [[ $1 -ge 2 ]] || flm_die "$2 needs a value"; }
+config="" overrides=() dry_run=0 stage="" resume=0 log=""
+hostfile="" port=29500 launcher=pdsh node_rank=""
+# this script's options; --stage, --resume, --log, --dry-run, --help and the arguments: flm_train_arg
 while (($#)); do
   case $1 in
     --hostfile) need $# "$1"; hostfile=$2; shift 2 ;;
-    --stage) need $# "$1"; stage=$2; shift 2 ;;
     --master-port) need $# "$1"; port=$2; shift 2 ;;
     --launcher) need $# "$1"; launcher=$2; shift 2 ;;
     --node-rank) need $# "$1"; node_rank=$2; shift 2 ;;
-    --log) need $# "$1"; log=$2; shift 2 ;;
-    --resume) resume=1; shift ;;
-    --dry-run) dry_run=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    -*) flm_die "unknown option $1 (see --help)" ;;
-    *)
-      if [[ -z $config ]]; then config=$1; else overrides+=("$1"); fi
-      shift ;;
+    *) flm_train_arg "$@"; shift "$flm_used" ;;
   esac
 done
-[[ -n $config ]] || { usage >&2; flm_die "no run config given"; }
-[[ -f $config ]] || flm_die "run config not found: $config"
+flm_args_done
 [[ -n $hostfile ]] || flm_die "--hostfile FILE is required (lines 'HOST slots=N')"
 [[ -f $hostfile ]] || flm_die "hostfile not found: $hostfile"
-[[ -z $stage || $stage =~ ^[0-9]+$ ]] || flm_die "--stage must be a stage index, got '$stage'"
 [[ $port =~ ^[0-9]+$ ]] || flm_die "--master-port must be a number, got '$port'"
 [[ -z $node_rank || $node_rank =~ ^[0-9]+$ ]] || flm_die "--node-rank must be a host index, got '$node_rank'"
 
@@ -92,10 +80,7 @@ while IFS=$'\t' read -r index name need_world mp _out; do
   fi
 done <<<"$jobs"
 
-train_args=("$config")
-[[ -n $stage ]] && train_args+=(--stage "$stage")
-((resume)) && train_args+=(--resume)
-train_args+=("${overrides[@]}")
+flm_train_args
 cmd=(deepspeed --hostfile "$hostfile" --launcher "$launcher" --master_addr "${hosts[0]}" --master_port "$port")
 if [[ -n $node_rank ]]; then
   # this host's processes only (ranks after the slots of the hosts above it); nothing over ssh
@@ -112,10 +97,4 @@ if ((dry_run)); then
   exit 0
 fi
 command -v deepspeed >/dev/null 2>&1 || flm_die "the deepspeed launcher is not installed (pip install deepspeed)"
-export PYTHONPATH="$FLM_REPO${PYTHONPATH:+:$PYTHONPATH}"
-if [[ -n $log ]]; then
-  mkdir -p "$(dirname "$log")"
-  "${cmd[@]}" 2>&1 | tee -a "$log"
-else
-  exec "${cmd[@]}"
-fi
+flm_exec "${cmd[@]}"

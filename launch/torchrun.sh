@@ -28,34 +28,21 @@ export FLM_REPO
 # shellcheck source=launch/common.sh
 source "$FLM_REPO/launch/common.sh"
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-
-nproc="" stage="" resume=0 dry_run=0 log="" config=""
-nnodes=1 node_rank="" master_addr="" master_port=29500
-overrides=()
-need() { [[ $1 -ge 2 ]] || flm_die "$2 needs a value"; }
+config="" overrides=() dry_run=0 stage="" resume=0 log=""
+nproc="" nnodes=1 node_rank="" master_addr="" master_port=29500
+# this script's options; --stage, --resume, --log, --dry-run, --help and the arguments: flm_train_arg
 while (($#)); do
   case $1 in
     --nproc) need $# "$1"; nproc=$2; shift 2 ;;
-    --stage) need $# "$1"; stage=$2; shift 2 ;;
-    --log) need $# "$1"; log=$2; shift 2 ;;
     --nnodes) need $# "$1"; nnodes=$2; shift 2 ;;
     --node-rank) need $# "$1"; node_rank=$2; shift 2 ;;
     --master-addr) need $# "$1"; master_addr=$2; shift 2 ;;
     --master-port) need $# "$1"; master_port=$2; shift 2 ;;
-    --resume) resume=1; shift ;;
-    --dry-run) dry_run=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    -*) flm_die "unknown option $1 (see --help)" ;;
-    *)
-      if [[ -z $config ]]; then config=$1; else overrides+=("$1"); fi
-      shift ;;
+    *) flm_train_arg "$@"; shift "$flm_used" ;;
   esac
 done
-[[ -n $config ]] || { usage >&2; flm_die "no run config given"; }
-[[ -f $config ]] || flm_die "run config not found: $config"
+flm_args_done
 [[ -z $nproc || $nproc =~ ^[1-9][0-9]*$ ]] || flm_die "--nproc must be a positive integer, got '$nproc'"
-[[ -z $stage || $stage =~ ^[0-9]+$ ]] || flm_die "--stage must be a stage index, got '$stage'"
 [[ $nnodes =~ ^[1-9][0-9]*$ ]] || flm_die "--nnodes must be a positive integer, got '$nnodes'"
 [[ $master_port =~ ^[0-9]+$ ]] || flm_die "--master-port must be a number, got '$master_port'"
 if ((nnodes > 1)); then
@@ -101,10 +88,7 @@ if ((gpus > 0 && nproc > gpus)); then
   flm_die "$nproc processes but this node has $gpus GPUs; use --nnodes, or launch/slurm/submit.sh for several nodes"
 fi
 
-train_args=("$config")
-[[ -n $stage ]] && train_args+=(--stage "$stage")
-((resume)) && train_args+=(--resume)
-train_args+=("${overrides[@]}")
+flm_train_args
 if ((nnodes == 1)); then
   rdzv=(--standalone --nnodes 1)
   where="one node"
@@ -121,11 +105,4 @@ if ((dry_run)); then
   flm_show env "PYTHONPATH=$FLM_REPO${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}"
   exit 0
 fi
-
-export PYTHONPATH="$FLM_REPO${PYTHONPATH:+:$PYTHONPATH}"
-if [[ -n $log ]]; then
-  mkdir -p "$(dirname "$log")"
-  "${cmd[@]}" 2>&1 | tee -a "$log"
-else
-  exec "${cmd[@]}"
-fi
+flm_exec "${cmd[@]}"

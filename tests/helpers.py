@@ -1,21 +1,20 @@
 """Test helpers shared by every test package: paths, the environment and process groups of child
-processes, and running the real ``flm`` CLI (in several processes when asked). Fixtures live in
-``tests/conftest.py``. ``bench/`` scripts that start the CLI use the same helpers."""
+processes (``child_env``, ``kill_group``: from ``bench/procs.py``, which ``bench/`` scripts use too),
+and running the real ``flm`` CLI (in several processes when asked). Fixtures live in
+``tests/conftest.py``; the staged run that tests train is ``bench/staged_run.py``."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
+from bench.procs import REPO, child_env, kill_group
 from training.local_launch import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 __all__ = [
@@ -29,20 +28,6 @@ __all__ = [
     "processes_mentioning",
     "read_metrics",
 ]
-
-
-def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a child process that runs the project (``flm``, a launcher, a trial):
-    ``base`` (default: this process's), third-party warnings off, one OpenMP thread per process
-    (the test machines share a few cores among several processes), the repository first on
-    ``PYTHONPATH`` (also when the child runs from another directory), then ``extra``."""
-    env = dict(os.environ if base is None else base)
-    path = env.get("PYTHONPATH")
-    env.update(
-        PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO)
-    )
-    env.update(extra)
-    return env
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -59,16 +44,6 @@ def processes_mentioning(text: str) -> list[int]:
             if text in cmdline and "zombie" not in state:
                 pids.append(int(entry.name))
     return pids
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group that ``proc`` leads (started with ``start_new_session=True``): the
-    launcher and every process it started, however far down; nothing to do when they are gone."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def flm(

@@ -128,3 +128,20 @@ def test_only_the_engine_imports_megatron():
             )
             bad += [f"{name}:{node.lineno} imports {m}" for m in modules if m.split(".")[0] == "megatron"]
     assert not bad, "\n".join(bad)
+
+
+def test_bench_does_not_import_tests():
+    """Tests may import what they share with the benchmarks from ``bench/`` (``bench/procs.py``,
+    ``bench/staged_run.py``); ``bench/`` never imports ``tests`` (a script must run without them)."""
+    bad = []
+    for path in sorted((REPO / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            bad += [f"bench/{path.name}:{node.lineno} imports {m}" for m in modules if m.split(".")[0] == "tests"]
+    assert not bad, "\n".join(bad)

@@ -24,11 +24,9 @@ export FLM_REPO
 # shellcheck source=launch/common.sh
 source "$FLM_REPO/launch/common.sh"
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-
 only="" from=0 whole=0 gpus_per_node=8 gpus="" after="" log_dir="" time_limit="" grace=300 dry_run=0 config=""
 overrides=() extra=()
-need() { [[ $1 -ge 2 ]] || flm_die "$2 needs a value"; }
+# this script's options; --dry-run, --help and the arguments: flm_arg
 while (($#)); do
   case $1 in
     --stage) need $# "$1"; only=$2; shift 2 ;;
@@ -42,16 +40,10 @@ while (($#)); do
     --requeue-grace) need $# "$1"; grace=$2; shift 2 ;;
     --sbatch) need $# "$1"; extra+=("$2"); shift 2 ;;
     --sbatch=*) extra+=("${1#--sbatch=}"); shift ;;
-    --dry-run) dry_run=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    -*) flm_die "unknown option $1 (see --help)" ;;
-    *)
-      if [[ -z $config ]]; then config=$1; else overrides+=("$1"); fi
-      shift ;;
+    *) flm_arg "$@"; shift "$flm_used" ;;
   esac
 done
-[[ -n $config ]] || { usage >&2; flm_die "no run config given"; }
-[[ -f $config ]] || flm_die "run config not found: $config"
+flm_args_done
 for pair in "gpus-per-node:$gpus_per_node" "requeue-grace:$grace" "from:$from" "stage:${only:-0}" "gpus:${gpus:-1}"; do
   [[ ${pair#*:} =~ ^[0-9]+$ ]] || flm_die "--${pair%%:*} must be a non-negative integer, got '${pair#*:}'"
 done

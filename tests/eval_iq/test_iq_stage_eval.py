@@ -12,33 +12,29 @@ from pathlib import Path
 
 import pytest
 
+from bench.staged_run import write_staged_run
 from eval_iq.stage_eval import evaluate_checkpoint, stages_markdown
 from tests.helpers import flm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-RUN = """
-name: iqs
-output_dir: {out}
-data: {{kind: default, seed: 1234}}
-train: {{global_batch_size: 4, micro_batch_size: 2, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 1, eval_interval: 1000}}
-logging: {{progress_bar: false, tensorboard: false}}
-iq_eval: {{tasks: [counting, head_tail, single_supporting_fact], limit: 2}}
-stages:
-  - name: s
-    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 2048, seq_length: 128}}
-    tokens: 1024
-  - name: g
-    model: {{num_layers: 4, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 2048, seq_length: 128}}
-    tokens: 1024
-    growth: {{default_operator: msg, ramp: {{steps: 2}}}}
-"""
+#: configs/runs/tiny_staged.yaml on the default corpus (its tokenizer's 2048 ids), grown in depth, with IQ
+RUN = (
+    "name=iqs",
+    "data={kind: default, seed: 1234}",
+    "train.global_batch_size=4",
+    "checkpoint={}",
+    "iq_eval={tasks: [counting, head_tail, single_supporting_fact], limit: 2}",
+    "stages.0.model.vocab_size=2048",
+    "stages.0.model.seq_length=128",
+    "stages.1.model={num_layers: 4, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 2048, "
+    "seq_length: 128}",
+    "stages.1.tokens=1024",
+)
 
 
 def _write_run(tmp_path: Path) -> Path:
-    path = tmp_path / "run.yaml"
-    path.write_text(RUN.format(out=tmp_path / "out"))
-    return path
+    return write_staged_run(tmp_path / "run.yaml", tmp_path / "out", *RUN)
 
 
 def test_iq_eval_section_is_parsed_and_checked(tmp_path):

@@ -171,7 +171,7 @@ def test_deepspeed_two_hosts_without_ssh(one_node, tmp_path):
     assert meta["engine"] == "deepspeed" and meta["layout"] == {"tp": 1, "pp": 1, "dp": 2}
     got, ref = losses(two), losses(one_node)
     assert sorted(got) == list(range(1, STEPS + 1))
-    # the megatron engine's DP2 run on one node: the engines agree to ~1e-7 (tests/training/test_ds_trainer.py)
+    # the megatron engine's DP2 run on one node: the engines agree to ~1e-7 (tests/training/engine/test_ds_trainer.py)
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=1e-5)
     assert not processes_mentioning(str(two))

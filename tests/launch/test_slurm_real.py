@@ -16,27 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.staged_run import write_staged_run
 from tests.helpers import REPO, child_env, processes_mentioning
 from tests.launch import slurm_cluster
 
-RUN = """
-name: t
-output_dir: {out}
-data: {{kind: mock, seed: 3}}
-train: {{global_batch_size: 8, micro_batch_size: 2, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 1, eval_interval: 1000}}
-logging: {{progress_bar: false, tensorboard: false}}
-checkpoint: {{save_interval: 2, keep_last: 5}}
-stages:
-  - name: s
-    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 1, dp: 1}}
-    tokens: 1024
-  - name: g
-    model: {{num_layers: 2, hidden_size: 128, ffn_hidden_size: 512, num_attention_heads: 8, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 2, dp: 1}}
-    tokens: 3072
-    growth: {{default_operator: msg, ramp: {{steps: 2}}}}
-"""
+#: configs/runs/tiny_staged.yaml with every stage's layout whole (submit.sh sizes each job from tp x pp x dp)
+RUN = ("name=t", "stages.0.parallel={tp: 1, dp: 1}", "stages.1.parallel={tp: 2, dp: 1}")
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +39,7 @@ def cluster(tmp_path_factory):
 def _submit(cluster, tmp_path: Path, name: str) -> tuple[Path, list[str]]:
     out = tmp_path / name
     config = tmp_path / f"{name}.yaml"
-    config.write_text(RUN.format(out=out))
+    write_staged_run(config, out, *RUN)
     env = child_env(cluster.env, FLM_PYTHON=sys.executable)
     proc = subprocess.run(
         [str(REPO / "launch/slurm/submit.sh"), "--gpus-per-node", "2", str(config)],

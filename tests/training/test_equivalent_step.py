@@ -9,29 +9,28 @@ from pathlib import Path
 
 import pytest
 
+from bench.staged_run import write_staged_run
 from tests.helpers import flm, read_metrics
 from training.model_size import non_embedding_params
 from training.orchestration import equivalent_step
 from training.orchestration.stage_plans import load_run
 
-RUN = """
-name: eq
-output_dir: {out}
-data: {{kind: mock, seed: 3}}
-train: {{global_batch_size: 8, micro_batch_size: 8, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 2, eval_interval: 2,
-         eval_batches: 1}}
-lr_schedule: {{kind: equivalent_step, warmup_tokens: 1024}}
-logging: {{progress_bar: false, tensorboard: false}}
-checkpoint: {{save_interval: 0, keep_last: 1}}
-stages:
-  - name: s
-    model: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2, vocab_size: 256, seq_length: 32}}
-    tokens: 5120
-  - name: g
-    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 128, num_attention_heads: 4, vocab_size: 256, seq_length: 32}}
-    tokens: 2048
-    growth: {{default_operator: msg, ramp: {{steps: 2}}}}
-"""
+#: configs/runs/tiny_staged.yaml, smaller, with a validation curve and the equivalent-step LR schedule
+RUN = (
+    "name=eq",
+    "train.micro_batch_size=8",
+    "train.warmup_steps=2",
+    "train.eval_interval=2",
+    "train.eval_batches=1",
+    "lr_schedule={kind: equivalent_step, warmup_tokens: 1024}",
+    "checkpoint={save_interval: 0, keep_last: 1}",
+    "stages.0.model={num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2, vocab_size: 256, "
+    "seq_length: 32}",
+    "stages.0.tokens=5120",
+    "stages.1.model={num_layers: 2, hidden_size: 64, ffn_hidden_size: 128, num_attention_heads: 4, vocab_size: 256, "
+    "seq_length: 32}",
+    "stages.1.tokens=2048",
+)
 
 
 def law(d, c, k, beta):
@@ -58,8 +57,7 @@ def write_curve(cfg, c=2.5, k=40.0, beta=0.35, every=2):
 
 
 def test_entry_solves_the_grown_shapes_curve_and_is_kept(tmp_path):
-    path = tmp_path / "eq.yaml"
-    path.write_text(RUN.format(out=tmp_path / "eq"))
+    path = write_staged_run(tmp_path / "eq.yaml", tmp_path / "eq", *RUN)
     run = load_run(path, [])
     prev = run.stages[0].config
     write_curve(prev)
@@ -78,8 +76,7 @@ def test_entry_solves_the_grown_shapes_curve_and_is_kept(tmp_path):
 
 
 def test_too_few_points_name_the_fix(tmp_path):
-    path = tmp_path / "eq.yaml"
-    path.write_text(RUN.format(out=tmp_path / "eq"))
+    path = write_staged_run(tmp_path / "eq.yaml", tmp_path / "eq", *RUN)
     run = load_run(path, [])
     prev = run.stages[0].config
     write_curve(prev, every=10)
@@ -98,8 +95,7 @@ def test_too_few_points_name_the_fix(tmp_path):
 
 
 def test_staged_run_enters_the_schedule_at_the_estimate(tmp_path):
-    path = tmp_path / "eq.yaml"
-    path.write_text(RUN.format(out=tmp_path / "eq"))
+    path = write_staged_run(tmp_path / "eq.yaml", tmp_path / "eq", *RUN)
     flm("train", str(path))
     record = json.loads((tmp_path / "eq" / "stage1-g" / "equivalent_step.json").read_text())
     run = load_run(path, [])

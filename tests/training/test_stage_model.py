@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from bench.staged_run import write_staged_run
 from tests.helpers import REPO
 from training.config_base import ConfigError
 from training.data.source import MockSource
@@ -35,32 +36,29 @@ CASES = [(dim, op) for dim in ("hidden", "ffn", "heads") for op in ("msg", "zero
     ("depth", "zero"),
 ]
 
-RUN = """
-name: exact
-output_dir: {out}
-data: {{kind: mock, seed: 5}}
-train: {{global_batch_size: 4, micro_batch_size: 2, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 1, eval_interval: 1000}}
-logging: {{progress_bar: false, tensorboard: false}}
-checkpoint: {{save_interval: 0}}
-stages:
-  - name: small
-    model: {{{small}}}
-    tokens: 512
-  - name: {name}
-    model: {{{grown}}}
-    tokens: 256
-    growth: {{operators: {{{dim}: {op}}}, ramp: {{steps: 4}}}}
-"""
+#: configs/runs/tiny_staged.yaml with the block variant SMALL (RMSNorm, SwiGLU, no biases, untied) grown
+#: along one dimension by one operator; every case's stage 0 is the same run
+RUN = (
+    "name=exact",
+    "data.seed=5",
+    "train={global_batch_size: 4, micro_batch_size: 2, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 1, eval_interval: 1000}",
+    "checkpoint={save_interval: 0}",
+    "stages.0.name=small",
+    "stages.0.tokens=512",
+    "stages.1.tokens=256",
+)
 
 
 def write_run(tmp_path, dim="hidden", op="msg", grown=None, name=None, small=SMALL):
-    path = tmp_path / f"{dim}-{op}.yaml"
-    path.write_text(
-        RUN.format(
-            out=tmp_path / "run", small=small, grown=grown or GROWN[dim], dim=dim, op=op, name=name or f"{dim}-{op}"
-        )
+    return write_staged_run(
+        tmp_path / f"{dim}-{op}.yaml",
+        tmp_path / "run",
+        *RUN,
+        f"stages.0.model={{{small}}}",
+        f"stages.1.name={name or f'{dim}-{op}'}",
+        f"stages.1.model={{{grown or GROWN[dim]}}}",
+        f"stages.1.growth={{operators: {{{dim}: {op}}}, ramp: {{steps: 4}}}}",
     )
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,35 +8,28 @@ import json
 
 import pytest
 
+from bench.staged_run import write_staged_run
 from tests.helpers import REPO, flm, read_metrics
 from training.config_base import ConfigError
 from training.orchestration.stage_plans import load_run
 
-RUN = """
-name: t
-output_dir: {out}
-data: {{kind: mock, seed: 3}}
-train: {{global_batch_size: 8, micro_batch_size: 2, lr: 2.0e-3, min_lr: 2.0e-4, warmup_steps: 2, eval_interval: 1000}}
-logging: {{progress_bar: false, tensorboard: false}}
-checkpoint: {{save_interval: 2, keep_last: 10}}
-stages:
-  - name: s
-    model: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 256, num_attention_heads: 4, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 1}}
-    tokens: 3072
-  - name: g
-    model: {{num_layers: 4, hidden_size: 128, ffn_hidden_size: 512, num_attention_heads: 8, vocab_size: 512, seq_length: 64}}
-    parallel: {{tp: 2}}
-    tokens: 4096
-    train: {{lr: 1.5e-3, warmup_steps: 1}}
-    growth: {{default_operator: msg, ramp: {{steps: 4}}, depth: {{placement: interleave}}}}
-"""
+#: configs/runs/tiny_staged.yaml grown in depth too (2 -> 4 layers, interleaved) and from DP2 to TP2
+RUN = (
+    "name=t",
+    "train.warmup_steps=2",
+    "checkpoint.keep_last=10",
+    "stages.0.parallel={tp: 1}",
+    "stages.0.tokens=3072",
+    "stages.1.model.num_layers=4",
+    "stages.1.parallel={tp: 2}",
+    "stages.1.tokens=4096",
+    "stages.1.train={lr: 1.5e-3, warmup_steps: 1}",
+    "stages.1.growth={default_operator: msg, ramp: {steps: 4}, depth: {placement: interleave}}",
+)
 
 
 def write_run(tmp_path, name):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(RUN.format(out=tmp_path / name))
-    return path
+    return write_staged_run(tmp_path / f"{name}.yaml", tmp_path / name, *RUN)
 
 
 def last_by_step(run_dir):

@@ -8,7 +8,7 @@ by ``flm grow`` / ``flm import-hf``) as logical tensors into this one process an
   forward that is tested equal to the megatron model), with the checkpoint's MSG growth masks at
   their saved ramp value, so a grown model mid-ramp is evaluated as the function it computes;
   the padded vocabulary columns are left out (``[b, s, vocab_size]``);
-- ``encode``: the run's tokenizer (sentencepiece or Hugging Face, ``training.data.tokenizer.BaseTokenizer``),
+- ``encode``: the run's tokenizer (sentencepiece or Hugging Face, ``training.data.tokenizer_base.BaseTokenizer``),
   no BOS (the model was trained without one); ``decode`` drops the special tokens as transformers'
   ``skip_special_tokens`` does;
 - ``eos_token_id``/``bos_token_id`` from the tokenizer, ``max_length`` = ``model.seq_length``

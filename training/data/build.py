@@ -27,10 +27,11 @@ from training.data.default_corpus import write_default_corpus
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
 from training.data.sampler import PackedSequences, ShuffledSource
+from training.data.sentencepiece_tokenizer import TokenizerSpec, model_path, train_tokenizer
 from training.data.shards import PreparedDataset
 from training.data.source import MockSource, SampleSource
 from training.data.splits import split_runs
-from training.data.tokenizer import TokenizerSpec, load_tokenizer, model_path, train_tokenizer
+from training.data.tokenizer import load_tokenizer
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)

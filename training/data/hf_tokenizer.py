@@ -1,4 +1,4 @@
-"""Hugging Face tokenizers behind the project's tokenizer interface (:class:`BaseTokenizer`).
+"""Hugging Face tokenizers behind the project's tokenizer interface (:class:`training.data.tokenizer_base.BaseTokenizer`).
 
 :class:`HFTokenizer` wraps a ``tokenizers.Tokenizer`` (the Rust pipeline transformers' fast
 tokenizers use), so the data pipeline tokenizes exactly as ``AutoTokenizer`` does, without loading
@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from training.data.tokenizer import BaseTokenizer
+from training.data.tokenizer_base import BaseTokenizer
 from training.errors import DataError
 
 TOKENIZER_JSON = "tokenizer.json"

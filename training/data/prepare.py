@@ -41,7 +41,8 @@ from training.data.shards import (
     ShardWriter,
     token_dtype,
 )
-from training.data.tokenizer import BaseTokenizer, load_tokenizer
+from training.data.tokenizer import load_tokenizer
+from training.data.tokenizer_base import BaseTokenizer
 from training.errors import DataError
 
 #: characters of text per worker task: large enough to amortise inter-process overhead

@@ -9,14 +9,14 @@ rewrites the *source* of a fixed list of megatron-core modules as they are impor
 CUDA idiom by its CPU equivalent. Each module lists the rewrites it needs, and every rewrite must
 match at least once: if an upgrade of megatron-core moves the code, ``install()`` fails loudly
 with the module and the pattern, rather than silently running unpatched code
-(``tests/training/test_cpu_bridge.py`` checks this against the installed version).
+(``tests/training/engine/test_cpu_bridge.py`` checks this against the installed version).
 
 Nothing is patched when CUDA is available: ``install()`` is a no-op there.
 
 The rule: every rewrite substitutes a CUDA idiom by its CPU equivalent, nothing else. A behaviour
 fix hidden here would run on CPU only, so the CPU tests would pass while GPUs run the unfixed code;
 such fixes belong in the project's own code (e.g. the distributed optimizer's torch-Adam ``step``
-in ``training.engine.megatron_checkpoint``). ``tests/training/test_cpu_bridge.py`` lists the
+in ``training.engine.megatron_checkpoint``). ``tests/training/engine/test_cpu_bridge.py`` lists the
 rewrites and checks each one replaces a CUDA idiom.
 
 The hook must be installed before ``megatron.core`` is imported; every project module that imports

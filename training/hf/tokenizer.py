@@ -44,8 +44,10 @@ from training.config.data import DataConfig
 from training.config_base import from_dict
 from training.data.build import default_data_dir
 from training.data.hf_tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, load_hf_tokenizer
+from training.data.sentencepiece_tokenizer import META_FILE, MODEL_FILE, Tokenizer
 from training.data.shards import dataset_tokenizer_path
-from training.data.tokenizer import META_FILE, MODEL_FILE, BaseTokenizer, Tokenizer, load_tokenizer
+from training.data.tokenizer import load_tokenizer
+from training.data.tokenizer_base import BaseTokenizer
 from training.errors import DataError
 from training.hf.errors import HFInteropError
 

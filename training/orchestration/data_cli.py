@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from training.config import load_run_config
+from training.data.sentencepiece_tokenizer import TokenizerSpec
 from training.data.shards import DEFAULT_SHARD_TOKENS
-from training.data.tokenizer import TokenizerSpec
 from training.errors import DataError
 
 _TOKENIZER_DEFAULTS = TokenizerSpec(vocab_size=0)
@@ -70,7 +70,7 @@ def _quiet_datasets() -> None:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    from training.data.tokenizer import train_tokenizer  # startup time: loaded when a data command runs
+    from training.data.sentencepiece_tokenizer import train_tokenizer  # startup time: loaded when a data command runs
 
     vocab_size = args.vocab_size
     if vocab_size is None:

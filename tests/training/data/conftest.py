@@ -9,7 +9,7 @@ import pytest
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from tests.training.data.data_helpers import make_documents, write_jsonl
 from training.data.ingest import CorpusSpec
-from training.data.tokenizer import TokenizerSpec, train_tokenizer
+from training.data.sentencepiece_tokenizer import TokenizerSpec, train_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from training.config.data import DataConfig, DatasetConfig
 from training.data.build import build_sources, check_vocab_size, tokenizer_vocab_size
 from training.data.ingest import CorpusSpec
 from training.data.prepare import prepare_dataset
+from training.data.sentencepiece_tokenizer import TokenizerSpec, train_tokenizer
 from training.data.source import MockSource
-from training.data.tokenizer import TokenizerSpec, train_tokenizer
 from training.errors import DataError
 
 

@@ -8,14 +8,8 @@ import pytest
 
 from tests.training.data.data_helpers import write_jsonl
 from training.data.ingest import CorpusSpec
-from training.data.tokenizer import (
-    META_FILE,
-    MIN_VOCAB_SIZE,
-    SPECIAL_IDS,
-    TokenizerSpec,
-    load_tokenizer,
-    train_tokenizer,
-)
+from training.data.sentencepiece_tokenizer import META_FILE, MIN_VOCAB_SIZE, SPECIAL_IDS, TokenizerSpec, train_tokenizer
+from training.data.tokenizer import load_tokenizer
 from training.errors import DataError
 
 

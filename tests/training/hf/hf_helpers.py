@@ -91,7 +91,7 @@ def iq_texts(size: int = 30) -> list[str]:
 
 def train_sentencepiece(out: Path, vocab_size: int = VOCAB, model_type: str = "bpe") -> Path:
     from training.data.ingest import CorpusSpec
-    from training.data.tokenizer import TokenizerSpec, train_tokenizer
+    from training.data.sentencepiece_tokenizer import TokenizerSpec, train_tokenizer
 
     corpus = out.parent / f"{out.name}-corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in iq_texts()))

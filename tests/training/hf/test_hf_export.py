@@ -2,7 +2,7 @@
 logits (float32: 1e-5·(1 + max|logit|); float64: 1e-10), refusals are clear and leave nothing behind.
 
 The project side is ``reference_logits`` on the logical state (tested equal to megatron in
-tests/training/test_reference_model.py); checkpoints saved under TP2 / PP2 are in test_hf_layouts.py.
+tests/training/engine/model/test_reference_model.py); checkpoints saved under TP2 / PP2 are in test_hf_layouts.py.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from training.data.source import MockSource
 from training.engine.trainer import Trainer
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
-WORKER = REPO / "tests" / "training" / "workers" / "init_and_save.py"
+WORKER = REPO / "tests" / "training" / "checkpoint" / "workers" / "init_and_save.py"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from training.data.build import run_sources
 from training.engine.factory import make_trainer
 from training.engine.parallel import teardown
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 COMMON = [
     "engine=deepspeed",
     "logging.progress_bar=false",

@@ -12,7 +12,7 @@ from training.data.source import MockSource
 from training.engine.parallel import teardown
 from training.engine.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from tests.helpers import REPO, flm, losses, read_metrics
 
 TINY = str(REPO / "configs" / "runs" / "tiny.yaml")
 COMMON = ["logging.progress_bar=false", "logging.tensorboard=false", "train.eval_interval=1000"]
-WORKER = REPO / "tests" / "training" / "workers" / "ds_jobs.py"
+WORKER = REPO / "tests" / "training" / "engine" / "workers" / "ds_jobs.py"
 PLAN = """
 new: {layers: 4, hidden: 128, ffn: 512, heads: 8, query_groups: 8, head_dim: 16, vocab: 512}
 operators: {hidden: msg, ffn: msg, heads: msg, depth: msg}
