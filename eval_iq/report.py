@@ -106,6 +106,14 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+#: the instances are generated here from the paper's descriptions, not the paper's own (unpublished) ones
+RECONSTRUCTION_NOTE = (
+    "These instances are this project's reconstruction of the FLM-101B IQ tests from the paper's "
+    "descriptions (docs/iq-benchmark.md), not the paper's own, so the paper columns are a reference, "
+    "not a like-for-like comparison."
+)
+
+
 def _paper_pct(model: str, subtask: str) -> str:
     v = paper_score(model, subtask)
     return "–" if v is None else f"{v:.2f}"
@@ -124,6 +132,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         f"# FLM IQ benchmark: {summary['model'].get('name', 'model')}",
         "",
         f"Settings: {json.dumps(summary['settings'], sort_keys=True)}",
+        "",
+        RECONSTRUCTION_NOTE,
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

@@ -124,8 +124,9 @@ def stages_markdown(stages: Sequence[tuple[str, dict[str, Any] | None]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        "Accuracy in percent on the first n instances of each subtask (`iq_eval.limit`); chance and "
-        "per-sample outputs: each stage's `iq/report.md`. truncated: prompts longer than the "
+        "Accuracy in percent on the first n instances of each subtask (`iq_eval.limit`) of this project's "
+        "reconstruction of the FLM-101B IQ tests (not the paper's instances); chance and "
+        "per-sample outputs: each stage's `iq/step_N/report.md`. truncated: prompts longer than the "
         "model's context (left-truncated, see docs/iq-benchmark.md)."
     )
     return "\n".join(lines) + "\n"
