@@ -51,6 +51,11 @@ def _local_slice(mask: Tensor) -> Tensor:
     return mask[rank * n : (rank + 1) * n]
 
 
+#: torch >= 2.5's SDPA takes keys/values with fewer heads (``enable_gqa``: head h reads group
+#: h // (heads / groups), megatron's grouping); older torch gets them expanded by repeat_interleave
+SDPA_NATIVE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
 class FLMCoreAttention(DotProductAttention):
     def __init__(self, *args, xpos_scale_base: Optional[float] = None, fused: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -109,9 +114,13 @@ class FLMCoreAttention(DotProductAttention):
             return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
         assert packed_seq_params is None and attention_bias is None, "not supported by the project's core attention"
         heads, groups = self.num_attention_heads_per_partition, self.num_query_groups_per_partition
+        gqa = {}
         if heads > groups:  # GQA: every head of a group sees its group's key/value (as megatron expands them)
-            key = key.repeat_interleave(heads // groups, dim=2)
-            value = value.repeat_interleave(heads // groups, dim=2)
+            if SDPA_NATIVE_GQA:  # SDPA broadcasts the groups itself: no expanded copy of keys and values
+                gqa = {"enable_gqa": True}
+            else:
+                key = key.repeat_interleave(heads // groups, dim=2)
+                value = value.repeat_interleave(heads // groups, dim=2)
         # [s, b, n, d] -> [b, n, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
@@ -123,7 +132,9 @@ class FLMCoreAttention(DotProductAttention):
         scale = self.softmax_scale * (self.layer_number if self.config.apply_query_key_layer_scaling else 1)
 
         def attend() -> Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=scale)
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=scale, **gqa
+            )
 
         if p > 0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():

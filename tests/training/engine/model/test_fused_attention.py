@@ -88,3 +88,11 @@ def test_attention_dropout_only_in_training(build):
         torch.testing.assert_close(fused(toks, pos, None), ref)  # eval: no dropout
         fused.train()
         assert (fused(toks, pos, None) - ref).abs().max() > 1e-3  # training: attention dropout applied
+
+
+def test_grouped_query_attention_uses_sdpa_natively():
+    """On the pinned torch (>= 2.5) the fused path hands SDPA keys/values with the groups' heads only
+    (``enable_gqa``), so the GQA cases above compare that path, not an expanded copy, with megatron's."""
+    from training.engine.model.attention import SDPA_NATIVE_GQA
+
+    assert SDPA_NATIVE_GQA
