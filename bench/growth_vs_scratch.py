@@ -162,7 +162,10 @@ def run_config(size: Size, name: str, out: Path, stages: list[dict], schedule: s
         "train": train,
         "logging": {"progress_bar": False, "tensorboard": False},
         "checkpoint": {"save_interval": 0, "keep_last": 1},
-        "lr_schedule": {"kind": schedule, "warmup_tokens": size.warmup_steps * size.tokens_per_step},
+        # per_stage: each stage warms up by its own train section (a run-level warmup would be refused)
+        "lr_schedule": {"kind": schedule}
+        if schedule == "per_stage"
+        else {"kind": schedule, "warmup_tokens": size.warmup_steps * size.tokens_per_step},
         "stages": stages,
     }
     path = out / f"{name}.yaml"

@@ -23,7 +23,7 @@ RUN = (
     "stages.1.model.num_layers=4",
     "stages.1.parallel={tp: 2}",
     "stages.1.tokens=4096",
-    "stages.1.train={lr: 1.5e-3, warmup_steps: 1}",
+    "stages.1.train={lr: 1.5e-3}",
     "stages.1.growth={default_operator: msg, ramp: {steps: 4}, depth: {placement: interleave}}",
 )
 
@@ -100,6 +100,13 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
         ("stages.1.growth.operators={depth: clone}", "stages[1].growth.operators.depth", "allowed values"),
         ("stages.1.growth.default_operator=clone", "stages[1].growth.operators.depth", "no depth counterpart"),
         ("stages.1.growth.ramp_steps=3", "stages[1].growth.ramp_steps", "unknown key"),
+        # every LR option honoured or refused: none is silently overwritten by the run-level schedule
+        ("stages.1.train.warmup_steps=3", "stages[1].train.warmup_steps", "warms up once"),
+        ("stages.1.train.lr_decay_steps=30", "stages[1].train.lr_decay_steps", "decays to min_lr"),
+        ("train.lr_decay_steps=30", "train.lr_decay_steps", "decays to min_lr"),
+        ("lr_schedule={kind: per_stage, rewarmup_steps: 5}", "lr_schedule.rewarmup_steps", "run-level"),
+        ("stages.1.start_lr=1.0e-3", "stages[1].start_lr", "both set"),
+        ("stages.0.start_lr=1.0e-3", "stages[0].start_lr", "first stage"),
     ],
 )
 def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
@@ -107,6 +114,21 @@ def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
         load_run(write_run(tmp_path, "x"), [override])
     assert info.value.key == key, str(info.value)
     assert hint in str(info.value)
+
+
+def test_start_lr_sets_the_grown_stages_peak_or_is_refused(tmp_path):
+    run = load_run(write_run(tmp_path, "x"), ["stages.1.train={}", "stages.1.start_lr=1.0e-3"])
+    train = run.stages[1].config.train
+    from training.config.lr import lr_at
+
+    step = train.schedule_offset_steps + 1
+    got = lr_at(
+        step, peak=train.lr, min_lr=train.min_lr, warmup=train.warmup_steps, decay=train.lr_decay_steps, style="cosine"
+    )
+    assert got == pytest.approx(1.0e-3) and train.lr > 1.0e-3
+    with pytest.raises(ConfigError) as info:
+        load_run(write_run(tmp_path, "x"), ["stages.1.train={}", "stages.1.start_lr=1.0e-6"])
+    assert info.value.key == "stages[1].start_lr" and "below min_lr" in str(info.value)
 
 
 def test_layout_not_fitting_the_process_count_is_refused_before_anything_trains(tmp_path):
@@ -143,7 +165,8 @@ def test_each_stage_has_its_own_directories_and_checkpoint_root(tmp_path):
 
 @pytest.mark.parametrize("policy, warmup", [("inherit", 1), ("rewind", 0), ("restart", 2)])
 def test_lr_policy_at_growth_sets_the_stage_schedule(tmp_path, policy, warmup):
-    run = load_run(write_run(tmp_path, "x"), ["lr_schedule.kind=per_stage", f"stages.1.growth.lr_policy={policy}"])
+    overrides = ["lr_schedule.kind=per_stage", "stages.1.train.warmup_steps=1", f"stages.1.growth.lr_policy={policy}"]
+    run = load_run(write_run(tmp_path, "x"), overrides)
     stage = run.stages[1].config
     assert stage.train.warmup_steps == warmup  # the run's warmup is 2, stage 1 asks for 1
     assert stage.train.lr == 1.5e-3 and stage.train.steps == 8

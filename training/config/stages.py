@@ -54,9 +54,16 @@ class StageConfig:
     train: dict[str, Any] = field(default_factory=dict)
     #: how the previous stage grows into this one (required for every stage but the first)
     growth: Optional[StageGrowthConfig] = None
+    #: under a run-level LR schedule (``lr_schedule.kind: global``, or ``equivalent_step`` with
+    #: ``growth.equivalent_tokens``), the LR where this grown stage enters the schedule (its re-warmup
+    #: rises to it); the stage's peak ``train.lr`` is derived from it (FLM-101B: 3.4e-4, 2e-4). null:
+    #: the stage's ``train.lr`` is its peak
+    start_lr: Optional[float] = None
 
     def validate(self, path: str) -> None:
         if self.tokens <= 0:
             raise ConfigError(join_key(path, "tokens"), f"the token budget must be > 0, got {self.tokens}")
         if "steps" in self.train:
             raise ConfigError(join_key(path, "train.steps"), "a stage's length is its token budget; set tokens instead")
+        if self.start_lr is not None and self.start_lr <= 0:
+            raise ConfigError(join_key(path, "start_lr"), f"must be > 0 (or null), got {self.start_lr}")

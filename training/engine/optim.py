@@ -203,3 +203,18 @@ def build_scheduler(train: TrainConfig, optimizer) -> OptimizerParamScheduler:
         use_checkpoint_opt_param_scheduler=True,
         override_opt_param_scheduler=False,
     )
+
+
+class _NoParams:
+    """What megatron's scheduler touches of an optimizer when nothing is trained: param_groups."""
+
+    param_groups: list = []
+
+
+def stage_start_lr(train: TrainConfig, *, first: bool) -> float:
+    """The LR a stage starts at, by the scheduler the trainer builds (``build_scheduler``): the first
+    stage's peak, reached at the end of its warmup; a grown stage's value where it enters the
+    schedule (step ``schedule_offset_steps + 1``), which its re-warmup rises to."""
+    sched = build_scheduler(train, _NoParams())
+    sched.num_steps = max(train.warmup_steps, 1) if first else train.schedule_offset_steps + 1
+    return OptimizerParamScheduler.get_lr(sched, {})

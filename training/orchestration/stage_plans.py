@@ -40,6 +40,7 @@ from training.config import (
     TrainConfig,
     load_run_config,
 )
+from training.config.lr import peak_for
 from training.config_base import ConfigError, from_dict, join_key, to_dict
 from training.model_size import total_params
 
@@ -221,6 +222,19 @@ def _stage_config(run: RunConfig, index: int) -> tuple[RunConfig, ScheduleEntry]
             train.warmup_steps = int(first.get("warmup_steps", train.warmup_steps))
     else:
         entry = _run_level_schedule(run, index, train, stage.model, where)
+    _check_schedule_options(run, index, entry)
+    if stage.start_lr is not None:
+        try:
+            train.lr = peak_for(
+                stage.start_lr,
+                train.schedule_offset_steps + 1,
+                min_lr=train.min_lr,
+                warmup=train.warmup_steps,
+                decay=train.lr_decay_steps or train.steps,
+                style=train.lr_decay_style,
+            )
+        except ValueError as err:
+            raise ConfigError(join_key(where, "start_lr"), f"no peak LR starts this stage there: {err}") from None
     dirname = f"stage{index}-{stage.name or f'stage{index}'}"
     ckpt = run.checkpoint
     if ckpt.dir:
@@ -241,6 +255,55 @@ def _stage_config(run: RunConfig, index: int) -> tuple[RunConfig, ScheduleEntry]
     except ConfigError as err:
         raise ConfigError(join_key(where, err.key), err.message) from None
     return single, entry
+
+
+def _check_schedule_options(run: RunConfig, index: int, entry: ScheduleEntry) -> None:
+    """Refuse, naming the key, an LR option the run's ``lr_schedule.kind`` would not honour."""
+    stage = run.stages[index]
+    where = f"stages[{index}]"
+    kind = run.lr_schedule.kind
+    if kind == "per_stage":
+        for name in ("rewarmup_steps", "warmup_tokens"):
+            if getattr(run.lr_schedule, name):
+                raise ConfigError(
+                    f"lr_schedule.{name}",
+                    "applies to a run-level schedule (kind global or equivalent_step); under per_stage each "
+                    "stage warms up by its growth.lr_policy: remove it",
+                )
+        if stage.start_lr is not None:
+            raise ConfigError(
+                join_key(where, "start_lr"),
+                "applies to a run-level schedule; under per_stage set the stage's peak stages[i].train.lr",
+            )
+        return
+    if run.train.lr_decay_steps is not None or "lr_decay_steps" in stage.train:
+        key = join_key(where, "train.lr_decay_steps") if "lr_decay_steps" in stage.train else "train.lr_decay_steps"
+        raise ConfigError(key, f"the {kind} schedule decays to min_lr at the run's last token: remove it")
+    for name in ("schedule_offset_steps",):
+        if name in stage.train or getattr(run.train, name):
+            raise ConfigError(
+                join_key(where, f"train.{name}"), f"is derived from the stage's place in the {kind} schedule: remove it"
+            )
+    if "warmup_steps" in stage.train and (index > 0 or run.lr_schedule.warmup_tokens is not None):
+        raise ConfigError(
+            join_key(where, "train.warmup_steps"),
+            f"the {kind} schedule warms up once (lr_schedule.warmup_tokens, else the first stage's warmup_steps); "
+            "a grown stage re-warms with train.rewarmup_steps or lr_schedule.rewarmup_steps",
+        )
+    if stage.start_lr is not None:
+        if index == 0:
+            raise ConfigError(
+                join_key(where, "start_lr"), "the first stage starts the schedule: its train.lr is the peak"
+            )
+        if "lr" in stage.train:
+            raise ConfigError(
+                join_key(where, "start_lr"), "and train.lr both set: start_lr derives the stage's peak; keep one"
+            )
+        if entry == "estimated":
+            raise ConfigError(
+                join_key(where, "start_lr"),
+                "needs the stage's entry at load: give growth.equivalent_tokens, or use lr_schedule.kind=global",
+            )
 
 
 def stage_steps(tokens: int, train: TrainConfig, model: ModelConfig) -> int:
@@ -272,7 +335,10 @@ def _run_level_schedule(
         warmup_tokens = first.warmup_steps * first.global_batch_size * run.stages[0].model.seq_length
     train.warmup_steps = math.ceil(warmup_tokens / tokens_per_step)
     train.lr_decay_steps = max(math.ceil(total / tokens_per_step), train.schedule_offset_steps + train.steps)
-    train.rewarmup_steps = run.lr_schedule.rewarmup_steps if index > 0 else 0
+    if index == 0:
+        train.rewarmup_steps = 0
+    elif "rewarmup_steps" not in run.stages[index].train:  # a stage's own re-warmup wins (FLM-101B: 100, 109)
+        train.rewarmup_steps = run.lr_schedule.rewarmup_steps
     return entry
 
 

@@ -128,20 +128,25 @@ def pipeline_balance(
     return max(flops) / (sum(flops) / len(flops)), findings
 
 
-def memory(ranks: list[RankMemory], capacity: float, where: str) -> tuple[Optional[Recompute], list[Finding]]:
-    """The least recomputation that fits ``capacity`` bytes on every rank, and findings."""
+def memory(
+    ranks: list[RankMemory], capacity: float, where: str, configured: Recompute = "none"
+) -> tuple[Optional[Recompute], list[Finding]]:
+    """Whether the stage fits ``capacity`` bytes on every rank with the recomputation it is configured
+    with (``train.recompute``): that mode when it fits; else an error naming ``train.recompute`` and
+    the least mode that would fit (None when none does)."""
+    worst = worst_rank(ranks, configured)
+    if worst.total(configured) <= capacity:
+        return configured, []
     for mode in RECOMPUTE_MODES:
-        worst = worst_rank(ranks, mode)
-        if worst.total(mode) <= capacity:
-            if mode == "none":
-                return mode, []
-            return mode, [
+        fit = worst_rank(ranks, mode)
+        if fit.total(mode) <= capacity:
+            return None, [
                 Finding(
-                    "warning",
-                    _k(where, "parallel"),
-                    f"fits only with {mode} activation recomputation (worst pipeline rank {worst.pp_rank}: "
-                    f"{worst.total(mode) / GIB:.1f} GiB of {capacity / GIB:.1f}; without: "
-                    f"{worst_rank(ranks, 'none').total('none') / GIB:.1f} GiB)",
+                    "error",
+                    _k(where, "train.recompute"),
+                    f"is {configured}, and the stage does not fit without more recomputation: pipeline rank "
+                    f"{worst.pp_rank} needs {worst.total(configured) / GIB:.1f} GiB of {capacity / GIB:.1f} "
+                    f"(--reserve-gib keeps the margin); set train.recompute={mode} ({fit.total(mode) / GIB:.1f} GiB)",
                 )
             ]
     worst = worst_rank(ranks, "full")

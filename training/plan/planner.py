@@ -116,6 +116,8 @@ class StagePlan:
     findings: list[Finding] = field(default_factory=list)
     #: μP multipliers (None: the standard parametrisation)
     mup: Optional[MuPPlan] = None
+    #: the LR the stage starts at, by the trainer's scheduler (``training.engine.optim.stage_start_lr``)
+    start_lr: Optional[float] = None
 
     @property
     def gpus(self) -> int:
@@ -243,7 +245,7 @@ def _plan_stage(
         zero=zero,
         precision=precision,
     )
-    fits, found = checks.memory(memory, capacity, key)
+    fits, found = checks.memory(memory, capacity, key, train.recompute)
     findings += found
     imbalance, found = checks.pipeline_balance(model, parallel, ranks, key)
     findings += found
@@ -280,6 +282,9 @@ def plan_run(run: StagedRun, opts: PlanOptions, source: str = "") -> RunPlan:
     """Plan every stage of ``run`` (a run without stages is one stage) and the from-scratch training
     of the final shape on the summed token budget. Raises ``ConfigError`` when a stage cannot be
     sized at all; everything else becomes a ``Finding`` of the stage."""
+    # optional heavy dependency: megatron-core (the LR at each stage's start is the trainer's scheduler's)
+    from training.engine.optim import stage_start_lr
+
     capacity = opts.gpu.memory_bytes - opts.reserve_gib * GIB
     # sized by the shapes as written; a grown stage's derived fields (its μP multipliers) come from the
     # model it trains
@@ -301,11 +306,11 @@ def plan_run(run: StagedRun, opts: PlanOptions, source: str = "") -> RunPlan:
                     "metrics.jsonl); pass --mfu or --tflops for the stages without one",
                 )
         throughput = _throughput(opts, tflops[i], mfus[i], measured)
-        stages.append(
-            _plan_stage(
-                i, stage.name, stage.key, cfg, stage.tokens, opts, throughput, refs[i], capacity, stage.config.model
-            )
+        planned = _plan_stage(
+            i, stage.name, stage.key, cfg, stage.tokens, opts, throughput, refs[i], capacity, stage.config.model
         )
+        planned.start_lr = stage_start_lr(stage.config.train, first=i == 0)
+        stages.append(planned)
     final = stages[-1]
     scratch = _plan_stage(  # from scratch: the final shape as its section says (no grown-in derived fields)
         n,

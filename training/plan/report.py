@@ -178,6 +178,8 @@ def render(plan: RunPlan) -> str:
         out.append(f"  {src}")
     if any(s.throughput.source == "default" for s in plan.stages):
         out.append("  (throughput 'default': MFU 50% assumed; pass --mfu, --tflops or --measured)")
+    out.append("")
+    out.append(lr_section(plan.stages))
     if any(s.mup for s in plan.stages):
         out.append("")
         out.append(mup_section(plan.stages))
@@ -195,6 +197,29 @@ def render(plan: RunPlan) -> str:
     for f in findings:
         out.append(f"  {f}")
     return "\n".join(out)
+
+
+def lr_section(stages: list[StagePlan]) -> str:
+    """Each stage's learning rates: its peak (``train.lr``), the LR it starts at (the trainer's
+    scheduler: the first stage's peak after warmup, a grown stage's value where it enters a run-level
+    schedule, which its re-warmup rises to), warmup / re-warmup steps, and the floor."""
+    rows = [
+        [
+            s.name,
+            f"{s.train.lr:.3g}",
+            "-" if s.start_lr is None else f"{s.start_lr:.3g}",
+            str(s.train.warmup_steps if s.index == 0 else s.train.rewarmup_steps),
+            f"{s.train.min_lr:.3g}",
+            f"{s.train.lr_decay_style} to step {s.train.lr_decay_steps or s.train.steps}",
+        ]
+        for s in stages
+    ]
+    head = "Learning rate (base width under μP; the hidden matrices train at lr / m, below)"
+    return (
+        head
+        + "\n"
+        + table(["stage", "peak lr", "LR at start", "(re)warmup", "min lr", "decay"], rows, right={1, 2, 3, 4})
+    )
 
 
 def mup_section(stages: list[StagePlan]) -> str:
@@ -238,6 +263,8 @@ def stage_json(s: StagePlan) -> dict[str, Any]:
         "params": s.params,
         "params_per_rank": [r.total for r in s.ranks],
         "flops_per_token": s.flops_per_token,
+        "lr": s.train.lr,
+        "lr_at_start": s.start_lr,
         "hardware_flops_per_token_full_recompute": s.hardware_flops_per_token,
         "zero": s.zero,
         "precision": s.precision,

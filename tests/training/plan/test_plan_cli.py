@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from tests.helpers import REPO, flm
 from training.cli import main
 
@@ -40,10 +42,14 @@ def test_mup_multipliers_are_printed_per_stage(capsys):
     assert "μP (base width 256)" in out
     rows = {line.split()[0]: line.split() for line in out.split("μP (base width")[1].splitlines()[2:5]}
     assert rows["16b"] == ["16b", "5632", "22", "0.0004", "1.82e-05", "0.09091", "0.007812", "0.00341"]
-    assert rows["51b"][2:6] == ["40", "0.00034", "8.5e-06", "0.05"]
+    # a grown stage's peak is derived from its start LR (3.4e-4 where it enters the run-level cosine)
+    assert rows["51b"][2:6] == ["40", "0.00294", "7.35e-05", "0.05"]
+    lr_rows = {line.split()[0]: line.split() for line in out.split("Learning rate")[1].splitlines()[2:5]}
+    assert [lr_rows[s][2] for s in ("16b", "51b", "101b")] == ["0.0004", "0.00034", "0.0002"]
     assert main(["plan", FLM, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["stages"][2]["mup"]["hidden_lr"] == 5e-06 and doc["scratch"]["mup"]["width_multiplier"] == 40
+    assert doc["stages"][2]["mup"]["hidden_lr"] == pytest.approx(doc["stages"][2]["lr"] / 40)
+    assert doc["stages"][2]["lr_at_start"] == pytest.approx(2e-4) and doc["scratch"]["mup"]["width_multiplier"] == 40
     assert main(["plan", TINY, "--json", "--gpus", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["stages"][0]["mup"] is None
 
