@@ -17,8 +17,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from training.checkpoint import CheckpointError, commit, load_verified, resume_verified, verify
-from training.checkpoint import integrity
+from training.checkpoint import CheckpointError, commit, integrity, load_verified, resume_verified, verify
 from training.checkpoint.integrity import _deal, _share, manifest
 from training.local_launch import free_port
 
