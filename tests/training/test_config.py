@@ -161,3 +161,9 @@ def test_process_group_timeout_of_a_run_and_of_a_staged_job():
     with pytest.raises(ConfigError) as info:
         load_run_config(DRYRUN, ["stages.2.parallel.timeout_minutes=-1"])
     assert info.value.key == "stages[2].parallel.timeout_minutes"
+
+
+def test_flm101b_detects_loss_spikes_in_every_stage():
+    run = load_run(REPO / "configs" / "runs" / "flm101b.yaml")
+    assert run.config.divergence.spike_sigmas == 6 and run.config.divergence.action == "stop"
+    assert [stage.config.divergence.spike_sigmas for stage in run.stages] == [6, 6, 6]
