@@ -10,6 +10,7 @@ import pytest
 from tests.helpers import REPO
 from training.cli import main
 from training.config import load_run_config
+from training.orchestration.stage_plans import load_run
 from training.plan.ckpt import checkpoint_time, writer_ranks
 from training.plan.hardware import GPUS
 from training.plan.planner import PlanOptions, plan_run
@@ -20,7 +21,7 @@ GB = 1e9
 
 
 def _plan(overrides=(), **opts):
-    return plan_run(load_run_config(FLM, list(overrides)), PlanOptions(gpu=GPUS["a800"], gpus=192, **opts))
+    return plan_run(load_run(FLM, list(overrides)), PlanOptions(gpu=GPUS["a800"], gpus=192, **opts))
 
 
 def test_flm101b_checkpoints_sizes_and_times():
