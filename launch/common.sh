@@ -4,7 +4,8 @@
 #   flm_python            the interpreter: $FLM_PYTHON, else $FLM_REPO/.venv/bin/python, else python3
 #   flm_die MSG           print "<script>: MSG" to stderr and exit 2
 #   flm_show CMD...       print a command the way a shell would read it back
-#   flm_jobs RUN [ARGS]   tab-separated lines "index name world tp*pp output_dir" (python -m training.plan.jobs)
+#   flm_jobs RUN [ARGS]   tab-separated lines "index name world tp*pp output_dir signal_lead_s"
+#                         (python -m training.plan.jobs)
 #   flm_gpu_count         GPUs on this machine (nvidia-smi), 0 without
 #   flm_exec CMD...       run CMD with the repository first on PYTHONPATH: in place of the script, or
 #                         with $log set, appending its output to that file (status: CMD's)

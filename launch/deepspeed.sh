@@ -72,7 +72,7 @@ fi
 job_args=("$config" "${overrides[@]}")
 [[ -n $stage ]] && job_args+=(--stage "$stage")
 jobs=$(flm_jobs "${job_args[@]}") || flm_die "cannot read the run config (see above)"
-while IFS=$'\t' read -r index name need_world mp _out; do
+while IFS=$'\t' read -r index name need_world mp _out _lead; do
   if [[ $need_world == "-" ]]; then
     ((world % mp == 0)) || flm_die "stage $index ($name): $world slots in $hostfile are not a multiple of tp x pp = $mp"
   elif ((need_world != world)); then

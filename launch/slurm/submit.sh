@@ -12,7 +12,11 @@
 #   --after JOBID         the first job waits for JOBID (afterok)
 #   --log-dir DIR         default: <output_dir>/logs
 #   --time T              per-job time limit (sbatch --time); default: the partition's
-#   --requeue-grace S     seconds before the time limit at which the job requeues itself (default 300)
+#   --requeue-grace S     seconds before the time limit at which Slurm signals the job to save and
+#                         requeue itself (sbatch --signal=B:USR1@S); default: per stage, the planner's
+#                         estimate of its checkpoint save with a margin (flm plan's "signal lead")
+#   --ckpt-write-gbps X   per-node write / read bandwidth to the checkpoint filesystem (GB/s) that
+#   --ckpt-read-gbps X    the planner assumes for that estimate (defaults 1 and 2)
 #   --sbatch ARG          pass ARG to every sbatch call (repeatable): --sbatch=--partition=gpu
 #   --dry-run             print the sbatch commands instead of submitting
 #
@@ -24,7 +28,8 @@ export FLM_REPO
 # shellcheck source=launch/common.sh
 source "$FLM_REPO/launch/common.sh"
 
-only="" from=0 whole=0 gpus_per_node=8 gpus="" after="" log_dir="" time_limit="" grace=300 dry_run=0 config=""
+only="" from=0 whole=0 gpus_per_node=8 gpus="" after="" log_dir="" time_limit="" grace="" dry_run=0 config=""
+write_gbps="" read_gbps=""
 overrides=() extra=()
 # this script's options; --dry-run, --help and the arguments: flm_arg
 while (($#)); do
@@ -38,30 +43,34 @@ while (($#)); do
     --log-dir) need $# "$1"; log_dir=$2; shift 2 ;;
     --time) need $# "$1"; time_limit=$2; shift 2 ;;
     --requeue-grace) need $# "$1"; grace=$2; shift 2 ;;
+    --ckpt-write-gbps) need $# "$1"; write_gbps=$2; shift 2 ;;
+    --ckpt-read-gbps) need $# "$1"; read_gbps=$2; shift 2 ;;
     --sbatch) need $# "$1"; extra+=("$2"); shift 2 ;;
     --sbatch=*) extra+=("${1#--sbatch=}"); shift ;;
     *) flm_arg "$@"; shift "$flm_used" ;;
   esac
 done
 flm_args_done
-for pair in "gpus-per-node:$gpus_per_node" "requeue-grace:$grace" "from:$from" "stage:${only:-0}" "gpus:${gpus:-1}"; do
+for pair in "gpus-per-node:$gpus_per_node" "requeue-grace:${grace:-0}" "from:$from" "stage:${only:-0}" "gpus:${gpus:-1}"; do
   [[ ${pair#*:} =~ ^[0-9]+$ ]] || flm_die "--${pair%%:*} must be a non-negative integer, got '${pair#*:}'"
 done
 ((gpus_per_node > 0)) || flm_die "--gpus-per-node must be > 0"
 config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
 
-job_args=("$config" "${overrides[@]}")
+job_args=("$config" "${overrides[@]}" --gpus-per-node "$gpus_per_node")
 [[ -n $gpus ]] && job_args+=(--gpus "$gpus")
+[[ -n $write_gbps ]] && job_args+=(--ckpt-write-gbps "$write_gbps")
+[[ -n $read_gbps ]] && job_args+=(--ckpt-read-gbps "$read_gbps")
 jobs=$(flm_jobs "${job_args[@]}") || flm_die "cannot read the run config (see above)"
 
-# the jobs to submit: "index name world"
+# the jobs to submit: "index name world signal_lead"
 selected=()
-while IFS=$'\t' read -r index name world _mp out_dir; do
+while IFS=$'\t' read -r index name world _mp out_dir lead; do
   [[ $world == "-" ]] && flm_die "stage $index ($name) has parallel.dp null, so its GPU count is unknown; pass --gpus N"
   if [[ -n $only && $index != "$only" ]] || [[ $index != all && $index -lt $from ]]; then
     continue
   fi
-  selected+=("$index"$'\t'"$name"$'\t'"$world")
+  selected+=("$index"$'\t'"$name"$'\t'"$world"$'\t'"${grace:-$lead}")
   [[ -n $log_dir ]] || log_dir=$(dirname "$out_dir")/logs
   [[ $index == all ]] && log_dir=$out_dir/logs
 done <<<"$jobs"
@@ -69,14 +78,16 @@ done <<<"$jobs"
 if ((whole)) && [[ ${selected[0]%%$'\t'*} != all ]]; then
   worlds=$(printf '%s\n' "${selected[@]}" | cut -f3 | sort -u)
   [[ $worlds =~ ^[0-9]+$ ]] || flm_die "--whole needs every stage on the same GPU count, they need: $(tr '\n' ' ' <<<"$worlds")"
-  selected=("all"$'\t'"$(basename "$config" .yaml)"$'\t'"$worlds")
+  # one job saves every stage's checkpoint: the longest lead time
+  lead=$(printf '%s\n' "${selected[@]}" | cut -f4 | sort -n | tail -n 1)
+  selected=("all"$'\t'"$(basename "$config" .yaml)"$'\t'"$worlds"$'\t'"$lead")
 fi
 
 run_name=$(basename "$config" .yaml)
 previous=$after
 ((dry_run)) || mkdir -p "$log_dir"
 for entry in "${selected[@]}"; do
-  IFS=$'\t' read -r index name world <<<"$entry"
+  IFS=$'\t' read -r index name world lead <<<"$entry"
   ((world % gpus_per_node == 0)) || ((world < gpus_per_node)) ||
     flm_die "stage $index ($name) needs $world GPUs, not a multiple of --gpus-per-node $gpus_per_node"
   if ((world < gpus_per_node)); then
@@ -86,14 +97,14 @@ for entry in "${selected[@]}"; do
   fi
   label=$([[ $index == all ]] && echo "all" || echo "stage$index-$name")
   cmd=(sbatch --parsable --job-name "flm-$run_name-$label" --nodes "$nodes" --ntasks-per-node 1
-    --gpus-per-node "$per_node" --requeue --open-mode append --signal "B:USR1@$grace"
+    --gpus-per-node "$per_node" --requeue --open-mode append --signal "B:USR1@$lead"
     --output "$log_dir/$label.%j.log" --chdir "$PWD"
     --export "ALL,FLM_REPO=$FLM_REPO,FLM_GPUS_PER_NODE=$per_node")
   [[ -n $time_limit ]] && cmd+=(--time "$time_limit")
   [[ -n $previous ]] && cmd+=(--dependency "afterok:$previous")
   cmd+=("${extra[@]}" "$FLM_REPO/launch/slurm/stage.sbatch" "$config" "$index" "${overrides[@]}")
   if ((dry_run)); then
-    echo "# $label: $world GPUs = $nodes node(s) x $per_node"
+    echo "# $label: $world GPUs = $nodes node(s) x $per_node; save signalled ${lead}s before the time limit"
     flm_show "${cmd[@]}"
     previous="<job of $label>"
   else

@@ -159,11 +159,42 @@ def test_submit_dry_run_chains_the_flm_stages():
         assert argv[0] == "sbatch" and "--requeue" in argv
         assert (opt(argv, "--nodes"), opt(argv, "--gpus-per-node"), opt(argv, "--ntasks-per-node")) == ("24", "8", "1")
         assert opt(argv, "--output") == f"runs/flm101b/logs/stage{i}-{name}.%j.log"
-        assert opt(argv, "--open-mode") == "append" and opt(argv, "--signal") == "B:USR1@300"
+        assert opt(argv, "--open-mode") == "append"
+        # the planner's save estimate of each stage, with its margin (training/plan/ckpt.py)
+        assert opt(argv, "--signal") == f"B:USR1@{(480, 720, 720)[i]}"
         assert opt(argv, "--time") == "3-00:00:00" and "--partition=a800" in argv
         assert argv[-3:] == [str(REPO / "launch/slurm/stage.sbatch"), FLM, str(i)]
         assert ("--dependency" in argv) == (i > 0)
     assert opt(cmds[2], "--dependency") == "afterok:<job of stage1-51b>"
+
+
+def test_submit_signal_lead_time_comes_from_the_planners_save_estimate(tmp_path):
+    """sbatch --signal=B:USR1@S: S is the stage's signal lead time from the planner (its checkpoint
+    save at the assumed bandwidth, with a margin), the longest of the stages for --whole, or what
+    --requeue-grace says."""
+    from training.plan.jobs import jobs
+
+    planned = [j.signal_lead_s for j in jobs(FLM, [])]
+    slow = [j.signal_lead_s for j in jobs(FLM, [], write_gbps=0.25, read_gbps=0.5)]
+    assert planned == [480, 720, 720] and all(s > p for s, p in zip(slow, planned))
+
+    def signals(*args: str) -> list[str]:
+        proc = run(REPO / "launch/slurm/submit.sh", "--dry-run", *args)
+        assert proc.returncode == 0, proc.stderr
+        return [opt(c, "--signal") for c in commands(proc.stdout)]
+
+    assert signals("--ckpt-write-gbps", "0.25", "--ckpt-read-gbps", "0.5", FLM) == [f"B:USR1@{s}" for s in slow]
+    assert signals("--whole", "--ckpt-write-gbps", "0.25", "--ckpt-read-gbps", "0.5", FLM) == [f"B:USR1@{max(slow)}"]
+    assert signals("--requeue-grace", "300", FLM) == ["B:USR1@300"] * 3
+    # a small run: never below the former fixed 300 s
+    assert signals("--gpus", "2", DRYRUN) == ["B:USR1@300"] * 3
+    # through the (fake) sbatch: what Slurm is asked for
+    env = install(tmp_path / "bin", tmp_path / "slurm")
+    proc = run(REPO / "launch/slurm/submit.sh", "--stage", "2", "--log-dir", tmp_path / "logs", FLM, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [s["options"]["--signal"] for s in submissions(tmp_path / "slurm")] == ["B:USR1@720"]
+    bad = run(REPO / "launch/slurm/submit.sh", "--dry-run", "--ckpt-write-gbps", "0", FLM)
+    assert bad.returncode == 2 and "--ckpt-write-gbps: must be > 0" in bad.stderr, bad.stderr
 
 
 def test_submit_through_sbatch_chains_real_job_ids(tmp_path):

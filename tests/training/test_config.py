@@ -10,6 +10,7 @@ from training.config_base import ConfigError
 from training.orchestration.stage_plans import build_run, load_run
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
+DRYRUN = REPO / "configs" / "runs" / "dryrun.yaml"
 
 
 def test_includes_and_overrides_resolve():
@@ -37,6 +38,8 @@ def test_includes_and_overrides_resolve():
         (["model=3"], "model", "expected a mapping"),
         (["model.mup.base_width=0"], "model.mup.base_width", "positive integer"),
         (["model.mup.attention_multiplier=-1"], "model.mup.attention_multiplier", "must be > 0"),
+        (["parallel.timeout_minutes=0"], "parallel.timeout_minutes", "must be > 0 (minutes)"),
+        (["parallel.timeout_minutes=soon"], "parallel.timeout_minutes", "expected a number"),
     ],
 )
 def test_invalid_values_name_the_key(override, key, hint):
@@ -145,3 +148,22 @@ def test_overlap_defaults_on_for_nccl_off_on_gloo():
     assert explicit.parallel.overlap("gloo") == (True, True)
     with pytest.raises(ConfigError, match="overlap_param_gather"):
         load_run_config(REPO / "configs" / "runs" / "tiny.yaml", ["parallel.overlap_param_gather=true"])
+
+
+def test_process_group_timeout_of_a_run_and_of_a_staged_job():
+    """``parallel.timeout_minutes`` (default 30); a staged job's one process group takes the
+    largest of its stages' values."""
+    assert load_run_config(TINY).timeout_minutes() == 30.0
+    assert load_run_config(TINY, ["parallel.timeout_minutes=45"]).timeout_minutes() == 45.0
+    staged = load_run_config(DRYRUN, ["stages.1.parallel.timeout_minutes=90", "stages.2.parallel.timeout_minutes=5"])
+    assert [s.parallel.timeout_minutes for s in staged.stages] == [30.0, 90.0, 5.0]
+    assert staged.timeout_minutes() == 90.0
+    with pytest.raises(ConfigError) as info:
+        load_run_config(DRYRUN, ["stages.2.parallel.timeout_minutes=-1"])
+    assert info.value.key == "stages[2].parallel.timeout_minutes"
+
+
+def test_flm101b_detects_loss_spikes_in_every_stage():
+    run = load_run(REPO / "configs" / "runs" / "flm101b.yaml")
+    assert run.config.divergence.spike_sigmas == 6 and run.config.divergence.action == "stop"
+    assert [stage.config.divergence.spike_sigmas for stage in run.stages] == [6, 6, 6]

@@ -6,7 +6,8 @@ Contracts:
   checkpoint and ``latest`` untouched; a stale ``.partial`` directory is removed by the next save.
 - An existing complete checkpoint is never overwritten.
 - ``flm_checkpoint.json`` records the size and hash of every other file (``files``, ``hash_algo``;
-  ``training.checkpoint.integrity``), computed before the rename, so loads can verify them.
+  ``training.checkpoint.integrity``), computed before the rename, so loads can verify them. Every
+  rank hashes its share of the files (``manifest_collective``); rank 0 writes the manifest and commits.
 - A full disk is reported as such (``DiskFullError``, naming the directory); the previous
   checkpoint and ``latest`` stay valid.
 - Pruning (``keep_last``) keeps the newest ``keep_last`` checkpoints whose files have their recorded
@@ -27,7 +28,7 @@ from typing import Any, Optional
 
 import torch.distributed as dist
 
-from training.checkpoint.integrity import HASH_ALGO, is_intact, manifest, step_dirs
+from training.checkpoint.integrity import HASH_ALGO, is_intact, manifest_collective, step_dirs
 from training.checkpoint.meta import FORMAT_VERSION, LATEST_FILE, META_FILE, CheckpointError, step_dir_name
 
 #: below this many free bytes a failed write is taken for a full disk even when the error does not say so
@@ -81,8 +82,9 @@ def write_atomically(
     """The atomic directory protocol of every checkpoint writer (collective over all ranks).
 
     ``write(partial)`` writes the files (collectively) into ``<final>.partial`` and returns the
-    metadata; rank 0 then adds ``flm_checkpoint.json`` (with the format version) and renames the
-    directory to ``final``. ``final`` is never overwritten. If ``write`` raises, the partial
+    metadata; every rank hashes its share of the files (``manifest_collective``), rank 0 then adds
+    ``flm_checkpoint.json`` (with the format version and the manifest) and renames the directory to
+    ``final``. ``final`` is never overwritten. If ``write`` raises, the partial
     directory is removed (unless ``remove_partial_on_error`` is false: training saves keep it, as a
     killed process would, for inspection); the next write to ``final`` removes a stale one.
     """
@@ -98,8 +100,9 @@ def write_atomically(
     try:
         meta = write(partial)
         _barrier()
+        files = manifest_collective(partial, HASH_ALGO)  # every rank hashes its share; all get the manifest
         if _rank0():
-            meta = dict(meta, format_version=FORMAT_VERSION, hash_algo=HASH_ALGO, files=manifest(partial, HASH_ALGO))
+            meta = dict(meta, format_version=FORMAT_VERSION, hash_algo=HASH_ALGO, files=files)
             _write_durably(partial / META_FILE, json.dumps(meta, indent=2))
     except BaseException as err:
         if remove_partial_on_error and _rank0():

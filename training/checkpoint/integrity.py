@@ -4,8 +4,11 @@
 for every other file of the checkpoint directory and ``hash_algo`` (xxh3_128 when the ``xxhash``
 package is installed, else sha256). ``training.checkpoint.atomic.write_atomically`` computes it
 once all ranks have written, before the directory is renamed into place, so a complete checkpoint
-always has its manifest. :func:`verify` checks sizes (always, cheap) and hashes (by default; files
-are hashed in parallel threads, both hash functions release the GIL).
+always has its manifest: :func:`manifest_collective` spreads the hashing over the ranks (each
+hashes its share of the files, dealt out by size as loading deals them; the records are gathered
+and every rank gets the whole manifest, the one :func:`manifest` computes in a single process).
+:func:`verify` checks sizes (always, cheap) and hashes (by default; files are hashed in parallel
+threads, both hash functions release the GIL).
 
 Loading verifies while it reads: :func:`load_verified` (an explicit checkpoint) and
 :func:`resume_verified` (a resume) check sizes first, then run the caller's load while background
@@ -21,6 +24,7 @@ resumed run can write its own ``step_N`` again. :func:`find_resumable` and
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import mmap
@@ -90,6 +94,57 @@ def manifest(directory: str | Path, algo: str = HASH_ALGO) -> dict[str, dict[str
     with ThreadPoolExecutor(_threads(len(names))) as pool:
         digests = list(pool.map(lambda n: file_hash(directory / n, algo), names))
     return {n: {"size": (directory / n).stat().st_size, algo: d} for n, d in zip(names, digests)}
+
+
+def _hash_share(directory: Path, names: list[str], algo: str, threads: int) -> dict[str, str]:
+    """``{name: digest}`` of ``names`` under ``directory``, the largest files first (see PendingHashes)."""
+    with ThreadPoolExecutor(max(1, min(len(names), threads)), thread_name_prefix="flm-hash") as pool:
+        futures = {n: pool.submit(file_hash, directory / n, algo) for n in names}
+        return {n: f.result() for n, f in futures.items()}
+
+
+def manifest_collective(directory: str | Path, algo: str = HASH_ALGO) -> dict[str, dict[str, Any]]:
+    """:func:`manifest` computed by all ranks together (collective when a process group is
+    initialized; a plain process computes it alone); every rank returns the whole manifest.
+
+    Rank 0 lists the files and their sizes and tells the others; each rank hashes its share
+    (:func:`_deal`, the byte-balanced split loading uses) in background threads; the digests are
+    gathered on every rank. The result equals :func:`manifest`'s (same files, sizes and hashes, in
+    the same order). A file that cannot be hashed is a one-line :class:`CheckpointError` on every
+    rank, naming the rank and the file. Callers run it once every rank has finished writing.
+    """
+    directory = Path(directory)
+    rank, world = _dist()
+    _hasher(algo)  # an unavailable algorithm is a one-line error before anything is read
+    listing: list[Any] = [None]
+    if rank == 0:
+        listing = [{n: (directory / n).stat().st_size for n in _files(directory)}]
+    if world > 1:
+        dist.broadcast_object_list(listing, src=0)
+    sizes: dict[str, int] = listing[0]
+    mine = _deal(sizes, rank, world)
+    record: tuple[dict[str, str], Optional[str]]
+    try:
+        record = (_hash_share(directory, mine, algo, _hash_threads(world)), None)
+    except Exception as err:  # reported on every rank below, so no rank waits for a record that never comes
+        what = err.filename if isinstance(err, OSError) and err.filename else f"its share of {directory}"
+        why = err.strerror if isinstance(err, OSError) and err.strerror else f"{err.__class__.__name__}: {err}"
+        record = ({}, f"rank {rank} could not hash {what} ({why})")
+    log.debug("rank %d hashed %d files (%d bytes) of %s", rank, len(mine), sum(sizes[n] for n in mine), directory)
+    records = [record]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, record)
+        records = gathered
+    digests: dict[str, str] = {}
+    for part, error in records:
+        if error is not None:
+            raise CheckpointError(f"cannot record the checkpoint's file hashes: {error}")
+        digests.update(part)
+    missing = sorted(set(sizes) - set(digests))
+    if missing:  # a bug, not bad input: every file is dealt to exactly one rank
+        raise RuntimeError(f"{directory}: no rank hashed {missing[0]}")
+    return {n: {"size": sizes[n], algo: digests[n]} for n in sizes}
 
 
 def step_dirs(root: Path) -> list[tuple[int, Path]]:
@@ -176,25 +231,36 @@ class PendingHashes:
             self.cancel()
 
 
-def _share(files: dict[str, Any], algo: str, rank: int, world: int) -> list[str]:
-    """The files rank ``rank`` of ``world`` hashes: the hashed files dealt out by size, largest first,
-    each to the rank with the fewest bytes so far (the same split on every rank)."""
-    names = sorted((n for n, e in files.items() if algo in e), key=lambda n: (-files[n]["size"], n))
-    load = [0] * world
+def _deal(sizes: dict[str, int], rank: int, world: int) -> list[str]:
+    """The files rank ``rank`` of ``world`` hashes, of the files ``{name: size}``: dealt out by size,
+    largest first, each to the rank with the fewest bytes so far (the same split on every rank;
+    a heap keeps it O(files x log ranks) for thousands of files over hundreds of ranks)."""
+    names = sorted(sizes, key=lambda n: (-sizes[n], n))
+    heap = [(0, r) for r in range(world)]  # (bytes so far, rank): the lightest rank, lowest index on ties
     mine = []
     for n in names:
-        r = min(range(world), key=lambda i: (load[i], i))
-        load[r] += files[n]["size"]
+        load, r = heapq.heappop(heap)
+        heapq.heappush(heap, (load + sizes[n], r))
         if r == rank:
             mine.append(n)
     return mine
 
 
+def _share(files: dict[str, Any], algo: str, rank: int, world: int) -> list[str]:
+    """The files of manifest ``files`` that rank ``rank`` of ``world`` hashes while loading: the
+    hashed files dealt out by size (:func:`_deal`, the split saving uses too)."""
+    return _deal({n: e["size"] for n, e in files.items() if algo in e}, rank, world)
+
+
+def _hash_threads(world: int) -> int:
+    """Hash threads of one rank: the node's cores shared by the ranks on it, at most 16."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
+    return min(16, max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
 def _start_hashes(path: Path, files: dict[str, Any], algo: str, rank: int, world: int) -> PendingHashes:
     _hasher(algo)  # an unavailable algorithm is a one-line error before any thread starts
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
-    threads = min(16, max(1, (os.cpu_count() or 1) // max(1, local)))
-    return PendingHashes(path, files, algo, _share(files, algo, rank, world), threads)
+    return PendingHashes(path, files, algo, _share(files, algo, rank, world), _hash_threads(world))
 
 
 def start_verify(path: str | Path, *, check_hash: bool = True) -> tuple[dict[str, Any], Optional[PendingHashes]]:

@@ -27,11 +27,19 @@ class ParallelConfig:
     #: DDP's overlap_param_gather; needs distributed_optimizer and overlap_grad_reduce); null: on
     #: under NCCL with the distributed optimizer, off otherwise
     overlap_param_gather: Optional[bool] = None
+    #: minutes a collective may wait before the process group fails it (torch.distributed's timeout,
+    #: also megatron's TP/PP/DP groups'): long enough for the longest phase where ranks wait for each
+    #: other (a checkpoint save or load + verify; `flm plan` recommends a value per stage), short
+    #: enough that a hung rank ends the job instead of holding every GPU. A staged job's one process
+    #: group takes the largest value of its stages (``RunConfig.timeout_minutes``)
+    timeout_minutes: float = 30.0
 
     def validate(self, path: str) -> None:
         for name in ("tp", "pp"):
             if getattr(self, name) < 1:
                 raise ConfigError(join_key(path, name), "must be >= 1")
+        if not self.timeout_minutes > 0:
+            raise ConfigError(join_key(path, "timeout_minutes"), f"must be > 0 (minutes), got {self.timeout_minutes}")
         if self.dp is not None and self.dp < 1:
             raise ConfigError(join_key(path, "dp"), "must be >= 1 or null")
         if self.virtual_pp is not None and (self.virtual_pp < 2 or self.pp < 2):

@@ -284,6 +284,11 @@ class RunConfig:
         (a staged run's stages each get their own, ``training.orchestration.stage_plans``)."""
         return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.output_dir) / "checkpoints"
 
+    def timeout_minutes(self) -> float:
+        """The process-group timeout of a job running this run: ``parallel.timeout_minutes``, or the
+        largest of the stages' (a staged job initialises its process group once for all stages)."""
+        return max((s.parallel.timeout_minutes for s in self.stages), default=self.parallel.timeout_minutes)
+
     def validate(self, path: str) -> None:
         if self.iq_eval is not None:
             if not self.stages:

@@ -7,9 +7,11 @@ single plain process (world size 1, a free local port).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -47,21 +49,31 @@ def process_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group() -> None:
+def init_process_group(timeout_minutes: Optional[float] = None) -> None:
+    """Start the default process group (NCCL on CUDA, else gloo) unless one is running. A collective
+    that waits longer than ``timeout_minutes`` (default: ``parallel.timeout_minutes``'s default)
+    fails instead of hanging. Called once per job: a staged run passes its stages' largest
+    timeout (``RunConfig.timeout_minutes``); a group already running keeps its timeout."""
     if dist.is_initialized():
         return
+    minutes = ParallelConfig.timeout_minutes if timeout_minutes is None else timeout_minutes
+    timeout = datetime.timedelta(minutes=minutes)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if "RANK" not in os.environ:  # plain single process; leave os.environ alone for child processes
-        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        dist.init_process_group(
+            backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, timeout=timeout
+        )
     else:
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def setup_layout(parallel: ParallelConfig, seed: int) -> Layout:
-    """(Re)initialise megatron's model-parallel groups for ``parallel`` and seed the RNGs."""
-    init_process_group()
+    """(Re)initialise megatron's model-parallel groups for ``parallel`` and seed the RNGs; the
+    process group is started first when none is running, and megatron's TP/PP/DP groups get
+    ``parallel.timeout_minutes`` too."""
+    init_process_group(parallel.timeout_minutes)
     world = dist.get_world_size()
     dp = parallel.data_parallel_size(world)
     if parallel_state.model_parallel_is_initialized():
@@ -70,6 +82,7 @@ def setup_layout(parallel: ParallelConfig, seed: int) -> Layout:
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=parallel.virtual_pp,
+        distributed_timeout_minutes=parallel.timeout_minutes,
     )
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
@@ -96,6 +109,7 @@ def model_parallel_groups(parallel: ParallelConfig) -> Iterator[tuple[int, int]]
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=parallel.virtual_pp,
         create_gloo_process_groups=False,
+        distributed_timeout_minutes=parallel.timeout_minutes,
     )
     try:
         yield parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()

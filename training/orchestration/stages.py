@@ -88,7 +88,7 @@ def run_stages(
 
 
 def _run_stages(run: StagedRun, resume: bool, only_stage: Optional[int], init_from: Optional[str]) -> int:
-    init_process_group()
+    init_process_group(run.config.timeout_minutes())
     rank0 = dist.get_rank() == 0
     if rank0 and run.config.iq_eval is not None:
         _record_iq_eval(run)

@@ -3,7 +3,8 @@
 Errors mean the stage cannot run as configured (the GPU count does not match the layout, the
 batch does not split, it does not fit in memory even with full recomputation); warnings mean it
 runs but wastes time or memory (pipeline never fills, unbalanced pipeline ranks, TP spanning
-nodes, activation recomputation needed). Divisibility of heads, groups, FFN and layers by TP/PP
+nodes, activation recomputation needed, a process-group timeout shorter than a checkpoint save or
+load + verify may take). Divisibility of heads, groups, FFN and layers by TP/PP
 is already enforced when the config loads (``training/config.py``).
 """
 
@@ -14,6 +15,7 @@ from typing import Literal, Optional
 
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 from training.config_base import ConfigError
+from training.plan.ckpt import CheckpointTime
 from training.plan.memory import RECOMPUTE_MODES, RankMemory, Recompute, worst_rank
 from training.plan.params import RankParams
 
@@ -170,5 +172,23 @@ def tp_span(parallel: ParallelConfig, gpus_per_node: int, where: str) -> list[Fi
             _k(where, "parallel.tp"),
             f"tp={parallel.tp} spans nodes of {gpus_per_node} GPUs: tensor-parallel all-reduces cross "
             f"the network every layer; keep tp <= {gpus_per_node} and use pp instead",
+        )
+    ]
+
+
+def timeout(parallel: ParallelConfig, ckpt: CheckpointTime, where: str) -> list[Finding]:
+    """A warning when ``parallel.timeout_minutes`` is below the recommendation for the stage's
+    checkpoint (``training.plan.ckpt``): a save or load + verify would outlast the timeout and end
+    the job."""
+    if parallel.timeout_minutes >= ckpt.timeout_minutes:
+        return []
+    key = _k(where, "parallel.timeout_minutes")
+    return [
+        Finding(
+            "warning",
+            key,
+            f"{parallel.timeout_minutes:g} min is below the {ckpt.timeout_minutes} min recommended for this "
+            f"stage's {ckpt.bytes / 1e12:.2g} TB checkpoint (save {ckpt.save_s / 60:.1f} min, load + verify "
+            f"{ckpt.load_s / 60:.1f} min); set {override_key(key)}={ckpt.timeout_minutes}",
         )
     ]

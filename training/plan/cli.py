@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from training.errors import UsageError
+from training.plan.ckpt import DEFAULT_READ_GBPS, DEFAULT_WRITE_GBPS
 from training.plan.hardware import GPUS, gpu_spec
 
 EPILOG = """examples:
@@ -28,6 +29,17 @@ def _floats(text: str) -> tuple[float, ...]:
     if any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"values must be > 0, got {text!r}")
     return values
+
+
+def positive(text: str) -> float:
+    """argparse type: one number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
 
 
 def register(sub) -> None:
@@ -89,6 +101,21 @@ def register(sub) -> None:
         help="GiB per GPU kept free for the CUDA context, NCCL buffers and fragmentation (default 4)",
     )
     p.add_argument("--gpus-per-node", type=int, default=8, help="for the TP-within-a-node check (default 8)")
+    io = p.add_argument_group("checkpoint I/O (the save and load + verify times, the timeout recommendation)")
+    io.add_argument(
+        "--ckpt-write-gbps",
+        type=positive,
+        default=DEFAULT_WRITE_GBPS,
+        metavar="X",
+        help=f"write bandwidth of one node to the checkpoint filesystem, GB/s (default {DEFAULT_WRITE_GBPS:g})",
+    )
+    io.add_argument(
+        "--ckpt-read-gbps",
+        type=positive,
+        default=DEFAULT_READ_GBPS,
+        metavar="X",
+        help=f"read bandwidth of one node from the checkpoint filesystem, GB/s (default {DEFAULT_READ_GBPS:g})",
+    )
     p.add_argument(
         "--compare-days",
         type=_floats,
@@ -127,6 +154,8 @@ def cmd_plan(args) -> int:
         reserve_gib=args.reserve_gib,
         gpus_per_node=args.gpus_per_node,
         compare_days=args.compare_days,
+        write_gbps=args.ckpt_write_gbps,
+        read_gbps=args.ckpt_read_gbps,
     )
     plan = plan_run(run, opts, source=args.config)
     status = 1 if any(f.level == "error" for f in plan.findings) else 0

@@ -17,6 +17,7 @@ from training.config_base import ConfigError
 from training.orchestration.stage_plans import StagedRun
 from training.plan import checks
 from training.plan.checks import Finding
+from training.plan.ckpt import DEFAULT_READ_GBPS, DEFAULT_WRITE_GBPS, CheckpointTime, checkpoint_time, precision_of
 from training.plan.hardware import GIB, GpuSpec
 from training.plan.memory import RankMemory, Recompute, rank_memory
 from training.plan.params import RankParams, rank_params, unique_params
@@ -41,7 +42,8 @@ class PlanOptions:
     a staged run's output directory (``stage<i>-<name>/metrics.jsonl`` per stage), taking precedence
     where it has a figure. ``gpus``: None plans each stage on its own ``tp x pp x dp``.
     ``zero``: None means the run's own: ``deepspeed.zero_stage`` under ``engine: deepspeed``, else 1
-    with ``parallel.distributed_optimizer`` and 0 without.
+    with ``parallel.distributed_optimizer`` and 0 without. ``write_gbps`` / ``read_gbps``: each
+    node's bandwidth to the checkpoint filesystem, GB/s (``training.plan.ckpt``).
     """
 
     gpu: GpuSpec
@@ -53,6 +55,8 @@ class PlanOptions:
     reserve_gib: float = 4.0
     gpus_per_node: int = 8
     compare_days: tuple[float, ...] = ()
+    write_gbps: float = DEFAULT_WRITE_GBPS
+    read_gbps: float = DEFAULT_READ_GBPS
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class StagePlan:
     throughput: Throughput
     bubble: float
     flops_imbalance: float
+    #: the stage's checkpoint: size, save and load + verify times, recommended timeout and signal lead
+    checkpoint: CheckpointTime
     reference_days: Optional[float] = None
     findings: list[Finding] = field(default_factory=list)
     #: μP multipliers (None: the standard parametrisation)
@@ -234,7 +240,7 @@ def _plan_stage(
     findings += found
     ranks = rank_params(model, parallel)
     zero = opts.zero if opts.zero is not None else run_zero_stage(cfg)
-    precision = "fp32" if train.precision == "fp32" else "bf16"
+    precision = precision_of(train)
     memory = rank_memory(
         model,
         parallel,
@@ -250,6 +256,17 @@ def _plan_stage(
     imbalance, found = checks.pipeline_balance(model, parallel, ranks, key)
     findings += found
     findings += checks.tp_span(parallel, opts.gpus_per_node, key)
+    ckpt = checkpoint_time(
+        model,
+        parallel,
+        dp,
+        precision=precision,
+        engine=cfg.engine,
+        gpus_per_node=opts.gpus_per_node,
+        write_gbps=opts.write_gbps,
+        read_gbps=opts.read_gbps,
+    )
+    findings += checks.timeout(parallel, ckpt, key)
     bubble = (parallel.pp - 1) / (micro_batches * (parallel.virtual_pp or 1))
     return StagePlan(
         index=index,
@@ -272,6 +289,7 @@ def _plan_stage(
         throughput=throughput,
         bubble=bubble,
         flops_imbalance=imbalance,
+        checkpoint=ckpt,
         reference_days=reference_days,
         findings=findings,
         mup=MuPPlan.of(trained_model or model, train),

@@ -117,6 +117,49 @@ def time_rows(plan: RunPlan) -> list[list[str]]:
     return rows
 
 
+def size(n: float) -> str:
+    """Bytes in decimal units, as filesystems and bandwidths count them: 1.44 TB, 230 GB, 12 MB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+def checkpoint_rows(stages: list[StagePlan]) -> list[list[str]]:
+    rows = []
+    for s in stages:
+        c = s.checkpoint
+        rows.append(
+            [
+                s.name,
+                size(c.bytes),
+                f"{c.writer_nodes}/{c.nodes}",
+                f"{c.save_s / 60:.1f}",
+                f"{c.load_s / 60:.1f}",
+                str(c.timeout_minutes),
+                f"{s.parallel.timeout_minutes:g}",
+                str(c.signal_lead_s),
+            ]
+        )
+    return rows
+
+
+def checkpoint_section(plan: RunPlan) -> str:
+    """Per stage: the checkpoint's size, save and load + verify times, the recommended process-group
+    timeout beside the configured one, and the Slurm signal lead time (``training.plan.ckpt``)."""
+    o = plan.options
+    head = (
+        f"Checkpoints (minutes; {o.write_gbps:g} GB/s write and {o.read_gbps:g} GB/s read per node assumed, "
+        "--ckpt-write-gbps / --ckpt-read-gbps): bf16 weights + fp32 master + Adam m, v (14 B/param, fp32 runs 12); "
+        "save = the DP-rank-0 ranks' nodes write it, then every rank hashes its share; load + verify = every rank "
+        "reads its TP/PP slice while hashing its share; timeout = recommended parallel.timeout_minutes (2 x the "
+        "longer + 5 min); signal lead = seconds before the time limit launch/slurm/submit.sh has Slurm signal a save"
+    )
+    headers = ["stage", "size", "writer nodes", "save", "load+verify", "timeout", "configured", "signal lead s"]
+    return head + "\n" + table(headers, checkpoint_rows(plan.stages))
+
+
 def render(plan: RunPlan) -> str:
     g = plan.gpu
     head = (
@@ -180,6 +223,8 @@ def render(plan: RunPlan) -> str:
         out.append("  (throughput 'default': MFU 50% assumed; pass --mfu, --tflops or --measured)")
     out.append("")
     out.append(lr_section(plan.stages))
+    out.append("")
+    out.append(checkpoint_section(plan))
     if any(s.mup for s in plan.stages):
         out.append("")
         out.append(mup_section(plan.stages))
@@ -293,6 +338,18 @@ def stage_json(s: StagePlan) -> dict[str, Any]:
         "reference_days": s.reference_days,
         "findings": [{"level": f.level, "key": f.key, "message": f.message} for f in s.findings],
         "mup": None if s.mup is None else dataclasses.asdict(s.mup),
+        "checkpoint": {
+            "bytes": s.checkpoint.bytes,
+            "nodes": s.checkpoint.nodes,
+            "writer_nodes": s.checkpoint.writer_nodes,
+            "write_s": s.checkpoint.write_s,
+            "hash_s": s.checkpoint.hash_s,
+            "save_s": s.checkpoint.save_s,
+            "load_s": s.checkpoint.load_s,
+            "recommended_timeout_minutes": s.checkpoint.timeout_minutes,
+            "timeout_minutes": s.parallel.timeout_minutes,
+            "signal_lead_s": s.checkpoint.signal_lead_s,
+        },
     }
 
 

@@ -1,11 +1,12 @@
 """Checkpoint verification while loading (training/checkpoint/integrity.py): the hashes are computed by
 background threads while the caller's load reads the checkpoint, and a damaged file is still refused
 (explicit checkpoint) or replaced by the newest checkpoint that verifies (resume), in one process and
-over two gloo ranks that each hash a share of the files. The CLI-level fault tests are in
-tests/training/test_faults.py."""
+over two gloo ranks that each hash a share of the files. Saving spreads the manifest's hashes over
+the ranks the same way. The CLI-level fault tests are in tests/training/test_faults.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -16,8 +17,8 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from training.checkpoint import CheckpointError, commit, load_verified, resume_verified, verify
-from training.checkpoint.integrity import _share
+from training.checkpoint import CheckpointError, commit, integrity, load_verified, resume_verified, verify
+from training.checkpoint.integrity import _deal, _share, manifest
 from training.local_launch import free_port
 
 LAYOUT = SimpleNamespace(tp=1, pp=1, dp=1)
@@ -150,3 +151,55 @@ def test_two_ranks_hash_their_shares_and_agree_on_the_fallback(tmp_path):
     expected = "step_0000002 ['step_0000004', 'step_0000002']"
     assert [(tmp_path / "r" / str(r)).read_text() for r in (0, 1)] == [expected, expected]
     assert (root / "step_0000004.damaged").is_dir() and (root / "latest").read_text().strip() == "step_0000002"
+
+
+def _two_rank_save_worker(rank: int, port: int, root: str, result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    hashed: list[str] = []
+    real = integrity.file_hash
+
+    def recording(path: Path, algo: str = integrity.HASH_ALGO) -> str:
+        hashed.append(Path(path).name)
+        return real(path, algo)
+
+    integrity.file_hash = recording  # which files this rank hashes (the real hash is still computed)
+    try:
+        ckpt = _save(Path(root), 2)
+        Path(result, str(rank)).write_text("\n".join([ckpt.name, *hashed]))
+    finally:
+        integrity.file_hash = real
+        dist.destroy_process_group()
+
+
+def test_two_ranks_save_each_hashing_its_share_the_manifest_one_process_writes(tmp_path):
+    """Saving: each rank hashes only its byte-balanced share of the files (the split loading uses)
+    and the manifest rank 0 commits is the one a single process computes."""
+    root = tmp_path / "checkpoints"
+    (tmp_path / "r").mkdir()
+    mp.spawn(_two_rank_save_worker, args=(free_port(), str(root), str(tmp_path / "r")), nprocs=2)
+    # per rank: the directory commit returned, then the files the rank hashed
+    results = [(tmp_path / "r" / str(r)).read_text().split("\n") for r in (0, 1)]
+    assert [r[0] for r in results] == ["step_0000002", "step_0000002"]
+    hashed = [r[1:] for r in results]
+    ckpt = root / "step_0000002"
+    assert (root / "latest").read_text().strip() == ckpt.name
+    sizes = {n: (ckpt / n).stat().st_size for n in FILES}
+    assert [sorted(h) for h in hashed] == [sorted(_deal(sizes, r, 2)) for r in (0, 1)]
+    assert sorted(hashed[0] + hashed[1]) == sorted(FILES), "every file hashed once, by one rank"
+    assert [sum(sizes[n] for n in h) for h in hashed] == [(3 << 20) + 4096, 3 << 20]
+    meta = json.loads((ckpt / "flm_checkpoint.json").read_text())
+    assert meta["files"] == manifest(ckpt, meta["hash_algo"])
+    assert list(meta["files"]) == sorted(FILES), "in the order a single process records them"
+    verify(ckpt)  # and the checkpoint verifies
+
+
+def test_one_process_save_hashes_every_file_itself(tmp_path, monkeypatch):
+    hashed: list[str] = []
+    real = integrity.file_hash
+    monkeypatch.setattr(integrity, "file_hash", lambda path, algo: hashed.append(Path(path).name) or real(path, algo))
+    ckpt = _save(tmp_path, 2)
+    assert sorted(hashed) == sorted(FILES)
+    meta = json.loads((ckpt / "flm_checkpoint.json").read_text())
+    monkeypatch.setattr(integrity, "file_hash", real)
+    assert meta["files"] == manifest(ckpt, meta["hash_algo"])
