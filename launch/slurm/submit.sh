@@ -18,6 +18,9 @@
 #   --ckpt-write-gbps X   per-node write / read bandwidth to the checkpoint filesystem (GB/s) that
 #   --ckpt-read-gbps X    the planner assumes for that estimate (defaults 1 and 2)
 #   --sbatch ARG          pass ARG to every sbatch call (repeatable): --sbatch=--partition=gpu
+#   --eval                after each stage job, a one-GPU job that scores the stage's final checkpoint
+#                         (flm eval <output_dir> --final-only: the run's iq_eval, outside the training
+#                         job; the next stage does not wait for it)
 #   --dry-run             print the sbatch commands instead of submitting
 #
 # example: launch/slurm/submit.sh --sbatch=--partition=a800 configs/runs/flm101b.yaml
@@ -29,7 +32,7 @@ export FLM_REPO
 source "$FLM_REPO/launch/common.sh"
 
 only="" from=0 whole=0 gpus_per_node=8 gpus="" after="" log_dir="" time_limit="" grace="" dry_run=0 config=""
-write_gbps="" read_gbps=""
+write_gbps="" read_gbps="" eval=0
 overrides=() extra=()
 # this script's options; --dry-run, --help and the arguments: flm_arg
 while (($#)); do
@@ -47,6 +50,7 @@ while (($#)); do
     --ckpt-read-gbps) need $# "$1"; read_gbps=$2; shift 2 ;;
     --sbatch) need $# "$1"; extra+=("$2"); shift 2 ;;
     --sbatch=*) extra+=("${1#--sbatch=}"); shift ;;
+    --eval) eval=1; shift ;;
     *) flm_arg "$@"; shift "$flm_used" ;;
   esac
 done
@@ -72,7 +76,8 @@ while IFS=$'\t' read -r index name world _mp out_dir lead; do
   fi
   selected+=("$index"$'\t'"$name"$'\t'"$world"$'\t'"${grace:-$lead}")
   [[ -n $log_dir ]] || log_dir=$(dirname "$out_dir")/logs
-  [[ $index == all ]] && log_dir=$out_dir/logs
+  run_dir=$(dirname "$out_dir")
+  [[ $index == all ]] && log_dir=$out_dir/logs && run_dir=$out_dir
 done <<<"$jobs"
 ((${#selected[@]})) || flm_die "no stage selected (the run has: $(cut -f1 <<<"$jobs" | tr '\n' ' '))"
 if ((whole)) && [[ ${selected[0]%%$'\t'*} != all ]]; then
@@ -112,5 +117,17 @@ for entry in "${selected[@]}"; do
     id=${id%%;*}
     echo "submitted $label as job $id (${nodes} node(s) x ${per_node} GPUs${previous:+, after $previous}); log $log_dir/$label.$id.log"
     previous=$id
+  fi
+  if ((eval)); then
+    # scores the stage's final checkpoint in a job of its own; the chain does not wait for it
+    eval_cmd=(sbatch --parsable --job-name "flm-$run_name-$label-eval" --nodes 1 --ntasks-per-node 1
+      --gpus-per-node 1 --dependency "afterok:$previous" --output "$log_dir/$label-eval.%j.log" --chdir "$PWD"
+      "${extra[@]}" --wrap "$(printf '%q ' "$(flm_python)" -m training.cli eval "$run_dir" --final-only)")
+    if ((dry_run)); then
+      flm_show "${eval_cmd[@]}"
+    else
+      eval_id=$("${eval_cmd[@]}")
+      echo "submitted $label-eval as job ${eval_id%%;*} (after $previous): flm eval $run_dir --final-only"
+    fi
   fi
 done

@@ -31,7 +31,7 @@ while args and args[0].startswith("-"):
     else:
         value = args.pop(0)
     opts[key] = value
-script, script_args = args[0], args[1:]
+script, script_args = (args[0], args[1:]) if args else (None, [])  # --wrap: no script
 counter = state / "counter"
 job = int(counter.read_text()) + 1 if counter.exists() else 1001
 counter.write_text(str(job))

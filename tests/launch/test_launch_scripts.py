@@ -220,6 +220,24 @@ def test_submit_through_sbatch_chains_real_job_ids(tmp_path):
     assert "submitted stage2-101b as job 1002" in proc.stdout
 
 
+def test_submit_chains_an_eval_job_after_each_stage(tmp_path):
+    """--eval: after each stage job, a one-GPU job scoring its final checkpoint outside the training job
+    (flm eval --final-only); the next stage depends on the stage job, not on the evaluation."""
+    env = install(tmp_path / "bin", tmp_path / "slurm")
+    proc = run(REPO / "launch/slurm/submit.sh", "--eval", "--from", "1", "--log-dir", tmp_path / "logs", FLM, env=env)
+    assert proc.returncode == 0, proc.stderr
+    subs = submissions(tmp_path / "slurm")
+    assert [s["script"] is None for s in subs] == [False, True, False, True]
+    assert [s["options"].get("--dependency") for s in subs] == [None, "afterok:1001", "afterok:1001", "afterok:1003"]
+    for ev in subs[1::2]:
+        assert ev["options"]["--gpus-per-node"] == "1"
+        assert "-m training.cli eval" in ev["options"]["--wrap"] and ev["options"]["--wrap"].strip().endswith(
+            "--final-only"
+        )
+        assert "runs/flm101b" in ev["options"]["--wrap"]
+    assert subs[1]["options"]["--output"] == f"{tmp_path}/logs/stage1-51b-eval.%j.log"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
