@@ -63,6 +63,8 @@ class BaseTrainer(ABC):
 
     #: the ``engine`` value of the run config this class implements (recorded in checkpoints)
     engine = "megatron"
+    #: megatron's ``OptimizerParamScheduler``, set by the engine (a rollback scales its LRs)
+    scheduler: Any
 
     def __init__(
         self,
