@@ -1,7 +1,8 @@
 """Faults injected on purpose, through the real ``flm`` CLI (docs/faults.md): damaged checkpoints
 (flipped bytes, truncation, empty shard, corrupt metadata, missing ``.metadata``, dangling
 ``latest``), a used output_dir, a concurrent second job, SIGTERM during a step and during a save,
-the ``--nproc 2`` launcher killed, a NaN storm, a loss spike rolled back, a full disk.
+the ``--nproc 2`` launcher killed, a NaN storm, a loss spike rolled back (and its rollback count
+carried over a resume), a full disk.
 
 One uninterrupted reference run per module (6 steps, checkpoints at 2, 4, 6); each test works on a
 copy of it or on a run of its own."""
