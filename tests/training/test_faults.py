@@ -1,7 +1,8 @@
 """Faults injected on purpose, through the real ``flm`` CLI (docs/faults.md): damaged checkpoints
 (flipped bytes, truncation, empty shard, corrupt metadata, missing ``.metadata``, dangling
 ``latest``), a used output_dir, a concurrent second job, SIGTERM during a step and during a save,
-the ``--nproc 2`` launcher killed, a NaN storm, a loss spike rolled back, a full disk.
+the ``--nproc 2`` launcher killed, a NaN storm, a loss spike rolled back (and its rollback count
+carried over a resume), a full disk.
 
 One uninterrupted reference run per module (6 steps, checkpoints at 2, 4, 6); each test works on a
 copy of it or on a run of its own."""
@@ -291,7 +292,28 @@ def test_spike_is_rolled_back_and_the_run_finishes(tmp_path):
     assert [r["step"] for r in after] == [5, 6, 7, 8]
     # the LR is halved after the rollback, and the data of batches 5-6 was skipped
     assert after[0]["consumed_samples"] == 7 * 8
-    assert json.loads((_ckpt(run, 8) / "flm_checkpoint.json").read_text())["step"] == 8
+    meta = json.loads((_ckpt(run, 8) / "flm_checkpoint.json").read_text())
+    assert meta["step"] == 8 and meta["divergence"] == {"rollbacks": 1}
+    # the rollback count is carried over a resume (a requeued job): with max_rollbacks=1 the next
+    # run of bad steps (NaN at steps 9-10, the batches after 80 samples) stops instead of rolling back
+    out = flm(
+        "train",
+        TINY,
+        "train.steps=12",
+        f"output_dir={run}",
+        "--resume",
+        *COMMON,
+        "train.on_nan=skip",
+        "divergence.max_consecutive=2",
+        "divergence.action=rollback",
+        "divergence.max_rollbacks=1",
+        env={"FLM_FAULT_LOSS": "tiny:11-12:nan"},
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    line = _one_line_error(out.stderr)
+    assert "2 skipped steps in a row (non-finite loss) up to step 10" in line and "after 1 rollbacks" in line
+    assert [r.get("rollbacks") for r in read_metrics(run) if r["step"] in (9, 10)] == [1, 1]
 
 
 # ---------------------------------------------------------------- disk full

@@ -14,7 +14,8 @@ megatron engine, so both give the same losses on the same data (tested):
 - clipping: DeepSpeed's ``gradient_clipping`` (the same global-norm rule); gradient accumulation:
   one ``engine.backward``/``engine.step`` per micro-batch, DeepSpeed averaging over micro-batches
   and DP ranks as megatron's schedule and DDP do;
-- data order, metrics, validation, masks, fault injection: ``training.engine.trainer_base``.
+- data order, metrics, validation, masks, fault injection: ``training.engine.trainer_base`` and
+  ``training.engine.loop``.
 
 NaN policy: the global loss is known after the last micro-batch's forward, before its backward. On
 ``raise`` the step raises; on ``skip`` that backward is made non-finite, which sends the step into
@@ -130,7 +131,7 @@ class DeepSpeedTrainer(BaseTrainer):
         train_source: SampleSource,
         valid_source: Optional[SampleSource] = None,
         output_dir: Optional[Path] = None,
-        checkpoint_meta: Optional[dict] = None,
+        checkpoint_meta: Optional[dict[str, Any]] = None,
     ):
         super().__init__(
             cfg,

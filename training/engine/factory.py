@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from training.config import RunConfig
 from training.data.source import SampleSource
@@ -17,10 +17,11 @@ def make_trainer(
     train_source: SampleSource,
     valid_source: Optional[SampleSource] = None,
     output_dir: Optional[Path] = None,
-    checkpoint_meta: Optional[dict] = None,
+    checkpoint_meta: Optional[dict[str, Any]] = None,
 ) -> BaseTrainer:
     """The trainer of the run's ``engine`` (the DeepSpeed engine's module, which imports deepspeed,
-    only when it is chosen); ``checkpoint_meta``: extra fields recorded in every checkpoint it saves."""
+    only when it is chosen). ``checkpoint_meta``: extra fields recorded in every checkpoint's
+    ``flm_checkpoint.json``."""
     if cfg.engine == "deepspeed":
         from training.engine.ds_trainer import DeepSpeedTrainer  # optional heavy dependency: deepspeed
 

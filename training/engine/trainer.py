@@ -2,8 +2,9 @@
 dist checkpoints.
 
 One ``Trainer`` trains one model shape under one TP/PP/DP layout. Every rank of the job constructs it
-the same way; ``step()`` is collective. Data order, the NaN policy, masks and the ``fit`` loop are
-shared with the DeepSpeed engine in ``training.engine.trainer_base``.
+the same way; ``step()`` is collective. Data order, masks, checkpoint metadata and the ``fit`` loop
+(metrics, divergence policy, save cadence, fault injection, preemption) are shared with the
+DeepSpeed engine in ``training.engine.trainer_base`` and ``training.engine.loop``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from training.engine import megatron_checkpoint
 from training.engine.model.build import build_model, transformer_config
 from training.engine.optim import build_optimizer, build_scheduler, check_growth_can_carry
 from training.engine.parallel import process_device
-
-# re-exported: callers import these from here
-from training.engine.trainer_base import BaseTrainer, NonFiniteLossError, StepResult, token_mean_loss, use_bf16  # noqa: F401
+from training.engine.trainer_base import BaseTrainer, StepResult, token_mean_loss
 
 
 class Trainer(BaseTrainer):
@@ -42,7 +41,7 @@ class Trainer(BaseTrainer):
         train_source: SampleSource,
         valid_source: Optional[SampleSource] = None,
         output_dir: Optional[Path] = None,
-        checkpoint_meta: Optional[dict] = None,
+        checkpoint_meta: Optional[dict[str, Any]] = None,
     ):
         super().__init__(
             cfg,

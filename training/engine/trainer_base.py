@@ -1,11 +1,14 @@
-"""What every training engine shares: data order, loss, NaN policy, growth masks, the ``fit`` loop.
+"""What every training engine shares: data order, validation, growth masks, checkpoint metadata,
+and the ``fit`` loop over the collaborators of ``training.engine.loop``.
 
 An engine (``training.engine.trainer.Trainer`` for megatron-core, ``training.engine.ds_trainer.DeepSpeedTrainer``
 for DeepSpeed ZeRO) subclasses :class:`BaseTrainer` and implements the collective operations
-``step``, ``save``, ``load``, ``init_from`` and the forward-only loss ``_forward_only_loss``; it
-exposes the modules that carry growth masks as ``mask_chunks``. Everything the user sees besides the
-numbers — which samples a step trains on, the metrics records, validation, checkpoint cadence, fault
-injection, mask ramps — lives here, so the engines cannot drift apart.
+``step``, ``save``, ``load``, ``init_from``, the forward-only loss ``_forward_only_loss`` and
+``_set_train_mode``; it exposes the modules that carry growth masks as ``mask_chunks``; its ``step``
+asks ``_skip_non_finite`` before the update and calls ``_after_optimizer_step`` after it. Everything
+the user sees besides the numbers — which samples a step trains on, the metrics records,
+validation, checkpoint cadence, divergence policy, fault injection, preemption, mask ramps — lives
+here and in ``training.engine.loop``, so the engines cannot drift apart.
 
 Data: for optimizer step ``n`` the global batch is the samples ``consumed .. consumed +
 global_batch_size - 1`` of the train source; DP rank ``r`` takes the ``r``-th contiguous slice and
@@ -15,75 +18,33 @@ with another DP size or engine) sees the same batches.
 
 from __future__ import annotations
 
-import collections
 import logging
-import math
-import multiprocessing
-import os
-import signal
-import sys
-import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from growth.masks import MaskState
-from training import checkpoint
-from training.checkpoint.integrity import resume_verified
 from training.config import RunConfig, run_config_to_dict
 from training.data.source import SampleSource
-from training.engine.metrics import MetricsSink, device_peak_tflops
+from training.engine.loop import faults
+from training.engine.loop.checkpointer import Checkpointer
+from training.engine.loop.divergence import DivergenceError, DivergenceGuard, NonFiniteLossError
+from training.engine.loop.meter import StepMeter
+from training.engine.loop.preemption import Preemption
+from training.engine.loop.step_result import StepResult
+from training.engine.metrics import MetricsSink
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, process_device, setup_layout
-from training.errors import PREEMPTED_EXIT_CODE, FLMError, PreemptedError
-from training.model_size import flops_per_token
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FLMError, RuntimeError):
-    """The loss was not finite and ``train.on_nan`` is ``raise`` (the message names the step)."""
-
-    exit_code = 1
-
-
-class DivergenceError(FLMError, RuntimeError):
-    """Too many skipped or spiking steps in a row (``divergence:``); the message names the steps."""
-
-    exit_code = 1
-
-
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def _injected_loss(run_name: str, batch: int, loss: float) -> float:
-    """Fault injection: ``FLM_FAULT_LOSS=<run name>:<first>-<last>:<nan|spike>`` replaces the loss of
-    the global batches ``first..last`` (1-based, by data position, so a rollback that skips them
-    sees no more faults) with NaN or ``loss * 1e6``."""
-    spec = os.environ.get("FLM_FAULT_LOSS")
-    if not spec:
-        return loss
-    name, _, rest = spec.rpartition(":")
-    name, _, span = name.rpartition(":")
-    first, _, last = span.partition("-")
-    if name != run_name or not int(first) <= batch <= int(last or first):
-        return loss
-    return float("nan") if rest == "nan" else loss * 1e6
-
-
-@dataclass
-class StepResult:
-    step: int
-    loss: float
-    grad_norm: Optional[float]
-    lr: float
-    skipped: bool
+#: the engines' errors and step result, imported from here by callers
+__all__ = ["BaseTrainer", "DivergenceError", "NonFiniteLossError", "StepResult", "token_mean_loss", "use_bf16"]
 
 
 def use_bf16(precision: str) -> bool:
@@ -102,6 +63,8 @@ class BaseTrainer(ABC):
 
     #: the ``engine`` value of the run config this class implements (recorded in checkpoints)
     engine = "megatron"
+    #: megatron's ``OptimizerParamScheduler``, set by the engine (a rollback scales its LRs)
+    scheduler: Any
 
     def __init__(
         self,
@@ -112,6 +75,8 @@ class BaseTrainer(ABC):
         output_dir: Optional[Path] = None,
         checkpoint_meta: Optional[dict[str, Any]] = None,
     ):
+        """``checkpoint_meta``: extra fields recorded in every checkpoint's ``flm_checkpoint.json``
+        (``flm train`` records the stage of a staged run)."""
         self.cfg = cfg
         self.layout: Layout = setup_layout(cfg.parallel, cfg.train.seed)
         self.bf16 = use_bf16(cfg.train.precision)
@@ -126,16 +91,12 @@ class BaseTrainer(ABC):
         self.adam_step = 0
         #: MSG growth masks while they ramp (None: plain model); advanced after each optimizer step
         self.masks = None
-        #: extra fields of every checkpoint's metadata (a staged run's stage index and name)
-        self.extra_meta: dict[str, Any] = dict(checkpoint_meta or {})
-        self._flops_per_token = flops_per_token(cfg.model)
-        self._peak = device_peak_tflops(cfg.logging.peak_tflops)
-        #: divergence policy state: recent good losses, why the last step was skipped, rollbacks done
-        self._recent_losses: collections.deque = collections.deque(maxlen=cfg.divergence.window)
-        self._skip_reason: Optional[str] = None
-        self._checked_loss: Optional[float] = None
-        self.rollbacks = 0
-        self._signal: Optional[int] = None
+        self._extra_meta = dict(checkpoint_meta or {})
+        # the collaborators of fit (training.engine.loop)
+        self.meter = StepMeter(cfg, self.layout.world_size)
+        self.guard = DivergenceGuard(cfg.divergence, on_nan=cfg.train.on_nan, rank=self.layout.rank)
+        self.checkpointer = Checkpointer(cfg.checkpoint, self.output_dir)
+        self.preemption = Preemption()
 
     # ---------------------------------------------------------------- engine interface
     @property
@@ -192,38 +153,13 @@ class BaseTrainer(ABC):
         return out
 
     def _skip_non_finite(self, loss: float, step: int) -> bool:
-        """NaN and spike policy for the global-batch loss (the same value on every rank, so every
-        rank decides alike): True when the step's update must be skipped (a non-finite loss under
-        ``train.on_nan=skip``, or a spike, see ``divergence:``); raises under ``train.on_nan=raise``."""
+        """The NaN and spike policy for the global-batch loss (the same value on every rank, so
+        every rank decides alike; ``FLM_FAULT_LOSS`` applied first): True when the step's update must
+        be skipped; raises ``NonFiniteLossError`` under ``train.on_nan=raise``
+        (``training.engine.loop.divergence``)."""
         batch = self.consumed_samples // self.cfg.train.global_batch_size + 1
-        loss = _injected_loss(self.cfg.name, batch, loss)
-        self._checked_loss = loss
-        self._skip_reason = None
-        if not math.isfinite(loss):
-            if self.cfg.train.on_nan == "raise":
-                raise NonFiniteLossError(
-                    f"loss is {loss} at step {step} (consumed samples {self.consumed_samples}); "
-                    "set train.on_nan=skip to skip such steps, or lower train.lr"
-                )
-            self._skip_reason = "non_finite"
-            if self.layout.rank == 0:
-                log.warning("step %d: loss is %s; update skipped", step, loss)
-            return True
-        if self._is_spike(loss):
-            self._skip_reason = "spike"
-            if self.layout.rank == 0:
-                mean = sum(self._recent_losses) / len(self._recent_losses)
-                log.warning("step %d: loss spike %.4g (recent mean %.4g); update skipped", step, loss, mean)
-            return True
-        return False
-
-    def _is_spike(self, loss: float) -> bool:
-        d = self.cfg.divergence
-        if not d.spike_sigmas or len(self._recent_losses) < d.window:
-            return False
-        mean = sum(self._recent_losses) / len(self._recent_losses)
-        std = math.sqrt(sum((x - mean) ** 2 for x in self._recent_losses) / len(self._recent_losses))
-        return loss > mean + d.spike_sigmas * std and loss > d.spike_ratio * mean
+        loss = faults.injected_loss(self.cfg.name, batch, loss)
+        return self.guard.check(loss, step, self.consumed_samples)
 
     def evaluate(self, batches: Optional[int] = None) -> float:
         """Mean validation loss over the first ``batches`` global batches of the validation source."""
@@ -270,7 +206,7 @@ class BaseTrainer(ABC):
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_root(self) -> Path:
-        return Path(self.cfg.checkpoint.dir) if self.cfg.checkpoint.dir else self.output_dir / "checkpoints"
+        return self.checkpointer.root
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The engine-independent part of ``flm_checkpoint.json``."""
@@ -280,15 +216,18 @@ class BaseTrainer(ABC):
             "adam_step": self.adam_step,
             "config": run_config_to_dict(self.cfg),
             "growth_masks": None if self.masks is None else self.masks.to_dict(),
-            **self.extra_meta,
+            "divergence": self.guard.state_dict(),
+            **self._extra_meta,
         }
 
     def _resume_counters(self, meta: dict[str, Any]) -> None:
-        """Step, data position, Adam step and masks of a resumed checkpoint."""
+        """Step, data position, Adam step, masks and divergence state (the rollback count) of a
+        resumed checkpoint."""
         self.step_count = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
         self.adam_step = int(meta.get("adam_step", self.step_count))
         self._restore_masks(meta.get("growth_masks"))
+        self.guard.load_state_dict(meta.get("divergence"))
 
     def _carry_moments(self, meta: dict[str, Any], moments: Optional[bool]) -> bool:
         """``init_from``'s rule: logical checkpoints (``flm grow`` / ``flm import-hf``) carry Adam's
@@ -305,23 +244,19 @@ class BaseTrainer(ABC):
             self.consumed_samples = int(meta.get("consumed_samples", 0))
             self._restore_masks(growth.get("masks"))
 
-    def _maybe_inject_fault(self, step: int) -> None:
-        """Fault injection for kill-and-resume tests and drills: ``FLM_FAULT_AT=<run name>:<step>``
-        kills every process of the run abruptly (``os._exit``, no cleanup) right after that step."""
-
-        target = os.environ.get("FLM_FAULT_AT")
-        if target and target == f"{self.cfg.name}:{step}":
-            sys.stderr.write(f"FLM_FAULT_AT: killing {self.cfg.name} after step {step}\n")
-            sys.stderr.flush()
-            for child in multiprocessing.active_children():  # as a scheduler kills the whole process tree
-                child.kill()
-            os._exit(43)
-
     # ---------------------------------------------------------------- the loop
     def fit(self, *, until_step: Optional[int] = None) -> list[StepResult]:
-        """Train to ``until_step`` (default ``train.steps``): log, validate and checkpoint on the way."""
+        """Train to ``until_step`` (default ``train.steps``): log, validate and checkpoint on the way.
+
+        After each step, in this order (``training.engine.loop``): the divergence guard observes it;
+        the meter builds its metrics record; validation when due (``eval_interval``, the last step);
+        the record is logged when due (``log_interval``, validation, a skipped step); a diverged run
+        stops or rolls back (and goes on with the next step); the checkpointer's periodic save;
+        ``FLM_FAULT_AT``; the collective preemption check (save, then ``PreemptedError``). After the
+        last step the checkpointer saves it unless it exists.
+        """
         until = until_step or self.cfg.train.steps
-        tcfg, ccfg = self.cfg.train, self.cfg.checkpoint
+        tcfg = self.cfg.train
         sink = MetricsSink(
             self.output_dir if self.layout.is_logging_rank else None,
             tensorboard=self.cfg.logging.tensorboard,
@@ -329,10 +264,9 @@ class BaseTrainer(ABC):
             progress_initial=self.step_count,
             resume_step=self.step_count,
         )
-        tokens_per_step = tcfg.global_batch_size * self.cfg.model.seq_length
         results = []
-        consecutive = 0
-        previous_handlers = self._install_signal_handlers()
+        self.guard.new_run()
+        previous_handlers = self.preemption.install()
         try:
             while self.step_count < until:
                 mask_value = self.mask_value
@@ -340,124 +274,52 @@ class BaseTrainer(ABC):
                 result = self.step()
                 dt = time.perf_counter() - t0
                 results.append(result)
-                reason = self._skip_reason if result.skipped else None
-                consecutive = consecutive + 1 if reason else 0
-                if not result.skipped and math.isfinite(result.loss):
-                    self._recent_losses.append(result.loss)
-                record = {
-                    "step": result.step,
-                    "loss": result.loss,
-                    "lr": result.lr,
-                    "grad_norm": result.grad_norm,
-                    "skipped": result.skipped,
-                    "consumed_samples": self.consumed_samples,
-                    "tokens": self.consumed_samples * self.cfg.model.seq_length,
-                    "step_time_s": dt,
-                    "tokens_per_s": tokens_per_step / dt,
-                    "mask_value": mask_value,
-                }
-                if reason:
-                    record.update(skip_reason=reason, consecutive_skips=consecutive)
-                if reason == "spike":
-                    record["spike_loss"] = self._checked_loss
-                if self.rollbacks:
-                    record["rollbacks"] = self.rollbacks
-                achieved = record["tokens_per_s"] * self._flops_per_token / self.layout.world_size / 1e12
-                record["tflops_per_device"] = achieved
-                record["mfu"] = achieved / self._peak if self._peak else None
+                reason = self.guard.observe(result)
+                record = self.meter.record(
+                    result,
+                    step_time_s=dt,
+                    consumed_samples=self.consumed_samples,
+                    mask_value=mask_value,
+                    extra=self.guard.record_fields(),
+                )
                 if result.step % tcfg.eval_interval == 0 or result.step == until:
                     record["val_loss"] = self.evaluate()
                 if result.step % tcfg.log_interval == 0 or "val_loss" in record or reason:
                     sink.log(record)
-                if consecutive >= self.cfg.divergence.max_consecutive:
-                    self._diverged(result.step, consecutive, reason)
-                    consecutive = 0
+                if self.guard.diverged():
+                    self._roll_back(result.step)
                     continue
-                # periodic saves only after a good step: a rollback never returns into a run of bad steps
-                if (
-                    ccfg.save_interval
-                    and result.step % ccfg.save_interval == 0
-                    and result.step != until
-                    and not consecutive
-                ):
-                    self.save()
-                self._maybe_inject_fault(result.step)
-                if self._preemption_requested():
-                    self._save_if_missing()
-                    raise PreemptedError(
-                        f"stopped by {signal.Signals(self._signal or signal.SIGTERM).name} after step {self.step_count}; "
-                        f"checkpoint saved in {self.checkpoint_root()}; continue with --resume "
-                        f"(exit status {PREEMPTED_EXIT_CODE})"
-                    )
-            self._save_if_missing()
+                self.checkpointer.after_step(result.step, until=until, good=reason is None, save=self.save)
+                faults.kill_if_due(self.cfg.name, result.step)
+                if self.preemption.requested():
+                    self.checkpointer.save_if_missing(self.step_count, self.save)
+                    raise self.preemption.error(self.step_count, self.checkpointer.root)
+            self.checkpointer.save_if_missing(self.step_count, self.save)
         finally:
-            self._restore_signal_handlers(previous_handlers)
+            self.preemption.restore(previous_handlers)
             sink.close()
         return results
 
-    def _save_if_missing(self) -> None:
-        if not checkpoint.is_checkpoint(self.checkpoint_root() / checkpoint.step_dir_name(self.step_count)):
-            self.save()
-
-    # ---------------------------------------------------------------- preemption
-    def _install_signal_handlers(self) -> dict:
-        """SIGTERM/SIGUSR1 set a flag; the loop stops after the current step, saving first."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        self._signal = None
-
-        def handler(signum, frame):
-            if self._signal is None:
-                self._signal = signum
-                sys.stderr.write(f"flm: {signal.Signals(signum).name} received: saving after the current step\n")
-
-        return {sig: signal.signal(sig, handler) for sig in PREEMPTION_SIGNALS}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    def _preemption_requested(self) -> bool:
-        """Whether any rank got a preemption signal (collective: every rank stops at the same step)."""
-        flag = int(self._signal is not None)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-            t = torch.tensor([flag], dtype=torch.int32, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = int(t.item())
-            if flag and self._signal is None:
-                self._signal = signal.SIGTERM
-        return bool(flag)
-
     # ---------------------------------------------------------------- divergence
-    def _diverged(self, step: int, consecutive: int, reason: Optional[str]) -> None:
-        """``divergence.max_consecutive`` skipped or spiking steps in a row: stop, or roll back."""
+    def _roll_back(self, step: int) -> None:
+        """``divergence.max_consecutive`` bad steps in a row: the guard stops the run
+        (``DivergenceError``), or the newest checkpoint that verifies is reloaded, the data position
+        jumps past the bad batches and the LR schedule is scaled by ``rollback_lr_factor``."""
         d = self.cfg.divergence
-        what = (
-            f"{consecutive} skipped steps in a row ({reason.replace('_', '-')} loss) up to step {step}, "
-            f"consumed samples {self.consumed_samples}"
-        )
-        if d.action == "stop":
-            raise DivergenceError(
-                f"{what}; the run diverged and stops without saving: resume from the last checkpoint with a "
-                "lower train.lr, or set divergence.action=rollback"
-            )
-        if self.rollbacks >= d.max_rollbacks:
-            raise DivergenceError(
-                f"{what}, after {self.rollbacks} rollbacks (divergence.max_rollbacks); "
-                "the run stops: lower train.lr or inspect the data around these samples"
-            )
+        what = self.guard.before_rollback(step, self.consumed_samples)
         skip_to = self.consumed_samples
-        target = resume_verified(self.checkpoint_root(), self.load, check_hash=self.cfg.checkpoint.verify_hash)
+        state = self.guard.state_dict()
+        target = self.checkpointer.newest_verified(self.load)
+        # load restored the checkpoint's rollback count; this run's count goes on
+        self.guard.load_state_dict(state)
         if target is None:
             raise DivergenceError(
-                f"{what}; no checkpoint to roll back to in {self.checkpoint_root()} (set checkpoint.save_interval)"
+                f"{what}; no checkpoint to roll back to in {self.checkpointer.root} (set checkpoint.save_interval)"
             )
         skipped = skip_to - self.consumed_samples
         self.consumed_samples = skip_to
         self._scale_lr(d.rollback_lr_factor)
-        self.rollbacks += 1
+        self.guard.rolled_back()
         if self.layout.rank == 0:
             log.warning(
                 "%s; rolled back to %s (step %d), skipped %d samples of data, LR x%g (rollback %d of at most %d)",
@@ -466,7 +328,7 @@ class BaseTrainer(ABC):
                 self.step_count,
                 skipped,
                 d.rollback_lr_factor,
-                self.rollbacks,
+                self.guard.rollbacks,
                 d.max_rollbacks,
             )
 

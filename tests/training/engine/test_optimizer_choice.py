@@ -15,6 +15,7 @@ from training.config_base import ConfigError
 from training.data.source import MockSource
 from training.engine.optim import OptimizerChoiceError, inner_optimizers
 from training.engine.trainer import Trainer
+from training.orchestration.stage_plans import load_run
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
 COMMON = [
@@ -69,5 +70,5 @@ def test_fused_without_te_or_apex_is_refused(tmp_path):
 
 def test_growth_run_with_fused_adam_is_refused_by_the_config():
     with pytest.raises(ConfigError, match="growth cannot carry") as err:
-        load_run_config(REPO / "configs" / "runs" / "dryrun.yaml", ["train.optimizer_impl=fused"])
+        load_run(REPO / "configs" / "runs" / "dryrun.yaml", ["train.optimizer_impl=fused"])
     assert err.value.key.endswith("train.optimizer_impl")
