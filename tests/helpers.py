@@ -28,7 +28,7 @@ TINY_FLAGS = [
     "checkpoint.keep_last=5",
 ]
 
-#: (processes, overrides) of the layouts that must compute what one process computes (tests/training/test_layouts.py)
+#: (processes, overrides) of the layouts that must compute what one process computes (tests/training/engine/test_layouts.py)
 LAYOUTS = {
     "single": (1, []),
     "tp2": (2, ["parallel.tp=2"]),
