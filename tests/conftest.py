@@ -1,4 +1,8 @@
-"""Fixtures shared by every test package (helpers are in ``tests/helpers.py``)."""
+"""Fixtures shared by every test package (helpers are in ``tests/helpers.py``).
+
+The trained runs here are session-scoped and shared across test files (issue 26: the suite in 20
+minutes on 2 cores): every ``flm`` start costs seconds of imports, so a run that several files need
+is trained once, on first request. They are read-only: copy one before resuming into it."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import pytest
 import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before any test module imports megatron)
-from tests.helpers import SHARED_DATA
+from tests.helpers import LAYOUTS, SHARED_DATA, TINY, TINY_FLAGS, flm
 
 
 @pytest.fixture
@@ -25,3 +29,44 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> Path:
+    """The output directory of a finished 3-step single-process run of ``configs/runs/tiny.yaml``
+    with ``TINY_FLAGS`` (its checkpoint: ``<dir>/checkpoints/step_0000003``): trained weights to start
+    from (``--init-from``), a checkpoint to resume from, a finished run to resume in a copy of."""
+    run = tmp_path_factory.mktemp("tiny_trained") / "run"
+    flm("train", str(TINY), "train.steps=3", f"output_dir={run}", *TINY_FLAGS)
+    return run
+
+
+@pytest.fixture(scope="session")
+def layout_run(tmp_path_factory, tiny_trained):
+    """``layout_run(name)``: the output directory of 8 steps of ``configs/runs/tiny.yaml`` under the
+    layout ``LAYOUTS[name]``, from ``tiny_trained``'s weights (``--init-from``), with ``TINY_FLAGS``
+    (checkpoints at steps 3, 6, 8). Trained on the first request: the layout-equality test compares
+    their losses, the resume tests resume their checkpoints under other layouts."""
+    root = tmp_path_factory.mktemp("layouts")
+    init = str(tiny_trained / "checkpoints")
+    done: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            nproc, overrides = LAYOUTS[name]
+            out = root / name
+            flm(
+                "train",
+                str(TINY),
+                "train.steps=8",
+                f"output_dir={out}",
+                "--init-from",
+                init,
+                *TINY_FLAGS,
+                *overrides,
+                nproc=nproc,
+            )
+            done[name] = out
+        return done[name]
+
+    return get

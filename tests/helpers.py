@@ -16,10 +16,43 @@ from bench.procs import REPO, child_env, kill_group
 from training.local_launch import free_port
 
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: the one-stage tiny run (mock data) that the CLI tests train
+TINY = REPO / "configs" / "runs" / "tiny.yaml"
+#: ``flm train`` overrides of the shared tiny runs (tests/conftest.py): quiet, no evaluation, a checkpoint
+#: every 3 steps (and the final one), all kept
+TINY_FLAGS = [
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "train.eval_interval=1000",
+    "checkpoint.save_interval=3",
+    "checkpoint.keep_last=5",
+]
+
+#: (processes, overrides) of the layouts that must compute what one process computes (tests/training/engine/test_layouts.py)
+LAYOUTS = {
+    "single": (1, []),
+    "tp2": (2, ["parallel.tp=2"]),
+    "pp2": (2, ["parallel.pp=2"]),
+    "dp2": (2, []),
+    "dp2-distopt": (2, ["parallel.distributed_optimizer=true"]),
+    "dp2-distopt-overlap": (
+        2,
+        [
+            "parallel.distributed_optimizer=true",
+            "parallel.overlap_grad_reduce=true",
+            "parallel.overlap_param_gather=true",
+        ],
+    ),
+    "tp2-sp": (2, ["parallel.tp=2", "parallel.sequence_parallel=true"]),
+    "tp2xpp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
+}
 
 __all__ = [
+    "LAYOUTS",
     "REPO",
     "SHARED_DATA",
+    "TINY",
+    "TINY_FLAGS",
     "child_env",
     "flm",
     "free_port",

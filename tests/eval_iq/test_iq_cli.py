@@ -85,28 +85,6 @@ def test_end_to_end_tiny_llama_offline(tiny_llama_dir, shared_data, tmp_path, no
     assert "flm_iq_counting" in raw["results"]
 
 
-@pytest.mark.slow
-def test_end_to_end_all_subtasks(tiny_llama_dir, iq_data_dir, tmp_path, no_network):
-    out = tmp_path / "out"
-    rc = flm(
-        [
-            "--model-path",
-            str(tiny_llama_dir),
-            "--limit",
-            "1",
-            "--size",
-            "3",
-            "--data-dir",
-            str(iq_data_dir),
-            "--output-dir",
-            str(out),
-        ]
-    )
-    assert rc == 0 and no_network == []
-    results = json.loads((out / "results.json").read_text())
-    assert len(results["subtasks"]) == 17 and results["flm_iq"]["complete"] is True
-
-
 def test_list_and_module_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "eval_iq.cli", "--list"],
@@ -195,7 +173,8 @@ def test_offline_mode_reaches_already_imported_libraries(monkeypatch):
 
 @pytest.mark.slow
 def test_flm_iq_and_lm_eval_print_the_same_flm_iq(tiny_llama_dir, iq_data_dir, tmp_path, no_network):
-    """The same model and instances through `flm iq` and through lm-eval's `flm_iq` group."""
+    """The same model and instances through `flm iq` and through lm-eval's `flm_iq` group; the `flm iq`
+    run is also the offline end-to-end run of all 17 subtasks (no network connection attempted)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -215,8 +194,9 @@ def test_flm_iq_and_lm_eval_print_the_same_flm_iq(tiny_llama_dir, iq_data_dir, t
         "--output-dir",
         str(out),
     ]
-    assert flm(args) == 0
+    assert flm(args) == 0 and no_network == []
     ours = json.loads((out / "results.json").read_text())
+    assert len(ours["subtasks"]) == 17 and ours["flm_iq"]["complete"] is True
     lm = HFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=8, dtype="float32")
     tm = TaskManager(
         include_path=str(TASKS_DIR), include_defaults=False, metadata={"iq_size": 4, "iq_data_dir": str(iq_data_dir)}

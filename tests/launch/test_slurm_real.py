@@ -79,9 +79,6 @@ def _logs(out: Path) -> str:
 
 
 def test_slurm_chain_preempted_by_usr1_resumes_bit_exact(cluster, tmp_path):
-    ref, ref_jobs = _submit(cluster, tmp_path, "ref")
-    assert _wait(cluster, ref_jobs[1]) == "COMPLETED", _logs(ref)[-4000:]
-
     out, jobs = _submit(cluster, tmp_path, "run")
     metrics = out / "stage1-g" / "metrics.jsonl"
     end = time.monotonic() + 600
@@ -90,11 +87,15 @@ def test_slurm_chain_preempted_by_usr1_resumes_bit_exact(cluster, tmp_path):
         time.sleep(0.2)
     # what `sbatch --signal=B:USR1@300` sends before the time limit
     cluster.run("scancel", "--signal=USR1", "--batch", jobs[1])
-    end = time.monotonic() + 600  # Slurm holds a requeued job until its old credential expires (30 s here)
+    # the uninterrupted reference chain, on the same cluster: submitted now, it trains while Slurm holds
+    # the requeued job until its old credential expires (30 s here) instead of after the whole run
+    ref, ref_jobs = _submit(cluster, tmp_path, "ref")
+    end = time.monotonic() + 600
     while "(restart 1)" not in _logs(out):
         assert time.monotonic() < end, _logs(out)[-4000:]
         time.sleep(1)
     assert _wait(cluster, jobs[1]) == "COMPLETED", _logs(out)[-4000:]
+    assert _wait(cluster, ref_jobs[1]) == "COMPLETED", _logs(ref)[-4000:]
 
     log = _logs(out)
     assert "stage 1 (t/g): started from the grown checkpoint" in log, log[-4000:]
