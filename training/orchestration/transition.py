@@ -35,12 +35,12 @@ REFERENCE_FILE = "transition_reference.json"
 CHECK_FILE = "transition_check.json"
 
 #: |loss_new - loss_old| <= tol * loss_old for an exact transition, by the precision the engine
-#: computes in. fp32: the two sides differ only in reduction order (another layout: TP, SP, PP
-#: split the sums differently); measured ≤ 4e-7 relative on the dry run's DP2 -> TP2 -> PP2
-#: transitions (docs/growth.md). bf16: the activations are rounded to 8 bits of mantissa in another
-#: order, and the grown weights are the fp32 masters rounded anew; see docs/growth.md for the
-#: measured spread the bound leaves room for.
-ENGINE_TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}
+#: computes in. fp32: the two sides differ only in reduction order (another layout splits the sums
+#: differently); measured 0.0 on the tiny staged run's DP2 -> TP2 transition. bf16: activations are
+#: rounded to 8 mantissa bits in another order and the grown weights are the fp32 masters rounded
+#: anew; measured 6.4e-5 there (docs/growth.md), so 5e-3 leaves ~80x room for deeper models while a
+#: broken operator (a percent-level change of the loss) still fails.
+ENGINE_TOLERANCE = {"fp32": 1e-5, "bf16": 5e-3}
 
 
 class TransitionCheckError(GrowthError):
