@@ -194,7 +194,7 @@ def test_staged_deepspeed_run_grows_and_resumes_inside_the_ramp(tmp_path):
     """Two ZeRO-3 stages: the transition grows stage 0's final DeepSpeed checkpoint (verified exact);
     killed after stage 1's step 3 (latest checkpoint: step 2, masks at 2/3) and resumed, the re-run
     step 3 equals the one the killed run logged."""
-    from tests.training.test_stages import write_run
+    from tests.training.orchestration.test_stages import write_run
 
     run = write_run(tmp_path, "out")
     bad = flm("train", str(run), *STAGED, nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:3"})
