@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 EVAL_FILE = "eval.jsonl"
 
 DEFAULT_TASKS = "rules,patterns,anti_interference"
+#: the project backend (``flm iq --model flm``) reads the whole model into one host's RAM in fp32: 8B
+#: parameters are 32 GB; larger checkpoints are skipped with a note (FLM-101B's stages: export with
+#: ``flm export-hf`` and evaluate with ``flm iq --model hf --parallelize`` on GPUs)
+DEFAULT_MAX_PARAMS = 8e9
 HELP = "evaluate a run's checkpoints (IQ subtasks), each in its own process; --watch follows a live run"
 
 
@@ -54,6 +58,8 @@ class Candidate:
     step: int
     tokens: int
     final: bool
+    #: parameters of the checkpoint's model (``training.model_size.total_params``)
+    params: int
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,6 +89,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="keep evaluating new checkpoints until the run is over")
     p.add_argument("--interval", type=float, default=60.0, help="seconds between looks with --watch (default 60)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds one evaluation may take (default 3600)")
+    p.add_argument(
+        "--max-params",
+        type=float,
+        default=DEFAULT_MAX_PARAMS,
+        help="skip (with a one-line note) checkpoints of larger models: the project backend holds the whole "
+        f"model in this host's RAM in fp32 (default {DEFAULT_MAX_PARAMS:.0e})",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -93,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"run directory {run_dir} does not exist; pass a run's output_dir")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    options = EvalOptions.for_run(run_dir, args.tasks, args.limit, args.data_dir, args.timeout)
+    if args.max_params <= 0:
+        raise UsageError(f"--max-params must be > 0, got {args.max_params}")
+    options = EvalOptions.for_run(run_dir, args.tasks, args.limit, args.data_dir, args.timeout, args.max_params)
     roots = [Path(r) for r in args.checkpoints]
     while True:
         done = evaluate_pending(run_dir, options, roots, final_only=args.final_only)
@@ -109,10 +124,17 @@ class EvalOptions:
     limit: Optional[int]
     data_dir: Optional[str]
     timeout: float
+    max_params: float = 0.0
 
     @classmethod
     def for_run(
-        cls, run_dir: Path, tasks: Optional[str], limit: Optional[int], data_dir: Optional[str], timeout: float
+        cls,
+        run_dir: Path,
+        tasks: Optional[str],
+        limit: Optional[int],
+        data_dir: Optional[str],
+        timeout: float,
+        max_params: float = 0.0,
     ) -> EvalOptions:
         """The options given, else the run's ``iq_eval`` section (a staged run records it in
         ``<run_dir>/iq_eval.json`` for its evaluators), else the defaults."""
@@ -123,6 +145,7 @@ class EvalOptions:
             limit if limit is not None else section.get("limit"),
             data_dir or section.get("data_dir"),
             timeout,
+            max_params or DEFAULT_MAX_PARAMS,
         )
 
 
@@ -151,8 +174,21 @@ def find_checkpoints(run_dir: Path, roots: Sequence[Path]) -> list[Candidate]:
             cfg = meta["config"]
             tokens = int(meta.get("consumed_samples", 0)) * int(cfg["model"]["seq_length"])
             step = int(meta["step"])
-            out.append(Candidate(step_dir, Path(cfg["output_dir"]), step, tokens, step == int(cfg["train"]["steps"])))
+            final = step == int(cfg["train"]["steps"])
+            out.append(Candidate(step_dir, Path(cfg["output_dir"]), step, tokens, final, _params(cfg["model"])))
     return sorted(out, key=lambda c: (c.tokens, str(c.path)))
+
+
+def _params(model: dict[str, Any]) -> int:
+    """Parameters of a checkpoint's model config (its ``flm_checkpoint.json`` section)."""
+    import dataclasses
+
+    from training.config import ModelConfig  # startup time: loaded when the command runs
+    from training.config_base import from_dict
+    from training.model_size import total_params
+
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return total_params(from_dict(ModelConfig, {k: v for k, v in model.items() if k in known}))
 
 
 def evaluated(run_dir: Path) -> set[str]:
@@ -210,6 +246,14 @@ def evaluate_candidate(cand: Candidate, options: EvalOptions) -> Optional[dict[s
     base = {"checkpoint": str(cand.path), "step": cand.step, "tokens": cand.tokens, "final": cand.final}
     if not cand.path.is_dir():
         return None
+    if cand.params > options.max_params:  # before verify: hashing a 1.4 TB checkpoint takes hours on one host
+        why = (
+            f"{cand.params:.3g} parameters is above --max-params {options.max_params:.3g} (the project backend "
+            "holds the whole model in this host's RAM); export with flm export-hf and evaluate with "
+            "flm iq --model hf --parallelize"
+        )
+        log.warning("skipped %s: %s", cand.path, why)
+        return {**base, "skipped": why}
     try:
         verify(cand.path)
     except CheckpointError as err:
@@ -259,7 +303,7 @@ def write_record(cand: Candidate, record: dict[str, Any]) -> None:
         writer.close()
 
 
-def final_records(stage_dir: Path) -> Optional[dict[str, Any]]:
+def final_record(stage_dir: Path) -> Optional[dict[str, Any]]:
     """The record of a stage's final checkpoint in its eval.jsonl (the last one wins), if any."""
     path = stage_dir / EVAL_FILE
     found = None

@@ -80,6 +80,17 @@ def test_flm_eval_refuses_a_missing_run_directory(tmp_path):
     assert out.returncode == 2 and "run directory" in out.stderr and "does not exist" in out.stderr
 
 
+def test_flm_eval_skips_a_model_too_large_for_one_host_before_reading_it(tmp_path):
+    """The project backend holds the whole model in one host's RAM: a checkpoint above --max-params is
+    recorded as skipped with the way to evaluate it, before its files are read (here there are none)."""
+    from eval_iq.watch import Candidate, EvalOptions, evaluate_candidate
+
+    big = Candidate(tmp_path, tmp_path, step=5, tokens=640, final=True, params=102_800_000_000)
+    record = evaluate_candidate(big, EvalOptions("counting", None, None, 60.0, max_params=8e9))
+    assert record is not None and "iq" not in record
+    assert "above --max-params" in record["skipped"] and "flm iq --model hf --parallelize" in record["skipped"]
+
+
 def test_stages_markdown_shows_each_stage():
     rec = {
         "flm_iq": None,

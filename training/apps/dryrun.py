@@ -108,9 +108,9 @@ def stage_iq(run: StagedRun) -> int:
 
 def _stage_iq_record(stage_dir: Path) -> dict | None:
     """The stage's final IQ record for the report: its scores, or why it has none."""
-    from eval_iq.watch import final_records  # startup time: loaded when the report is written
+    from eval_iq.watch import final_record  # startup time: loaded when the report is written
 
-    record = final_records(stage_dir)
+    record = final_record(stage_dir)
     if record is None:
         return None
     return record.get("iq") or {"error": record.get("skipped", "not evaluated")}
