@@ -20,6 +20,7 @@ only each stage's final checkpoint (what ``flm dryrun`` shows per stage). On Slu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import logging
@@ -181,8 +182,6 @@ def find_checkpoints(run_dir: Path, roots: Sequence[Path]) -> list[Candidate]:
 
 def _params(model: dict[str, Any]) -> int:
     """Parameters of a checkpoint's model config (its ``flm_checkpoint.json`` section)."""
-    import dataclasses
-
     from training.config import ModelConfig  # startup time: loaded when the command runs
     from training.config_base import from_dict
     from training.model_size import total_params

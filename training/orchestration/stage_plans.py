@@ -115,7 +115,7 @@ class Stage:
         train = self.config.train
         tokens_per_step = train.global_batch_size * self.config.model.seq_length
         offset = tokens // tokens_per_step
-        decay = max(math.ceil(self.run_tokens / tokens_per_step), offset + train.steps)
+        decay = _decay_steps(self.run_tokens, tokens_per_step, offset, train.steps)
         new_train = dataclasses.replace(train, schedule_offset_steps=offset, lr_decay_steps=decay)
         return dataclasses.replace(self, config=dataclasses.replace(self.config, train=new_train))
 
@@ -279,11 +279,11 @@ def _check_schedule_options(run: RunConfig, index: int, entry: ScheduleEntry) ->
     if run.train.lr_decay_steps is not None or "lr_decay_steps" in stage.train:
         key = join_key(where, "train.lr_decay_steps") if "lr_decay_steps" in stage.train else "train.lr_decay_steps"
         raise ConfigError(key, f"the {kind} schedule decays to min_lr at the run's last token: remove it")
-    for name in ("schedule_offset_steps",):
-        if name in stage.train or getattr(run.train, name):
-            raise ConfigError(
-                join_key(where, f"train.{name}"), f"is derived from the stage's place in the {kind} schedule: remove it"
-            )
+    if "schedule_offset_steps" in stage.train or run.train.schedule_offset_steps:
+        raise ConfigError(
+            join_key(where, "train.schedule_offset_steps"),
+            f"is derived from the stage's place in the {kind} schedule: remove it",
+        )
     if "warmup_steps" in stage.train and (index > 0 or run.lr_schedule.warmup_tokens is not None):
         raise ConfigError(
             join_key(where, "train.warmup_steps"),
@@ -334,12 +334,18 @@ def _run_level_schedule(
         first = from_dict(TrainConfig, dict(to_dict(run.train), **run.stages[0].train), join_key(where, "train"))
         warmup_tokens = first.warmup_steps * first.global_batch_size * run.stages[0].model.seq_length
     train.warmup_steps = math.ceil(warmup_tokens / tokens_per_step)
-    train.lr_decay_steps = max(math.ceil(total / tokens_per_step), train.schedule_offset_steps + train.steps)
+    train.lr_decay_steps = _decay_steps(total, tokens_per_step, train.schedule_offset_steps, train.steps)
     if index == 0:
         train.rewarmup_steps = 0
     elif "rewarmup_steps" not in run.stages[index].train:  # a stage's own re-warmup wins (FLM-101B: 100, 109)
         train.rewarmup_steps = run.lr_schedule.rewarmup_steps
     return entry
+
+
+def _decay_steps(run_tokens: int, tokens_per_step: int, offset: int, steps: int) -> int:
+    """Where a stage's run-level schedule reaches ``min_lr``: the run's last token, in this stage's
+    steps (never before the stage's own last step)."""
+    return max(math.ceil(run_tokens / tokens_per_step), offset + steps)
 
 
 def _grown_model(run: RunConfig, index: int, prev_model: ModelConfig, plan: GrowthPlan) -> ModelConfig:
