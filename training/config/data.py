@@ -15,6 +15,11 @@ Examples::
         - {path: data/code, weight: 0.3}
       tokenizer: data/tokenizer                        # optional: must match the datasets' tokenizer
       validation_fraction: 0.01
+      reset_at_eos: true                               # no attention across documents, positions per document
+
+A stage of a staged run may blend other datasets (``stages[i].data: {kind, datasets}``, see
+``training.config.stages.STAGE_DATA_KEYS``); the position in the data is carried per dataset
+(``training.data.position``, docs/data.md).
 
 Relative paths are resolved against the working directory of the run.
 """
@@ -65,10 +70,24 @@ class DataConfig:
     default_corpus: Literal["small", "large"] = "small"
     #: kind=default: tokenizer worker processes used when the cache is built
     workers: int = 2
+    #: inside a packed window, tokens attend only to their own document (the window up to and including
+    #: the previous eos is masked) and position ids restart at 0 after each eos: Megatron-LM's
+    #: reset_attention_mask + reset_position_ids. Training and validation batches alike
+    reset_at_eos: bool = False
 
     def validate(self, path: str) -> None:
         if self.seed < 0:
             raise ConfigError(join_key(path, "seed"), "must be >= 0")
+        if self.kind != "prepared" and self.datasets:
+            raise ConfigError(
+                join_key(path, "datasets"),
+                f"is read only with kind: prepared (kind is {self.kind!r}); set kind: prepared or remove datasets",
+            )
+        if self.reset_at_eos and self.kind == "mock":
+            raise ConfigError(
+                join_key(path, "reset_at_eos"),
+                "mock data has no documents (no eos to reset at); use kind default or prepared, or set it false",
+            )
         if self.kind == "prepared" and not self.datasets:
             raise ConfigError(
                 join_key(path, "datasets"),

@@ -306,6 +306,12 @@ class RunConfig:
                 )
             if i > 0 and stage.growth is None:
                 raise ConfigError(join_key(where, "growth"), "every stage after the first needs a growth section")
+            if stage.data and self.data.kind == "mock":
+                raise ConfigError(
+                    join_key(where, "data"),
+                    "a stage's own blend needs the run's data to be datasets (data.kind default or prepared), "
+                    "not mock; set data.kind or remove the stage's data section",
+                )
             if (
                 stage.growth is not None
                 and stage.growth.lr_policy != "inherit"

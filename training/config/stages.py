@@ -41,6 +41,12 @@ class StageGrowthConfig(GrowthOptions):
             raise ConfigError(join_key(path, "equivalent_tokens"), "must be >= 0")
 
 
+#: what a stage's ``data:`` section may set: the blend it trains on. The rest of the data section is
+#: the run's: the sample-order seed, the held-out split, the tokenizer and reset_at_eos are one for
+#: the whole run (a stage continuing a dataset continues its order: training.data.position)
+STAGE_DATA_KEYS = ("kind", "datasets")
+
+
 @dataclass
 class StageConfig:
     """One stage of a growth run: a model shape trained for a token budget under a layout."""
@@ -59,6 +65,10 @@ class StageConfig:
     #: rises to it); the stage's peak ``train.lr`` is derived from it (FLM-101B: 3.4e-4, 2e-4). null:
     #: the stage's ``train.lr`` is its peak
     start_lr: Optional[float] = None
+    #: the stage's blend, over the run's ``data`` section: ``kind`` (default | prepared) and ``datasets``
+    #: (``[{path, weight}]``). Datasets the stage shares with the previous one continue where they
+    #: stopped (docs/data.md, "Data per stage"); empty: the run's blend
+    data: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
         if self.tokens <= 0:
@@ -67,3 +77,14 @@ class StageConfig:
             raise ConfigError(join_key(path, "train.steps"), "a stage's length is its token budget; set tokens instead")
         if self.start_lr is not None and self.start_lr <= 0:
             raise ConfigError(join_key(path, "start_lr"), f"must be > 0 (or null), got {self.start_lr}")
+        for key in self.data:
+            if key not in STAGE_DATA_KEYS:
+                raise ConfigError(
+                    join_key(path, f"data.{key}"),
+                    f"is one for the whole run (a stage may set only {', '.join(STAGE_DATA_KEYS)}); "
+                    "set it in the run's data section",
+                )
+        if self.data.get("kind") == "mock":
+            raise ConfigError(
+                join_key(path, "data.kind"), "a stage's data is a blend of datasets: kind default or prepared"
+            )

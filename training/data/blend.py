@@ -10,6 +10,12 @@ that source's sample ``c x counts[d] + k``. Hence:
   every chunk boundary and up to one chunk's deviation in between;
 * each source is read in its own order without gaps or repeats (its own epochs then apply);
 * sample ``g`` needs only chunk ``g div chunk``: random access, exact resume under any DP size.
+
+The training blend of a run is read from a ``DataPosition`` (``training.data.position``): from its
+``origin`` on, the blend's sample ``g - origin`` of dataset ``d`` is that dataset's sample
+``cursors[d] + k``. A run that never changes its blend has origin 0 and no cursors (the stream above);
+a stage that changes the blend enters a new position (``enter``), which trainers record in their
+checkpoints (``position``) and restore on resume.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from training.data.position import DataPosition, spec_of
 from training.data.source import SampleSource
 from training.errors import DataError
 
@@ -45,7 +52,13 @@ class BlendedSource:
         seed: Sequence[int],
         chunk: int = DEFAULT_CHUNK,
         names: Sequence[str] | None = None,
+        keys: Sequence[str] | None = None,
+        tokenizer: str | None = None,
+        eos_id: int | None = None,
     ):
+        """``names``: how errors name the sources; ``keys``: their identities in a ``DataPosition``
+        (the datasets' fingerprints; default: the names); ``tokenizer``: the SHA-256 of the sources'
+        tokenizer; ``eos_id``: its end-of-document id (``data.reset_at_eos`` reads it)."""
         if not sources:
             raise DataError("a blend needs at least one dataset")
         if len(weights) != len(sources):
@@ -69,23 +82,39 @@ class BlendedSource:
                     "raise its weight or drop the dataset"
                 )
         self.seed = [int(s) for s in seed]
-        self._labels = np.repeat(np.arange(len(sources), dtype=np.int64), self.counts)
+        self.keys = list(keys or names)
+        if len(set(self.keys)) != len(self.keys):
+            twice = sorted({k for k in self.keys if self.keys.count(k) > 1})
+            raise DataError(f"the blend lists the same dataset twice ({', '.join(twice)}); list it once with the summed weight")
+        self.spec = spec_of(self.keys, self.counts, chunk, self.seed)
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id
+        #: where the blend's order begins and each source's first sample (see the module docstring)
+        self.position = DataPosition(self.spec, tokenizer=tokenizer)
+        self._offsets = [0] * len(self.sources)
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def __getstate__(self) -> dict:
-        # caches are rebuilt on demand; pickling them would only make worker start-up slower
-        return {k: v for k, v in self.__dict__.items() if k not in ("_labels", "_cached")}
+        # the cache is rebuilt on demand; pickling it would only make worker start-up slower
+        return {k: v for k, v in self.__dict__.items() if k != "_cached"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._labels = np.repeat(np.arange(len(self.sources), dtype=np.int64), self.counts)
         self._cached = None
+
+    def enter(self, saved: DataPosition | None, consumed: int) -> DataPosition:
+        """Read from ``consumed`` on, continuing ``saved`` (a checkpoint's position; None: a run that
+        recorded none, read from origin 0 as always): ``DataPosition.entered``. Returns the position."""
+        position = DataPosition(self.spec, tokenizer=self.tokenizer) if saved is None else saved
+        self.position = position.entered(self.spec, consumed, self.tokenizer)
+        self._offsets = [self.position.cursor(k) for k in self.keys]
+        return self.position
 
     def _chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(source of each position, rank of the position among its source's positions) of a chunk."""
         if self._cached is not None and self._cached[0] == index:
             return self._cached[1], self._cached[2]
-        labels = self._labels[np.random.default_rng(self.seed + [index]).permutation(self.chunk)]
+        labels = self.spec.labels(index)
         order = np.argsort(labels, kind="stable")
         first = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         ranks = np.empty(self.chunk, dtype=np.int64)
@@ -103,5 +132,9 @@ class BlendedSource:
         return source, chunk * int(self.counts[source]) + int(ranks[position])
 
     def sample(self, index: int) -> np.ndarray:
-        source, local = self.locate(index)
-        return self.sources[source].sample(local)
+        """Global sample ``index`` (>= the position's origin) of the run's stream."""
+        origin = self.position.origin
+        if index < origin:
+            raise IndexError(f"sample {index} precedes the blend's origin {origin}: this blend is read from there on")
+        source, local = self.locate(index - origin)
+        return self.sources[source].sample(self._offsets[source] + local)

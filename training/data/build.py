@@ -4,7 +4,8 @@
 * ``kind: prepared`` -- each dataset is split into train/validation documents
   (``splits``), packed into ``seq_length + 1`` windows and shuffled per epoch (``sampler``), and
   the datasets are blended by weight (``blend``). Both sources are pure functions of
-  ``(data.seed, global index)``.
+  ``(data.seed, global index)``; the training source also of its ``DataPosition`` (a stage that
+  changes the blend, ``training.data.position``). Each dataset is known by its fingerprint there.
 * ``kind: default`` -- ``prepare_default_data(data.default_dir, vocab_size)`` (cached, idempotent),
   then as ``prepared`` with that one dataset.
 
@@ -207,7 +208,17 @@ def build_sources(cfg: DataConfig, *, seq_length: int, vocab_size: int) -> tuple
             sources.append(
                 ShuffledSource(PackedSequences(ds, runs, seq_length, name), _dataset_seed(cfg.seed, ds, stream))
             )
-        streams.append(BlendedSource(sources, weights, seed=[cfg.seed, stream], names=names))
+        streams.append(
+            BlendedSource(
+                sources,
+                weights,
+                seed=[cfg.seed, stream],
+                names=names,
+                keys=[ds.fingerprint for ds in datasets],
+                tokenizer=datasets[0].tokenizer_sha256,
+                eos_id=datasets[0].eos_id,
+            )
+        )
     return streams[0], streams[1]
 
 

@@ -4,13 +4,21 @@ Contract (``SampleSource``): ``sample(i)`` returns the ``i``-th sample of the *g
 as an int64 array of ``seq_length + 1`` token ids (inputs are ``[:-1]``, labels ``[1:]``). The
 stream depends only on the source's seed and ``i``, never on the process's rank or on how many
 samples were read before; this is what makes resume (also under a different DP size) exact.
+A source of tokenized documents may say its end-of-document id as ``eos_id`` (``data.reset_at_eos``
+needs it).
+
+``PositionedSource``: a training source whose stream also depends on a ``DataPosition`` (the blend
+of prepared datasets, ``training.data.blend``); trainers record its ``position`` in checkpoints and
+``enter`` the recorded one when they resume or continue a grown checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
+
+from training.data.position import DataPosition
 
 
 class SampleSource(Protocol):
@@ -20,13 +28,26 @@ class SampleSource(Protocol):
         ...
 
 
+@runtime_checkable
+class PositionedSource(Protocol):
+    seq_length: int
+    position: DataPosition
+
+    def sample(self, index: int) -> np.ndarray: ...
+
+    def enter(self, saved: Optional[DataPosition], consumed: int) -> DataPosition: ...
+
+
 class MockSource:
     """Seeded random tokens: sample ``i`` is drawn from a generator seeded by ``(seed, i)``.
 
     Tokens follow a fixed Zipf-like unigram distribution and each sample repeats its first
     quarter, so a model has something to learn (unigram statistics, then copying) and a loss that
-    decreases is a meaningful signal in tests. Used for tests and for runs without a corpus.
+    decreases is a meaningful signal in tests. Used for tests and for runs without a corpus. It has
+    no documents (``eos_id`` is None).
     """
+
+    eos_id = None
 
     def __init__(self, vocab_size: int, seq_length: int, seed: int):
         self.vocab_size = vocab_size

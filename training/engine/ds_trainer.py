@@ -146,7 +146,9 @@ class DeepSpeedTrainer(BaseTrainer):
         self.tconfig = transformer_config(
             cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
         )
-        (gpt,) = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
+        (gpt,) = build_model(
+            cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos
+        )
         module = Float16Module(self.tconfig, gpt) if self.bf16 else gpt
         self.entries = ds_checkpoint.param_entries(module)  # before ZeRO-3 partitions the parameters
         t = cfg.train
@@ -196,7 +198,7 @@ class DeepSpeedTrainer(BaseTrainer):
 
     # ---------------------------------------------------------------- steps
     def _micro_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        output = self.ds_engine(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+        output = self.ds_engine(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
         return token_mean_loss(batch["loss_mask"], output)
 
     def _global_mean(self, losses: list[torch.Tensor]) -> float:

@@ -53,7 +53,9 @@ class Trainer(BaseTrainer):
         self.tconfig = transformer_config(
             cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
         )
-        chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention)
+        chunks = build_model(
+            cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos
+        )
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]
         overlap_grad, overlap_param = cfg.parallel.overlap(self.layout.backend)
@@ -101,7 +103,7 @@ class Trainer(BaseTrainer):
 
     def _forward_step(self, data_iterator, model):
         batch = next(data_iterator)
-        output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
         return output, partial(self._loss_func, batch["loss_mask"])
 
     def _run_schedule(self, micro_batches, forward_only: bool) -> torch.Tensor:

@@ -13,7 +13,11 @@ here and in ``training.engine.loop``, so the engines cannot drift apart.
 Data: for optimizer step ``n`` the global batch is the samples ``consumed .. consumed +
 global_batch_size - 1`` of the train source; DP rank ``r`` takes the ``r``-th contiguous slice and
 splits it into micro-batches. The order depends only on the global index, so a resumed run (also
-with another DP size or engine) sees the same batches.
+with another DP size or engine) sees the same batches. A blend of datasets (``PositionedSource``)
+also depends on its ``DataPosition``: checkpoints record it (``data_position``) and a resumed or
+grown start enters it (``training.data.position``: a stage that changes the blend continues each
+dataset where it stopped). Under ``data.reset_at_eos`` each micro-batch carries per-document
+position ids and an attention mask (``training.engine.model.documents``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import torch
 
 from growth.masks import MaskState
 from training.config import RunConfig, run_config_to_dict
-from training.data.source import SampleSource
+from training.data.position import DataPosition
+from training.data.source import PositionedSource, SampleSource
+from training.errors import DataError
 from training.engine.loop import faults
 from training.engine.loop.checkpointer import Checkpointer
 from training.engine.loop.divergence import DivergenceError, DivergenceGuard, NonFiniteLossError
@@ -37,6 +43,7 @@ from training.engine.loop.meter import StepMeter
 from training.engine.loop.preemption import Preemption
 from training.engine.loop.step_result import StepResult
 from training.engine.metrics import MetricsSink
+from training.engine.model.documents import document_inputs
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, process_device, setup_layout
 
@@ -83,6 +90,8 @@ class BaseTrainer(ABC):
         self.num_microbatches = cfg.train.micro_batches(self.layout.dp)
         self.train_source = train_source
         self.valid_source = valid_source
+        #: the end-of-document id the micro-batches reset at (data.reset_at_eos), else None
+        self.eos_id = self._document_eos(cfg, train_source)
         self.output_dir = Path(output_dir or cfg.output_dir)
         self.step_count = 0
         self.consumed_samples = 0
@@ -129,6 +138,27 @@ class BaseTrainer(ABC):
         """Switch the model between training and evaluation mode (dropout)."""
 
     # ---------------------------------------------------------------- data
+    @staticmethod
+    def _document_eos(cfg: RunConfig, source: SampleSource) -> Optional[int]:
+        if not cfg.data.reset_at_eos:
+            return None
+        eos = getattr(source, "eos_id", None)
+        if eos is None:
+            raise DataError(
+                f"data.reset_at_eos: the training data ({type(source).__name__}) has no end-of-document id; "
+                "use kind default or prepared, or set data.reset_at_eos false"
+            )
+        return int(eos)
+
+    def _enter_data(self, meta: dict[str, Any]) -> None:
+        """Continue the data position recorded in ``meta`` at ``consumed_samples`` (a blend source;
+        a checkpoint without one read its blend from origin 0)."""
+        if isinstance(self.train_source, PositionedSource):
+            saved = meta.get("data_position")
+            self.train_source.enter(
+                None if saved is None else DataPosition.from_dict(saved), self.consumed_samples
+            )
+
     def _rank_batch(self, source: SampleSource, start: int) -> np.ndarray:
         gbs = self.cfg.train.global_batch_size
         per_rank = gbs // self.layout.dp
@@ -142,11 +172,16 @@ class BaseTrainer(ABC):
         for i in range(0, samples.shape[0], mbs):
             chunk = torch.from_numpy(samples[i : i + mbs]).to(device)
             tokens, labels = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+            if self.eos_id is None:
+                positions, mask = torch.arange(tokens.shape[1], device=device).expand_as(tokens), None
+            else:
+                positions, mask = document_inputs(tokens, self.eos_id)
             out.append(
                 {
                     "tokens": tokens,
                     "labels": labels,
-                    "position_ids": torch.arange(tokens.shape[1], device=device).expand_as(tokens),
+                    "position_ids": positions,
+                    "attention_mask": mask,
                     "loss_mask": torch.ones_like(labels, dtype=torch.float32),
                 }
             )
@@ -217,6 +252,11 @@ class BaseTrainer(ABC):
             "config": run_config_to_dict(self.cfg),
             "growth_masks": None if self.masks is None else self.masks.to_dict(),
             "divergence": self.guard.state_dict(),
+            **(
+                {"data_position": self.train_source.position.to_dict()}
+                if isinstance(self.train_source, PositionedSource)
+                else {}
+            ),
             **self._extra_meta,
         }
 
@@ -225,6 +265,7 @@ class BaseTrainer(ABC):
         resumed checkpoint."""
         self.step_count = int(meta["step"])
         self.consumed_samples = int(meta["consumed_samples"])
+        self._enter_data(meta)
         self.adam_step = int(meta.get("adam_step", self.step_count))
         self._restore_masks(meta.get("growth_masks"))
         self.guard.load_state_dict(meta.get("divergence"))
@@ -238,10 +279,12 @@ class BaseTrainer(ABC):
         return bool(carry)
 
     def _continue_growth(self, meta: dict[str, Any]) -> None:
-        """A grown checkpoint continues the data stream of the run it came from, masks included."""
+        """A grown checkpoint continues the data stream of the run it came from (its position entered
+        with this trainer's blend), masks included."""
         growth = meta.get("growth")
         if growth:
             self.consumed_samples = int(meta.get("consumed_samples", 0))
+            self._enter_data(meta)
             self._restore_masks(growth.get("masks"))
 
     # ---------------------------------------------------------------- the loop

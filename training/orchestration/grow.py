@@ -3,7 +3,7 @@
 ``grow_checkpoint(src, dst, plan)`` (collective when a process group is initialized, e.g. the
 trainer's in a staged run; a plain process needs none) reads a checkpoint saved under any TP/PP/DP layout and writes a
 logical checkpoint at ``dst`` that loads under any layout with ``flm train --init-from`` (weights,
-Adam moments, Adam step, growth masks, consumed samples). A bf16 run's fp32 master weights
+Adam moments, Adam step, growth masks, consumed samples and data position). A bf16 run's fp32 master weights
 (``optimizer.state.fp32_param.*``) grow with the same operator as the weights, in fp32, so growth
 does not round them to bf16.
 
@@ -288,6 +288,7 @@ def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_v
             "config": to_dict(dataclasses.replace(run, model=g.new_cfg)),
             "step": 0,
             "consumed_samples": int(meta.get("consumed_samples", 0)),
+            **({"data_position": meta["data_position"]} if meta.get("data_position") else {}),
             "adam_step": int(meta.get("adam_step", meta.get("step", 0))),
             "growth": {
                 "plan": to_dict(plan),

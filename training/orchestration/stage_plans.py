@@ -40,6 +40,7 @@ from training.config import (
     TrainConfig,
     load_run_config,
 )
+from training.config.data import DataConfig
 from training.config.lr import peak_for
 from training.config_base import ConfigError, from_dict, join_key, to_dict
 from training.model_size import total_params
@@ -206,13 +207,17 @@ def build_run(cfg: RunConfig, source: Optional[str] = None) -> StagedRun:
 
 def _stage_config(run: RunConfig, index: int) -> tuple[RunConfig, ScheduleEntry]:
     """Stage ``index``'s single-stage config with the model of its section: the run's train section
-    with the stage's overrides and LR placement, steps from its token budget, its own output directory
+    with the stage's overrides and LR placement, steps from its token budget, the run's data section
+    with the stage's blend (``stages[i].data``), its own output directory
     ``<output_dir>/stage<index>-<name>`` and, when the run sets ``checkpoint.dir``, its own checkpoint
     root ``<checkpoint.dir>/stage<index>-<name>``."""
     stage = run.stages[index]
     where = f"stages[{index}]"
     train = from_dict(TrainConfig, dict(to_dict(run.train), **stage.train), join_key(where, "train"))
     train.steps = stage_steps(stage.tokens, train, stage.model)
+    data = run.data
+    if stage.data:  # the stage's blend over the run's data section (StageConfig.validate: only kind, datasets)
+        data = from_dict(DataConfig, dict(to_dict(run.data), **stage.data), join_key(where, "data"))
     entry: ScheduleEntry = "own"
     if run.lr_schedule.kind == "per_stage":
         if stage.growth is not None and stage.growth.lr_policy == "rewind":
@@ -246,6 +251,7 @@ def _stage_config(run: RunConfig, index: int) -> tuple[RunConfig, ScheduleEntry]
         model=stage.model,
         parallel=stage.parallel,
         train=train,
+        data=data,
         checkpoint=ckpt,
         stages=[],
         iq_eval=None,

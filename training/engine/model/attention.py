@@ -17,7 +17,8 @@ Inputs (megatron layout, after RoPE): query ``[s, b, heads_local, d]``, key/valu
   in one call of ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient
   kernels on GPU, the fused kernel on CPU) instead of megatron's baddbmm + softmax + bmm. Same
   math: scale ``1/sqrt(d)`` (megatron's query-key layer scaling only rescales inside its softmax), causal
-  mask, groups expanded to their heads as megatron does (GQA), attention dropout with probability
+  mask (or, when an ``attention_mask`` is given — ``data.reset_at_eos`` —, that mask, as megatron's
+  unfused softmax takes it), groups expanded to their heads as megatron does (GQA), attention dropout with probability
   ``attention_dropout`` only in training mode, drawn inside the model-parallel RNG tracker like
   megatron's. xPos and head masks are applied around it, identically for both paths.
 """
@@ -111,6 +112,9 @@ class FLMCoreAttention(DotProductAttention):
         packed_seq_params,
     ) -> Tensor:
         if not self.fused:
+            if attention_mask is not None and self.config.masked_softmax_fusion:
+                # megatron's fused causal softmax kernel would drop the mask
+                raise ValueError("a document attention mask (data.reset_at_eos) needs masked_softmax_fusion off")
             return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
         assert packed_seq_params is None and attention_bias is None, "not supported by the project's core attention"
         heads, groups = self.num_attention_heads_per_partition, self.num_query_groups_per_partition
@@ -124,8 +128,10 @@ class FLMCoreAttention(DotProductAttention):
         # [s, b, n, d] -> [b, n, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
-        causal = mask_type == AttnMaskType.causal
-        mask = None if causal or attention_mask is None else ~attention_mask  # megatron: True = masked out
+        # a given mask is the whole mask (data.reset_at_eos: causal within each document), as in
+        # megatron's unfused softmax; megatron: True = masked out, SDPA: True = attends
+        causal = mask_type == AttnMaskType.causal and attention_mask is None
+        mask = None if attention_mask is None else ~attention_mask
         p = self.attention_dropout.p if self.training else 0.0
         # megatron divides softmax_scale by the layer number under query-key layer scaling and
         # multiplies it back inside its softmax: the net scale is the plain one

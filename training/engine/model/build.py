@@ -2,8 +2,9 @@
 
 ``transformer_config`` maps our ``ModelConfig`` onto megatron's ``TransformerConfig``;
 ``build_model`` returns the list of model chunks of this rank (one per virtual pipeline stage),
-each a megatron ``GPTModel`` with the project spec. Two behaviours megatron's ``GPTModel`` lacks are
-added with forward hooks, so its forward stays untouched:
+each a megatron ``GPTModel`` with the project spec. Behaviours megatron's ``GPTModel`` lacks are
+added with forward hooks, so its forward stays untouched (under ``data.reset_at_eos`` also its rotary
+embedding reading the batch's position ids, ``documents.read_position_ids``):
 - embedding output x ``input_multiplier`` (muP) x growth hidden mask;
 - logits x ``output_multiplier`` (x ``1 / m`` under μP: ``ModelConfig.readout_multiplier``), and
   padded vocabulary rows (``vocab_size`` .. ``padded_vocab_size``) pushed to the dtype's minimum so
@@ -37,6 +38,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from training.config import ModelConfig, ParallelConfig
+from training.engine.model.documents import read_position_ids
 from training.engine.model.spec import block_spec
 from training.engine.parallel import process_device
 
@@ -142,6 +144,7 @@ def build_model_chunk(
     post_process: bool,
     vp_stage: Optional[int] = None,
     attention: str = "fused",
+    documents: bool = False,
 ) -> GPTModel:
     tp = config.tensor_model_parallel_size
     padded = model.padded_vocab_size(tp)
@@ -162,6 +165,8 @@ def build_model_chunk(
         rotary_base=model.rotary_base,
         vp_stage=vp_stage,
     )
+    if documents:  # data.reset_at_eos: RoPE at the batch's (per-document) position ids
+        read_position_ids(gpt)
     if pre_process:
         gpt.embedding.input_multiplier = model.input_multiplier
         gpt.embedding.hidden_mask = None
@@ -219,10 +224,13 @@ def build_model(
     *,
     device: Optional[torch.device | str] = None,
     attention: str = "fused",
+    documents: bool = False,
 ) -> list[GPTModel]:
     """Model chunks of this rank (one per virtual pipeline stage) on ``device`` (default: the
     process's device). Needs parallel_state initialised. ``attention``: ``fused`` (torch's
-    ``scaled_dot_product_attention``) or ``unfused`` (megatron's ``DotProductAttention``)."""
+    ``scaled_dot_product_attention``) or ``unfused`` (megatron's ``DotProductAttention``);
+    ``documents``: the chunks read per-document position ids (``data.reset_at_eos``,
+    ``training.engine.model.documents``; the attention mask comes with each batch)."""
     vpp = config.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp or 1):
@@ -235,6 +243,7 @@ def build_model(
                 post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
                 vp_stage=stage,
                 attention=attention,
+                documents=documents,
             )
         )
     return place_model(chunks, process_device() if device is None else device)
