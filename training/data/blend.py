@@ -85,7 +85,9 @@ class BlendedSource:
         self.keys = list(keys or names)
         if len(set(self.keys)) != len(self.keys):
             twice = sorted({k for k in self.keys if self.keys.count(k) > 1})
-            raise DataError(f"the blend lists the same dataset twice ({', '.join(twice)}); list it once with the summed weight")
+            raise DataError(
+                f"the blend lists the same dataset twice ({', '.join(twice)}); list it once with the summed weight"
+            )
         self.spec = spec_of(self.keys, self.counts, chunk, self.seed)
         self.tokenizer = tokenizer
         self.eos_id = eos_id

@@ -146,9 +146,7 @@ class DeepSpeedTrainer(BaseTrainer):
         self.tconfig = transformer_config(
             cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
         )
-        (gpt,) = build_model(
-            cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos
-        )
+        (gpt,) = build_model(cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos)
         module = Float16Module(self.tconfig, gpt) if self.bf16 else gpt
         self.entries = ds_checkpoint.param_entries(module)  # before ZeRO-3 partitions the parameters
         t = cfg.train

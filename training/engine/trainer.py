@@ -53,9 +53,7 @@ class Trainer(BaseTrainer):
         self.tconfig = transformer_config(
             cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
         )
-        chunks = build_model(
-            cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos
-        )
+        chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos)
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]
         overlap_grad, overlap_param = cfg.parallel.overlap(self.layout.backend)

@@ -35,7 +35,6 @@ from growth.masks import MaskState
 from training.config import RunConfig, run_config_to_dict
 from training.data.position import DataPosition
 from training.data.source import PositionedSource, SampleSource
-from training.errors import DataError
 from training.engine.loop import faults
 from training.engine.loop.checkpointer import Checkpointer
 from training.engine.loop.divergence import DivergenceError, DivergenceGuard, NonFiniteLossError
@@ -46,6 +45,7 @@ from training.engine.metrics import MetricsSink
 from training.engine.model.documents import document_inputs
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, process_device, setup_layout
+from training.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,7 @@ class BaseTrainer(ABC):
         a checkpoint without one read its blend from origin 0)."""
         if isinstance(self.train_source, PositionedSource):
             saved = meta.get("data_position")
-            self.train_source.enter(
-                None if saved is None else DataPosition.from_dict(saved), self.consumed_samples
-            )
+            self.train_source.enter(None if saved is None else DataPosition.from_dict(saved), self.consumed_samples)
 
     def _rank_batch(self, source: SampleSource, start: int) -> np.ndarray:
         gbs = self.cfg.train.global_batch_size

@@ -40,6 +40,9 @@ def test_prepared_round_trip():
         ({"seed": -1}, "data.seed"),
         ({"workers": 0}, "data.workers"),
         ({"tokenizer": 5}, "data.tokenizer"),
+        # honoured or refused: datasets are read only by kind prepared; mock data has no documents
+        ({"kind": "default", "datasets": [{"path": "a"}]}, "data.datasets"),
+        ({"reset_at_eos": True}, "data.reset_at_eos"),
     ],
 )
 def test_bad_values_name_the_key(data, key):

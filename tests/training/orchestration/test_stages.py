@@ -107,6 +107,11 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
         ("lr_schedule={kind: per_stage, rewarmup_steps: 5}", "lr_schedule.rewarmup_steps", "run-level"),
         ("stages.1.start_lr=1.0e-3", "stages[1].start_lr", "both set"),
         ("stages.0.start_lr=1.0e-3", "stages[0].start_lr", "first stage"),
+        # a stage's data is its blend; the order seed, split, tokenizer, document resets are the run's
+        ("stages.1.data={seed: 4}", "stages[1].data.seed", "one for the whole run"),
+        ("stages.1.data={reset_at_eos: true}", "stages[1].data.reset_at_eos", "one for the whole run"),
+        ("stages.1.data={datasets: [{path: a}]}", "stages[1].data", "not mock"),
+        ("stages.1.data={kind: mock}", "stages[1].data.kind", "kind default or prepared"),
     ],
 )
 def test_invalid_stage_lists_name_the_key(tmp_path, override, key, hint):
@@ -187,3 +192,17 @@ def test_dryrun_command_writes_the_report(tmp_path):
     assert {r["stage"] for r in records} == {0, 1}
     again = flm("dryrun", "--config", str(run), "--skip-iq", "stages.1.tokens=1024")  # re-run: resumes, report again
     assert "is complete" in again.stderr
+
+
+def test_a_stage_trains_on_its_own_blend_over_the_runs_data_section(tmp_path):
+    run = load_run(
+        write_run(tmp_path, "x"),
+        [
+            "data={kind: default, seed: 9, validation_fraction: 0.02}",
+            "stages.1.data={kind: prepared, datasets: [{path: a, weight: 3}, {path: b}]}",
+        ],
+    )
+    first, second = (s.config.data for s in run.stages)
+    assert (first.kind, first.datasets) == ("default", [])
+    assert second.kind == "prepared" and [(d.path, d.weight) for d in second.datasets] == [("a", 3.0), ("b", 1.0)]
+    assert (second.seed, second.validation_fraction) == (9, 0.02)  # the rest is the run's

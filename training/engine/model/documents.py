@@ -68,6 +68,8 @@ def read_position_ids(gpt: torch.nn.Module) -> None:
     it is called with. Refused with megatron's fused RoPE, whose kernel takes one position table for
     the whole batch."""
     if gpt.config.apply_rope_fusion:
-        raise ValueError("data.reset_at_eos reads per-document positions: it needs the unfused RoPE (apply_rope_fusion)")
+        raise ValueError(
+            "data.reset_at_eos reads per-document positions: it needs the unfused RoPE (apply_rope_fusion)"
+        )
     gpt.rotary_pos_emb = DocumentRotary(gpt.rotary_pos_emb)
     gpt.register_forward_pre_hook(_keep_position_ids, with_kwargs=True)
