@@ -1,7 +1,7 @@
 """Where the post-growth loss jump comes from: one small stage, then the transition repeated with one
 factor changed at a time, each measured over the ramp + 50 steps after growing.
 
-    python bench/growth_jump.py [--variants base,lr_restart,...] [--out runs/bench-growth-jump]
+    python bench/growth_jump.py [--variants base,lr_restart,...] [--out runs/bench-growth-jump] [--corpus pinned]
 
 Setup: ``growth_vs_scratch.py --size large`` (2 x 96 -> 4 x 192 Llama-style, its pinned corpus, 4096
 tokens/step, growth after 35% of the 4.35e13-FLOPs budget, ``lr_schedule: global``). The small stage
@@ -120,6 +120,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-growth-jump"))
+    ap.add_argument(
+        "--corpus",
+        choices=["pinned", "large", "small"],
+        default="pinned",
+        help="data.default_corpus of the runs (default pinned: the same corpus on every machine)",
+    )
     args = ap.parse_args()
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -128,7 +134,9 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # the small stage of an earlier invocation is reused: it must have trained on this corpus
-    corpus = corpus_id.prepare(SIZES["large"].data, SIZES["large"].large["vocab_size"])
+    size = SIZES["large"]
+    size.data = dict(size.data, default_corpus=args.corpus)
+    corpus = corpus_id.prepare(size.data, size.large["vocab_size"])
     print(corpus_id.describe(corpus), flush=True)
     corpus_id.claim(out, corpus)
 

@@ -2,9 +2,9 @@
 and (b) grown from a small model, side by side, over seeds, LR schedules and growth points.
 
     python bench/growth_vs_scratch.py                      # --size small: the toy budget (4.3e12 FLOPs)
-    python bench/growth_vs_scratch.py --size large         # 10x: Llama-style, large corpus, 2 seeds
+    python bench/growth_vs_scratch.py --size large         # 10x: Llama-style, 2 seeds
         [--seeds 1,2] [--schedules global,equivalent_step,per_stage] [--fractions 0.35,0.25]
-        [--ramp-steps N] [--jobs 2] [--full-grid] [--keep] [--out runs/bench-growth-large]
+        [--ramp-steps N] [--jobs 2] [--full-grid] [--keep] [--out runs/bench-growth-large] [--corpus pinned]
 
 Sizes:
 - small: 2 x 64 -> 4 x 128 (LayerNorm, GELU, tied), 2048 tokens/step, 4.3e12 FLOPs per run.
