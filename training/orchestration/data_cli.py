@@ -136,8 +136,8 @@ def cmd_default_corpus(args: argparse.Namespace) -> int:
     m = result.manifest
     state = "written" if result.written else "up to date (nothing to do)"
     print(
-        f"default corpus {result.corpus_file}: {state}; selection={args.selection} documents={m['documents']} "
-        f"bytes={m['bytes']} python={m['python']} fingerprint={m['fingerprint']}"
+        f"default corpus {result.corpus_file}: {state}; documents={m['documents']} bytes={m['bytes']} "
+        f"python={m['python']} selection={args.selection} fingerprint={m['fingerprint']}"
     )
     return 0
 
