@@ -1,9 +1,9 @@
 """Where the post-growth loss jump comes from: one small stage, then the transition repeated with one
 factor changed at a time, each measured over the ramp + 50 steps after growing.
 
-    python bench/growth_jump.py [--variants base,lr_restart,...] [--out runs/bench-growth-jump]
+    python bench/growth_jump.py [--variants base,lr_restart,...] [--out runs/bench-growth-jump] [--corpus pinned]
 
-Setup: ``growth_vs_scratch.py --size large`` (2 x 96 -> 4 x 192 Llama-style, large corpus, 4096
+Setup: ``growth_vs_scratch.py --size large`` (2 x 96 -> 4 x 192 Llama-style, its pinned corpus, 4096
 tokens/step, growth after 35% of the 4.35e13-FLOPs budget, ``lr_schedule: global``). The small stage
 is trained once; every variant grows its final checkpoint (``flm train RUN --stage 1`` on a copy of
 the run directory) and trains the final shape with validation every 10 steps until ramp + 50 steps.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from growth_vs_scratch import REPO, SIZES, run_config, stages_for  # noqa: E402
+from growth_vs_scratch import REPO, SIZES, corpus_id, run_config, stages_for  # noqa: E402
 
 VARIANTS = {
     "base": ({}, {}),
@@ -120,6 +120,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-growth-jump"))
+    ap.add_argument(
+        "--corpus",
+        choices=["pinned", "large", "small"],
+        default="pinned",
+        help="data.default_corpus of the runs (default pinned: the same corpus on every machine)",
+    )
     args = ap.parse_args()
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -127,6 +133,12 @@ def main() -> int:
         ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # the small stage of an earlier invocation is reused: it must have trained on this corpus
+    size = SIZES["large"]
+    size.data = dict(size.data, default_corpus=args.corpus)
+    corpus = corpus_id.prepare(size.data, size.large["vocab_size"])
+    print(corpus_id.describe(corpus), flush=True)
+    corpus_id.claim(out, corpus)
 
     import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 
@@ -174,8 +186,11 @@ def main() -> int:
         )
         shutil.rmtree(run_dir / "stage1-large" / "grown", ignore_errors=True)  # keep metrics, drop weights
         shutil.rmtree(run_dir / "stage1-large" / "checkpoints", ignore_errors=True)
-    (out / "jump.json").write_text(json.dumps({"pre_growth_val_loss": before, "rows": rows}, indent=2))
-    print(f"\npre-growth validation loss {before:.4f} (small stage, {FRACTION:.0%} of the FLOPs)")
+    (out / "jump.json").write_text(
+        json.dumps({"corpus": corpus, "pre_growth_val_loss": before, "rows": rows}, indent=2)
+    )
+    print(f"\n{corpus_id.describe(corpus)}")
+    print(f"pre-growth validation loss {before:.4f} (small stage, {FRACTION:.0%} of the FLOPs)")
     print("| variant | ramp | jump (nats) | jump (% of pre-growth) | worst at step | loss at ramp + 50 |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -2,16 +2,22 @@
 and (b) grown from a small model, side by side, over seeds, LR schedules and growth points.
 
     python bench/growth_vs_scratch.py                      # --size small: the toy budget (4.3e12 FLOPs)
-    python bench/growth_vs_scratch.py --size large         # 10x: Llama-style, large corpus, 2 seeds
+    python bench/growth_vs_scratch.py --size large         # 10x: Llama-style, 2 seeds
         [--seeds 1,2] [--schedules global,equivalent_step,per_stage] [--fractions 0.35,0.25]
-        [--ramp-steps N] [--jobs 2] [--full-grid] [--keep] [--out runs/bench-growth-large]
+        [--ramp-steps N] [--jobs 2] [--full-grid] [--keep] [--out runs/bench-growth-large] [--corpus pinned]
 
 Sizes:
-- small: 2 x 64 -> 4 x 128 (LayerNorm, GELU, tied), 2048 tokens/step, the embedded default corpus
-  (0.95M tokens; repeated), 4.3e12 FLOPs per run.
+- small: 2 x 64 -> 4 x 128 (LayerNorm, GELU, tied), 2048 tokens/step, 4.3e12 FLOPs per run.
 - large: 2 x 96 -> 4 x 192 (RMSNorm, SwiGLU, RoPE, untied, no bias), 4096 tokens/step, 4.35e13
-  FLOPs per run (10x), the large default corpus (``data.default_corpus: large``, ~22M tokens at a
-  2048 vocabulary: no run repeats a token), validation on 16k tokens every 50 steps.
+  FLOPs per run (10x), validation on 16k tokens every 50 steps.
+
+Corpus (``--corpus``, default ``pinned``): ``data.default_corpus: pinned``, the text of the package
+archives pinned in ``constraints/bench-corpus.txt`` (fetched by pip into ``data.sources_dir`` when
+absent; docs/data.md), the same on every machine: no run repeats a token. The bench builds it (and
+its tokenizer and shards) before the runs, prints its fingerprint, writes it to ``<out>/corpus.json``
+and ``results.json``, and refuses to add runs to an ``--out`` (``--keep``) whose runs used another
+corpus (``bench/corpus_id.py``). ``--corpus large`` / ``small`` are the installation-dependent
+selections of earlier results.
 
 Runs: from scratch once per seed; grown with the recommended (first) schedule and growth point at
 every seed, and with the first seed each other schedule at the first growth point and each other
@@ -51,6 +57,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench import corpus_id  # noqa: E402
 
 
 @dataclass
@@ -98,7 +106,7 @@ SIZES = {
             "eval_interval": 10,
             "eval_batches": 4,
         },
-        data={"kind": "default", "seed": 1234},
+        data={"kind": "default", "default_corpus": "pinned", "seed": 1234},
         scratch_steps=300,
         seeds=[1234],
         fractions=[0.6],
@@ -141,7 +149,7 @@ SIZES = {
             "eval_interval": 50,
             "eval_batches": 4,
         },
-        data={"kind": "default", "default_corpus": "large", "seed": 1234},
+        data={"kind": "default", "default_corpus": "pinned", "seed": 1234},
         scratch_steps=750,
         seeds=[1234, 5678],
         fractions=[0.35, 0.25],
@@ -468,6 +476,12 @@ def main() -> int:
     ap.add_argument("--scratch-steps", type=int, help="length of the scratch run (sets the FLOPs budget)")
     ap.add_argument("--out", help="output directory (default runs/bench-growth-<size>)")
     ap.add_argument(
+        "--corpus",
+        choices=["pinned", "large", "small"],
+        default="pinned",
+        help="data.default_corpus of every run (default pinned: the same corpus on every machine)",
+    )
+    ap.add_argument(
         "--keep",
         action="store_true",
         help="keep --out and skip runs already complete there (several invocations build one report)",
@@ -493,6 +507,10 @@ def main() -> int:
     if out.exists() and not args.keep:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    size.data = dict(size.data, default_corpus=args.corpus)
+    corpus = corpus_id.prepare(size.data, size.large["vocab_size"])
+    print(corpus_id.describe(corpus), flush=True)
+    corpus_id.claim(out, corpus)
 
     import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from training.config import ModelConfig
@@ -548,7 +566,9 @@ def main() -> int:
             if results:
                 rows.append({"schedule": schedule, "fraction": fraction, "results": results})
 
-    (out / "results.json").write_text(json.dumps({"size": args.size, "rows": rows, "wall_s": wall}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps({"size": args.size, "corpus": corpus, "rows": rows, "wall_s": wall}, indent=2)
+    )
     print(
         f"size {args.size}: small {size.small} -> final {size.large}; {tps} tokens/step; "
         f"scratch {size.scratch_steps} steps = {scratch_flops:.3g} FLOPs; ramp {ramp}; seeds {seeds}"
@@ -569,6 +589,7 @@ def main() -> int:
             f"| {mean_spread([r['grown_final'] for r in res])} | {mean_spread([r['scratch_final'] for r in res])} "
             f"| {mean_spread([r['bump_pct'] for r in res])}% |"
         )
+    print(corpus_id.describe(corpus))
     print(
         f"total wall-clock {time.perf_counter() - started:.0f} s; per run: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())

@@ -7,6 +7,8 @@ Examples::
     data: {kind: default}                              # the embedded default corpus (no network);
                                                        # tokenizer trained to model.vocab_size
     data: {kind: default, default_corpus: large}       # ~60 MB of local sources and docs instead
+    data: {kind: default, default_corpus: pinned}      # ~60 MB from package archives pinned in
+                                                       # constraints/bench-corpus.txt (benchmarks)
     data:
       kind: prepared                                   # datasets written by `flm data prepare`
       seed: 1234
@@ -30,6 +32,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from training.config_base import ConfigError, join_key
+
+#: where the pinned corpus's source archives are cached unless ``data.sources_dir`` says otherwise
+DEFAULT_SOURCES_DIR = "~/.cache/flm/corpus-sources"
 
 
 @dataclass
@@ -64,10 +69,15 @@ class DataConfig:
     validation_fraction: float = 0.01
     #: kind=default: where the default corpus, its tokenizer and shards are built and cached
     default_dir: str = "~/.cache/flm/default-data"
-    #: kind=default: small (~3 MB: Python's docs and small stdlib modules; the dry run's data) or
+    #: kind=default: small (~3 MB: Python's docs and small stdlib modules; the dry run's data),
     #: large (~60 MB: plus all stdlib and installed packages' sources and docs, for runs that
-    #: must not repeat their data); cached under ``default_dir/large``
-    default_corpus: Literal["small", "large"] = "small"
+    #: must not repeat their data; depends on the installation), or pinned (~60 MB of docs and code
+    #: from the package archives pinned in constraints/bench-corpus.txt: the same corpus and
+    #: fingerprint on every machine; the benchmarks' corpus); cached under ``default_dir/<name>``
+    default_corpus: Literal["small", "large", "pinned"] = "small"
+    #: kind=default, default_corpus=pinned: cache of the pinned source archives (fetched by pip when
+    #: absent; a machine without a package index needs them copied here)
+    sources_dir: str = DEFAULT_SOURCES_DIR
     #: kind=default: tokenizer worker processes used when the cache is built
     workers: int = 2
     #: inside a packed window, tokens attend only to their own document (the window up to and including
@@ -109,3 +119,10 @@ class DataConfig:
             raise ConfigError(join_key(path, "default_dir"), "must be a directory path")
         if self.workers < 1:
             raise ConfigError(join_key(path, "workers"), "must be >= 1")
+        if not self.sources_dir:
+            raise ConfigError(join_key(path, "sources_dir"), "must be a directory path")
+        if self.sources_dir != DEFAULT_SOURCES_DIR and (self.kind, self.default_corpus) != ("default", "pinned"):
+            raise ConfigError(
+                join_key(path, "sources_dir"),
+                "is only used by kind: default with default_corpus: pinned; remove it or set those",
+            )

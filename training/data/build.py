@@ -6,8 +6,9 @@
   the datasets are blended by weight (``blend``). Both sources are pure functions of
   ``(data.seed, global index)``; the training source also of its ``DataPosition`` (a stage that
   changes the blend, ``training.data.position``). Each dataset is known by its fingerprint there.
-* ``kind: default`` -- ``prepare_default_data(data.default_dir, vocab_size)`` (cached, idempotent),
-  then as ``prepared`` with that one dataset.
+* ``kind: default`` -- ``prepare_default_data(default_data_dir(data), vocab_size)`` (cached,
+  idempotent; the pinned selection's archives fetched into ``data.sources_dir`` when absent), then
+  as ``prepared`` with that one dataset.
 
 The tokenizer's vocabulary must equal ``model.vocab_size`` (the model pads its embedding rows for
 tensor parallelism on its own; a Hugging Face tokenizer may have fewer ids than the model has
@@ -26,6 +27,7 @@ from training.config.data import DataConfig, DatasetConfig
 from training.data.blend import BlendedSource
 from training.data.default_corpus import write_default_corpus
 from training.data.ingest import CorpusSpec
+from training.data.pinned_corpus import DEFAULT_SOURCES_DIR
 from training.data.prepare import prepare_dataset
 from training.data.sampler import PackedSequences, ShuffledSource
 from training.data.sentencepiece_tokenizer import TokenizerSpec, model_path, train_tokenizer
@@ -76,6 +78,7 @@ def prepare_default_data(
     workers: int = 2,
     model_type: str = "bpe",
     selection: str = "small",
+    sources_dir: str | Path = DEFAULT_SOURCES_DIR,
 ) -> PreparedDataInfo:
     """Build the embedded default corpus, its tokenizer and its shards under ``out_dir``.
 
@@ -83,10 +86,11 @@ def prepare_default_data(
     ``prepared-<model_type>-v<vocab_size>/``. Idempotent: a second call with the same arguments
     on the same Python version does nothing and returns the same paths. ``seed`` only becomes the
     order seed of ``data_config()``; the tokenizer is trained on the whole corpus, so it needs none.
-    ``selection`` picks the default corpus's small or large selection.
+    ``selection`` picks the default corpus's small, large or pinned selection (the pinned one's
+    archives cached in ``sources_dir``).
     """
     out_dir = Path(out_dir).expanduser()
-    corpus = write_default_corpus(out_dir / "corpus", selection=selection)
+    corpus = write_default_corpus(out_dir / "corpus", selection=selection, sources_dir=sources_dir)
     spec = CorpusSpec(inputs=(str(corpus.corpus_file),))
     name = f"{model_type}-v{vocab_size}"
     # force=True: this directory is a cache derived from the corpus; a new Python version changes
@@ -108,7 +112,8 @@ def prepare_default_data(
 
 
 def default_data_dir(cfg: DataConfig) -> Path:
-    """Where ``kind: default`` data is cached: ``default_dir``, the large corpus in its ``large/``."""
+    """Where ``kind: default`` data is cached: ``default_dir``, the large and pinned corpora in its
+    ``large/`` and ``pinned/``."""
     root = Path(cfg.default_dir).expanduser()
     return root if cfg.default_corpus == "small" else root / cfg.default_corpus
 
@@ -116,7 +121,12 @@ def default_data_dir(cfg: DataConfig) -> Path:
 def _entries(cfg: DataConfig, vocab_size: int) -> tuple[list[DatasetConfig], str | None]:
     if cfg.kind == "default":
         info = prepare_default_data(
-            default_data_dir(cfg), vocab_size, cfg.seed, workers=cfg.workers, selection=cfg.default_corpus
+            default_data_dir(cfg),
+            vocab_size,
+            cfg.seed,
+            workers=cfg.workers,
+            selection=cfg.default_corpus,
+            sources_dir=cfg.sources_dir,
         )
         return [DatasetConfig(path=str(info.dataset_dir), weight=1.0)], str(info.tokenizer_dir)
     return list(cfg.datasets), cfg.tokenizer

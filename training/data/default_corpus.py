@@ -25,6 +25,11 @@ it as ``corpus.jsonl`` (objects ``{"text": ..., "source": ...}``) plus ``manifes
 Python version, the per-document sources and hashes, and a fingerprint (SHA-256 of
 ``corpus.jsonl``) so runs on the default corpus are comparable. Runs on different Python versions
 get different fingerprints, which is the honest answer: their corpora differ.
+
+The ``pinned`` selection (``data.default_corpus: pinned``, the benchmarks' corpus) depends on
+neither: the text of the package archives pinned by hash in ``constraints/bench-corpus.txt``,
+fetched by pip into a cache when absent (``training.data.pinned_corpus``). Its fingerprint also
+covers the pinned list, so it is the same on every machine; its manifest lists the pinned sources.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.data import pinned_corpus
 from training.data.fsutil import output_lock, read_json, staging_dir, write_json
 from training.errors import DataError
 
@@ -49,20 +55,28 @@ SELECTION_VERSION = 1
 LARGE_MAX_FILE_BYTES = 256 * 1024
 LARGE_BUDGET_CHARS = 60_000_000
 LARGE_SUFFIXES = (".py", ".md", ".rst", ".txt")
-SELECTIONS = ("small", "large")
+SELECTIONS = ("small", "large", "pinned")
 
 
 @dataclass
 class DefaultCorpus:
-    """The documents (``{"text", "source"}`` dicts, in corpus order) and their serialised form."""
+    """The documents (``{"text", "source"}`` dicts, in corpus order) and their serialised form.
+
+    ``fingerprint`` is the SHA-256 of ``header`` followed by ``corpus.jsonl``; the header is empty
+    (the hash of the file alone) except for the pinned selection, where it names the pinned sources.
+    """
 
     documents: list[dict[str, str]]
+    header: str = ""
+    #: the pinned selection's sources, in order
+    pinned: tuple[pinned_corpus.PinnedSource, ...] = ()
 
     def jsonl(self) -> bytes:
         return "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in self.documents).encode("utf-8")
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self.jsonl()).hexdigest()
+    def fingerprint(self, jsonl: bytes | None = None) -> str:
+        """``jsonl``: this corpus's ``jsonl()`` when the caller has it already."""
+        return hashlib.sha256(self.header.encode("utf-8") + (self.jsonl() if jsonl is None else jsonl)).hexdigest()
 
 
 def _topics() -> list[dict[str, str]]:
@@ -138,11 +152,19 @@ def _large_extra(taken: set[str], budget: int) -> list[dict[str, str]]:
     return documents
 
 
-def build_default_corpus(selection: str = "small") -> DefaultCorpus:
-    """Collect the default corpus (``selection``: small or large) from this interpreter; DataError
-    if it ships neither part."""
+def build_default_corpus(
+    selection: str = "small",
+    *,
+    sources_dir: str | Path = pinned_corpus.DEFAULT_SOURCES_DIR,
+    source_list: str | Path = pinned_corpus.SOURCE_LIST,
+) -> DefaultCorpus:
+    """Collect the default corpus (``selection``: small or large from this interpreter, DataError if
+    it ships neither part; pinned from ``source_list``'s archives, cached in ``sources_dir``)."""
     if selection not in SELECTIONS:
         raise DataError(f"unknown default corpus selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
+    if selection == "pinned":
+        sources, header, pinned_docs = pinned_corpus.pinned_documents(source_list, sources_dir)
+        return DefaultCorpus(pinned_docs, header, tuple(sources))
     documents = _topics() + _modules()
     if selection == "large":
         used = sum(len(d["text"]) for d in documents)
@@ -163,13 +185,32 @@ class DefaultCorpusResult:
     written: bool
 
 
-def write_default_corpus(out_dir: str | Path, *, force: bool = False, selection: str = "small") -> DefaultCorpusResult:
-    """Write the default corpus (``selection``) to ``out_dir`` (idempotent, atomic); see the module
-    docstring."""
+def write_default_corpus(
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    selection: str = "small",
+    sources_dir: str | Path = pinned_corpus.DEFAULT_SOURCES_DIR,
+    source_list: str | Path = pinned_corpus.SOURCE_LIST,
+) -> DefaultCorpusResult:
+    """Write the default corpus (``selection``; the pinned one's archives cached in ``sources_dir``)
+    to ``out_dir`` (idempotent, atomic); see the module docstring."""
     out_dir = Path(out_dir)
-    corpus = build_default_corpus(selection)
+    if selection == "pinned":
+        # the header (format, filter, pinned archives) determines the text: an up-to-date corpus is
+        # reused without fetching or reading the archives (every stage of every run asks)
+        expected = pinned_corpus.header(pinned_corpus.read_source_list(source_list))
+        with output_lock(out_dir):
+            existing = read_json(out_dir / MANIFEST_FILE)
+            if (
+                existing is not None
+                and (existing.get("selection") or {}).get("header") == expected
+                and (out_dir / CORPUS_FILE).is_file()
+            ):
+                return DefaultCorpusResult(out_dir / CORPUS_FILE, existing, False)
+    corpus = build_default_corpus(selection, sources_dir=sources_dir, source_list=source_list)
     data = corpus.jsonl()
-    fingerprint = hashlib.sha256(data).hexdigest()
+    fingerprint = corpus.fingerprint(data)
     with output_lock(out_dir):
         existing = read_json(out_dir / MANIFEST_FILE)
         if existing is not None and existing.get("fingerprint") == fingerprint and (out_dir / CORPUS_FILE).is_file():
@@ -187,14 +228,35 @@ def write_default_corpus(out_dir: str | Path, *, force: bool = False, selection:
             "bytes": len(data),
             "selection": {
                 "name": selection,
-                "max_module_bytes": MAX_MODULE_BYTES,
-                "code_budget_chars": CODE_BUDGET_CHARS,
+                **(
+                    {"max_module_bytes": MAX_MODULE_BYTES, "code_budget_chars": CODE_BUDGET_CHARS}
+                    if selection != "pinned"
+                    else {}
+                ),
                 **(
                     {"large_max_file_bytes": LARGE_MAX_FILE_BYTES, "large_budget_chars": LARGE_BUDGET_CHARS}
                     if selection == "large"
                     else {}
                 ),
+                **(
+                    {
+                        "suffixes": list(pinned_corpus.SUFFIXES),
+                        "max_file_bytes": pinned_corpus.MAX_FILE_BYTES,
+                        "header": corpus.header,
+                    }
+                    if selection == "pinned"
+                    else {}
+                ),
             },
+            "pinned_sources": [
+                {
+                    "spec": p.spec,
+                    "sha256": p.sha256,
+                    "documents": sum(1 for d in corpus.documents if d["source"].startswith(p.spec + ":")),
+                    "chars": sum(len(d["text"]) for d in corpus.documents if d["source"].startswith(p.spec + ":")),
+                }
+                for p in corpus.pinned
+            ],
             "sources": [
                 {
                     "source": d["source"],

@@ -276,7 +276,9 @@ def _from_meta(ckpt: Path, meta: dict[str, Any], seen: set[Path]) -> Optional[tu
         return _load(
             path,
             f"the default-corpus tokenizer of {ckpt}'s run (build it with `flm data default-corpus "
-            f"--out {path.parent} --vocab-size {vocab} --selection {data_cfg.default_corpus}`)",
+            f"--out {path.parent} --vocab-size {vocab} --selection {data_cfg.default_corpus}"
+            + (f" --sources {data_cfg.sources_dir}" if data_cfg.default_corpus == "pinned" else "")
+            + "`)",
         ), f"{path} (default corpus)"
     source = (meta.get("growth") or {}).get("source")
     if source:

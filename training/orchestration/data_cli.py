@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from training.config import load_run_config
+from training.config.data import DEFAULT_SOURCES_DIR
 from training.data.sentencepiece_tokenizer import TokenizerSpec
 from training.data.shards import DEFAULT_SHARD_TOKENS
 from training.errors import DataError
@@ -120,7 +121,9 @@ def cmd_default_corpus(args: argparse.Namespace) -> int:
         from training.data.build import prepare_default_data  # startup time: loaded when a data command runs
 
         _quiet_datasets()
-        info = prepare_default_data(args.out, args.vocab_size, workers=args.workers, selection=args.selection)
+        info = prepare_default_data(
+            args.out, args.vocab_size, workers=args.workers, selection=args.selection, sources_dir=args.sources
+        )
         state = "prepared" if info.prepared else "up to date (nothing to do)"
         print(
             f"default data {args.out}: {state}; corpus={info.corpus_dir} tokenizer={info.tokenizer_dir} "
@@ -129,12 +132,12 @@ def cmd_default_corpus(args: argparse.Namespace) -> int:
         return 0
     from training.data.default_corpus import write_default_corpus  # startup time: loaded when a data command runs
 
-    result = write_default_corpus(args.out, force=args.force, selection=args.selection)
+    result = write_default_corpus(args.out, force=args.force, selection=args.selection, sources_dir=args.sources)
     m = result.manifest
     state = "written" if result.written else "up to date (nothing to do)"
     print(
         f"default corpus {result.corpus_file}: {state}; documents={m['documents']} bytes={m['bytes']} "
-        f"python={m['python']} fingerprint={m['fingerprint']}"
+        f"python={m['python']} selection={args.selection} fingerprint={m['fingerprint']}"
     )
     return 0
 
@@ -180,7 +183,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="replace a different dataset in --out")
     prep.set_defaults(func=cmd_prepare)
 
-    default = sub.add_parser("default-corpus", help="write the embedded default corpus (no network needed)")
+    default = sub.add_parser(
+        "default-corpus",
+        help="write the default corpus: embedded (small, large: no network needed) or pinned (package archives)",
+    )
     default.add_argument("--out", required=True, type=Path, help="directory to write")
     default.add_argument(
         "--vocab-size", type=int, help="also train a tokenizer of this size and prepare shards (layout: docs/data.md)"
@@ -189,9 +195,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     default.add_argument("--force", action="store_true", help="replace other files in --out")
     default.add_argument(
         "--selection",
-        choices=["small", "large"],
+        choices=["small", "large", "pinned"],
         default="small",
-        help="small: ~3 MB (the dry run's); large: ~60 MB of local sources and docs (docs/data.md)",
+        help="small: ~3 MB (the dry run's); large: ~60 MB of local sources and docs; pinned: ~60 MB from the "
+        "package archives pinned in constraints/bench-corpus.txt, the same on every machine (docs/data.md)",
+    )
+    default.add_argument(
+        "--sources",
+        default=DEFAULT_SOURCES_DIR,
+        help=f"pinned: cache of the source archives, fetched by pip when absent (default {DEFAULT_SOURCES_DIR})",
     )
     default.set_defaults(func=cmd_default_corpus)
     return data
