@@ -88,15 +88,23 @@ def random_state(
 
 
 def write_checkpoint(
-    path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], data: Optional[dict[str, Any]] = None, **meta: Any
+    path: Path,
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    data: Optional[dict[str, Any]] = None,
+    output_dir: Optional[Path] = None,
+    **meta: Any,
 ) -> Path:
-    """A logical checkpoint of ``state`` whose run config has model ``cfg`` (and data section ``data``)."""
+    """A logical checkpoint of ``state`` whose run config has model ``cfg`` (and data section ``data``,
+    ``output_dir``)."""
     from training.checkpoint.logical import write_logical
     from training.config_base import from_dict
 
     run = to_dict(RunConfig(model=cfg))
     if data is not None:
         run["data"] = data
+    if output_dir is not None:
+        run["output_dir"] = str(output_dir)
     from_dict(RunConfig, run)  # validate
     return write_logical(path, state, {"config": run, "step": 0, "consumed_samples": 0, "adam_step": 0, **meta})
 
