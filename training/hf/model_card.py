@@ -96,7 +96,7 @@ def model_card(
         datasets=hub or None,
     )
     body = [
-        *_title(history, export, src),
+        *_title(history, meta, export, src),
         *_usage(name, remote_code, export),
         *_architecture(export, hf_config, _stored_params(out_dir)),
         *_tokenizer(export.get("tokenizer")),
@@ -109,7 +109,7 @@ def model_card(
 
 
 # ---------------------------------------------------------------- sections
-def _title(h: RunHistory, export: dict[str, Any], src: Path) -> list[str]:
+def _title(h: RunHistory, meta: dict[str, Any], export: dict[str, Any], src: Path) -> list[str]:
     stage = f"stage {h.last.index} `{h.last.name}`, " if h.staged else ""
     lines = [
         f"# {h.name or Path(src).name}",
@@ -123,6 +123,13 @@ def _title(h: RunHistory, export: dict[str, Any], src: Path) -> list[str]:
             f" It was grown in {len(h.stages)} stages: each stage started from the previous stage's final "
             "model, grown in width or depth by the operators below."
         )
+    imported = meta.get("hf_import")
+    if imported:
+        lines += [
+            "",
+            f"This checkpoint was written by `flm import-hf` from the Hugging Face model `{imported.get('source')}`: "
+            "its weights were not trained by flm-grow.",
+        ]
     if not h.found:
         lines += [
             "",
@@ -240,7 +247,10 @@ def _checks(s: StageHistory) -> str:
     verify = s.growth.get("verify")
     ref = s.reference_check
     if verify is not None:
-        kept = "preserved" if (ref or {}).get("preserved", True) else "NOT preserved"
+        # without growth.json (a checkpoint of `flm grow`): an exact plan's grown checkpoint exists only
+        # if the check passed (grow_checkpoint refuses to write it otherwise)
+        preserved = ref.get("preserved") if ref is not None else bool(s.growth.get("exact"))
+        kept = "preserved" if preserved else "NOT preserved"
         parts.append(
             f"float64 reference: {kept}, max abs Δlogit {verify['max_abs_dlogit']:.1e}, abs Δloss {verify['abs_dloss']:.1e}"
         )
