@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a round-trip check found different logits (a bug), 2 a 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from training.hf.errors import HFInteropError
@@ -69,6 +70,14 @@ def register(subparsers) -> None:
         help="load the result with transformers and compare its logits with the project model's on "
         "random tokens; prints max |dlogit| and fails if they differ",
     )
+    e.add_argument(
+        "--license",
+        default=None,
+        type=_license_id,
+        metavar="ID",
+        help="license of the model, a Hugging Face Hub identifier (apache-2.0, mit, other, ...), stated in "
+        "the model card README.md (default: not stated)",
+    )
     e.set_defaults(func=_run_export)
 
     i = subparsers.add_parser(
@@ -117,6 +126,16 @@ def register(subparsers) -> None:
     c.set_defaults(func=_run_compare)
 
 
+def _license_id(value: str) -> str:
+    """A Hub license identifier: lowercase letters, digits, ``.``, ``+``, ``-`` (``apache-2.0``)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a Hugging Face Hub license identifier (lowercase, e.g. apache-2.0, mit, "
+            "cc-by-4.0, other; https://huggingface.co/docs/hub/repositories-licenses)"
+        )
+    return value
+
+
 def _quiet() -> None:
     import transformers  # startup time: loaded when a command runs, not for `flm --help`
 
@@ -137,6 +156,7 @@ def _run_export(args) -> int:
         max_shard_size=args.max_shard_size,
         check=args.check,
         architecture=args.architecture,
+        license=args.license,
     )
     print(report.summary())
     return 0

@@ -12,7 +12,8 @@ muP multipliers (:mod:`training.hf.fold`), and writes into ``out``:
 - the tokenizer (:mod:`training.hf.tokenizer`): a sentencepiece one converted (``tokenizer.json``,
   ``tokenizer_config.json``, ``tokenizer.model``), a Hugging Face one as its original files;
 - ``flm_export.json``: source checkpoint, step, model config, architecture, what was folded, the
-  tokenizer's SHA-256, and the round-trip check when one was run.
+  tokenizer's SHA-256, and the round-trip check when one was run;
+- ``README.md``: the model card (:mod:`training.hf.model_card`).
 
 Contracts: ``out`` must not exist and nothing is left there on failure (files are written to a
 hidden staging directory and renamed); a checkpoint whose MSG growth masks are still ramping is
@@ -43,6 +44,7 @@ from training.hf.compare import DTYPES, Comparison, checkpoint_masks, compare, l
 from training.hf.errors import HFInteropError, RoundTripMismatch
 from training.hf.flm_arch import copy_code
 from training.hf.fold import export_state
+from training.hf.model_card import write_model_card
 from training.hf.safetensors_io import parse_size, write_shards
 from training.hf.tokenizer import checkpoint_tokenizer, save_hf_tokenizer
 
@@ -95,6 +97,7 @@ def export_checkpoint(
     max_shard_size: str = "2GB",
     check: bool = False,
     architecture: str = "auto",
+    license: Optional[str] = None,
 ) -> ExportReport:
     """Export ``ckpt`` to the transformers directory ``out`` (see the module docstring).
 
@@ -103,6 +106,7 @@ def export_checkpoint(
     ``dtype``: ``auto`` (the checkpoint's) or float32/float64/bfloat16/float16. ``architecture``:
     ``auto`` (a standard transformers architecture when one computes the variant, else the project's
     own FLM code), ``standard`` or ``flm`` (:func:`training.hf.architectures.select_architecture`).
+    ``license``: the Hub license identifier the model card states (none when None).
     Raises HFInteropError (or CheckpointError for a path that is not a checkpoint).
     """
 
@@ -173,6 +177,7 @@ def export_checkpoint(
             "check": None if comparison is None else comparison.to_dict(),
         }
         (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+        write_model_card(staging, src, meta, record, name=out.name, license=license)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

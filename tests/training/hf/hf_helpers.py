@@ -55,6 +55,26 @@ def variant(name: str, **extra: Any) -> ModelConfig:
     return dataclasses.replace(BASE, **{**VARIANTS[name], **extra})
 
 
+#: (base variant, changes, --architecture): xPos (FLM-101B: LayerNorm + GELU + bias), the
+#: LayerNorm + GELU + bias variant forced to FLM code, and variants no standard architecture computes
+FLM_VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "xpos-neox-gqa-tied-bias": ("neox-gqa-tied-bias", dict(position_embedding="xpos", xpos_scale_base=16.0), "auto"),
+    "xpos-llama-untied-kvchannels": (
+        "llama-gqa-untied",
+        dict(position_embedding="xpos", xpos_scale_base=8.0, kv_channels=12),
+        "auto",
+    ),
+    "neox-untied-bias-as-flm": ("neox-untied-nobias", dict(bias=True), "flm"),
+    "rmsnorm-gelu-tied": ("llama-tied-bias-kvchannels", dict(activation="gelu"), "auto"),
+    "layernorm-swiglu-bias": ("stablelm-gqa-untied", dict(bias=True), "auto"),
+}
+
+
+def flm_variant(name: str, **extra: Any) -> ModelConfig:
+    base, changes, _ = FLM_VARIANTS[name]
+    return variant(base, **{**changes, **extra})
+
+
 def random_state(
     cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32, tp: int = 1
 ) -> dict[str, torch.Tensor]:
@@ -68,15 +88,23 @@ def random_state(
 
 
 def write_checkpoint(
-    path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], data: Optional[dict[str, Any]] = None, **meta: Any
+    path: Path,
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    data: Optional[dict[str, Any]] = None,
+    output_dir: Optional[Path] = None,
+    **meta: Any,
 ) -> Path:
-    """A logical checkpoint of ``state`` whose run config has model ``cfg`` (and data section ``data``)."""
+    """A logical checkpoint of ``state`` whose run config has model ``cfg`` (and data section ``data``,
+    ``output_dir``)."""
     from training.checkpoint.logical import write_logical
     from training.config_base import from_dict
 
     run = to_dict(RunConfig(model=cfg))
     if data is not None:
         run["data"] = data
+    if output_dir is not None:
+        run["output_dir"] = str(output_dir)
     from_dict(RunConfig, run)  # validate
     return write_logical(path, state, {"config": run, "step": 0, "consumed_samples": 0, "adam_step": 0, **meta})
 

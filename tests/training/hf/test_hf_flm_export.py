@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from tests.training.hf.hf_helpers import random_state, variant, write_checkpoint
+from tests.training.hf.hf_helpers import FLM_VARIANTS, flm_variant, random_state, write_checkpoint
 from training.hf.compare import compare, load_hf_model, project_logits, random_tokens
 from training.hf.errors import HFInteropError
 from training.hf.export import export_checkpoint
@@ -20,28 +20,9 @@ from training.hf.remote import DIR as CODE_DIR
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
-#: (base variant, changes, --architecture): xPos (FLM-101B: LayerNorm + GELU + bias), the
-#: LayerNorm + GELU + bias variant forced to FLM code, and variants no standard architecture computes
-FLM_VARIANTS = {
-    "xpos-neox-gqa-tied-bias": ("neox-gqa-tied-bias", dict(position_embedding="xpos", xpos_scale_base=16.0), "auto"),
-    "xpos-llama-untied-kvchannels": (
-        "llama-gqa-untied",
-        dict(position_embedding="xpos", xpos_scale_base=8.0, kv_channels=12),
-        "auto",
-    ),
-    "neox-untied-bias-as-flm": ("neox-untied-nobias", dict(bias=True), "flm"),
-    "rmsnorm-gelu-tied": ("llama-tied-bias-kvchannels", dict(activation="gelu"), "auto"),
-    "layernorm-swiglu-bias": ("stablelm-gqa-untied", dict(bias=True), "auto"),
-}
-
-
-def _cfg(name):
-    base, changes, _ = FLM_VARIANTS[name]
-    return variant(base, **changes)
-
 
 def _export(tmp_path, name, dtype=torch.float32, seed=0, **kwargs):
-    cfg = _cfg(name)
+    cfg = flm_variant(name)
     state = random_state(cfg, seed=seed, dtype=dtype)
     ckpt = write_checkpoint(tmp_path / "ckpt", cfg, state)
     report = export_checkpoint(ckpt, tmp_path / "hf", no_tokenizer=True, architecture=FLM_VARIANTS[name][2], **kwargs)
@@ -123,7 +104,7 @@ def test_generation_with_kv_cache_equals_project_greedy_decoding(tmp_path):
 def test_foreign_code_is_not_run_and_cli_check(tmp_path, capsys):
     from training.cli import main
 
-    cfg = _cfg("xpos-neox-gqa-tied-bias")
+    cfg = flm_variant("xpos-neox-gqa-tied-bias")
     ckpt = write_checkpoint(tmp_path / "ckpt", cfg, random_state(cfg, 4))
     assert main(["export-hf", str(ckpt), str(tmp_path / "hf"), "--no-tokenizer", "--check"]) == 0
     out = capsys.readouterr().out

@@ -165,6 +165,9 @@ def test_imported_checkpoint_trains_and_grows_exactly(imported, llama_dir, tmp_p
     assert max_rel_error(original, project_logits(cfg, state, tokens)) <= 1e-5
     # ... and exported back (tied embeddings, output_multiplier 0.5 folded into the final norm)
     export_checkpoint(tmp_path / "grown", tmp_path / "grown-hf")  # tokenizer: the grown model's source's
+    card = (tmp_path / "grown-hf" / "README.md").read_text()  # the model card: the growth `flm grow` recorded
+    assert "grown: hidden 32 → 64 (clone); ffn 64 → 128 (zero); layers 2 → 3 (zero)" in card
+    assert "float64 reference: preserved" in card and "engine check not recorded" in card
     grown_hf = load_hf_model(tmp_path / "grown-hf", torch.float32)
     assert grown_hf.config.hidden_size == 64 and grown_hf.config.head_dim == 8
     with torch.no_grad():

@@ -62,6 +62,9 @@ def test_import_keeps_tokenizer_json_and_export_writes_it_back(bpe_llama, bpe_di
     assert (config.eos_token_id, config.pad_token_id) == (kept.eos_id, kept.pad_id)
     record = json.loads((tmp_path / "hf" / "flm_export.json").read_text())["tokenizer"]
     assert record["sha256"] == kept.sha256 and record["limitation"] is None
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert f"written by `flm import-hf` from the Hugging Face model `{bpe_llama.resolve()}`" in card
+    assert f"| kind | hf |\n| vocabulary | {kept.vocab_size} |\n| SHA-256 | `{kept.sha256}` |" in card
 
 
 def test_iq_backend_encodes_with_the_kept_tokenizer(bpe_llama, tmp_path):

@@ -64,26 +64,46 @@ def _rotate_half(t: torch.Tensor) -> torch.Tensor:
 
 
 class FLMPositions:
-    """RoPE cos/sin and xPos factors ``[b, s, 1, d]`` for ``position_ids [b, s]`` (float64, then cast)."""
+    """RoPE cos/sin and xPos factors ``[b, s, 1, d]`` for ``position_ids [b, s]`` (float64, then cast).
+
+    Built once per forward; the tables are computed on the device of the queries that use them, once
+    per device (memoized), so a model whose blocks accelerate's ``device_map`` spreads over several
+    devices gets each block's tables on that block's device: the dispatch hooks move the tensors and
+    modules of a call, not this object. Not module buffers: ``from_pretrained`` (transformers 5)
+    materializes non-persistent buffers uninitialized, and ``model.to(dtype)`` would cast float64
+    angles to bfloat16.
+    """
 
     def __init__(self, config: FLMConfig, position_ids: torch.Tensor, dtype: torch.dtype):
-        d = config.head_dim
-        pos = position_ids.to(torch.float64)[..., None]
-        inv_freq = float(config.rope_theta) ** (-torch.arange(0, d, 2, dtype=torch.float64, device=pos.device) / d)
+        self.config, self.position_ids, self.dtype = config, position_ids, dtype
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = {}
+
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(cos, sin, xpos or None)`` on ``device``."""
+        if device not in self._tables:
+            self._tables[device] = self._compute(device)
+        return self._tables[device]
+
+    def _compute(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        config, d = self.config, self.config.head_dim
+        pos = self.position_ids.to(device=device, dtype=torch.float64)[..., None]
+        inv_freq = float(config.rope_theta) ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
         angle = pos * inv_freq
         angle = torch.cat([angle, angle], dim=-1)[:, :, None, :]
-        self.cos, self.sin = angle.cos().to(dtype), angle.sin().to(dtype)
-        self.xpos = None
+        cos, sin = angle.cos().to(self.dtype), angle.sin().to(self.dtype)
+        xpos = None
         if config.position_embedding == "xpos":
-            zeta = (2 * torch.arange(d // 2, dtype=torch.float64, device=pos.device) / d + 0.4) / 1.4
+            zeta = (2 * torch.arange(d // 2, dtype=torch.float64, device=device) / d + 0.4) / 1.4
             scale = zeta ** ((pos - config.xpos_offset) / config.xpos_scale_base)
-            self.xpos = torch.cat([scale, scale], dim=-1)[:, :, None, :].to(dtype)
+            xpos = torch.cat([scale, scale], dim=-1)[:, :, None, :].to(self.dtype)
+        return cos, sin, xpos
 
     def apply(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = q * self.cos + _rotate_half(q) * self.sin
-        k = k * self.cos + _rotate_half(k) * self.sin
-        if self.xpos is not None:
-            q, k = q * self.xpos, k / self.xpos
+        cos, sin, xpos = self.tables(q.device)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if xpos is not None:
+            q, k = q * xpos, k / xpos
         return q, k
 
 
