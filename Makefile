@@ -33,13 +33,15 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 # ends with the wall time since make started (lint and tests; the venv too when this make created it):
-# the CI budget is 20 minutes on 2 cores (issue 26)
+# the CI budget is 20 minutes on 2 cores (issue 26). The tests run on TEST_WORKERS pytest-xdist workers,
+# each test file on one worker, files with slow tests first (tests/conftest.py); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: lint
-	@$(PY) -m pytest -q --durations=25; rc=$$?; \
+	@$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25; rc=$$?; \
 	echo "make test: $$(( $$(date +%s) - $(MAKE_START) )) s wall, pytest exit $$rc"; exit $$rc
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The GPU check (bench/gpu_check.py, docs/benchmarks.md): `make gpu-wheels` where a package registry
 # is reachable (pip download of the Python 3.12 wheels the GPU machine lacks into .gpu-wheels/),

@@ -6,6 +6,7 @@ is trained once, on first request. They are read-only: copy one before resuming 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before any test module imports megatron)
 from tests.helpers import LAYOUTS, SHARED_DATA, TINY, TINY_FLAGS, flm
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core (`make test`): a second intra-op thread per worker only oversubscribes the cores
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -70,3 +75,36 @@ def layout_run(tmp_path_factory, tiny_trained):
         return done[name]
 
     return get
+
+
+#: test files that share the session fixtures above (``layout_run``, ``tiny_trained``): one xdist worker runs
+#: them all, so the runs are trained once
+_SHARED_RUN_FILES = ("tests/training/engine/test_layouts.py", "tests/training/engine/test_resume.py")
+
+
+def _scope(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "shared-runs" if path in _SHARED_RUN_FILES else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``pytest -n 2 --dist loadfile`` (``make test``): each file runs on one worker, so its module
+    fixtures are built once, and the files that share trained session runs run on one worker together.
+    (xdist's own ``loadgroup`` marks do not group under pytest 9, whose node ids xdist cannot rewrite.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # an optional plugin: imported only when it schedules
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return FileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first (a stable sort): under xdist the longest work is handed out first,
+    so neither worker is left with a long file at the end while the other idles."""
+    slow = {_scope(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: _scope(item.nodeid) not in slow)
