@@ -115,7 +115,9 @@ def open_trackers(logging: LoggingConfig, *, run_dir: Path, name: str, config: d
     opened: dict[str, Tracker] = {}
     try:
         if logging.wandb is not None:
-            opened["wandb"] = WandbTracker(logging.wandb, run_dir=run_dir, name=name, config=config, run_id=ids.get("wandb"))
+            opened["wandb"] = WandbTracker(
+                logging.wandb, run_dir=run_dir, name=name, config=config, run_id=ids.get("wandb")
+            )
         if logging.mlflow is not None:
             opened["mlflow"] = MLflowTracker(
                 logging.mlflow, run_dir=run_dir, name=name, config=config, run_id=ids.get("mlflow")
@@ -148,9 +150,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 class WandbTracker(Tracker):
     """Weights & Biases: one W&B run, files under ``<run_dir>/wandb/``."""
 
-    def __init__(
-        self, cfg: WandbConfig, *, run_dir: Path, name: str, config: dict[str, Any], run_id: Optional[str]
-    ):
+    def __init__(self, cfg: WandbConfig, *, run_dir: Path, name: str, config: dict[str, Any], run_id: Optional[str]):
         import wandb  # optional heavy dependency (the flm-grow[wandb] extra), loaded where logging.wandb is set
 
         kwargs: dict[str, Any] = {}
@@ -198,9 +198,7 @@ class MLflowTracker(Tracker):
     of MLflow (the numeric ``skipped`` / ``consecutive_skips`` say the same); events are also kept
     whole as artifacts ``events/<name>-<tokens>.json``."""
 
-    def __init__(
-        self, cfg: MLflowConfig, *, run_dir: Path, name: str, config: dict[str, Any], run_id: Optional[str]
-    ):
+    def __init__(self, cfg: MLflowConfig, *, run_dir: Path, name: str, config: dict[str, Any], run_id: Optional[str]):
         uri = cfg.tracking_uri or (run_dir / "mlruns").resolve().as_uri()
         if uri.startswith("file:"):
             # MLflow >= 3.x keeps the file store in maintenance mode and refuses it unless this is set;

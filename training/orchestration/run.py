@@ -82,4 +82,3 @@ def _train(stage: Stage, resume: Optional[str], init_from: Optional[str]) -> int
             tracker.close()
         teardown()
     return 0
-
