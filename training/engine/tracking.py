@@ -219,7 +219,10 @@ class MLflowTracker(Tracker):
             experiment.experiment_id if experiment is not None else self.client.create_experiment(cfg.experiment)
         )
         self.run_id = self.client.create_run(experiment_id, run_name=cfg.run_name or name).info.run_id
-        params = [self._param(key, json.dumps(value)) for key, value in flatten(config).items()]
+        params = [
+            self._param(key, value if isinstance(value, str) else json.dumps(value))
+            for key, value in flatten(config).items()
+        ]
         for i in range(0, len(params), _MLFLOW_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[i : i + _MLFLOW_PARAMS_PER_BATCH])
         self.client.log_dict(self.run_id, config, "config.json")

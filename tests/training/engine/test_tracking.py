@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ def wandb_records(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], 
 def mlflow_run(run_dir: Path):
     """The MLflow client of the file store under ``run_dir`` and its (only) run."""
     from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # as the tracker sets it in the training process
 
     client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
     (experiment,) = [e for e in client.search_experiments() if e.name == "flm-grow"]
