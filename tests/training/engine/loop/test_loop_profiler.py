@@ -4,6 +4,7 @@ refused naming the field."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -79,3 +80,24 @@ def test_bad_profile_settings_name_the_field(override, key, message):
         load_run_config(TINY, ["train.steps=20", override])
     assert err.value.key == key
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_tb_profiler") is None,
+    reason="TensorBoard's profiler plugin is not installed (pip install 'flm-grow[profile]')",
+)
+def test_tensorboards_profiler_plugin_reads_the_trace(tmp_path):
+    """The plugin's own parser (what ``tensorboard --logdir <output_dir>/profile`` runs) finds the
+    worker, the window's steps and its views in the trace."""
+    from torch_tb_profiler import consts
+    from torch_tb_profiler.profiler.data import RunProfileData
+    from torch_tb_profiler.profiler.run_generator import RunGenerator
+
+    _train(StepProfiler(ProfileConfig(start_step=2, steps=2, ranks=[0]), tmp_path, rank=0, world_size=1), 4)
+    (trace,) = (tmp_path / PROFILE_DIR).glob("*.pt.trace.json")
+    match = consts.WORKER_PATTERN.match(trace.name)
+    assert match is not None and match.group(1) == "rank0"
+    data = RunProfileData.parse("rank0", 1, str(trace), str(tmp_path / "cache"))
+    assert list(data.steps_names) == ["2", "3"]
+    views = [view.display_name for view in RunGenerator("rank0", 1, data).generate_run_profile().views]
+    assert {"Overview", "Operator", "Trace"} <= set(views)
