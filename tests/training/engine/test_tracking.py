@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
 from tests.helpers import TINY
+from tests.trackers import mlflow_history, mlflow_run, profiled_steps, wandb_records
 from training.config import LoggingConfig, MLflowConfig, WandbConfig, load_run_config
 from training.data.source import MockSource
 from training.engine import tracking
@@ -34,69 +32,6 @@ RECORDS = [
 CONFIG = {"name": "t", "train": {"lr": 1e-3, "steps": 2}, "stages": [{"tokens": 10}, {"tokens": 20}]}
 
 
-# ---------------------------------------------------------------- reading what the trackers wrote
-def wandb_records(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """The history rows, the config and the run ids of the offline W&B runs under ``run_dir``, from
-    their ``.wandb`` transaction logs (LevelDB log format: 7-byte file header, 32 KiB blocks of
-    chunks with a 7-byte header each; every record a ``wandb_internal_pb2.Record``)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    rows: list[dict[str, Any]] = []
-    config: dict[str, Any] = {}
-    ids = []
-    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        raw, pos, chunk, payloads = path.read_bytes(), 7, b"", []
-        while pos + 7 <= len(raw):
-            left = 32768 - pos % 32768
-            if left < 7:
-                pos += left
-                continue
-            _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
-            if length == 0 and kind == 0:  # block padding
-                pos += left
-                continue
-            chunk += raw[pos + 7 : pos + 7 + length]
-            pos += 7 + length
-            if kind in (1, 4):  # FULL, LAST
-                payloads.append(chunk)
-                chunk = b""
-        for data in payloads:
-            record = pb.Record()
-            record.ParseFromString(data)
-            which = record.WhichOneof("record_type")
-            if which == "history":
-                row = {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item
-                }
-                rows.append({k: v for k, v in row.items() if not k.startswith("_")})
-            elif which == "run":
-                ids.append(record.run.run_id)
-                config.update(
-                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.run.config.update}
-                )
-            elif which == "config":
-                config.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.config.update})
-    config.pop("_wandb", None)
-    return rows, {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in config.items()}, ids
-
-
-def mlflow_run(run_dir: Path):
-    """The MLflow client of the file store under ``run_dir`` and its (only) run."""
-    from mlflow.tracking import MlflowClient
-
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # as the tracker sets it in the training process
-
-    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
-    (experiment,) = [e for e in client.search_experiments() if e.name == "flm-grow"]
-    (run,) = client.search_runs([experiment.experiment_id])
-    return client, run
-
-
-def mlflow_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
-# ---------------------------------------------------------------- tests
 def test_a_missing_package_is_refused_naming_the_extra(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
@@ -191,6 +126,4 @@ def test_fit_gives_the_trackers_what_metrics_jsonl_gets_and_profiles_its_window(
     for key in ("loss", "val_loss", "grad_norm", "tokens_per_s"):
         expected = [(r["tokens"], r[key]) for r in jsonl if key in r]
         assert mlflow_history(client, run.info.run_id, key) == expected
-    from tests.training.engine.loop.test_loop_profiler import profiled_steps
-
     assert profiled_steps(tmp_path / PROFILE_DIR) == [[2, 3]]

@@ -11,8 +11,7 @@ import pytest
 
 from bench.staged_run import write_staged_run
 from tests.helpers import flm, read_metrics
-from tests.training.engine.loop.test_loop_profiler import profiled_steps
-from tests.training.engine.test_tracking import mlflow_history, mlflow_run, wandb_records
+from tests.trackers import mlflow_history, mlflow_run, profiled_steps, wandb_records
 from training.config import run_config_to_dict
 from training.engine.tracking import TRACKING_FILE
 from training.orchestration.stage_plans import load_run

@@ -5,26 +5,15 @@ refused naming the field."""
 from __future__ import annotations
 
 import importlib.util
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers import TINY
+from tests.trackers import profiled_steps
 from training.config import ProfileConfig, load_run_config
 from training.config_base import ConfigError
 from training.engine.loop.profiler import PROFILE_DIR, StepProfiler
-
-
-def profiled_steps(trace_dir: Path) -> list[list[int]]:
-    """The ``ProfilerStep#N`` markers of every trace file in ``trace_dir`` (one list per file)."""
-    out = []
-    for path in sorted(trace_dir.glob("*.pt.trace.json")):
-        events = json.loads(path.read_text())["traceEvents"]
-        names = {e["name"] for e in events if str(e.get("name", "")).startswith("ProfilerStep#")}
-        out.append(sorted(int(n.split("#")[1]) for n in names))
-    return out
 
 
 def _train(profiler: StepProfiler, steps: int) -> None:
