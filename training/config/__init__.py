@@ -39,6 +39,7 @@ from training.config.run import (
     TrainConfig,
 )
 from training.config.stages import StageConfig, StageGrowthConfig
+from training.config.telemetry import MLflowConfig, ProfileConfig, WandbConfig
 
 __all__ = [
     "CONFIGS_DIR",
@@ -56,15 +57,18 @@ __all__ = [
     "IQEvalConfig",
     "LRScheduleConfig",
     "LoggingConfig",
+    "MLflowConfig",
     "ModelConfig",
     "MuPConfig",
     "Operators",
     "ParallelConfig",
+    "ProfileConfig",
     "RampOptions",
     "RunConfig",
     "StageConfig",
     "StageGrowthConfig",
     "TrainConfig",
+    "WandbConfig",
     "WidthOperator",
     "check_deepspeed_layout",
     "load_run_config",

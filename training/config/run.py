@@ -10,6 +10,7 @@ from training.config.data import DataConfig
 from training.config.layout import ParallelConfig, check_deepspeed_layout
 from training.config.model import ModelConfig
 from training.config.stages import StageConfig
+from training.config.telemetry import LoggingConfig
 from training.config_base import ConfigError, join_key
 
 #: why growth refuses TE/Apex FusedAdam (``train.optimizer_impl: fused``)
@@ -136,14 +137,6 @@ class DeepSpeedConfig:
     def validate(self, path: str) -> None:
         if type(self.zero_stage) is not int:  # Literal accepts True == 1 and 2.0 == 2
             raise ConfigError(join_key(path, "zero_stage"), f"got {self.zero_stage!r}; allowed values: 1, 2, 3")
-
-
-@dataclass
-class LoggingConfig:
-    tensorboard: bool = True
-    progress_bar: bool = True
-    #: peak TFLOP/s of one device for MFU; null = known GPUs are detected, CPUs report no MFU
-    peak_tflops: Optional[float] = None
 
 
 @dataclass
@@ -323,6 +316,8 @@ class RunConfig:
                     "run-level schedule (use lr_schedule.rewarmup_steps for a re-warmup), so remove it or set "
                     "lr_schedule.kind=per_stage",
                 )
+        if self.logging.profile is not None and not self.stages:  # a staged run's stages check their own steps
+            self.logging.profile.check_steps(join_key(path, "logging.profile"), self.train.steps)
         m, p = self.model, self.parallel
         if self.engine == "deepspeed" and self.train.optimizer_impl != "torch":
             raise ConfigError(

@@ -48,15 +48,18 @@ from training import checkpoint
 from training.config import RunConfig
 from training.data.source import SampleSource
 from training.engine import ds_checkpoint
+from training.engine.fusions import decide
 from training.engine.megatron_checkpoint import restore_rng
 from training.engine.model.build import build_model, transformer_config
 from training.engine.optim import (
     build_scheduler,
+    client_adamw,
     init_torch_adam_state,
     optimizer_config,
     param_group_overrides,
     set_torch_adam_step,
 )
+from training.engine.parallel import process_device
 from training.engine.trainer_base import BaseTrainer, StepResult, token_mean_loss
 
 log = logging.getLogger(__name__)
@@ -143,20 +146,28 @@ class DeepSpeedTrainer(BaseTrainer):
         if self.layout.tp != 1 or self.layout.pp != 1:
             raise ValueError("the DeepSpeed engine needs parallel.tp = parallel.pp = 1 (checked at config load)")
         deepspeed = import_deepspeed()
+        self.fusions = decide(
+            cfg.model,
+            cfg.train,
+            engine=self.engine,
+            device=process_device(),
+            offload_optimizer=cfg.deepspeed.offload_optimizer,
+        )
+        if self.layout.rank == 0:
+            log.info("%s", self.fusions.summary())
         self.tconfig = transformer_config(
-            cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
+            cfg.model,
+            cfg.parallel,
+            bf16=self.bf16,
+            gloo=self.layout.backend == "gloo",
+            recompute=cfg.train.recompute,
+            fusions=self.fusions,
         )
         (gpt,) = build_model(cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos)
         module = Float16Module(self.tconfig, gpt) if self.bf16 else gpt
         self.entries = ds_checkpoint.param_entries(module)  # before ZeRO-3 partitions the parameters
         t = cfg.train
-        client = torch.optim.AdamW(
-            param_groups(module, cfg),
-            lr=t.lr,
-            betas=(t.adam_beta1, t.adam_beta2),
-            eps=t.adam_eps,
-            weight_decay=t.weight_decay,
-        )
+        client = client_adamw(param_groups(module, cfg), t, fused=self.fusions.adamw)
         if cfg.deepspeed.zero_stage == 3 and cfg.model.tie_embeddings:
             # the output layer reads the embedding weight outside the embedding's forward: ZeRO-3
             # must gather it for the whole model forward

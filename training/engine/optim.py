@@ -134,6 +134,29 @@ def init_adam_state(optimizer) -> None:
         init_torch_adam_state(opt)
 
 
+def client_adamw(groups: list[dict], train: TrainConfig, *, fused: bool) -> torch.optim.AdamW:
+    """The DeepSpeed engine's client optimizer: torch's AdamW over ``groups`` with ``train``'s
+    hyperparameters; ``fused``: torch's fused kernel (``training.engine.fusions.decide``), else
+    torch's default implementation."""
+    return torch.optim.AdamW(
+        groups,
+        lr=train.lr,
+        betas=(train.adam_beta1, train.adam_beta2),
+        eps=train.adam_eps,
+        weight_decay=train.weight_decay,
+        fused=True if fused else None,
+    )
+
+
+def _adam_step(opt: torch.optim.Optimizer, param: torch.Tensor, value: float) -> torch.Tensor:
+    """A parameter's Adam ``step`` where ``opt``'s implementation keeps it: torch's fused AdamW on
+    the parameter's device in float32 (as its own state and ``load_state_dict`` place it), the
+    others a CPU scalar."""
+    if opt.defaults.get("fused"):
+        return torch.tensor(value, dtype=torch.float32, device=param.device)
+    return torch.tensor(value)
+
+
 def init_torch_adam_state(opt: torch.optim.Optimizer, params=None) -> None:
     """``init_adam_state`` for one torch optimizer (also the AdamW inside DeepSpeed's ZeRO optimizers);
     ``params`` default to the optimizer's parameter groups."""
@@ -142,7 +165,7 @@ def init_torch_adam_state(opt: torch.optim.Optimizer, params=None) -> None:
     for p in params:
         if p not in opt.state or not opt.state[p]:
             opt.state[p] = {
-                "step": torch.tensor(0.0),
+                "step": _adam_step(opt, p, 0.0),
                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
             }
@@ -151,9 +174,9 @@ def init_torch_adam_state(opt: torch.optim.Optimizer, params=None) -> None:
 def set_torch_adam_step(opt: torch.optim.Optimizer, step: int) -> None:
     """Adam's step (bias correction) of every parameter of ``opt``; each gets its own tensor
     (torch increments it in place per parameter)."""
-    for state in opt.state.values():
+    for param, state in opt.state.items():
         if "step" in state:
-            state["step"] = torch.tensor(float(step))
+            state["step"] = _adam_step(opt, param, float(step))
 
 
 class EnteredScheduler(OptimizerParamScheduler):

@@ -9,6 +9,7 @@ DeepSpeed engine in ``training.engine.trainer_base`` and ``training.engine.loop`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -25,10 +26,13 @@ from training import checkpoint
 from training.config import RunConfig
 from training.data.source import SampleSource
 from training.engine import megatron_checkpoint
+from training.engine.fusions import decide
 from training.engine.model.build import build_model, transformer_config
 from training.engine.optim import build_optimizer, build_scheduler, check_growth_can_carry
 from training.engine.parallel import process_device
 from training.engine.trainer_base import BaseTrainer, StepResult, token_mean_loss
+
+log = logging.getLogger(__name__)
 
 
 class Trainer(BaseTrainer):
@@ -50,8 +54,16 @@ class Trainer(BaseTrainer):
             output_dir=output_dir,
             checkpoint_meta=checkpoint_meta,
         )
+        self.fusions = decide(cfg.model, cfg.train, engine=self.engine, device=process_device())
+        if self.layout.rank == 0:
+            log.info("%s", self.fusions.summary())
         self.tconfig = transformer_config(
-            cfg.model, cfg.parallel, bf16=self.bf16, gloo=self.layout.backend == "gloo", recompute=cfg.train.recompute
+            cfg.model,
+            cfg.parallel,
+            bf16=self.bf16,
+            gloo=self.layout.backend == "gloo",
+            recompute=cfg.train.recompute,
+            fusions=self.fusions,
         )
         chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos)
         if self.bf16:

@@ -40,11 +40,13 @@ from training.engine.loop.checkpointer import Checkpointer
 from training.engine.loop.divergence import DivergenceError, DivergenceGuard, NonFiniteLossError
 from training.engine.loop.meter import StepMeter
 from training.engine.loop.preemption import Preemption
+from training.engine.loop.profiler import StepProfiler
 from training.engine.loop.step_result import StepResult
 from training.engine.metrics import MetricsSink
 from training.engine.model.documents import document_inputs
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, process_device, setup_layout
+from training.engine.tracking import Tracker
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,9 @@ class BaseTrainer(ABC):
         self.guard = DivergenceGuard(cfg.divergence, on_nan=cfg.train.on_nan, rank=self.layout.rank)
         self.checkpointer = Checkpointer(cfg.checkpoint, self.output_dir)
         self.preemption = Preemption()
+        self.profiler = StepProfiler(
+            cfg.logging.profile, self.output_dir, rank=self.layout.rank, world_size=self.layout.world_size
+        )
 
     # ---------------------------------------------------------------- engine interface
     @property
@@ -286,9 +291,12 @@ class BaseTrainer(ABC):
             self._restore_masks(growth.get("masks"))
 
     # ---------------------------------------------------------------- the loop
-    def fit(self, *, until_step: Optional[int] = None) -> list[StepResult]:
+    def fit(self, *, until_step: Optional[int] = None, tracker: Optional[Tracker] = None) -> list[StepResult]:
         """Train to ``until_step`` (default ``train.steps``): log, validate and checkpoint on the way.
+        ``tracker``: the job's experiment trackers (``training.engine.tracking``; opened and closed
+        by the caller, who keeps them across stages), given every logged record on global rank 0.
 
+        Around each step the profiler (``logging.profile``) starts, marks and ends its window.
         After each step, in this order (``training.engine.loop``): the divergence guard observes it;
         the meter builds its metrics record; validation when due (``eval_interval``, the last step);
         the record is logged when due (``log_interval``, validation, a skipped step); a diverged run
@@ -305,15 +313,18 @@ class BaseTrainer(ABC):
             progress_initial=self.step_count,
             resume_step=self.step_count,
         )
+        tracker = tracker if self.layout.rank == 0 else None
         results = []
         self.guard.new_run()
         previous_handlers = self.preemption.install()
         try:
             while self.step_count < until:
                 mask_value = self.mask_value
+                self.profiler.before_step(self.step_count + 1)
                 t0 = time.perf_counter()
                 result = self.step()
                 dt = time.perf_counter() - t0
+                self.profiler.after_step(result.step)
                 results.append(result)
                 reason = self.guard.observe(result)
                 record = self.meter.record(
@@ -327,6 +338,8 @@ class BaseTrainer(ABC):
                     record["val_loss"] = self.evaluate()
                 if result.step % tcfg.log_interval == 0 or "val_loss" in record or reason:
                     sink.log(record)
+                    if tracker is not None:
+                        tracker.log(record)
                 if self.guard.diverged():
                     self._roll_back(result.step)
                     continue
@@ -338,6 +351,7 @@ class BaseTrainer(ABC):
             self.checkpointer.save_if_missing(self.step_count, self.save)
         finally:
             self.preemption.restore(previous_handlers)
+            self.profiler.close()
             sink.close()
         return results
 

@@ -9,9 +9,11 @@ from typing import Optional
 
 from training.checkpoint.lock import lock_if_rank0, refuse_used
 from training.data.build import run_sources
+from training.engine import tracking
 from training.engine.factory import make_trainer
 from training.engine.parallel import teardown
 from training.errors import UsageError
+from training.orchestration.job_tracker import open_job_tracker
 from training.orchestration.stage_plans import Stage, StagedRun, load_train_args
 from training.orchestration.stages import run_stages
 from training.orchestration.start import How, start
@@ -25,6 +27,7 @@ def train_from_cli(args, preflight: Optional[Callable[[StagedRun], None]] = None
     run = load_train_args(args)
     if preflight is not None:
         preflight(run)
+    tracking.check_available(run.config.logging)  # every rank, before anything starts
     if run.staged:
         if args.resume not in (None, "latest"):
             raise UsageError("--resume: a staged run resumes from its own output_dir; use --resume without a path")
@@ -55,7 +58,9 @@ def _train(stage: Stage, resume: Optional[str], init_from: Optional[str]) -> int
     train_src, valid_src = run_sources(cfg)
     trainer = make_trainer(cfg, train_source=train_src, valid_source=valid_src)
     rank0 = trainer.layout.rank == 0
+    tracker = None
     try:
+        tracker = open_job_tracker(cfg, Path(cfg.output_dir))
         how = How(
             resume=None if resume is None else stage.checkpoint_root if resume == "latest" else Path(resume),
             resume_required=resume not in (None, "latest"),
@@ -64,7 +69,7 @@ def _train(stage: Stage, resume: Optional[str], init_from: Optional[str]) -> int
         started = start(trainer, how)
         if rank0:
             log.info("%s", started.message)
-        trainer.fit()
+        trainer.fit(tracker=tracker)
         if rank0:
             log.info(
                 "done at step %d; metrics in %s, checkpoints in %s",
@@ -73,5 +78,7 @@ def _train(stage: Stage, resume: Optional[str], init_from: Optional[str]) -> int
                 trainer.checkpoint_root(),
             )
     finally:
+        if tracker is not None:
+            tracker.close()
         teardown()
     return 0

@@ -34,6 +34,7 @@ from training.errors import FLMError
 from training.model_size import flops_per_token, total_params
 from training.orchestration import equivalent_step, transition
 from training.orchestration.grow import grow_checkpoint
+from training.orchestration.job_tracker import open_job_tracker
 from training.orchestration.stage_plans import Stage, StagedRun
 from training.orchestration.start import How, start
 
@@ -93,8 +94,11 @@ def _run_stages(run: StagedRun, resume: bool, only_stage: Optional[int], init_fr
     if rank0 and run.config.iq_eval is not None:
         _record_iq_eval(run)
     indices = list(range(len(run.stages))) if only_stage is None else [only_stage]
+    tracker = None
     try:
         run.check_layouts(dist.get_world_size(), indices)
+        # one tracker run for the whole run (every stage, and every job of a run trained stage by stage)
+        tracker = open_job_tracker(run.config, run.output_dir)
         for i in indices:
             stage = _agreed_stage(run, i)
             cfg = stage.config
@@ -124,8 +128,10 @@ def _run_stages(run: StagedRun, resume: bool, only_stage: Optional[int], init_fr
             if rank0:
                 log.info("stage %d (%s): %s", i, cfg.name, begun.message)
             if begun.kind == "grown":
-                _check_transition(run, stage, trainer, rank0)
-            trainer.fit()
+                check = _check_transition(run, stage, trainer, rank0)
+                if tracker is not None:
+                    tracker.event("growth", _growth_event(run, stage, check), tokens=_tokens(trainer))
+            trainer.fit(tracker=tracker)
             if i + 1 < len(run.stages):  # what the next stage's grown model must compute, as this engine does
                 transition.record_reference(trainer, stage.dir, rank0)
             wall_s = time.time() - started
@@ -133,12 +139,33 @@ def _run_stages(run: StagedRun, resume: bool, only_stage: Optional[int], init_fr
             if rank0:
                 _record_stage(run, stage, wall_s)
     finally:
+        if tracker is not None:
+            tracker.close()
         teardown()
     return 0
 
 
-def _check_transition(run: StagedRun, stage: Stage, trainer, rank0: bool) -> None:
-    """The engine's check of the transition into ``stage`` (``training.orchestration.transition``)."""
+def _tokens(trainer) -> int:
+    return trainer.consumed_samples * trainer.cfg.model.seq_length
+
+
+def _growth_event(run: StagedRun, stage: Stage, check: Optional[dict]) -> dict:
+    """The tracker event of the transition into ``stage``: which stage, the parameter counts and
+    exactness of the growth (``growth.json``), the engine check's losses (``transition_check.json``;
+    absent when there was no reference)."""
+    event: dict = {"stage": stage.index, "stage_name": stage.name}
+    grown = stage.dir / "growth.json"
+    if grown.is_file():
+        record = json.loads(grown.read_text())
+        event.update({key: record[key] for key in ("old_params", "new_params", "exact", "preserved")})
+    if check is not None:
+        event.update({f"check_{key}": check[key] for key in ("old_loss", "new_loss", "rel_dloss", "preserved")})
+    return event
+
+
+def _check_transition(run: StagedRun, stage: Stage, trainer, rank0: bool) -> Optional[dict]:
+    """The engine's check of the transition into ``stage`` (``training.orchestration.transition``);
+    returns its record (None without a reference of the old model)."""
     reference = transition.read_reference(run.stages[stage.index - 1].dir)
     if reference is None:
         if rank0:
@@ -147,7 +174,7 @@ def _check_transition(run: StagedRun, stage: Stage, trainer, rank0: bool) -> Non
                 stage.index,
                 stage.index - 1,
             )
-        return
+        return None
     assert stage.growth is not None
     record = transition.check(trainer, reference, exact=stage.growth.exact, stage_dir=stage.dir, rank0=rank0)
     if rank0:
@@ -164,6 +191,7 @@ def _check_transition(run: StagedRun, stage: Stage, trainer, rank0: bool) -> Non
             record["rel_dloss"],
             record["tolerance"],
         )
+    return record
 
 
 def grow_into(run: StagedRun, index: int) -> Path:

@@ -15,7 +15,9 @@ After every optimizer step ``fit`` calls them in this order:
 6. ``preemption.Preemption.requested`` — collective: any rank signalled, every rank saves
    (``Checkpointer.save_if_missing``) and raises ``PreemptedError``.
 
-After the last step the checkpointer saves the final step if it is missing. The engines see none of
+Around each step ``profiler.StepProfiler`` starts, marks and ends the ``logging.profile`` window
+(before the step's timer starts and after it stops). After the last step the checkpointer saves the
+final step if it is missing. The engines see none of
 this: they implement ``step``/``save``/``load``/``init_from``, the forward-only loss, the train mode
 and ``mask_chunks``.
 """

@@ -38,14 +38,25 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from training.config import ModelConfig, ParallelConfig
+from training.engine.fusions import OFF, Fusions
 from training.engine.model.documents import read_position_ids
 from training.engine.model.spec import block_spec
 from training.engine.parallel import process_device
 
 
 def transformer_config(
-    model: ModelConfig, parallel: ParallelConfig, *, bf16: bool, gloo: bool, recompute: str = "none"
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    *,
+    bf16: bool,
+    gloo: bool,
+    recompute: str = "none",
+    fusions: Fusions = OFF,
 ) -> TransformerConfig:
+    """megatron's config of ``model`` under ``parallel``; megatron's fusions as ``fusions`` decides
+    (``training.engine.fusions.decide``; default all off). RoPE fusion (Transformer Engine's kernel,
+    not a dependency) and the persistent layer norm (Apex's, for megatron's norms, not ``FLMNorm``)
+    stay off."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     recompute_args = {
         "none": {},
@@ -77,11 +88,8 @@ def transformer_config(
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=bf16,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
+        **fusions.transformer_config_kwargs(),
         apply_rope_fusion=False,
-        masked_softmax_fusion=False,
-        gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         attention_softmax_in_fp32=True,
         # None: megatron's 1/sqrt(d_head); μP: attention_multiplier / d_head
