@@ -206,7 +206,7 @@ def _rel(a: float, b: float) -> float:
 
 def _changed_model(old, new) -> list[str]:
     """``model.<field>=<value>`` overrides for the fields of ModelConfig ``new`` that differ from ``old``."""
-    import dataclasses
+    import dataclasses  # local like run_checks' imports (this helper runs only there)
 
     return [f"model.{k}={v}" for k, v in dataclasses.asdict(new).items() if getattr(old, k) != v]
 
@@ -219,7 +219,7 @@ MASTER_KEYS = ("decoder.layers.mlp.linear_fc1.weight", "embedding.word_embedding
 def _masters_carried(old_reader, new_reader) -> bool:
     """Whether the grown checkpoint's fp32 masters of ``MASTER_KEYS`` hold the old masters bit for bit in
     their leading block (layer 0 of stacked tensors: one layer in memory)."""
-    import torch
+    import torch  # local: torch and the project load only in the re-executed process (run_checks)
 
     from training.checkpoint.logical import master_key, stored_master_key
 
@@ -237,7 +237,7 @@ def _main_params_carried(trainer, old_reader) -> bool:
     """Whether the trainer's mixed-precision optimizer (one process) holds the old fp32 masters of
     ``MASTER_KEYS`` bit for bit in its main parameters' leading block, after ``init_from`` a grown
     checkpoint: the masters were loaded, not re-derived from the bf16 weights."""
-    import torch
+    import torch  # local: torch and the project load only in the re-executed process (run_checks)
 
     from training.checkpoint.logical import stored_master_key
     from training.engine.megatron_checkpoint import _float16_main_params, unwrap_ddp
