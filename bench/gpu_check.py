@@ -19,10 +19,13 @@ re-executes itself with that folder on ``PYTHONPATH`` and checks, on ``cuda:0``:
    step (same batches, same initial weights);
 2. save -> resume (bf16, both optimizers): the resumed run's losses at steps 4..6 equal the
    uninterrupted run's (relative 1e-3: flash-attention backward kernels are not bit-deterministic);
-3. growth of the bf16 checkpoint (``training.orchestration.grow.grow_checkpoint``, what ``flm grow`` runs; MSG on
-   FFN width and depth, 24 -> 28 layers) and 3 steps of the grown model: the validation loss right
-   after growth equals the old model's (relative 2e-3, bf16) and the fp32 master weights are carried
-   bit for bit;
+3. growth of the bf16 checkpoint (``training.orchestration.grow.grow_checkpoint``, what ``flm grow`` runs) and 3
+   steps of the grown model, twice: MSG on FFN width and depth (24 -> 28 layers), and MSG on the
+   hidden size with its heads and FFN (1024 -> 1536, 16 -> 24 heads: FLM-101B's 16B -> 51B step, x1.8
+   there). Each is verified as a staged run verifies its transitions at scale
+   (``training.orchestration.transition``: the old trainer's loss on the verification batch against
+   the grown trainer's, within the engine's bf16 tolerance) and carries the fp32 master weights bit
+   for bit (checkpoint and the new optimizer's main parameters);
 4. a ~1.3B model in bf16 (24 x 2048, seq 2048, micro-batch 4) for a timed window of 10 steps after
    3 warm-up steps: tokens/s, TFLOP/s per GPU and MFU (``training.model_size.flops_per_token`` and the
    device's peak from ``training.engine.metrics.PEAK_TFLOPS``).
@@ -137,12 +140,14 @@ def _model(path: str, **changes) -> list[str]:
     return [f"model.{k}={v}" for k, v in fields.items()]
 
 
-#: (350M model, its grown FFN width and depth, the ~1.3B model, micro-batch, global batch) of the GPU run;
+#: (350M model, its grown FFN width and depth, its grown hidden size / heads / FFN, the ~1.3B model, micro-batch,
+#: global batch) of the GPU run;
 #: ``--smoke`` shrinks everything to run the same code on a CPU in seconds (tests/bench/test_gpu_check.py)
 SHAPES = {
     "gpu": dict(
         small=dict(seq_length=1024),
         grown=(5120, 28),
+        wide=dict(hidden_size=1536, num_attention_heads=24, ffn_hidden_size=6144),
         big=dict(num_layers=24, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=16, seq_length=2048),
         micro=4,
         batch=8,
@@ -152,6 +157,7 @@ SHAPES = {
             num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4, vocab_size=512, seq_length=64
         ),
         grown=(320, 3),
+        wide=dict(hidden_size=96, num_attention_heads=6, ffn_hidden_size=384),
         big=dict(
             num_layers=2, hidden_size=128, ffn_hidden_size=512, num_attention_heads=4, vocab_size=512, seq_length=64
         ),
@@ -198,6 +204,60 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
+def _changed_model(old, new) -> list[str]:
+    """``model.<field>=<value>`` overrides for the fields of ModelConfig ``new`` that differ from ``old``."""
+    import dataclasses  # local like run_checks' imports (this helper runs only there)
+
+    return [f"model.{k}={v}" for k, v in dataclasses.asdict(new).items() if getattr(old, k) != v]
+
+
+#: tensors whose fp32 masters the growth checks compare: an MLP input matrix (layers stacked on dim 0)
+#: and the embedding; old entries sit in the leading block of every grown axis under MSG
+MASTER_KEYS = ("decoder.layers.mlp.linear_fc1.weight", "embedding.word_embeddings.weight")
+
+
+def _masters_carried(old_reader, new_reader) -> bool:
+    """Whether the grown checkpoint's fp32 masters of ``MASTER_KEYS`` hold the old masters bit for bit in
+    their leading block (layer 0 of stacked tensors: one layer in memory)."""
+    import torch  # local: torch and the project load only in the re-executed process (run_checks)
+
+    from training.checkpoint.logical import master_key, stored_master_key
+
+    for key in MASTER_KEYS:
+        stacked = key.startswith("decoder.layers.")
+        old_key = stored_master_key(old_reader, old_reader.dtype, key)
+        old = old_reader.read(old_key, 0, 1)[0] if stacked else old_reader.read(old_key)
+        new = new_reader.read(master_key(key), 0, 1)[0] if stacked else new_reader.read(master_key(key))
+        if old.dtype != torch.float32 or not torch.equal(new[tuple(slice(0, n) for n in old.shape)], old):
+            return False
+    return True
+
+
+def _main_params_carried(trainer, old_reader) -> bool:
+    """Whether the trainer's mixed-precision optimizer (one process) holds the old fp32 masters of
+    ``MASTER_KEYS`` bit for bit in its main parameters' leading block, after ``init_from`` a grown
+    checkpoint: the masters were loaded, not re-derived from the bf16 weights."""
+    import torch  # local: torch and the project load only in the re-executed process (run_checks)
+
+    from training.checkpoint.logical import stored_master_key
+    from training.engine.megatron_checkpoint import _float16_main_params, unwrap_ddp
+
+    chunk = unwrap_ddp(trainer.model[0])
+    mains = _float16_main_params(trainer.optimizer)
+    params = {
+        MASTER_KEYS[0]: chunk.decoder.layers[0].mlp.linear_fc1.weight,
+        MASTER_KEYS[1]: chunk.embedding.word_embeddings.weight,
+    }
+    for key, param in params.items():
+        stacked = key.startswith("decoder.layers.")
+        old_key = stored_master_key(old_reader, old_reader.dtype, key)
+        old = old_reader.read(old_key, 0, 1)[0] if stacked else old_reader.read(old_key)
+        main = mains[id(param)].view(param.shape).cpu()
+        if not torch.equal(main[tuple(slice(0, n) for n in old.shape)], old):
+            return False
+    return True
+
+
 def run_checks(out: Path, smoke: bool = False, timeout: float = 0) -> int:
     """Run the checks; past ``timeout`` seconds (0: never) dump every thread's stack and exit 1, so a hung
     check (a dead checkpoint writer, a collective that never returns) shows where it hung instead of
@@ -212,13 +272,13 @@ def run_checks(out: Path, smoke: bool = False, timeout: float = 0) -> int:
     import training.engine  # noqa: F401  (no CPU bridge on CUDA; megatron loads here)
     from growth.plan import plan_for
     from training.checkpoint.dcp_io import TensorReader
-    from training.checkpoint.logical import master_key, stored_master_key
     from training.config import load_run_config
     from training.data.source import MockSource
     from training.engine.metrics import peak_tflops_of
     from training.engine.parallel import teardown
     from training.engine.trainer import Trainer
     from training.model_size import flops_per_token
+    from training.orchestration import transition
     from training.orchestration.grow import grow_checkpoint
 
     if not torch.cuda.is_available() and not smoke:
@@ -269,8 +329,8 @@ def run_checks(out: Path, smoke: bool = False, timeout: float = 0) -> int:
             )
             first = steps(run, 3)
             path = run.save() if precision == "bf16" else None
-            if path is not None and not distopt:  # the loss growth must preserve: the saved weights'
-                grow_src = (path, run.evaluate(1))
+            if path is not None and not distopt:  # what growth must preserve, as a staged run records it
+                grow_src = (path, transition.record_reference(run, work / "reference", rank0=True))
             losses = first + steps(run, 3)
             finite = all(math.isfinite(x) for x in losses)
             if precision == "fp32" and not distopt:
@@ -304,46 +364,52 @@ def run_checks(out: Path, smoke: bool = False, timeout: float = 0) -> int:
                 del run
                 release()
 
-    # 3: growth of the bf16 checkpoint, a few steps after it
-    src, old_loss = grow_src
+    # 3: growth of the bf16 checkpoint, a few steps after it: FFN + depth, then the hidden size (16B -> 51B)
+    src, reference = grow_src
     old_cfg = load_run_config(REPO / "configs" / "runs" / "tiny.yaml", small).model
-    new_cfg = dataclasses.replace(old_cfg, ffn_hidden_size=ffn_new, num_layers=layers_new)
-    plan = plan_for(
-        old_cfg,
-        new_cfg,
-        {"ffn": "msg", "depth": "msg"},
-        ramp={"steps": 20},
-        depth={"placement": "stack", "init": "copy"},
-    )
-    t0 = time.perf_counter()
-    dst = work / "grown"
-    grow_checkpoint(src, dst, plan, run_verify=False)  # function preservation is measured on the GPU below
-    grow_s = time.perf_counter() - t0
-    fc1 = "decoder.layers.mlp.linear_fc1.weight"
-    old_reader, new_reader = TensorReader(src), TensorReader(dst)
-    old_master = old_reader.read(stored_master_key(old_reader, old_reader.dtype, fc1), 0, 1)[0]
-    new_master = new_reader.read(master_key(fc1), 0, 1)[0]
-    carried = torch.equal(new_master[: old_master.shape[0]], old_master)
-    grown = trainer(
-        "grown", *batch, "train.precision=bf16", f"model.ffn_hidden_size={ffn_new}", f"model.num_layers={layers_new}"
-    )
-    grown.init_from(dst)
-    new_loss = grown.evaluate(1)
-    after = steps(grown, 3)
-    rel = _rel(new_loss, old_loss)
-    checks.record(
-        f"grow 350m bf16 (msg ffn {old_cfg.ffn_hidden_size}->{ffn_new}, depth {old_cfg.num_layers}->"
-        f"{layers_new}) + 3 steps",
-        rel <= 2e-3 and carried and all(math.isfinite(x) for x in after),
-        loss_before=old_loss,
-        loss_after=new_loss,
-        rel=rel,
-        fp32_masters_carried=carried,
-        losses_after=after,
-        grow_seconds=grow_s,
-    )
-    del grown
-    release()
+    wide = shape["wide"]
+    growths = [
+        (
+            f"msg ffn {old_cfg.ffn_hidden_size}->{ffn_new}, depth {old_cfg.num_layers}->{layers_new}",
+            dataclasses.replace(old_cfg, ffn_hidden_size=ffn_new, num_layers=layers_new),
+            {"ffn": "msg", "depth": "msg"},
+        ),
+        (
+            f"msg hidden {old_cfg.hidden_size}->{wide['hidden_size']}, heads {old_cfg.num_attention_heads}->"
+            f"{wide['num_attention_heads']}, ffn {old_cfg.ffn_hidden_size}->{wide['ffn_hidden_size']}",
+            dataclasses.replace(old_cfg, kv_channels=old_cfg.head_dim, **wide),
+            {"hidden": "msg", "heads": "msg", "ffn": "msg"},
+        ),
+    ]
+    for i, (what, new_cfg, operators) in enumerate(growths):
+        plan = plan_for(old_cfg, new_cfg, operators, ramp={"steps": 20}, depth={"placement": "stack", "init": "copy"})
+        t0 = time.perf_counter()
+        dst = work / f"grown-{i}"
+        # the float64 reference check holds a layer in float64 on one process: a staged run skips it at
+        # scale (REFERENCE_CHECK_MAX_PARAMS) and relies on the engine's check, which runs below
+        grow_checkpoint(src, dst, plan, run_verify=False)
+        grow_s = time.perf_counter() - t0
+        carried = _masters_carried(TensorReader(src), TensorReader(dst))
+        grown = trainer(f"grown-{i}", *batch, "train.precision=bf16", *_changed_model(old_cfg, new_cfg))
+        grown.init_from(dst)
+        carried = carried and _main_params_carried(grown, TensorReader(src))
+        (work / f"check-{i}").mkdir()
+        record = transition.check(grown, reference, exact=False, stage_dir=work / f"check-{i}", rank0=True)
+        after = steps(grown, 3)
+        checks.record(
+            f"grow 350m bf16 ({what}) + 3 steps",
+            record["preserved"] and carried and all(math.isfinite(x) for x in after),
+            loss_before=record["old_loss"],
+            loss_after=record["new_loss"],
+            rel=record["rel_dloss"],
+            tolerance=record["tolerance"],
+            fp32_masters_carried=carried,
+            losses_after=after,
+            grow_seconds=grow_s,
+        )
+        del grown
+        release()
+        shutil.rmtree(dst, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
 
     # 4: ~1.3B bf16 timed window

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import training.engine  # noqa: F401  (installs the CPU bridge before any test module imports megatron)
-from tests.helpers import LAYOUTS, SHARED_DATA, TINY, TINY_FLAGS, flm
+from tests.helpers import DEEP, LAYOUTS, SHARED_DATA, TINY, TINY_FLAGS, flm, initial_checkpoint
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one worker per core (`make test`): a second intra-op thread per worker only oversubscribes the cores
@@ -49,16 +49,21 @@ def tiny_trained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def layout_run(tmp_path_factory, tiny_trained):
     """``layout_run(name)``: the output directory of 8 steps of ``configs/runs/tiny.yaml`` under the
-    layout ``LAYOUTS[name]``, from ``tiny_trained``'s weights (``--init-from``), with ``TINY_FLAGS``
-    (checkpoints at steps 3, 6, 8). Trained on the first request: the layout-equality test compares
-    their losses, the resume tests resume their checkpoints under other layouts."""
+    layout ``LAYOUTS[name]``, from ``tiny_trained``'s weights (``--init-from``; for the ``DEEP`` model,
+    a 4-layer model's initial weights saved in this process), with ``TINY_FLAGS`` (checkpoints at
+    steps 3, 6, 8). Trained on the first request: the layout-equality test compares their losses,
+    the resume tests resume their checkpoints under other layouts."""
     root = tmp_path_factory.mktemp("layouts")
-    init = str(tiny_trained / "checkpoints")
+    inits = {False: tiny_trained / "checkpoints"}
     done: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in done:
             nproc, overrides = LAYOUTS[name]
+            deep = DEEP[0] in overrides
+            if deep not in inits:
+                inits[deep] = initial_checkpoint(root / "deep-init", *DEEP)
+            init = inits[deep]
             out = root / name
             flm(
                 "train",
@@ -66,7 +71,7 @@ def layout_run(tmp_path_factory, tiny_trained):
                 "train.steps=8",
                 f"output_dir={out}",
                 "--init-from",
-                init,
+                str(init),
                 *TINY_FLAGS,
                 *overrides,
                 nproc=nproc,

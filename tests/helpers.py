@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 
 from bench.procs import REPO, child_env, kill_group
+from training.config import load_run_config
+from training.data.source import MockSource
+from training.engine.trainer import Trainer
 from training.local_launch import free_port
 
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -28,6 +31,8 @@ TINY_FLAGS = [
     "checkpoint.keep_last=5",
 ]
 
+#: the tiny model 4 layers deep, for layouts that need more layers than its 2
+DEEP = ["model.num_layers=4"]
 #: (processes, overrides) of the layouts that must compute what one process computes (tests/training/engine/test_layouts.py)
 LAYOUTS = {
     "single": (1, []),
@@ -45,9 +50,21 @@ LAYOUTS = {
     ),
     "tp2-sp": (2, ["parallel.tp=2", "parallel.sequence_parallel=true"]),
     "tp2xpp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
+    # the interleaved 1F1B schedule: layers must divide by pp x virtual_pp, so the DEEP model (own reference)
+    "single-deep": (1, DEEP),
+    "pp2-vp2": (2, [*DEEP, "parallel.pp=2", "parallel.virtual_pp=2"]),
 }
+# FLM-101B's stage layouts on 8 processes (TP2 x DP4 and TP2 x PP2 x DP2, sequence parallel, distributed
+# optimizer) are the staged run of tests/training/orchestration/test_stages.py, compared with one process
+
+
+def reference_layout(name: str) -> str:
+    """The one-process entry of ``LAYOUTS`` that layout ``name`` must match: the same model."""
+    return "single-deep" if DEEP[0] in LAYOUTS[name][1] else "single"
+
 
 __all__ = [
+    "DEEP",
     "LAYOUTS",
     "REPO",
     "SHARED_DATA",
@@ -56,11 +73,22 @@ __all__ = [
     "child_env",
     "flm",
     "free_port",
+    "initial_checkpoint",
     "kill_group",
     "losses",
     "processes_mentioning",
     "read_metrics",
+    "reference_layout",
 ]
+
+
+def initial_checkpoint(out: Path, *overrides: str) -> Path:
+    """Save, at step 0 and in this process (no ``flm`` start: seconds of imports saved), a trainer of
+    ``configs/runs/tiny.yaml`` with ``overrides`` under ``out``; returns the checkpoint root, to
+    start runs of other layouts from the same weights (``--init-from``)."""
+    cfg = load_run_config(TINY, [*TINY_FLAGS, f"output_dir={out}", *overrides])
+    Trainer(cfg, train_source=MockSource(cfg.model.vocab_size, cfg.model.seq_length, 0)).save()
+    return out / "checkpoints"
 
 
 def processes_mentioning(text: str) -> list[int]:

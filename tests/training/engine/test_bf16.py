@@ -7,7 +7,8 @@ weights, and the distributed optimizer), in one CPU process:
 - resume is exact (the resumed run logs the uninterrupted run's losses bit for bit);
 - growth carries the fp32 master weights: the grown checkpoint's masters and the new optimizer's
   main parameters equal the old masters bit for bit on the copied entries (they are not rounded to
-  bf16), and the function is kept at the transition.
+  bf16), and the function is kept at the transition — for FFN and depth growth, and for the hidden
+  size (FLM-101B's 16B -> 51B step, checked as a staged run checks it: the engine's transition check).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from training.config import load_run_config
 from training.data.source import MockSource
 from training.engine.megatron_checkpoint import _float16_main_params, unwrap_ddp
 from training.engine.trainer import Trainer
+from training.orchestration import transition
 from training.orchestration.grow import grow_checkpoint
 
 BF16_REL = 5e-3
@@ -121,4 +123,41 @@ def test_growth_carries_fp32_master_weights(tmp_path, distopt):
         old_ckpt.read(stored_master_key(old_ckpt, old_ckpt.dtype, "embedding.word_embeddings.weight")),
     )
     assert new.evaluate(1) == pytest.approx(old_loss, rel=BF16_REL)  # function kept at the transition (c = 0)
+    assert all(map(lambda x: x == x, _losses(new, 2)))
+
+
+def test_hidden_growth_carries_fp32_master_weights(tmp_path):
+    """MSG on the hidden size with its heads (FLM-101B's 16B -> 51B step), bf16 with the distributed
+    optimizer: the grown checkpoint's masters and the new optimizer's main parameters hold the old
+    masters bit for bit in their leading block, and the engine's transition check (what a staged run
+    verifies at scale) finds the function kept."""
+    opt = "parallel.distributed_optimizer=true"
+    old = _trainer(tmp_path, "old", "train.precision=bf16", opt)
+    _losses(old, 3)
+    src = old.save()
+    reference = transition.record_reference(old, tmp_path / "old-stage", rank0=True)
+
+    plan = grown_plan(old.cfg.model, {"hidden": "msg", "heads": "msg"}, hidden_size=64, num_attention_heads=8)
+    dst = tmp_path / "grown"
+    grow_checkpoint(src, dst, plan)
+    old_ckpt, new_ckpt = TensorReader(src), TensorReader(dst)
+    masters = {}
+    for key in ("decoder.layers.mlp.linear_fc1.weight", "embedding.word_embeddings.weight"):
+        masters[key] = old_ckpt.read(stored_master_key(old_ckpt, old_ckpt.dtype, key))
+        new_master = new_ckpt.read(master_key(key))
+        assert new_master.shape[-1] == 64 and new_master.dtype == torch.float32
+        assert torch.equal(new_master[..., :32], masters[key]), key  # copied entries: bit for bit
+    assert not torch.equal(masters[key], masters[key].bfloat16().float())  # (the masters carry more than bf16)
+
+    new = _trainer(tmp_path, "new", "train.precision=bf16", opt, "model.hidden_size=64", "model.num_attention_heads=8")
+    new.init_from(dst)
+    chunk = unwrap_ddp(new.model[0])
+    for i in range(2):
+        main = _main_param(new, chunk.decoder.layers[i].mlp.linear_fc1.weight)
+        assert torch.equal(main[:, :32], masters["decoder.layers.mlp.linear_fc1.weight"][i]), f"layer {i}"
+    main = _main_param(new, chunk.embedding.word_embeddings.weight)
+    assert torch.equal(main[:, :32], masters["embedding.word_embeddings.weight"])
+    (tmp_path / "new-stage").mkdir()
+    record = transition.check(new, reference, exact=True, stage_dir=tmp_path / "new-stage", rank0=True)
+    assert record["preserved"] and record["tolerance"] == transition.ENGINE_TOLERANCE["bf16"]
     assert all(map(lambda x: x == x, _losses(new, 2)))

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from bench.staged_run import write_staged_run
-from tests.helpers import REPO, flm, read_metrics
+from tests.helpers import REPO, flm, initial_checkpoint, read_metrics
 from training.config_base import ConfigError
 from training.orchestration.stage_plans import load_run
 
@@ -85,6 +85,54 @@ def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
         assert got[step]["mask_value"] == ref[step]["mask_value"]
     s0_ref, s0 = last_by_step(tmp_path / "full" / "stage0-s"), last_by_step(tmp_path / "killed" / "stage0-s")
     assert [s0[s]["loss"] for s in range(1, 7)] == pytest.approx([s0_ref[s]["loss"] for s in range(1, 7)], rel=1e-6)
+
+
+#: FLM-101B's first two stage layouts (configs/runs/flm101b.yaml: 16B on TP2 x DP, 51B on TP x PP x DP,
+#: sequence parallel and distributed optimizer) on 8 processes, with its untied embeddings;
+#: tiny_staged.yaml's growth is the 16B -> 51B step's kind (hidden, FFN and heads by MSG)
+FLM = (
+    "name=f",
+    "checkpoint.keep_last=10",
+    "stages.0.model.tie_embeddings=false",
+    "stages.1.model.tie_embeddings=false",
+    "stages.0.tokens=2048",
+    "stages.0.parallel={tp: 2, sequence_parallel: true, distributed_optimizer: true}",
+    "stages.1.parallel={tp: 2, pp: 2, sequence_parallel: true, distributed_optimizer: true}",
+)
+
+
+@pytest.mark.slow
+def test_flm_layouts_grow_verified_resume_after_a_kill_and_match_one_process(tmp_path):
+    """TP2 x DP4 -> TP2 x PP2 x DP2 (SP, distributed optimizer) on 8 gloo processes from the same
+    initial weights as one process: killed inside the grown stage and resumed, the transition checked
+    by the engine across the two layouts, and every step's loss equal to the one-process run's (the
+    layout tests' tolerance). Three launches: the killed run, its resume, the one-process reference."""
+    init = str(initial_checkpoint(tmp_path / "init", "model.tie_embeddings=false"))
+    one = write_staged_run(
+        tmp_path / "one.yaml", tmp_path / "one", *FLM, "stages.0.parallel={}", "stages.1.parallel={}"
+    )
+    flm("train", str(one), "--init-from", init)
+    run = write_staged_run(tmp_path / "eight.yaml", tmp_path / "eight", *FLM)
+    killed = flm("train", str(run), "--init-from", init, nproc=8, check=False, env={"FLM_FAULT_AT": "f/g:3"})
+    assert killed.returncode != 0 and "killing f/g after step 3" in killed.stderr, killed.stderr[-2000:]
+    before = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "eight" / "stage1-g")}
+    assert sorted(before) == [1, 2, 3]
+    flm("train", str(run), "--resume", nproc=8)
+
+    check = json.loads((tmp_path / "eight" / "stage1-g" / "transition_check.json").read_text())
+    assert check["preserved"] and check["rel_dloss"] <= 1e-5, check
+    assert (check["old_layout"], check["new_layout"]) == ("TP2 PP1 DP4 SP", "TP2 PP2 DP2 SP")
+    growth = json.loads((tmp_path / "eight" / "stage1-g" / "growth.json").read_text())
+    assert growth["exact"] and growth["preserved"]
+    for stage, steps in (("stage0-s", 4), ("stage1-g", 6)):
+        ref, got = last_by_step(tmp_path / "one" / stage), last_by_step(tmp_path / "eight" / stage)
+        assert sorted(ref) == sorted(got) == list(range(1, steps + 1)), stage
+        assert got[1]["loss"] == pytest.approx(ref[1]["loss"], rel=1e-5), f"{stage}: forward loss on the same weights"
+        for step in range(2, steps + 1):
+            assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4), f"{stage} step {step}"
+            assert got[step]["mask_value"] == ref[step]["mask_value"]
+    # the resume re-ran step 3 from the step-2 checkpoint: what the killed run computed, bit for bit
+    assert last_by_step(tmp_path / "eight" / "stage1-g")[3]["loss"] == before[3]
 
 
 @pytest.mark.parametrize(
