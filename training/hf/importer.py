@@ -3,8 +3,10 @@
 ``import_hf(hf_dir, out, ...)`` reads ``config.json`` (through transformers' ``AutoConfig``), the
 safetensors weights and the tokenizer (a sentencepiece ``tokenizer.model``, or the Hugging Face
 ``tokenizer.json`` kept unchanged), and writes a *logical* checkpoint
-(:func:`training.checkpoint.logical.write_logical`) that loads under any layout with
-``flm train RUN.yaml <model overrides> --init-from OUT`` and grows with ``flm grow``:
+(:func:`training.checkpoint.logical.write_logical_chunks`) that loads under any layout with
+``flm train RUN.yaml <model overrides> --init-from OUT`` and grows with ``flm grow``. It streams
+(:class:`LlamaWeights`): each logical tensor (each layer of a per-layer one) is built from the
+Hugging Face tensors it needs, read one at a time, and written before the next is built.
 
 - ``OUT/flm_checkpoint.json`` holds the run config (model section derived from ``config.json``,
   parallel section from ``layout``, defaults elsewhere), step 0, no optimizer state, and
