@@ -7,8 +7,9 @@ Writes a project checkpoint of a Llama-shaped model (random float32 weights, unt
 default TinyLlama's shape, 1.1B parameters, 4.4 GB; written layer by layer, so this script needs
 little memory itself), then runs, each in a fresh process: (a) the export to a transformers
 directory (``export_checkpoint``, 2GB shards), (b) the import of that directory back into a project
-checkpoint (``import_hf``). Each child reports its peak RSS (``resource.getrusage``'s ``ru_maxrss``:
-the whole process, imports included) and its RSS after the imports (the baseline). Finally the
+checkpoint (``import_hf``). Each child reports its peak RSS (``VmHWM`` of ``/proc/self/status``: the
+whole process, imports included; not ``getrusage``'s ``ru_maxrss``, which Linux carries over from
+the parent across ``execve``) and its RSS after the imports (the baseline). Finally the
 imported checkpoint is compared with the original, tensor by tensor, one layer at a time (export and
 import of an fp32 standard-parametrisation model are exact, so they must be equal).
 
@@ -23,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -76,8 +76,8 @@ def make_checkpoint(path: Path, model: dict) -> dict[str, tuple[int, ...]]:
         chunk = (rows, *shape[1:]) if rows else shape
         gen = torch.Generator().manual_seed(zlib.crc32(f"{key}:{index}".encode()))
         if "norm" in key:
-            return 1 + 0.1 * torch.randn(chunk, generator=gen)
-        return 0.02 * torch.randn(chunk, generator=gen)
+            return torch.randn(chunk, generator=gen).mul_(0.1).add_(1)
+        return torch.randn(chunk, generator=gen).mul_(0.02)
 
     entries = [
         ChunkedTensor(k, s, torch.float32, lambda i, k=k: produce(k, i), layer_rows(k)) for k, s in shapes.items()
@@ -88,12 +88,13 @@ def make_checkpoint(path: Path, model: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def rss_bytes() -> int:
+def status_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident since the process image started) of this process."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(mode: str, src: str, dst: str) -> None:
@@ -101,14 +102,16 @@ def child(mode: str, src: str, dst: str) -> None:
     from training.hf.export import export_checkpoint
     from training.hf.importer import import_hf
 
-    base = rss_bytes()
+    base = status_bytes("VmRSS")
     t0 = time.perf_counter()
     if mode == "export":
         export_checkpoint(src, dst, no_tokenizer=True, max_shard_size="2GB")
     else:
         import_hf(src, dst, no_tokenizer=True)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a child's ru_maxrss
+    # is at least its parent's peak at the fork (this script's own, while it wrote the checkpoint)
+    peak = status_bytes("VmHWM")
     print(json.dumps({"time_s": seconds, "base": base, "peak": peak}))
 
 
