@@ -144,14 +144,12 @@ class HFWeights:
         self.hf_dir = hf_dir
         self._file: dict[str, Path] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
-        self._dtype: dict[str, str] = {}
         for f in self._files():
             with safe_open(str(f), framework="pt") as handle:
                 for name in handle.keys():
                     piece = handle.get_slice(name)
                     self._file[name] = f
                     self._shape[name] = tuple(piece.get_shape())
-                    self._dtype[name] = piece.get_dtype()
 
     def _files(self) -> list[Path]:
         hf_dir = self.hf_dir
