@@ -88,6 +88,7 @@ def write_logical_chunks(
     meta: dict[str, Any] | Callable[[Path], dict[str, Any]],
     *,
     has_moments: bool,
+    threads: int = 2,
 ) -> Path:
     """Write a logical checkpoint whose tensors are produced chunk by chunk (``training.checkpoint.dcp_io``).
 
@@ -95,11 +96,12 @@ def write_logical_chunks(
     ranks). ``meta`` is the metadata dict, or a function called with the directory once every tensor
     is written (it may read them back, e.g. to verify) that returns it. Atomic: everything goes to
     ``<out>.partial``, renamed to ``out`` only when complete; ``out`` is never overwritten and no
-    partial directory is left when anything fails.
+    partial directory is left when anything fails. ``threads``: writer threads
+    (``training.checkpoint.dcp_io.write_tensors``; each holds the chunk it produces).
     """
 
     def write(partial: Path) -> dict[str, Any]:
-        write_tensors(partial, entries)
+        write_tensors(partial, entries, threads=threads)
         return dict(
             meta(partial) if callable(meta) else meta,
             layout={"tp": 1, "pp": 1, "dp": 1},

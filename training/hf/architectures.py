@@ -16,17 +16,19 @@ group's key/value rows repeated for every head of the group (``repeat_kv``, exac
 always has biases: a model without biases gets zero MLP biases (exact). ``exact GELU`` (erf) is
 ``hidden_act: gelu`` in both.
 
-The input is the *export state* of :func:`training.hf.fold.export_state` (vocabulary trimmed to
-the tokenizer's rows, muP multipliers folded in for the standard architectures, kept for FLM),
-keyed like the logical state dict. :func:`select_architecture` picks one: ``standard`` (refuse
+Each architecture maps the *export state* (:class:`training.hf.fold.Fold`: vocabulary trimmed to
+the tokenizer's rows, muP multipliers folded in for the standard architectures, kept for FLM) to its
+tensor names: every exported tensor is a :class:`Piece`, a function of one logical tensor (one layer
+of it for the per-layer tensors), so an export converts one tensor at a time. :func:`select_architecture` picks one: ``standard`` (refuse
 when none fits), ``flm``, or ``auto`` (standard when one fits, else FLM).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol, TypeVar
 
 import torch
 import transformers
@@ -35,6 +37,15 @@ from torch import Tensor
 from growth import roles as R
 from training.hf import flm_arch
 from training.hf.errors import HFInteropError
+from training.hf.pieces import Piece
+
+
+class _HasShape(Protocol):
+    @property
+    def shape(self) -> tuple[int, ...] | torch.Size: ...
+
+
+Shaped = TypeVar("Shaped", bound=_HasShape)
 
 
 @dataclass(frozen=True)
@@ -46,13 +57,20 @@ class SpecialIds:
     pad: Optional[int] = None
 
 
-def split_qkv(t: Tensor, cfg) -> tuple[Tensor, Tensor, Tensor]:
-    """Fused per-group rows ``[q heads of the group, k, v]`` -> (q ``[nq*d, ...]``, k, v ``[ng*d, ...]``)."""
+def qkv_part(t: Tensor, cfg, which: int) -> Tensor:
+    """Part ``which`` (0: queries ``[nq*d, ...]``, 1: keys, 2: values ``[ng*d, ...]``) of fused QKV
+    rows, per group ``[q heads of the group, k, v]``."""
     ng, d = cfg.query_groups, cfg.head_dim
     r = cfg.num_attention_heads // ng
     rest = tuple(t.shape[1:])
     g = t.reshape(ng, r + 2, d, *rest)
-    return (g[:, :r].reshape(ng * r * d, *rest), g[:, r].reshape(ng * d, *rest), g[:, r + 1].reshape(ng * d, *rest))
+    part = g[:, :r] if which == 0 else g[:, r + which - 1]
+    return part.reshape(-1, *rest)
+
+
+def split_qkv(t: Tensor, cfg) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused per-group rows ``[q heads of the group, k, v]`` -> (q ``[nq*d, ...]``, k, v ``[ng*d, ...]``)."""
+    return qkv_part(t, cfg, 0), qkv_part(t, cfg, 1), qkv_part(t, cfg, 2)
 
 
 def fuse_qkv(q: Tensor, k: Tensor, v: Tensor, cfg) -> Tensor:
@@ -64,8 +82,18 @@ def fuse_qkv(q: Tensor, k: Tensor, v: Tensor, cfg) -> Tensor:
     return torch.cat(parts, dim=1).reshape(ng * (r + 2) * d, *rest)
 
 
-def _layers(state: dict[str, Tensor]) -> int:
-    return int(state[R.QKV_WEIGHT].shape[0])
+def _qkv(cfg, which: int) -> Callable[[Tensor], Tensor]:
+    return functools.partial(qkv_part, cfg=cfg, which=which)
+
+
+def _half(which: int) -> Callable[[Tensor], Tensor]:
+    """``fc1 = [gate; up]`` -> gate (0) or up (1)."""
+    return lambda t: t.chunk(2, dim=0)[which]
+
+
+def _zeros_like_rows(t: Tensor) -> Tensor:
+    """A zero bias for the weight ``t`` (one entry per row)."""
+    return t.new_zeros(t.shape[0])
 
 
 def _shared_fields(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype) -> dict:
@@ -107,43 +135,35 @@ def _llama_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
     )
 
 
-def _llama_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {"model.embed_tokens.weight": s[R.EMBEDDING], "model.norm.weight": s[R.FINAL_NORM_WEIGHT]}
+def _llama_tensors(cfg, layers: int) -> dict[str, Piece]:
+    out = {"model.embed_tokens.weight": Piece(R.EMBEDDING), "model.norm.weight": Piece(R.FINAL_NORM_WEIGHT)}
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = s[R.OUTPUT]
-    for i in range(_layers(s)):
+        out["lm_head.weight"] = Piece(R.OUTPUT)
+    for i in range(layers):
         p = f"model.layers.{i}."
-        q, k, v = split_qkv(s[R.QKV_WEIGHT][i], cfg)
         out.update(
             {
-                p + "self_attn.q_proj.weight": q,
-                p + "self_attn.k_proj.weight": k,
-                p + "self_attn.v_proj.weight": v,
-                p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i],
-            }
-        )
-        gate, up = s[R.FC1_WEIGHT][i].chunk(2, dim=0)
-        out.update(
-            {
-                p + "mlp.gate_proj.weight": gate,
-                p + "mlp.up_proj.weight": up,
-                p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
-                p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
-                p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
+                p + "self_attn.q_proj.weight": Piece(R.QKV_WEIGHT, i, _qkv(cfg, 0)),
+                p + "self_attn.k_proj.weight": Piece(R.QKV_WEIGHT, i, _qkv(cfg, 1)),
+                p + "self_attn.v_proj.weight": Piece(R.QKV_WEIGHT, i, _qkv(cfg, 2)),
+                p + "self_attn.o_proj.weight": Piece(R.PROJ_WEIGHT, i),
+                p + "mlp.gate_proj.weight": Piece(R.FC1_WEIGHT, i, _half(0)),
+                p + "mlp.up_proj.weight": Piece(R.FC1_WEIGHT, i, _half(1)),
+                p + "mlp.down_proj.weight": Piece(R.FC2_WEIGHT, i),
+                p + "input_layernorm.weight": Piece(R.NORM1_WEIGHT, i),
+                p + "post_attention_layernorm.weight": Piece(R.NORM2_WEIGHT, i),
             }
         )
         if cfg.bias:
-            qb, kb, vb = split_qkv(s[R.QKV_BIAS][i], cfg)
-            gb, ub = s[R.FC1_BIAS][i].chunk(2, dim=0)
             out.update(
                 {
-                    p + "self_attn.q_proj.bias": qb,
-                    p + "self_attn.k_proj.bias": kb,
-                    p + "self_attn.v_proj.bias": vb,
-                    p + "self_attn.o_proj.bias": s[R.PROJ_BIAS][i],
-                    p + "mlp.gate_proj.bias": gb,
-                    p + "mlp.up_proj.bias": ub,
-                    p + "mlp.down_proj.bias": s[R.FC2_BIAS][i],
+                    p + "self_attn.q_proj.bias": Piece(R.QKV_BIAS, i, _qkv(cfg, 0)),
+                    p + "self_attn.k_proj.bias": Piece(R.QKV_BIAS, i, _qkv(cfg, 1)),
+                    p + "self_attn.v_proj.bias": Piece(R.QKV_BIAS, i, _qkv(cfg, 2)),
+                    p + "self_attn.o_proj.bias": Piece(R.PROJ_BIAS, i),
+                    p + "mlp.gate_proj.bias": Piece(R.FC1_BIAS, i, _half(0)),
+                    p + "mlp.up_proj.bias": Piece(R.FC1_BIAS, i, _half(1)),
+                    p + "mlp.down_proj.bias": Piece(R.FC2_BIAS, i),
                 }
             )
     return out
@@ -188,43 +208,40 @@ def _neox_qkv(t: Tensor, cfg) -> Tensor:
     return heads.reshape(nq * 3 * d, *rest)
 
 
-def _neox_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
+def _neox_tensors(cfg, layers: int) -> dict[str, Piece]:
     out = {
-        "gpt_neox.embed_in.weight": s[R.EMBEDDING],
-        "gpt_neox.final_layer_norm.weight": s[R.FINAL_NORM_WEIGHT],
-        "gpt_neox.final_layer_norm.bias": s[R.FINAL_NORM_BIAS],
+        "gpt_neox.embed_in.weight": Piece(R.EMBEDDING),
+        "gpt_neox.final_layer_norm.weight": Piece(R.FINAL_NORM_WEIGHT),
+        "gpt_neox.final_layer_norm.bias": Piece(R.FINAL_NORM_BIAS),
     }
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = s[R.OUTPUT]
-    for i in range(_layers(s)):
+        out["lm_head.weight"] = Piece(R.OUTPUT)
+    qkv = functools.partial(_neox_qkv, cfg=cfg)
+    for i in range(layers):
         p = f"gpt_neox.layers.{i}."
-        fc1, fc2 = s[R.FC1_WEIGHT][i], s[R.FC2_WEIGHT][i]
         out.update(
             {
-                p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
-                p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
-                p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
-                p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i],
-                p + "attention.query_key_value.weight": _neox_qkv(s[R.QKV_WEIGHT][i], cfg),
-                p + "attention.dense.weight": s[R.PROJ_WEIGHT][i],
-                p + "mlp.dense_h_to_4h.weight": fc1,
-                p + "mlp.dense_4h_to_h.weight": fc2,
+                p + "input_layernorm.weight": Piece(R.NORM1_WEIGHT, i),
+                p + "input_layernorm.bias": Piece(R.NORM1_BIAS, i),
+                p + "post_attention_layernorm.weight": Piece(R.NORM2_WEIGHT, i),
+                p + "post_attention_layernorm.bias": Piece(R.NORM2_BIAS, i),
+                p + "attention.query_key_value.weight": Piece(R.QKV_WEIGHT, i, qkv),
+                p + "attention.dense.weight": Piece(R.PROJ_WEIGHT, i),
+                p + "mlp.dense_h_to_4h.weight": Piece(R.FC1_WEIGHT, i),
             }
         )
-        if cfg.bias:
+        if not cfg.bias:  # GPT-NeoX's MLP always has biases; zeros compute the same function
+            out[p + "mlp.dense_h_to_4h.bias"] = Piece(R.FC1_WEIGHT, i, _zeros_like_rows)
+        out[p + "mlp.dense_4h_to_h.weight"] = Piece(R.FC2_WEIGHT, i)
+        if not cfg.bias:
+            out[p + "mlp.dense_4h_to_h.bias"] = Piece(R.FC2_WEIGHT, i, _zeros_like_rows)
+        else:
             out.update(
                 {
-                    p + "attention.query_key_value.bias": _neox_qkv(s[R.QKV_BIAS][i], cfg),
-                    p + "attention.dense.bias": s[R.PROJ_BIAS][i],
-                    p + "mlp.dense_h_to_4h.bias": s[R.FC1_BIAS][i],
-                    p + "mlp.dense_4h_to_h.bias": s[R.FC2_BIAS][i],
-                }
-            )
-        else:  # GPT-NeoX's MLP always has biases; zeros compute the same function
-            out.update(
-                {
-                    p + "mlp.dense_h_to_4h.bias": fc1.new_zeros(fc1.shape[0]),
-                    p + "mlp.dense_4h_to_h.bias": fc2.new_zeros(fc2.shape[0]),
+                    p + "attention.query_key_value.bias": Piece(R.QKV_BIAS, i, qkv),
+                    p + "attention.dense.bias": Piece(R.PROJ_BIAS, i),
+                    p + "mlp.dense_h_to_4h.bias": Piece(R.FC1_BIAS, i),
+                    p + "mlp.dense_4h_to_h.bias": Piece(R.FC2_BIAS, i),
                 }
             )
     return out
@@ -254,31 +271,29 @@ def _stablelm_config(cfg, vocab: int, ids: SpecialIds, dtype: torch.dtype):
     )
 
 
-def _stablelm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
+def _stablelm_tensors(cfg, layers: int) -> dict[str, Piece]:
     out = {
-        "model.embed_tokens.weight": s[R.EMBEDDING],
-        "model.norm.weight": s[R.FINAL_NORM_WEIGHT],
-        "model.norm.bias": s[R.FINAL_NORM_BIAS],
+        "model.embed_tokens.weight": Piece(R.EMBEDDING),
+        "model.norm.weight": Piece(R.FINAL_NORM_WEIGHT),
+        "model.norm.bias": Piece(R.FINAL_NORM_BIAS),
     }
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = s[R.OUTPUT]
-    for i in range(_layers(s)):
+        out["lm_head.weight"] = Piece(R.OUTPUT)
+    for i in range(layers):
         p = f"model.layers.{i}."
-        q, k, v = split_qkv(s[R.QKV_WEIGHT][i], cfg)
-        gate, up = s[R.FC1_WEIGHT][i].chunk(2, dim=0)
         out.update(
             {
-                p + "self_attn.q_proj.weight": q,
-                p + "self_attn.k_proj.weight": k,
-                p + "self_attn.v_proj.weight": v,
-                p + "self_attn.o_proj.weight": s[R.PROJ_WEIGHT][i],
-                p + "mlp.gate_proj.weight": gate,
-                p + "mlp.up_proj.weight": up,
-                p + "mlp.down_proj.weight": s[R.FC2_WEIGHT][i],
-                p + "input_layernorm.weight": s[R.NORM1_WEIGHT][i],
-                p + "input_layernorm.bias": s[R.NORM1_BIAS][i],
-                p + "post_attention_layernorm.weight": s[R.NORM2_WEIGHT][i],
-                p + "post_attention_layernorm.bias": s[R.NORM2_BIAS][i],
+                p + "self_attn.q_proj.weight": Piece(R.QKV_WEIGHT, i, _qkv(cfg, 0)),
+                p + "self_attn.k_proj.weight": Piece(R.QKV_WEIGHT, i, _qkv(cfg, 1)),
+                p + "self_attn.v_proj.weight": Piece(R.QKV_WEIGHT, i, _qkv(cfg, 2)),
+                p + "self_attn.o_proj.weight": Piece(R.PROJ_WEIGHT, i),
+                p + "mlp.gate_proj.weight": Piece(R.FC1_WEIGHT, i, _half(0)),
+                p + "mlp.up_proj.weight": Piece(R.FC1_WEIGHT, i, _half(1)),
+                p + "mlp.down_proj.weight": Piece(R.FC2_WEIGHT, i),
+                p + "input_layernorm.weight": Piece(R.NORM1_WEIGHT, i),
+                p + "input_layernorm.bias": Piece(R.NORM1_BIAS, i),
+                p + "post_attention_layernorm.weight": Piece(R.NORM2_WEIGHT, i),
+                p + "post_attention_layernorm.bias": Piece(R.NORM2_BIAS, i),
             }
         )
     return out
@@ -301,7 +316,8 @@ class Architecture:
     class_name: str
     refusal: Callable[..., Optional[str]]
     config: Callable[..., object]
-    tensors: Callable[..., dict[str, Tensor]]
+    #: ``tensors(cfg, layers)``: the exported tensors by name, each a :class:`Piece` of one logical tensor
+    tensors: Callable[..., dict[str, Piece]]
     model_class: Callable[[], type]
     folds_multipliers: bool = True
     #: needs ``trust_remote_code`` (its code is written into the export)
@@ -401,10 +417,11 @@ def _standard(cfg) -> Architecture:
 _ALIASES = {"lm_head.weight": ("embed_out.weight",)}
 
 
-def check_against_model(arch: Architecture, hf_config, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Match ``tensors`` to the parameter names and shapes of the installed transformers' model
-    (built on the meta device, no memory). Returns ``tensors`` renamed to the installed names;
-    HFInteropError if anything is missing, unexpected or of another shape."""
+def check_against_model(arch: Architecture, hf_config, tensors: dict[str, Shaped]) -> dict[str, Shaped]:
+    """Match ``tensors`` (anything with a ``shape``: tensors, or the planned tensors of an export) to
+    the parameter names and shapes of the installed transformers' model (built on the meta device, no
+    memory). Returns ``tensors`` renamed to the installed names; HFInteropError if anything is
+    missing, unexpected or of another shape."""
 
     cls = arch.model_class()
     with torch.device("meta"):

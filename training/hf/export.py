@@ -1,9 +1,14 @@
 """``flm export-hf CKPT OUT``: a project checkpoint as a transformers model directory.
 
-``export_checkpoint(ckpt, out, ...)`` reads ``ckpt`` (saved under any TP/PP/DP layout, or written
-by ``flm grow`` / ``flm import-hf``) as logical tensors, picks the architecture that computes the
-variant exactly (:mod:`training.hf.architectures`), trims the padded vocabulary rows and folds the
-muP multipliers (:mod:`training.hf.fold`), and writes into ``out``:
+``export_checkpoint(ckpt, out, ...)`` picks the architecture that computes the variant of ``ckpt``
+(saved under any TP/PP/DP layout, or written by ``flm grow`` / ``flm import-hf``) exactly
+(:mod:`training.hf.architectures`) and streams the checkpoint into ``out`` one tensor at a time:
+each exported tensor is read as a logical tensor (one layer of it for the per-layer tensors,
+:class:`training.checkpoint.dcp_io.TensorReader`, touching only the stored chunks it needs), its
+padded vocabulary rows are trimmed and the muP multipliers folded (:class:`training.hf.fold.Fold`),
+it is converted (:class:`training.hf.pieces.Piece`) and written into its safetensors shard
+(:func:`training.hf.safetensors_io.write_shards`), and dropped. Memory: about two copies of the
+largest tensor (its stored form and its export form), never the model. ``out`` gets:
 
 - ``config.json``, ``generation_config.json`` (special token ids);
 - for the FLM architecture, ``configuration_flm.py`` and ``modeling_flm.py`` (load with
@@ -19,11 +24,12 @@ Contracts: ``out`` must not exist and nothing is left there on failure (files ar
 hidden staging directory and renamed); a checkpoint whose MSG growth masks are still ramping is
 refused (the plain grown model is a different function until the ramp ends); with ``check`` the
 staged directory is loaded back with transformers and must match the project model
-(:mod:`training.hf.compare`) before it is moved into place.
+(:mod:`training.hf.compare`) before it is moved into place (the check holds both models in memory).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -36,16 +42,17 @@ from transformers import GenerationConfig
 
 from growth import roles as R
 from training.checkpoint import read_meta, resolve
-from training.checkpoint.logical import read_logical
+from training.checkpoint.dcp_io import TensorReader
 from training.config import ModelConfig
 from training.config_base import from_dict
-from training.hf.architectures import SpecialIds, check_against_model, select_architecture
+from training.hf.architectures import Architecture, SpecialIds, check_against_model, select_architecture
 from training.hf.compare import DTYPES, Comparison, checkpoint_masks, compare, load_hf_model, random_tokens
 from training.hf.errors import HFInteropError, RoundTripMismatch
 from training.hf.flm_arch import copy_code
-from training.hf.fold import export_state
+from training.hf.fold import Fold
 from training.hf.model_card import write_model_card
-from training.hf.safetensors_io import parse_size, write_shards
+from training.hf.pieces import Piece
+from training.hf.safetensors_io import Planned, parse_size, write_shards
 from training.hf.tokenizer import checkpoint_tokenizer, save_hf_tokenizer
 
 EXPORT_RECORD = "flm_export.json"
@@ -76,15 +83,52 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _model_state(params: dict[str, torch.Tensor], cfg, src: Path) -> dict[str, torch.Tensor]:
-    keys = R.logical_keys(cfg)
-    missing = [k for k in keys if k not in params]
+def _check_model_tensors(reader: TensorReader, cfg, src: Path) -> None:
+    missing = [k for k in R.logical_keys(cfg) if k not in reader]
     if missing:
         raise HFInteropError(
             f"{src} lacks model tensors {missing[:4]} that its config implies; the checkpoint "
             "is damaged or was written by another tool"
         )
-    return {k: params[k] for k in keys}
+
+
+class _Source:
+    """The export-state tensors of a checkpoint, read and folded one (key, layer) at a time; the
+    last one is kept for the next pieces of the same source (a mapping lists them together)."""
+
+    def __init__(self, reader: TensorReader, fold: Fold) -> None:
+        self.reader, self.fold = reader, fold
+        self._at: Optional[tuple[str, Optional[int]]] = None
+        self._tensor: Optional[torch.Tensor] = None
+
+    def produce(self, piece: Piece) -> torch.Tensor:
+        if self._at != (piece.key, piece.layer) or self._tensor is None:
+            self._at, self._tensor = None, None  # drop the previous source before reading the next
+            if piece.layer is None:
+                raw = self.reader.read(piece.key)
+            else:
+                raw = self.reader.read(piece.key, piece.layer, 1)[0]
+            self._tensor = self.fold(piece.key, raw)
+            self._at = (piece.key, piece.layer)
+        return piece.fn(self._tensor)
+
+
+def _plan(arch: Architecture, cfg, reader: TensorReader, fold: Fold) -> dict[str, Planned]:
+    """Every exported tensor with its shape and dtype (the mapping run on meta tensors) and how it is
+    produced from the checkpoint."""
+    source = _Source(reader, fold)
+    planned = {}
+    for name, piece in arch.tensors(cfg, reader.shape(R.QKV_WEIGHT)[0]).items():
+        stored = reader.shape(piece.key)
+        shape = fold.shape(piece.key, stored) if piece.layer is None else stored[1:]
+        meta = piece.fn(torch.empty(shape, dtype=fold.dtype, device="meta"))
+        planned[name] = Planned(tuple(meta.shape), meta.dtype, functools.partial(source.produce, piece))
+    return planned
+
+
+def _model_state(reader: TensorReader, cfg) -> dict[str, torch.Tensor]:
+    """The whole logical model (the round-trip check's project side only)."""
+    return {k: reader.read(k) for k in R.logical_keys(cfg)}
 
 
 def export_checkpoint(
@@ -129,15 +173,15 @@ def export_checkpoint(
         raise HFInteropError("--tokenizer and --no-tokenizer contradict each other; give one")
     tok = None if no_tokenizer else checkpoint_tokenizer(src, meta, tokenizer)[0]
     shard_bytes = parse_size(max_shard_size)
-    params, _ = read_logical(src)
-    state = _model_state(params, cfg, src)
+    reader = TensorReader(src)
+    _check_model_tensors(reader, cfg, src)
     if dtype == "auto":
-        target = state[R.EMBEDDING].dtype
+        target = reader.dtype(R.EMBEDDING)
     elif dtype in DTYPES:
         target = DTYPES[dtype]
     else:
         raise HFInteropError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    exp, folded = export_state(cfg, state, target, fold=arch.folds_multipliers)
+    fold = Fold(cfg, reader.shape(R.EMBEDDING)[0], target, fold=arch.folds_multipliers)
     ids = (
         SpecialIds()
         if tok is None
@@ -145,7 +189,7 @@ def export_checkpoint(
     )
     hf_config = arch.config(cfg, cfg.vocab_size, ids, target)
     hf_config.architectures = [arch.class_name]
-    tensors = check_against_model(arch, hf_config, arch.tensors(cfg, exp))
+    tensors = check_against_model(arch, hf_config, _plan(arch, cfg, reader, fold))
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     if staging.exists():
@@ -160,6 +204,7 @@ def export_checkpoint(
         if check:
             tokens = random_tokens(cfg.vocab_size, min(cfg.seq_length, 128))
             values = None if masks is None else masks.values()
+            state = _model_state(reader, cfg)
             comparison = compare(cfg, state, load_hf_model(staging, target), tokens, values)
             if comparison.within is False:
                 raise RoundTripMismatch(
@@ -172,7 +217,7 @@ def export_checkpoint(
             "architecture": arch.class_name,
             "dtype": str(target).replace("torch.", ""),
             "model": meta["config"]["model"],
-            "folded": folded,
+            "folded": fold.record,
             "tokenizer": tok_record,
             "check": None if comparison is None else comparison.to_dict(),
         }
@@ -185,7 +230,7 @@ def export_checkpoint(
     return ExportReport(src, out, arch.class_name, str(target).replace("torch.", ""), files, tok_record, comparison)
 
 
-def _write(staging: Path, hf_config, tensors: dict[str, torch.Tensor], shard_bytes: int) -> list[str]:
+def _write(staging: Path, hf_config, tensors: dict[str, Planned], shard_bytes: int) -> list[str]:
 
     hf_config.save_pretrained(str(staging))
     GenerationConfig(

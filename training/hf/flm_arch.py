@@ -25,11 +25,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from growth import roles as R
 from training.hf import remote
 from training.hf.errors import HFInteropError
+from training.hf.pieces import Piece
 from training.hf.remote.configuration_flm import FLMConfig
 from training.hf.remote.modeling_flm import FLMForCausalLM
 
@@ -71,13 +71,15 @@ def flm_config(cfg, vocab: int, ids, dtype: torch.dtype):
     return config
 
 
-def flm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Export tensors (names in the module docstring) of the trimmed, *unfolded* logical state ``s``."""
-    out = {"model.embed_tokens.weight": s[R.EMBEDDING], "model.final_norm.weight": s[R.FINAL_NORM_WEIGHT]}
-    if R.FINAL_NORM_BIAS in s:
-        out["model.final_norm.bias"] = s[R.FINAL_NORM_BIAS]
+def flm_tensors(cfg, layers: int) -> dict[str, Piece]:
+    """Export tensors (names in the module docstring) of the trimmed, *unfolded* export state, each
+    one logical tensor as it is (the layout is the project's)."""
+    present = set(R.logical_keys(cfg))
+    out = {"model.embed_tokens.weight": Piece(R.EMBEDDING), "model.final_norm.weight": Piece(R.FINAL_NORM_WEIGHT)}
+    if R.FINAL_NORM_BIAS in present:
+        out["model.final_norm.bias"] = Piece(R.FINAL_NORM_BIAS)
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = s[R.OUTPUT]
+        out["lm_head.weight"] = Piece(R.OUTPUT)
     names = {
         R.NORM1_WEIGHT: "input_norm.weight",
         R.NORM1_BIAS: "input_norm.bias",
@@ -92,10 +94,10 @@ def flm_tensors(cfg, s: dict[str, Tensor]) -> dict[str, Tensor]:
         R.FC2_WEIGHT: "mlp.fc2.weight",
         R.FC2_BIAS: "mlp.fc2.bias",
     }
-    for i in range(int(s[R.QKV_WEIGHT].shape[0])):
+    for i in range(layers):
         for key, name in names.items():
-            if key in s:
-                out[f"model.layers.{i}.{name}"] = s[key][i]
+            if key in present:
+                out[f"model.layers.{i}.{name}"] = Piece(key, i)
     return out
 
 

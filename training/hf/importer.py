@@ -3,8 +3,10 @@
 ``import_hf(hf_dir, out, ...)`` reads ``config.json`` (through transformers' ``AutoConfig``), the
 safetensors weights and the tokenizer (a sentencepiece ``tokenizer.model``, or the Hugging Face
 ``tokenizer.json`` kept unchanged), and writes a *logical* checkpoint
-(:func:`training.checkpoint.logical.write_logical`) that loads under any layout with
-``flm train RUN.yaml <model overrides> --init-from OUT`` and grows with ``flm grow``:
+(:func:`training.checkpoint.logical.write_logical_chunks`) that loads under any layout with
+``flm train RUN.yaml <model overrides> --init-from OUT`` and grows with ``flm grow``. It streams
+(:class:`LlamaWeights`): each logical tensor (each layer of a per-layer one) is built from the
+Hugging Face tensors it needs, read one at a time, and written before the next is built.
 
 - ``OUT/flm_checkpoint.json`` holds the run config (model section derived from ``config.json``,
   parallel section from ``layout``, defaults elsewhere), step 0, no optimizer state, and
@@ -39,9 +41,12 @@ weights; missing, unexpected or mis-shaped tensors; a tokenizer that does not be
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -51,13 +56,15 @@ import transformers
 import yaml
 
 from growth import roles as R
-from training.checkpoint.logical import write_logical
+from growth.shape import ModelShape
+from training.checkpoint.dcp_io import ChunkedTensor, TensorReader
+from training.checkpoint.logical import layer_rows, write_logical_chunks
 from training.config import CONFIGS_DIR, ParallelConfig, RunConfig
 from training.config_base import ConfigError, from_dict, parse_override, read_yaml, to_dict
 from training.hf.architectures import fuse_qkv
 from training.hf.compare import DTYPES, Comparison, compare, load_hf_model, random_tokens
 from training.hf.errors import HFInteropError, RoundTripMismatch
-from training.hf.safetensors_io import read_tensors
+from training.hf.safetensors_io import HFWeights
 from training.hf.tokenizer import import_tokenizer
 
 
@@ -241,91 +248,139 @@ def model_section(hc, seq_length: Optional[int], where: Path) -> dict[str, Any]:
     }
 
 
-def _take(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], where: Path) -> torch.Tensor:
-    if key not in tensors:
-        raise HFInteropError(
-            f"{where}: the weights have no {key!r}; the checkpoint is incomplete or not of its config.json's model_type"
-        )
-    t = tensors.pop(key)
-    if tuple(t.shape) != shape:
-        raise HFInteropError(f"{where}: {key} has shape {tuple(t.shape)}, config.json implies {shape}")
-    return t
-
-
-def logical_from_llama(
-    cfg,
-    tensors: dict[str, torch.Tensor],
-    padded_vocab: int,
-    dtype: torch.dtype,
-    where: Path,
-    biases: Optional[dict[str, bool]] = None,
-) -> dict[str, torch.Tensor]:
-    """The logical state dict of ``cfg`` from Llama-named ``tensors`` (consumed); vocabulary padded
-    with zeros. ``biases``: which of ``qkv``/``proj``/``mlp`` biases the file has (default: all when
-    ``cfg.bias``); with ``cfg.bias`` the absent ones are zeros."""
-    tensors = dict(tensors)
-    has = biases if biases is not None else {k: cfg.bias for k in ("qkv", "proj", "mlp")}
-    H, F, L, V = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_layers, cfg.vocab_size
+def _hf_names(cfg, has: dict[str, bool]) -> dict[str, tuple[int, ...]]:
+    """Every Llama-named tensor a model of ``cfg`` needs, with its shape (``has``: which of the
+    ``qkv``/``proj``/``mlp`` biases the file has; with ``cfg.bias`` the absent ones are zeros)."""
+    H, F, V = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size
     nq, ng, d = cfg.num_attention_heads, cfg.query_groups, cfg.head_dim
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t, t.new_zeros(padded_vocab - V, H)]) if padded_vocab > V else t
-
-    emb = _take(tensors, "model.embed_tokens.weight", (V, H), where)
-    state = {R.EMBEDDING: pad(emb), R.FINAL_NORM_WEIGHT: _take(tensors, "model.norm.weight", (H,), where)}
-    if cfg.tie_embeddings:
-        head = tensors.pop("lm_head.weight", None)
-        if head is not None and not torch.equal(head, emb):
-            raise HFInteropError(f"{where}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
-    else:
-        state[R.OUTPUT] = pad(_take(tensors, "lm_head.weight", (V, H), where))
-    per_layer: dict[str, list[torch.Tensor]] = {}
-    for i in range(L):
+    names = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    if not cfg.tie_embeddings:
+        names["lm_head.weight"] = (V, H)
+    for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
-
-        def take(name: str, shape: tuple[int, ...], p: str = p) -> torch.Tensor:
-            return _take(tensors, p + name, shape, where)
-
-        q, k, v = (
-            take("self_attn.q_proj.weight", (nq * d, H)),
-            take("self_attn.k_proj.weight", (ng * d, H)),
-            take("self_attn.v_proj.weight", (ng * d, H)),
-        )
         layer = {
-            R.QKV_WEIGHT: fuse_qkv(q, k, v, cfg),
-            R.PROJ_WEIGHT: take("self_attn.o_proj.weight", (H, nq * d)),
-            R.FC1_WEIGHT: torch.cat([take("mlp.gate_proj.weight", (F, H)), take("mlp.up_proj.weight", (F, H))]),
-            R.FC2_WEIGHT: take("mlp.down_proj.weight", (H, F)),
-            R.NORM1_WEIGHT: take("input_layernorm.weight", (H,)),
-            R.NORM2_WEIGHT: take("post_attention_layernorm.weight", (H,)),
+            "self_attn.q_proj.weight": (nq * d, H),
+            "self_attn.k_proj.weight": (ng * d, H),
+            "self_attn.v_proj.weight": (ng * d, H),
+            "self_attn.o_proj.weight": (H, nq * d),
+            "mlp.gate_proj.weight": (F, H),
+            "mlp.up_proj.weight": (F, H),
+            "mlp.down_proj.weight": (H, F),
+            "input_layernorm.weight": (H,),
+            "post_attention_layernorm.weight": (H,),
         }
-        if cfg.bias:
+        if cfg.bias and has["qkv"]:
+            layer.update({"self_attn.q_proj.bias": (nq * d,), "self_attn.k_proj.bias": (ng * d,)})
+            layer["self_attn.v_proj.bias"] = (ng * d,)
+        if cfg.bias and has["proj"]:
+            layer["self_attn.o_proj.bias"] = (H,)
+        if cfg.bias and has["mlp"]:
+            layer.update({"mlp.gate_proj.bias": (F,), "mlp.up_proj.bias": (F,), "mlp.down_proj.bias": (H,)})
+        names.update({p + k: v for k, v in layer.items()})
+    return names
 
-            def bias(name: str, size: int, present: bool, layer: dict = layer) -> torch.Tensor:
-                return take(name, (size,)) if present else torch.zeros(size, dtype=layer[R.PROJ_WEIGHT].dtype)
 
-            layer.update(
-                {
-                    R.QKV_BIAS: fuse_qkv(
-                        bias("self_attn.q_proj.bias", nq * d, has["qkv"]),
-                        bias("self_attn.k_proj.bias", ng * d, has["qkv"]),
-                        bias("self_attn.v_proj.bias", ng * d, has["qkv"]),
-                        cfg,
-                    ),
-                    R.PROJ_BIAS: bias("self_attn.o_proj.bias", H, has["proj"]),
-                    R.FC1_BIAS: torch.cat(
-                        [bias("mlp.gate_proj.bias", F, has["mlp"]), bias("mlp.up_proj.bias", F, has["mlp"])]
-                    ),
-                    R.FC2_BIAS: bias("mlp.down_proj.bias", H, has["mlp"]),
-                }
-            )
-        for key, t in layer.items():
-            per_layer.setdefault(key, []).append(t)
-    state.update({k: torch.stack(v) for k, v in per_layer.items()})
-    leftover = sorted(k for k in tensors if not k.endswith("rotary_emb.inv_freq"))
-    if leftover:
-        raise HFInteropError(f"{where}: unexpected tensors {leftover[:5]} (not part of a model of this config)")
-    return {k: v.to(dtype).contiguous() for k, v in state.items()}
+class LlamaWeights:
+    """The logical tensors of ``cfg`` from the Llama-named tensors of ``weights``, produced one
+    tensor (one layer of a per-layer tensor) at a time, as ``flm import-hf`` writes them.
+
+    Mapping (exact): q/k/v are fused per query group ``[q heads of the group, k, v]``, ``fc1 =
+    [gate; up]``, the norms go to the ``layer_norm_weight`` keys; the embedding (and an untied
+    ``lm_head``) get zero rows up to ``padded_vocab``; biases the file lacks are zeros (``cfg.bias``).
+    Every tensor is stored in ``dtype``. The constructor checks names and shapes from the files'
+    headers (nothing is read) and raises HFInteropError naming the first problem."""
+
+    def __init__(
+        self,
+        cfg,
+        weights: HFWeights,
+        padded_vocab: int,
+        dtype: torch.dtype,
+        where: Path,
+        biases: Optional[dict[str, bool]] = None,
+    ) -> None:
+        self.cfg, self.weights, self.dtype, self.where = cfg, weights, dtype, where
+        self.has = biases if biases is not None else {k: cfg.bias for k in ("qkv", "proj", "mlp")}
+        self.shapes = R.logical_shapes(cfg, dataclasses.replace(ModelShape.from_model_config(cfg), vocab=padded_vocab))
+        expected = _hf_names(cfg, self.has)
+        for name, shape in expected.items():
+            if name not in weights:
+                raise HFInteropError(
+                    f"{where}: the weights have no {name!r}; the checkpoint is incomplete or not of its "
+                    "config.json's model_type"
+                )
+            if weights.shape(name) != shape:
+                raise HFInteropError(f"{where}: {name} has shape {weights.shape(name)}, config.json implies {shape}")
+        tied_head = {"lm_head.weight"} if cfg.tie_embeddings else set()
+        leftover = sorted(
+            k
+            for k in weights.keys()
+            if k not in expected and k not in tied_head and not k.endswith("rotary_emb.inv_freq")
+        )
+        if leftover:
+            raise HFInteropError(f"{where}: unexpected tensors {leftover[:5]} (not part of a model of this config)")
+
+    def entries(self) -> list[ChunkedTensor]:
+        """One entry per logical tensor, the per-layer ones cut into layers (``layer_rows``)."""
+        return [
+            ChunkedTensor(key, shape, self.dtype, functools.partial(self.produce, key), layer_rows(key))
+            for key, shape in self.shapes.items()
+        ]
+
+    def produce(self, key: str, layer: int) -> torch.Tensor:
+        """Logical tensor ``key`` (``layer`` 0), or layer ``layer`` of a per-layer one (shape ``[1, ...]``)."""
+        if key == R.EMBEDDING:
+            emb = self.weights.get("model.embed_tokens.weight")
+            if self.cfg.tie_embeddings and "lm_head.weight" in self.weights:
+                if not torch.equal(self.weights.get("lm_head.weight"), emb):
+                    raise HFInteropError(
+                        f"{self.where}: tie_word_embeddings is true but lm_head.weight differs from the embedding"
+                    )
+            return self._padded(emb)
+        if key == R.OUTPUT:
+            return self._padded(self.weights.get("lm_head.weight"))
+        if key == R.FINAL_NORM_WEIGHT:
+            return self.weights.get("model.norm.weight").to(self.dtype)
+        return self._layer(key, layer).to(self.dtype).unsqueeze(0)
+
+    def _padded(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in ``dtype`` with zero rows up to the padded vocabulary (one allocation, no concatenation)."""
+        out = torch.zeros(self.shapes[R.EMBEDDING], dtype=self.dtype)
+        out[: t.shape[0]] = t
+        return out
+
+    def _layer(self, key: str, i: int) -> torch.Tensor:
+        cfg, p = self.cfg, f"model.layers.{i}."
+
+        def get(name: str) -> torch.Tensor:
+            return self.weights.get(p + name)
+
+        def bias(name: str, present: bool, size: int) -> torch.Tensor:
+            return get(name) if present else torch.zeros(size, dtype=self.dtype)
+
+        F, H = cfg.ffn_hidden_size, cfg.hidden_size
+        nq, ng, d = cfg.num_attention_heads, cfg.query_groups, cfg.head_dim
+        qkv, proj, mlp = self.has["qkv"], self.has["proj"], self.has["mlp"]
+        parts: dict[str, Callable[[], torch.Tensor]] = {
+            R.QKV_WEIGHT: lambda: fuse_qkv(
+                get("self_attn.q_proj.weight"), get("self_attn.k_proj.weight"), get("self_attn.v_proj.weight"), cfg
+            ),
+            R.PROJ_WEIGHT: lambda: get("self_attn.o_proj.weight"),
+            R.FC1_WEIGHT: lambda: torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")]),
+            R.FC2_WEIGHT: lambda: get("mlp.down_proj.weight"),
+            R.NORM1_WEIGHT: lambda: get("input_layernorm.weight"),
+            R.NORM2_WEIGHT: lambda: get("post_attention_layernorm.weight"),
+            R.QKV_BIAS: lambda: fuse_qkv(
+                bias("self_attn.q_proj.bias", qkv, nq * d),
+                bias("self_attn.k_proj.bias", qkv, ng * d),
+                bias("self_attn.v_proj.bias", qkv, ng * d),
+                cfg,
+            ),
+            R.PROJ_BIAS: lambda: bias("self_attn.o_proj.bias", proj, H),
+            R.FC1_BIAS: lambda: torch.cat([bias("mlp.gate_proj.bias", mlp, F), bias("mlp.up_proj.bias", mlp, F)]),
+            R.FC2_BIAS: lambda: bias("mlp.down_proj.bias", mlp, H),
+        }
+        return parts[key]()
 
 
 def import_hf(
@@ -368,9 +423,9 @@ def import_hf(
     except ConfigError as err:
         raise HFInteropError(f"{hf_dir / 'config.json'} does not fit layout {layout!r}: {err}") from None
     cfg = run.model
-    state = logical_from_llama(
+    source = LlamaWeights(
         cfg,
-        read_tensors(hf_dir),
+        HFWeights(hf_dir),
         cfg.padded_vocab_size(parallel.tp),
         DTYPES[dtype],
         hf_dir,
@@ -385,15 +440,6 @@ def import_hf(
         tok = None
         if not no_tokenizer:
             tok = import_tokenizer(hf_dir, staging / TOKENIZER_DIR, cfg.vocab_size)
-        comparison = None
-        if check:
-            tokens = random_tokens(cfg.vocab_size, min(cfg.seq_length, 64))
-            comparison = compare(cfg, state, load_hf_model(hf_dir, torch.float32), tokens)
-            if comparison.within is False:
-                raise RoundTripMismatch(
-                    f"the imported weights do not compute what {hf_dir} does: {comparison.summary()}; "
-                    "nothing was written. This is a bug; please report it with config.json"
-                )
         meta = {
             "config": to_dict(run),
             "step": 0,
@@ -404,20 +450,35 @@ def import_hf(
                 "model_type": hc.model_type,
                 "transformers": transformers.__version__,
                 "dtype": dtype,
-                "check": None if comparison is None else comparison.to_dict(),
+                "check": None,
             },
         }
         if tok is not None:
             meta["tokenizer"] = TOKENIZER_DIR
+        comparison = None
 
         def with_files(partial: Path) -> dict:
             # inside the atomic write, so the tokenizer and model.yaml are in the checkpoint's manifest
+            nonlocal comparison
+            if check:  # the weights as written against transformers, before the checkpoint is committed
+                tokens = random_tokens(cfg.vocab_size, min(cfg.seq_length, 64))
+                reader = TensorReader(partial)
+                state = {k: reader.read(k) for k in R.logical_keys(cfg)}
+                comparison = compare(cfg, state, load_hf_model(hf_dir, torch.float32), tokens)
+                if comparison.within is False:
+                    raise RoundTripMismatch(
+                        f"the imported weights do not compute what {hf_dir} does: {comparison.summary()}; "
+                        "nothing was written. This is a bug; please report it with config.json"
+                    )
+                meta["hf_import"]["check"] = comparison.to_dict()
             if tok is not None:
                 shutil.move(str(staging / TOKENIZER_DIR), str(partial / TOKENIZER_DIR))
             (partial / MODEL_YAML).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return meta
 
-        ckpt = write_logical(staging / out.name, state, with_files)
+        # one writer thread: a chunk's work is reading, so a second thread would only hold a second
+        # tensor in memory (the embedding and the output layer could be produced together)
+        ckpt = write_logical_chunks(staging / out.name, source.entries(), with_files, has_moments=False, threads=1)
         os.replace(ckpt, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
