@@ -117,6 +117,11 @@ class Stat:
     slowest_wall: float
 
     @property
+    def total_cpu(self) -> float:
+        """CPU seconds of all ranks together."""
+        return self.mean_cpu * self.world
+
+    @property
     def wait_share(self) -> float:
         """1 - mean / slowest rank CPU: the share of the slowest rank's work an average rank waits."""
         return 0.0 if self.slowest_cpu <= 0 else 1 - self.mean_cpu / self.slowest_cpu
@@ -129,12 +134,31 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Stat]:
     for r in rows:
         groups.setdefault((r["phase"], r["size"], int(r["world"])), []).append(r)
     out = []
-    for (phase, size, world), rs in sorted(groups.items(), key=lambda kv: (PHASES.index(kv[0][0]), kv[0][1], kv[0][2])):
+    order = list(SIZES)
+
+    def key(kv):
+        (phase, size, world), _ = kv
+        return PHASES.index(phase), order.index(size) if size in order else len(order), size, world
+
+    for (phase, size, world), rs in sorted(groups.items(), key=key):
         if len(rs) != world:
             raise ValueError(f"{phase} {size} world {world}: {len(rs)} rank rows")
         cpus = [r["cpu"] for r in rs]
         out.append(Stat(phase, size, world, rs[0]["work"], max(cpus), sum(cpus) / world, max(r["wall"] for r in rs)))
     return out
+
+
+def inflation(stats: Sequence[Stat]) -> dict[tuple[str, str, int], float]:
+    """All ranks' CPU / the one-rank CPU, per (phase, size, world>1): 1.0 when splitting the work
+    adds none; x1/w = inflation / (1 - wait share), so a phase whose ranks are balanced (wait share
+    ~0) but whose x1/w exceeds 1 does more CPU work in all than one process did — on a shared
+    machine, mostly the ranks slowing each other (caches, memory bandwidth, SMT siblings)."""
+    one = {(s.phase, s.size): s.slowest_cpu for s in stats if s.world == 1}
+    return {
+        (s.phase, s.size, s.world): s.total_cpu / one[(s.phase, s.size)]
+        for s in stats
+        if s.world > 1 and one.get((s.phase, s.size), 0) > 0
+    }
 
 
 def scaling(stats: Sequence[Stat]) -> dict[tuple[str, str, int], float]:
@@ -524,17 +548,20 @@ def run(worlds: list[int], sizes: list[str], out: Path) -> list[dict[str, Any]]:
 
 
 def table(stats: Sequence[Stat]) -> str:
-    ratio = scaling(stats)
+    ratio, total = scaling(stats), inflation(stats)
     lines = [
-        "| phase | size | work | world | slowest rank CPU s | x1/w | wait share | slowest wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| phase | size | work | world | slowest rank CPU s | x1/w | wait share | all ranks' CPU / one rank's | "
+        "slowest wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in stats:
-        r = ratio.get((s.phase, s.size, s.world))
+        key = (s.phase, s.size, s.world)
+        r, t = ratio.get(key), total.get(key)
         unit = "B" if s.phase in ("save", "load") else "params"
         lines.append(
             f"| {s.phase} | {s.size} | {s.work / 1e6:.1f}M {unit} | {s.world} | {s.slowest_cpu:.3f} | "
-            f"{'' if r is None else f'{r:.2f}'} | {s.wait_share:.2f} | {s.slowest_wall:.2f} |"
+            f"{'' if r is None else f'{r:.2f}'} | {s.wait_share:.2f} | {'' if t is None else f'{t:.2f}'} | "
+            f"{s.slowest_wall:.2f} |"
         )
     return "\n".join(lines)
 
@@ -549,7 +576,9 @@ def verdicts(stats: Sequence[Stat], size: str) -> list[str]:
             continue
         ok = all(abs(r - 1) <= SCALING_TOLERANCE for r in rs.values())
         listing = ", ".join(f"{w}: {r:.2f}" for w, r in sorted(rs.items()))
-        out.append(f"{phase} at {size}: x1/w {listing} -> {'falls as 1/world' if ok else 'DOES NOT fall as 1/world'}")
+        waits = [s.wait_share for s in stats if s.phase == phase and s.size == size and s.world > 1]
+        line = f"{phase} at {size}: x1/w {listing} -> {'falls as 1/world' if ok else 'DOES NOT fall as 1/world'}"
+        out.append(line + f" (largest wait share {max(waits):.2f})")
     return out
 
 

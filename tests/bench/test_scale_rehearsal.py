@@ -14,6 +14,7 @@ from bench.scale_rehearsal import (
     extrapolate,
     fit,
     fits,
+    inflation,
     scaling,
     stage_scales,
     summarize,
@@ -41,8 +42,14 @@ def test_summary_ratio_and_wait_share():
     # balanced halves: nobody waits; rank 0 alone on 4 ranks: the others wait 3/4 of its time
     assert [s.wait_share for s in stats] == [0.0, 0.0, 0.75]
     assert scaling(stats) == {("save", "s", 2): 1.0, ("save", "s", 4): 4.0}
-    assert verdicts(stats, "s") == ["save at s: x1/w 2: 1.00, 4: 4.00 -> DOES NOT fall as 1/world"]
-    assert verdicts(summarize(rows[:3]), "s") == ["save at s: x1/w 2: 1.00 -> falls as 1/world"]
+    # rank 0 alone did all the work at 4 ranks: no work added, all of it serial
+    assert inflation(stats) == {("save", "s", 2): 1.0, ("save", "s", 4): 1.0}
+    assert verdicts(stats, "s") == [
+        "save at s: x1/w 2: 1.00, 4: 4.00 -> DOES NOT fall as 1/world (largest wait share 0.75)"
+    ]
+    assert verdicts(summarize(rows[:3]), "s") == [
+        "save at s: x1/w 2: 1.00 -> falls as 1/world (largest wait share 0.00)"
+    ]
     with pytest.raises(ValueError, match="1 rank rows"):
         summarize(_rows("save", 2, [1.0]))
 
