@@ -155,17 +155,34 @@ def forward_logits(
     ``{logical key: layer i's slice}`` for the per-layer keys. ``dtype``: the computation dtype
     (default: the embedding's); weights are converted as they are used, so a float64 check of a
     float32 checkpoint holds one layer (and a block of the output matrix) in float64 at a time.
+    The composition of ``embed``, ``run_layers`` over every layer and ``head_logits``, which a
+    caller may run in pieces (e.g. the layers spread over processes, activations passed along).
     """
+    dtype = dtype or _need(tensor, R.EMBEDDING).dtype
+    x = embed(cfg, tensor, tokens, masks, dtype)
+    x = run_layers(cfg, layer, x, range(cfg.num_layers), masks)
+    return head_logits(cfg, tensor, x, masks)
+
+
+def embed(
+    cfg, tensor: Callable[[str], Optional[Tensor]], tokens: Tensor, masks: Optional[MaskValues], dtype: torch.dtype
+) -> Tensor:
+    """The residual stream entering layer 0: ``E[tokens] * input_multiplier`` (times the hidden mask), in ``dtype``."""
+    masks = masks or MaskValues()
+    x = _need(tensor, R.EMBEDDING)[tokens].to(dtype) * cfg.input_multiplier
+    return x if masks.hidden is None else x * masks.hidden.to(dtype)
+
+
+def run_layers(
+    cfg, layer: Callable[[int], dict[str, Tensor]], x: Tensor, layers: range, masks: Optional[MaskValues]
+) -> Tensor:
+    """The residual stream ``x`` (entering layer ``layers.start``) through ``layers``, in ``x``'s dtype;
+    ``layer(i)`` is fetched once per layer, in order."""
     masks = masks or MaskValues()
     rms = cfg.normalization == "RMSNorm"
-    emb = _need(tensor, R.EMBEDDING)
-    dtype = dtype or emb.dtype
+    dtype = x.dtype
     hm = None if masks.hidden is None else masks.hidden.to(dtype)
-    x = emb[tokens].to(dtype) * cfg.input_multiplier
-    if hm is not None:
-        x = x * hm
-
-    for i in range(cfg.num_layers):
+    for i in layers:
         c = partial(_converted, layer(i), dtype)
         h = x
         w = partial(_need, c)
@@ -176,11 +193,23 @@ def forward_logits(
         gate = masks.depth.get(i)
         if gate is not None:
             x = h + gate * (x - h)
+    return x
+
+
+def head_logits(
+    cfg, tensor: Callable[[str], Optional[Tensor]], x: Tensor, masks: Optional[MaskValues] = None
+) -> Tensor:
+    """The logits of the residual stream ``x`` after the last layer: final norm, readout (the embedding
+    under tied embeddings) times ``readout_multiplier``, padded vocabulary rows at the dtype's minimum."""
+    masks = masks or MaskValues()
+    rms = cfg.normalization == "RMSNorm"
+    dtype = x.dtype
+    hm = None if masks.hidden is None else masks.hidden.to(dtype)
     bias = tensor(R.FINAL_NORM_BIAS)
     y = _norm(
         x, _need(tensor, R.FINAL_NORM_WEIGHT).to(dtype), None if bias is None else bias.to(dtype), cfg.norm_eps, rms, hm
     )
-    out_w = emb if cfg.tie_embeddings else _need(tensor, R.OUTPUT)
+    out_w = _need(tensor, R.EMBEDDING) if cfg.tie_embeddings else _need(tensor, R.OUTPUT)
     logits = _output_logits(y, out_w) * cfg.readout_multiplier  # output_multiplier (/ m under μP)
     pad = torch.arange(logits.shape[-1], device=logits.device) >= cfg.vocab_size
     return logits.masked_fill(pad, torch.finfo(logits.dtype).min)

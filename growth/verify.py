@@ -101,6 +101,14 @@ def verify_weights(
         new_logits = forward_logits(
             new_cfg, new.tensor, new.layer, tokens, masks.values(0, dtype=dtype) if masks else None, dtype
         )
+    return compare_logits(old_cfg, old_logits, new_logits, tokens, labels)
+
+
+def compare_logits(
+    old_cfg, old_logits: Tensor, new_logits: Tensor, tokens: Tensor, labels: Optional[Tensor] = None
+) -> VerifyReport:
+    """The report of two models' logits ``[b, s, V]`` on ``tokens`` (compared over the tokenizer's
+    vocabulary, ``old_cfg.vocab_size``); ``labels`` default to the next tokens (last position dropped)."""
     v = old_cfg.vocab_size
     old_logits, new_logits = old_logits[..., :v], new_logits[..., :v]
     if labels is None:

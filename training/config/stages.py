@@ -30,7 +30,7 @@ class StageGrowthConfig(GrowthOptions):
     #: with ``lr_schedule: {kind: equivalent_step}``: where (in tokens of the run-level schedule) this
     #: stage enters the schedule; null estimates it from the previous stage's curve
     equivalent_tokens: Optional[int] = None
-    #: the float64 reference check of the transition (one process, a layer at a time in float64);
+    #: the float64 reference check of the transition (its layers spread over the ranks, a layer at a time in float64);
     #: null: on for grown models up to 1B parameters (``training.orchestration.stage_plans.REFERENCE_CHECK_MAX_PARAMS``).
     #: The engine's check (same batch, both layouts, the run's precision, every rank) always runs
     verify_reference: Optional[bool] = None

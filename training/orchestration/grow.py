@@ -17,7 +17,7 @@ the chunks are spread over them and written in parallel.
 
 ``verify`` (on by default) then runs a fixed batch through the old model read from ``src`` and the
 grown model read back from what was written (float64, masks at 0, one layer in memory at a time),
-on rank 0. If the plan's operators are exact and the logits differ, the grow fails
+each rank computing its share of the layers (``training.orchestration.reference_check``). If the plan's operators are exact and the logits differ, the grow fails
 (``GrowthVerificationError``) and nothing is left at ``dst``. ``dst`` is never overwritten and no
 partial ``dst`` is left on any failure.
 """
@@ -31,20 +31,20 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from growth.errors import GrowthError
 from growth.operators import Growth, grow_layer, grow_tensor, prepare_growth
 from growth.optimizer_state import grow_moment, grow_moment_layer
 from growth.plan import GrowthPlan, load_plan
-from growth.roles import logical_keys, role_of
+from growth.roles import logical_keys, readout_key, role_of
 from growth.shape import ModelShape
-from growth.verify import VerifyReport, verify_weights
+from growth.verify import VerifyReport
 from training.checkpoint import CheckpointError, read_meta, resolve
 from training.checkpoint.dcp_io import ChunkedTensor, TensorReader
 from training.checkpoint.logical import master_key, moment_key, stored_master_key, write_logical_chunks
 from training.config import ModelConfig, RunConfig
 from training.config_base import ConfigError, from_dict, read_yaml, to_dict
+from training.orchestration.reference_check import Side, verify_spread
 
 #: |dlogit| <= tol * (1 + max|logit|) counts as function-preserving. The check computes in float64, so
 #: the only difference left by an exact operator is the rounding of grown values that are not copies
@@ -239,22 +239,23 @@ def _entries(g: Growth, reader: TensorReader, keys: list[str]) -> list[ChunkedTe
     return entries
 
 
+def _side(cfg, reader: TensorReader, shape, masks) -> Side:
+    """One model of the float64 check, its weights read from ``reader``; costs from ``shape(key)``."""
+    keys = logical_keys(cfg)
+    layer = sum(math.prod(shape(k)[1:]) for k in keys if role_of(k).layered)
+    return Side(
+        cfg, CheckpointWeights(reader, cfg), masks, float(max(layer, 1)), float(math.prod(shape(readout_key(cfg))))
+    )
+
+
 def _verify(g: Growth, plan: GrowthPlan, old: TensorReader, written: Path) -> VerifyReport:
-    """Rank 0 runs the check (one layer in memory at a time); every rank gets the report."""
-    report = [None]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        tokens = verify_tokens(g.old_cfg.vocab_size, g.old_cfg.seq_length, seed=plan.seed)
-        report[0] = verify_weights(
-            g.old_cfg,
-            CheckpointWeights(old, g.old_cfg),
-            g.new_cfg,
-            CheckpointWeights(TensorReader(written), g.new_cfg),
-            g.masks,
-            tokens,
-        )
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(report, src=0)
-    return report[0]
+    """The float64 check, its layers spread over the ranks (``reference_check.verify_spread``); every
+    rank gets the report."""
+    tokens = verify_tokens(g.old_cfg.vocab_size, g.old_cfg.seq_length, seed=plan.seed)
+    masks = g.masks.values(0, dtype=torch.float64) if g.masks is not None else None
+    return verify_spread(
+        _side(g.old_cfg, old, g.old_shape, None), _side(g.new_cfg, TensorReader(written), g.new_shape, masks), tokens
+    )
 
 
 def grow_checkpoint(src: str | Path, dst: str | Path, plan: GrowthPlan, *, run_verify: bool = True) -> GrowReport:

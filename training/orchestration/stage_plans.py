@@ -46,8 +46,9 @@ from training.config_base import ConfigError, from_dict, join_key, to_dict
 from training.model_size import total_params
 
 #: a transition runs the float64 reference check by default up to this many parameters of the grown
-#: model (``stages[i].growth.verify_reference`` decides otherwise): it runs on one process and holds
-#: one layer in float64 — minutes at 1B parameters, hours at FLM-101B's 51B -> 101B (docs/growth.md,
+#: model (``stages[i].growth.verify_reference`` decides otherwise): its float64 forward passes the
+#: ranks' blocks of layers in order and holds a layer in float64 — minutes at 1B parameters, hours
+#: at FLM-101B's 51B -> 101B (docs/growth.md,
 #: "What each transition check proves"). The engine's check always runs
 REFERENCE_CHECK_MAX_PARAMS = 1_000_000_000
 

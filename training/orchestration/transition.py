@@ -1,9 +1,10 @@
 """The engine's check of a growth transition: the same batch, the old model under the old layout and
 the grown model under the new one, in the run's precision, on every rank.
 
-The float64 reference check of ``training.orchestration.grow`` proves exactness on logical tensors,
-but runs on one process and holds a layer in float64: at FLM-101B's 51B -> 101B step a layer is
-~1.3B parameters (10 GB) and the check would take hours while the other ranks wait. This check
+The float64 reference check of ``training.orchestration.grow`` proves exactness on logical tensors;
+its layers are spread over the ranks (``reference_check``), but its float64 forward passes them in
+order and holds a layer in float64: at FLM-101B's 51B -> 101B step a layer is ~1.3B parameters
+(10 GB) and the chain would take hours. This check
 costs one forward pass of one global batch per side, spread over the ranks like training itself,
 and proves something the reference cannot: the model *as the engine runs it* (the new layout's
 sharding, sequence parallelism, pipeline schedule, mixed precision, masks applied by the engine's
