@@ -82,13 +82,74 @@ def save(
         state = model_sharded_state_dict(model_chunks)
         model_sd = state["model"] if "model" in state else state
         if optimizer is not None:
-            state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIM_METADATA)
+            with _distributed_optimizer_state_in_buffer_coordinates(optimizer):
+                state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIM_METADATA)
         state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
         state["rng_state"] = rng_object(layout)
         state["step"] = step
         dist_checkpointing.save(state, str(partial))
 
     return commit(root, step, write, dict(meta, has_optimizer=optimizer is not None), layout, keep_last)
+
+
+def _in_buffer_coordinates(opt, state: dict) -> dict:
+    """``state`` (``get_parameter_state_dp_zero``'s result) with each bucket's elements moved to the
+    bucket's offset in its grad buffer, the padding between buckets restored as zeros."""
+    out: dict = {}
+    for gbuf_idx, dtype_state in state.items():
+        if not isinstance(gbuf_idx, int):  # "buckets_coalesced": a flag, not a buffer
+            out[gbuf_idx] = dtype_state
+            continue
+        buffer = opt.buffers[gbuf_idx]
+        out[gbuf_idx] = {}
+        for dtype, world in dtype_state.items():
+            placed = {}
+            for key, tensor in world.items():
+                if not isinstance(tensor, torch.Tensor):
+                    placed[key] = tensor  # "numel_unpadded": an int, not per-element state
+                    continue
+                full = tensor.new_zeros(buffer.numel)
+                unpadded_start = 0
+                for bucket in buffer.buckets:
+                    n = bucket.numel_unpadded
+                    full[bucket.offset : bucket.offset + n].copy_(tensor[unpadded_start : unpadded_start + n])
+                    unpadded_start += n
+                placed[key] = full
+            out[gbuf_idx][dtype] = placed
+    return out
+
+
+@contextlib.contextmanager
+def _distributed_optimizer_state_in_buffer_coordinates(optimizer) -> Iterator[None]:
+    """Work around megatron-core's ``fully_reshardable`` save of the distributed optimizer.
+
+    ``get_parameter_state_dp_zero`` concatenates the buckets of a grad buffer *without* the padding
+    between them, but ``sharded_param_state_fully_reshardable`` slices that tensor at each
+    parameter's ``param_index_map`` range, which counts the padding. Every parameter after the
+    first padded bucket end is saved from the wrong elements (its master weight and Adam moments
+    are another parameter's, shifted). A buffer has several buckets when bucketing is on, and always
+    on the first pipeline stage with tied embeddings, where megatron gives the ``shared_embedding``
+    weight its own bucket: a PP resume then loaded a wrong embedding. Loading slices the saved
+    model-shaped tensors by parameter-local ranges and is unaffected. While saving, each distributed
+    optimizer's gathered state is laid out in buffer coordinates, padding included.
+    """
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not hasattr(opt, "get_parameter_state_dp_zero") or not hasattr(opt, "buffers"):
+            continue
+        original = opt.get_parameter_state_dp_zero
+
+        def gather(*args, opt=opt, original=original, **kwargs):
+            state = original(*args, **kwargs)
+            return None if state is None else _in_buffer_coordinates(opt, state)
+
+        opt.get_parameter_state_dp_zero = gather  # instance attribute: this object only
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt.get_parameter_state_dp_zero
 
 
 def _unshare_adam_steps(optimizer) -> None:

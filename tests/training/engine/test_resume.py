@@ -31,9 +31,12 @@ def resume_chain(tmp_path, full, second: list[str], third: list[str]) -> None:
 @pytest.mark.slow
 def test_distributed_optimizer_resumes_across_layouts_and_into_overlap(tmp_path, layout_run):
     """The distributed optimizer's sharded state: DP2 with grad-reduce and param-gather overlap ->
-    TP2 -> DP2 with overlap again, each resume continuing the uninterrupted run."""
+    PP2 -> DP2 with overlap again, each resume continuing the uninterrupted run. The tiny model ties
+    its embeddings, so PP2's first stage keeps the embedding in a grad bucket of its own, whose
+    optimizer state megatron-core saves from the wrong offsets unless worked around
+    (``megatron_checkpoint._distributed_optimizer_state_in_buffer_coordinates``)."""
     overlap = LAYOUTS["dp2-distopt-overlap"][1]
-    resume_chain(tmp_path, layout_run("dp2-distopt-overlap"), ["parallel.tp=2", *DISTOPT], overlap)
+    resume_chain(tmp_path, layout_run("dp2-distopt-overlap"), ["parallel.pp=2", *DISTOPT], overlap)
 
 
 @pytest.mark.slow
