@@ -24,19 +24,12 @@ def prepare(data: dict, vocab_size: int) -> dict:
     # local: the bench scripts' --help and argument errors come before the data pipeline's imports
     from training.config.data import DataConfig
     from training.config_base import from_dict
-    from training.data.build import default_data_dir, prepare_default_data
+    from training.data.build import prepare_configured_default_data
 
     cfg = from_dict(DataConfig, data, "data")
     if cfg.kind != "default":
         raise SystemExit(f"bench: data.kind {cfg.kind!r} has no default corpus to fingerprint; use kind: default")
-    info = prepare_default_data(
-        default_data_dir(cfg),
-        vocab_size,
-        cfg.seed,
-        workers=cfg.workers,
-        selection=cfg.default_corpus,
-        sources_dir=cfg.sources_dir,
-    )
+    info = prepare_configured_default_data(cfg, vocab_size)
     corpus = json.loads((info.corpus_dir / "manifest.json").read_text())
     dataset = json.loads((info.dataset_dir / "manifest.json").read_text())
     return {

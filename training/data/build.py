@@ -118,16 +118,22 @@ def default_data_dir(cfg: DataConfig) -> Path:
     return root if cfg.default_corpus == "small" else root / cfg.default_corpus
 
 
+def prepare_configured_default_data(cfg: DataConfig, vocab_size: int):
+    """``prepare_default_data`` for a ``kind: default`` data section (its corpus, cache, seed, workers
+    and pinned sources); cached and idempotent."""
+    return prepare_default_data(
+        default_data_dir(cfg),
+        vocab_size,
+        cfg.seed,
+        workers=cfg.workers,
+        selection=cfg.default_corpus,
+        sources_dir=cfg.sources_dir,
+    )
+
+
 def _entries(cfg: DataConfig, vocab_size: int) -> tuple[list[DatasetConfig], str | None]:
     if cfg.kind == "default":
-        info = prepare_default_data(
-            default_data_dir(cfg),
-            vocab_size,
-            cfg.seed,
-            workers=cfg.workers,
-            selection=cfg.default_corpus,
-            sources_dir=cfg.sources_dir,
-        )
+        info = prepare_configured_default_data(cfg, vocab_size)
         return [DatasetConfig(path=str(info.dataset_dir), weight=1.0)], str(info.tokenizer_dir)
     return list(cfg.datasets), cfg.tokenizer
 

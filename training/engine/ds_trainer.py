@@ -48,9 +48,8 @@ from training import checkpoint
 from training.config import RunConfig
 from training.data.source import SampleSource
 from training.engine import ds_checkpoint
-from training.engine.fusions import decide
 from training.engine.megatron_checkpoint import restore_rng
-from training.engine.model.build import build_model, transformer_config
+from training.engine.model.build import build_model
 from training.engine.optim import (
     build_scheduler,
     client_adamw,
@@ -59,7 +58,6 @@ from training.engine.optim import (
     param_group_overrides,
     set_torch_adam_step,
 )
-from training.engine.parallel import process_device
 from training.engine.trainer_base import BaseTrainer, StepResult, token_mean_loss
 
 log = logging.getLogger(__name__)
@@ -146,23 +144,7 @@ class DeepSpeedTrainer(BaseTrainer):
         if self.layout.tp != 1 or self.layout.pp != 1:
             raise ValueError("the DeepSpeed engine needs parallel.tp = parallel.pp = 1 (checked at config load)")
         deepspeed = import_deepspeed()
-        self.fusions = decide(
-            cfg.model,
-            cfg.train,
-            engine=self.engine,
-            device=process_device(),
-            offload_optimizer=cfg.deepspeed.offload_optimizer,
-        )
-        if self.layout.rank == 0:
-            log.info("%s", self.fusions.summary())
-        self.tconfig = transformer_config(
-            cfg.model,
-            cfg.parallel,
-            bf16=self.bf16,
-            gloo=self.layout.backend == "gloo",
-            recompute=cfg.train.recompute,
-            fusions=self.fusions,
-        )
+        self._model_config(cfg, offload_optimizer=cfg.deepspeed.offload_optimizer)
         (gpt,) = build_model(cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos)
         module = Float16Module(self.tconfig, gpt) if self.bf16 else gpt
         self.entries = ds_checkpoint.param_entries(module)  # before ZeRO-3 partitions the parameters

@@ -26,8 +26,7 @@ from training import checkpoint
 from training.config import RunConfig
 from training.data.source import SampleSource
 from training.engine import megatron_checkpoint
-from training.engine.fusions import decide
-from training.engine.model.build import build_model, transformer_config
+from training.engine.model.build import build_model
 from training.engine.optim import build_optimizer, build_scheduler, check_growth_can_carry
 from training.engine.parallel import process_device
 from training.engine.trainer_base import BaseTrainer, StepResult, token_mean_loss
@@ -54,17 +53,7 @@ class Trainer(BaseTrainer):
             output_dir=output_dir,
             checkpoint_meta=checkpoint_meta,
         )
-        self.fusions = decide(cfg.model, cfg.train, engine=self.engine, device=process_device())
-        if self.layout.rank == 0:
-            log.info("%s", self.fusions.summary())
-        self.tconfig = transformer_config(
-            cfg.model,
-            cfg.parallel,
-            bf16=self.bf16,
-            gloo=self.layout.backend == "gloo",
-            recompute=cfg.train.recompute,
-            fusions=self.fusions,
-        )
+        self._model_config(cfg)
         chunks = build_model(cfg.model, self.tconfig, attention=cfg.train.attention, documents=cfg.data.reset_at_eos)
         if self.bf16:
             chunks = [Float16Module(self.tconfig, c) for c in chunks]

@@ -35,6 +35,7 @@ from growth.masks import MaskState
 from training.config import RunConfig, run_config_to_dict
 from training.data.position import DataPosition
 from training.data.source import PositionedSource, SampleSource
+from training.engine.fusions import decide
 from training.engine.loop import faults
 from training.engine.loop.checkpointer import Checkpointer
 from training.engine.loop.divergence import DivergenceError, DivergenceGuard, NonFiniteLossError
@@ -43,6 +44,7 @@ from training.engine.loop.preemption import Preemption
 from training.engine.loop.profiler import StepProfiler
 from training.engine.loop.step_result import StepResult
 from training.engine.metrics import MetricsSink
+from training.engine.model.build import transformer_config
 from training.engine.model.documents import document_inputs
 from training.engine.model.masks import apply_masks, clear_masks
 from training.engine.parallel import Layout, process_device, setup_layout
@@ -291,6 +293,23 @@ class BaseTrainer(ABC):
             self._restore_masks(growth.get("masks"))
 
     # ---------------------------------------------------------------- the loop
+    def _model_config(self, cfg: RunConfig, *, offload_optimizer: bool = False) -> None:
+        """Set ``self.fusions`` (the fused kernels this process uses, logged on rank 0) and
+        ``self.tconfig`` (megatron's ``TransformerConfig`` of the run): the same for both engines."""
+        self.fusions = decide(
+            cfg.model, cfg.train, engine=self.engine, device=process_device(), offload_optimizer=offload_optimizer
+        )
+        if self.layout.rank == 0:
+            log.info("%s", self.fusions.summary())
+        self.tconfig = transformer_config(
+            cfg.model,
+            cfg.parallel,
+            bf16=self.bf16,
+            gloo=self.layout.backend == "gloo",
+            recompute=cfg.train.recompute,
+            fusions=self.fusions,
+        )
+
     def fit(self, *, until_step: Optional[int] = None, tracker: Optional[Tracker] = None) -> list[StepResult]:
         """Train to ``until_step`` (default ``train.steps``): log, validate and checkpoint on the way.
         ``tracker``: the job's experiment trackers (``training.engine.tracking``; opened and closed
