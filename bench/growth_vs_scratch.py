@@ -4,10 +4,12 @@ and (b) grown from a small model, side by side, over seeds, LR schedules and gro
     python bench/growth_vs_scratch.py                      # --size small: the toy budget (4.3e12 FLOPs)
     python bench/growth_vs_scratch.py --size large         # 10x: Llama-style, 2 seeds
         [--seeds 1,2] [--schedules global,equivalent_step,per_stage] [--fractions 0.35,0.25]
-        [--ramp-steps N] [--jobs 2] [--full-grid] [--keep] [--out runs/bench-growth-large] [--corpus pinned]
+        [--ramp-steps N] [--budgets 0.5] [--jobs 2] [--full-grid] [--keep] [--out DIR] [--corpus pinned]
 
 Sizes:
 - small: 2 x 64 -> 4 x 128 (LayerNorm, GELU, tied), 2048 tokens/step, 4.3e12 FLOPs per run.
+- mid: 2 x 64 -> 4 x 128 (Llama-style as large), 4096 tokens/step, 3e13 FLOPs per run: past the
+  budget where the scratch target starts to beat the small shape trained alone.
 - large: 2 x 96 -> 4 x 192 (RMSNorm, SwiGLU, RoPE, untied, no bias), 4096 tokens/step, 4.35e13
   FLOPs per run (10x), validation on 16k tokens every 50 steps.
 
@@ -27,13 +29,21 @@ shape. ``global`` and ``equivalent_step`` runs of one growth point and seed trai
 stage, so it is trained once and copied. ``--jobs`` runs train at the same time (default 2: on the
 2-core machine, one per core with one torch thread each).
 
+Baselines a user tries first: besides the scratch target, the small shape trained alone for the
+whole budget (``small-s<seed>``, every seed), and both shapes alone at the cheaper budgets of
+``--budgets`` (multiples of the headline's, first seed). The first table gives, per budget, both
+final losses and tokens per parameter, and the crossover: the budget from which the scratch target
+beats the small-only model (interpolated in log FLOPs). Growing is worth it only where it beats
+both.
+
 Reports per grown configuration (mean and spread over its seeds, each seed against the scratch run
 of the same seed):
 - FLOPs to reach the scratch final validation loss L*: the FLOPs (small stage included) at the
   first validation point *of the final-shape stage* at or below L* (linear interpolation; the small
   stage's crossings do not count); as a fraction of the scratch FLOPs and as a speedup;
 - the same in wall-clock (each run's summed step times, evaluation excluded);
-- the final validation loss of both at equal FLOPs;
+- the final validation loss of the grown run, the scratch run and the small-only run at equal FLOPs,
+  and the grown run's margin to the better baseline (negative: growing won);
 - the post-growth bump: highest validation loss in the ramp + 50 steps after the transition minus
   the last validation loss before it, in % of the latter.
 FLOPs per token: ``training.model_size.flops_per_token`` (6 x matmul params + attention).
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -74,11 +85,25 @@ class Size:
     ramp_steps: int
     warmup_steps: int
     growth: dict = field(default_factory=dict)
+    #: budgets (multiples of the headline's) at which both shapes also train alone, with the first
+    #: seed, to locate where the scratch target starts to beat the small-only model
+    budgets: list[float] = field(default_factory=lambda: [0.5, 1.0])
 
     @property
     def tokens_per_step(self) -> int:
         return self.train["global_batch_size"] * self.large["seq_length"]
 
+
+#: the Llama-style block of the mid and large sizes
+_LLAMA = {
+    "vocab_size": 2048,
+    "seq_length": 128,
+    "normalization": "RMSNorm",
+    "activation": "swiglu",
+    "position_embedding": "rope",
+    "tie_embeddings": False,
+    "bias": False,
+}
 
 SIZES = {
     "small": Size(
@@ -113,6 +138,39 @@ SIZES = {
         schedules=["global"],
         ramp_steps=20,
         warmup_steps=20,
+    ),
+    # past the crossover: the scratch target beats the small shape alone at this budget (docs/benchmarks.md)
+    "mid": Size(
+        small={
+            "num_layers": 2,
+            "hidden_size": 64,
+            "ffn_hidden_size": 192,
+            "num_attention_heads": 2,
+            **_LLAMA,
+        },
+        large={
+            "num_layers": 4,
+            "hidden_size": 128,
+            "ffn_hidden_size": 384,
+            "num_attention_heads": 4,
+            **_LLAMA,
+        },
+        train={
+            "global_batch_size": 32,
+            "micro_batch_size": 32,
+            "lr": 3.0e-3,
+            "min_lr": 3.0e-4,
+            "eval_interval": 50,
+            "eval_batches": 8,
+        },
+        data={"kind": "default", "default_corpus": "pinned", "seed": 1234},
+        scratch_steps=980,
+        seeds=[1234, 5678],
+        fractions=[0.35],
+        schedules=["global"],
+        ramp_steps=200,
+        warmup_steps=100,
+        budgets=[0.5, 1.0],
     ),
     "large": Size(
         small={
@@ -188,6 +246,18 @@ def growth_section(size: Size, ramp_steps: int, overrides: dict | None = None) -
     return section
 
 
+def baseline_stages(size: Size, shape: str, flops: float) -> list[dict]:
+    """The single stage of a baseline run: ``shape`` (small or large) trained alone for ``flops``."""
+    import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
+    from training.config import ModelConfig
+    from training.config_base import from_dict
+    from training.model_size import flops_per_token
+
+    model = getattr(size, shape)
+    steps = max(1, round(flops / (flops_per_token(from_dict(ModelConfig, model)) * size.tokens_per_step)))
+    return [{"name": shape, "model": model, "tokens": steps * size.tokens_per_step}]
+
+
 def stages_for(size: Size, fraction: float | None, scratch_flops: float, ramp_steps: int, growth: dict | None):
     """(stages, small steps): the scratch run's single stage, or small + grown at equal FLOPs."""
     import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
@@ -211,6 +281,45 @@ def stages_for(size: Size, fraction: float | None, scratch_flops: float, ramp_st
             "growth": growth_section(size, ramp_steps, growth),
         },
     ], small_steps
+
+
+def baseline_runs(seeds: list[int], budgets: list[float]) -> list[tuple[str, str, float, int]]:
+    """(run name, shape, budget as a multiple of the headline's, seed) of every single-shape baseline
+    besides the scratch runs: ``small-s<seed>`` (the small shape for the headline budget) at every
+    seed, and ``large-b<scale>`` / ``small-b<scale>`` at each cheaper budget with the first seed."""
+    runs = [(f"small-s{seed}", "small", 1.0, seed) for seed in seeds]
+    for scale in budgets:
+        if scale != 1.0:
+            runs += [(f"{shape}-b{scale:g}-s{seeds[0]}", shape, scale, seeds[0]) for shape in ("large", "small")]
+    return runs
+
+
+def baseline_final(size: Size, run_dir: Path, shape: str) -> tuple[float, float, float]:
+    """(final validation loss, FLOPs, tokens per parameter) of a single-shape run of ``shape``."""
+    from training.config import ModelConfig
+    from training.config_base import from_dict
+    from training.model_size import flops_per_token, total_params
+
+    model = from_dict(ModelConfig, getattr(size, shape))
+    points = curve(run_dir / f"stage0-{shape}", flops_per_token(model), size.tokens_per_step, 0.0, 0.0, 0)
+    last = points[-1]
+    tokens = last.step * size.tokens_per_step
+    return last.loss, last.flops, tokens / total_params(model)
+
+
+def crossover(pairs: list[tuple[float, float, float]]) -> str:
+    """Where the scratch target starts to beat the small-only model, from (FLOPs, scratch final,
+    small-only final) at several budgets: the budget where their difference changes sign,
+    interpolated linearly in log FLOPs."""
+    pairs = sorted(pairs)
+    for (f0, a0, b0), (f1, a1, b1) in zip(pairs, pairs[1:]):
+        d0, d1 = a0 - b0, a1 - b1
+        if d0 > 0 >= d1:
+            x = math.log(f0) + (math.log(f1) - math.log(f0)) * d0 / (d0 - d1)
+            return f"the scratch target starts to beat the small-only model at ~{math.exp(x):.3g} FLOPs"
+    if all(a < b for _, a, b in pairs):
+        return f"the scratch target beats the small-only model at every budget measured (from {pairs[0][0]:.3g})"
+    return f"the small-only model beats the scratch target at every budget measured (up to {pairs[-1][0]:.3g})"
 
 
 @dataclass
@@ -474,6 +583,11 @@ def main() -> int:
     ap.add_argument("--fractions", help="comma-separated shares of the FLOPs spent before growing; first recommended")
     ap.add_argument("--ramp-steps", type=int, help="growth mask ramp (default: the size's)")
     ap.add_argument("--scratch-steps", type=int, help="length of the scratch run (sets the FLOPs budget)")
+    ap.add_argument(
+        "--budgets",
+        help="comma-separated budgets, as multiples of the headline's, at which scratch and small-only also "
+        "run (first seed) to locate their crossover (default: the size's; 1 is always included)",
+    )
     ap.add_argument("--out", help="output directory (default runs/bench-growth-<size>)")
     ap.add_argument(
         "--corpus",
@@ -499,6 +613,9 @@ def main() -> int:
     schedules = args.schedules.split(",") if args.schedules else size.schedules
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else size.fractions
     ramp = args.ramp_steps or size.ramp_steps
+    budgets = sorted({1.0, *([float(b) for b in args.budgets.split(",")] if args.budgets else size.budgets)})
+    if any(b <= 0 for b in budgets):
+        ap.error("--budgets must be positive multiples of the headline budget")
     if args.scratch_steps:
         size.scratch_steps = args.scratch_steps
     out = Path(args.out or REPO / "runs" / f"bench-growth-{args.size}")
@@ -525,17 +642,21 @@ def main() -> int:
         stage_lists[fraction] = stages_for(size, fraction, scratch_flops, ramp, None)
     small_steps = {f: stage_lists[f][1] for f in fractions}
     runs = {f"scratch-s{seed}": (None, "per_stage", seed) for seed in seeds}
+    stages_of = {name: stage_lists[None][0] for name in runs}
     for schedule, fraction, seed in grown_combos(schedules, fractions, seeds, args.full_grid):
         runs[f"grown-{schedule}-f{fraction:g}-s{seed}"] = (fraction, schedule, seed)
+        stages_of[f"grown-{schedule}-f{fraction:g}-s{seed}"] = stage_lists[fraction][0]
+    # the baselines a user tries first: the small shape for the whole budget (every seed), and both
+    # shapes alone at cheaper budgets (first seed) to locate the crossover
+    for name, shape, scale, seed in baseline_runs(seeds, budgets):
+        runs[name] = (None, "per_stage", seed)
+        stages_of[name] = baseline_stages(size, shape, scale * scratch_flops)
     configs = {
-        name: run_config(size, name, out, stage_lists[fraction][0], schedule, seed)
+        name: run_config(size, name, out, stages_of[name], schedule, seed)
         for name, (fraction, schedule, seed) in runs.items()
     }
     flops = {shape: flops_per_token(from_dict(ModelConfig, getattr(size, shape))) * tps for shape in ("small", "large")}
-    costs = {
-        name: [st["tokens"] // tps * step_seconds(flops[st["name"]]) for st in stage_lists[f][0]]
-        for name, (f, _, _) in runs.items()
-    }
+    costs = {name: [st["tokens"] // tps * step_seconds(flops[st["name"]]) for st in stages_of[name]] for name in runs}
     jobs = plan_jobs(out, runs, costs, configs)
     wall = run_jobs(jobs, args.jobs, args.threads or max(1, (os.cpu_count() or 1) // args.jobs))
 
@@ -561,32 +682,78 @@ def main() -> int:
                         "wall_share": None if w_reach is None else w_reach / s_curve[-1].wall,
                         "bump_pct": bump_of(g_small, g_large, ramp)[1],
                         "pre_growth_loss": g_small[-1].loss,
+                        "small_only_final": baseline_final(size, out / f"small-s{seed}", "small")[0],
                     }
                 )
             if results:
                 rows.append({"schedule": schedule, "fraction": fraction, "results": results})
 
+    baselines = []
+    for scale in budgets:
+        seed = seeds[0]
+        names = (
+            (f"scratch-s{seed}", f"small-s{seed}")
+            if scale == 1.0
+            else (
+                f"large-b{scale:g}-s{seed}",
+                f"small-b{scale:g}-s{seed}",
+            )
+        )
+        big_loss, big_flops, big_tpp = baseline_final(size, out / names[0], "large")
+        small_loss, _, small_tpp = baseline_final(size, out / names[1], "small")
+        baselines.append(
+            {
+                "budget": scale,
+                "flops": big_flops,
+                "scratch_final": big_loss,
+                "scratch_tokens_per_param": big_tpp,
+                "small_only_final": small_loss,
+                "small_only_tokens_per_param": small_tpp,
+            }
+        )
+    where = crossover([(b["flops"], b["scratch_final"], b["small_only_final"]) for b in baselines])
     (out / "results.json").write_text(
-        json.dumps({"size": args.size, "corpus": corpus, "rows": rows, "wall_s": wall}, indent=2)
+        json.dumps(
+            {
+                "size": args.size,
+                "corpus": corpus,
+                "rows": rows,
+                "baselines": baselines,
+                "crossover": where,
+                "wall_s": wall,
+            },
+            indent=2,
+        )
     )
     print(
         f"size {args.size}: small {size.small} -> final {size.large}; {tps} tokens/step; "
         f"scratch {size.scratch_steps} steps = {scratch_flops:.3g} FLOPs; ramp {ramp}; seeds {seeds}"
     )
+    print("| budget (FLOPs) | scratch target final | tokens/param | small shape alone, final | tokens/param | better |")
+    print("|" + "---|" * 6)
+    for b in baselines:
+        better = "scratch target" if b["scratch_final"] < b["small_only_final"] else "small-only"
+        print(
+            f"| {b['flops']:.3g} ({b['budget']:g}x) | {b['scratch_final']:.4g} | {b['scratch_tokens_per_param']:.2g} "
+            f"| {b['small_only_final']:.4g} | {b['small_only_tokens_per_param']:.2g} | {better} |"
+        )
+    print(f"crossover: {where} (first seed)")
     header = (
         "| schedule | growth at | seeds | FLOPs to reach L* (share of scratch) | speedup | wall-clock share "
-        "| grown final | scratch final L* | post-growth bump |"
+        "| grown final | scratch final L* | small-only final | grown - best baseline | post-growth bump |"
     )
     print(header)
-    print("|" + "---|" * 9)
+    print("|" + "---|" * 11)
     for row in rows:
         res = row["results"]
         shares = [r["flops_share"] for r in res]
         speed = [None if s is None else 1 / s for s in shares]
+        margin = [r["grown_final"] - min(r["scratch_final"], r["small_only_final"]) for r in res]
         print(
             f"| {row['schedule']} | {row['fraction']:.0%} ({small_steps[row['fraction']]} small steps) | {len(res)} "
             f"| {mean_spread(shares)} | {mean_spread(speed)}x | {mean_spread([r['wall_share'] for r in res])} "
             f"| {mean_spread([r['grown_final'] for r in res])} | {mean_spread([r['scratch_final'] for r in res])} "
+            f"| {mean_spread([r['small_only_final'] for r in res])} | {mean_spread(margin)} "
             f"| {mean_spread([r['bump_pct'] for r in res])}% |"
         )
     print(corpus_id.describe(corpus))
@@ -608,6 +775,15 @@ def plot(size: Size, out: Path, seed: int, schedules: list[str], fractions: list
     fig, ax = plt.subplots(figsize=(8, 4.5))
     _, s_curve = run_curves(size, out / f"scratch-s{seed}", grown=False)
     ax.plot([p.flops for p in s_curve], [p.loss for p in s_curve], "k-", lw=1.5, label="from scratch")
+    small_dir = out / f"small-s{seed}" / "stage0-small"
+    if small_dir.is_dir():
+        from training.config import ModelConfig
+        from training.config_base import from_dict
+        from training.model_size import flops_per_token
+
+        f_small = flops_per_token(from_dict(ModelConfig, size.small))
+        alone = curve(small_dir, f_small, size.tokens_per_step, 0.0, 0.0, 0)
+        ax.plot([p.flops for p in alone], [p.loss for p in alone], "k--", lw=1, label="small shape alone")
     for schedule in schedules:
         for fraction in fractions:
             run = out / f"grown-{schedule}-f{fraction:g}-s{seed}"
