@@ -43,7 +43,7 @@ from training.config import (
 from training.config.data import DataConfig
 from training.config.lr import peak_for
 from training.config_base import ConfigError, from_dict, join_key, to_dict
-from training.model_size import total_params
+from training.model_size import flops_per_token, total_params
 
 #: a transition runs the float64 reference check by default up to this many parameters of the grown
 #: model (``stages[i].growth.verify_reference`` decides otherwise): its float64 forward passes the
@@ -269,6 +269,11 @@ def _check_schedule_options(run: RunConfig, index: int, entry: ScheduleEntry) ->
     stage = run.stages[index]
     where = f"stages[{index}]"
     kind = run.lr_schedule.kind
+    if run.lr_schedule.progress == "flops" and kind != "global":
+        raise ConfigError(
+            "lr_schedule.progress",
+            f"flops applies to kind global; {kind} places each stage by tokens: remove it or use kind global",
+        )
     if kind == "per_stage":
         for name in ("rewarmup_steps", "warmup_tokens"):
             if getattr(run.lr_schedule, name):
@@ -322,26 +327,31 @@ def _run_level_schedule(
     run: RunConfig, index: int, train: TrainConfig, model: ModelConfig, where: str
 ) -> ScheduleEntry:
     """Stage ``index``'s ``train`` section under a ``global`` / ``equivalent_step`` schedule: the
-    run-level schedule (in tokens) in this stage's steps, entered at the stage's offset."""
-    tokens_per_step = train.global_batch_size * model.seq_length
-    total = sum(s.tokens for s in run.stages)
-    entry_tokens = sum(s.tokens for s in run.stages[:index])
+    run-level schedule (in tokens, or FLOPs with ``lr_schedule.progress: flops``: each stage's tokens times
+    its section model's FLOPs per token) in this stage's steps, entered at the stage's offset."""
+    # the schedule's unit per token of each stage: 1 (progress: tokens) or its FLOPs per token
+    weight = [1.0] * len(run.stages)
+    if run.lr_schedule.progress == "flops":
+        weight = [flops_per_token(s.model) for s in run.stages]
+    per_step = train.global_batch_size * model.seq_length * weight[index]  # schedule units per step
+    total = sum(s.tokens * w for s, w in zip(run.stages, weight))
+    entry_units = sum(s.tokens * w for s, w in zip(run.stages[:index], weight))
     growth = run.stages[index].growth
     entry: ScheduleEntry = "continues"
     if run.lr_schedule.kind == "equivalent_step" and growth is not None:
         if growth.equivalent_tokens is not None:
-            entry_tokens, entry = growth.equivalent_tokens, "given"
+            entry_units, entry = growth.equivalent_tokens, "given"
         else:
             # not known before the previous stage has trained (training.orchestration.equivalent_step estimates it from
             # that stage's curve when this stage starts: Stage.entered_at); until then, where it stopped
             entry = "estimated"
-    train.schedule_offset_steps = entry_tokens // tokens_per_step
+    train.schedule_offset_steps = int(entry_units // per_step)
     warmup_tokens = run.lr_schedule.warmup_tokens
     if warmup_tokens is None:
         first = from_dict(TrainConfig, dict(to_dict(run.train), **run.stages[0].train), join_key(where, "train"))
         warmup_tokens = first.warmup_steps * first.global_batch_size * run.stages[0].model.seq_length
-    train.warmup_steps = math.ceil(warmup_tokens / tokens_per_step)
-    train.lr_decay_steps = _decay_steps(total, tokens_per_step, train.schedule_offset_steps, train.steps)
+    train.warmup_steps = math.ceil(warmup_tokens * weight[0] / per_step)  # warmup_tokens: the first stage's
+    train.lr_decay_steps = _decay_steps(total, per_step, train.schedule_offset_steps, train.steps)
     if index == 0:
         train.rewarmup_steps = 0
     elif "rewarmup_steps" not in run.stages[index].train:  # a stage's own re-warmup wins (FLM-101B: 100, 109)
@@ -349,10 +359,10 @@ def _run_level_schedule(
     return entry
 
 
-def _decay_steps(run_tokens: int, tokens_per_step: int, offset: int, steps: int) -> int:
-    """Where a stage's run-level schedule reaches ``min_lr``: the run's last token, in this stage's
-    steps (never before the stage's own last step)."""
-    return max(math.ceil(run_tokens / tokens_per_step), offset + steps)
+def _decay_steps(run_units: float, units_per_step: float, offset: int, steps: int) -> int:
+    """Where a stage's run-level schedule reaches ``min_lr``: the run's last token (or FLOP), in this
+    stage's steps (never before the stage's own last step)."""
+    return max(math.ceil(run_units / units_per_step), offset + steps)
 
 
 def _grown_model(run: RunConfig, index: int, prev_model: ModelConfig, plan: GrowthPlan) -> ModelConfig:

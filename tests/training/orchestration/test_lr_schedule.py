@@ -61,6 +61,50 @@ def test_global_schedule_continues_across_stages():
     assert first1 < last0 and (last0 - first1) / last0 < 0.02
 
 
+def test_flops_progress_places_each_stage_at_its_share_of_the_compute():
+    """``lr_schedule.progress: flops``: the cosine runs over the run's FLOPs; a stage's offset is the
+    FLOPs before it, in its own steps, so the LR is continuous at every boundary and the cheap small
+    stage leaves most of the decay to the grown ones."""
+    from training.model_size import flops_per_token
+
+    run = load_run(DRYRUN, ["lr_schedule.kind=global", "lr_schedule.warmup_tokens=20480", "lr_schedule.progress=flops"])
+    trains = [s.config.train for s in run.stages]
+    flops_step = [
+        flops_per_token(s.config.model) * t.global_batch_size * s.config.model.seq_length
+        for s, t in zip(run.stages, trains)
+    ]
+    total = sum(f * t.steps for f, t in zip(flops_step, trains))
+    before = 0.0
+    for f, t in zip(flops_step, trains):
+        assert t.schedule_offset_steps == int(before // f)
+        assert t.lr_decay_steps == math.ceil(total / f)
+        assert t.warmup_steps == math.ceil(20480 * flops_step[0] / (16 * 128) / f)
+        before += f * t.steps
+    # continuous across the boundaries (same peak): within one step of the cosine
+    same = load_run(
+        DRYRUN,
+        [
+            "lr_schedule.kind=global",
+            "lr_schedule.warmup_tokens=20480",
+            "lr_schedule.progress=flops",
+            "stages.1.train.lr=2.0e-3",
+            "stages.1.train.min_lr=2.0e-4",
+        ],
+    )
+    last0, first1 = lrs(same.stages[0].config.train)[0][-1], lrs(same.stages[1].config.train)[0][0]
+    assert abs(last0 - first1) / last0 < 0.02
+    # the small stage ends higher on the cosine than under progress: tokens
+    by_tokens = schedule("global", "stages.1.train.lr=2.0e-3", "stages.1.train.min_lr=2.0e-4")
+    assert lrs(same.stages[0].config.train)[0][-1] > lrs(by_tokens[0])[0][-1]
+
+
+@pytest.mark.parametrize("kind", ["per_stage", "equivalent_step"])
+def test_flops_progress_is_refused_where_stages_are_placed_by_tokens(kind):
+    with pytest.raises(ConfigError) as info:
+        schedule(kind, "lr_schedule.progress=flops")
+    assert info.value.key == "lr_schedule.progress"
+
+
 def test_per_stage_schedule_rewarms_every_stage():
     trains = schedule("per_stage")
     got, _ = lrs(trains[1])
