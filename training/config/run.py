@@ -236,7 +236,7 @@ class LRScheduleConfig:
     #: what the run-level schedule counts (``global``): ``tokens``, or ``flops`` -- each stage's tokens
     #: times its model's FLOPs per token (``training.model_size.flops_per_token``), so a stage enters
     #: the schedule at its share of the run's compute and a cheap small stage does not use up the
-    #: decay (docs/growth.md, "Why a grown model learned slower")
+    #: decay (docs/benchmarks.md, "Growth against every baseline")
     progress: Literal["tokens", "flops"] = "tokens"
     #: warmup of the run-level schedule; null: the first stage's ``train.warmup_steps`` in its tokens
     warmup_tokens: Optional[int] = None
