@@ -84,7 +84,11 @@ def layout_run(tmp_path_factory, tiny_trained):
 
 #: test files that share the session fixtures above (``layout_run``, ``tiny_trained``): one xdist worker runs
 #: them all, so the runs are trained once
-_SHARED_RUN_FILES = ("tests/training/engine/test_layouts.py", "tests/training/engine/test_resume.py")
+_SHARED_RUN_FILES = (
+    "tests/training/engine/test_layouts.py",
+    "tests/training/engine/test_resume.py",
+    "tests/growth/test_grow_checkpoint.py",
+)
 
 
 def _scope(nodeid: str) -> str:
