@@ -24,29 +24,22 @@ GROWN = ["model.num_layers=4", "model.hidden_size=128", "model.ffn_hidden_size=5
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, layout_run):
+    """The TP2 layout run of the layout tests (tests/conftest.py ``layout_run``: 8 steps of tiny.yaml
+    on 2 processes, checkpoints at 3, 6, 8) is the checkpoint grown here: its step-3 checkpoint."""
     root = tmp_path_factory.mktemp("grow")
-    flm(
-        "train",
-        TINY,
-        "train.steps=4",
-        f"output_dir={root / 'small'}",
-        "checkpoint.save_interval=3",
-        "checkpoint.keep_last=5",
-        "parallel.tp=2",
-        *COMMON,
-        nproc=2,
-    )
     plan = root / "plan.yaml"
     plan.write_text(PLAN)
-    return root, root / "small" / "checkpoints" / "step_0000003", plan
+    return root, layout_run("tp2") / "checkpoints" / "step_0000003", plan
 
 
 @pytest.mark.slow
-def test_grown_tp2_checkpoint_is_exact_under_tp2xpp2_and_masks_ramp_away(trained):
+def test_grown_tp2_checkpoint_is_exact_under_tp2xpp2_and_masks_ramp_away(trained, capsys):
+    """``flm grow`` through the CLI's main in this process (the growth runs no process group: a fresh
+    interpreter would only add its start-up), the grown model trained under TP2xPP2 by 4 processes."""
     root, src, plan = trained
-    out = flm("grow", str(src), str(root / "grown"), "--plan", str(plan), "--verify")
-    assert "[preserved]" in out.stdout
+    assert flm_main(["grow", str(src), str(root / "grown"), "--plan", str(plan), "--verify"]) == 0
+    assert "[preserved]" in capsys.readouterr().out
     meta = json.loads((root / "grown" / "flm_checkpoint.json").read_text())
     assert meta["growth"]["masks"]["ramp_steps"] == 3 and meta["has_moments"]
     flm(
@@ -62,7 +55,7 @@ def test_grown_tp2_checkpoint_is_exact_under_tp2xpp2_and_masks_ramp_away(trained
         *COMMON,
         nproc=4,
     )
-    small = {r["step"]: r for r in read_metrics(root / "small")}
+    small = {r["step"]: r for r in read_metrics(src.parent.parent)}
     big = {r["step"]: r for r in read_metrics(root / "big")}
     # step 1 of the grown run sees the batch of step 4 of the small run, on the grown step-3 weights
     assert big[1]["loss"] == pytest.approx(small[4]["loss"], rel=1e-6)
@@ -75,7 +68,7 @@ def test_grown_tp2_checkpoint_is_exact_under_tp2xpp2_and_masks_ramp_away(trained
 
 def test_grow_refuses_bad_input_and_leaves_nothing(trained, tmp_path, capsys):
     """Through the CLI's main (its one error handler) in this process: refusals come before torch
-    work, so a fresh interpreter per case would only add its start-up (the slow test above starts one)."""
+    work, so a fresh interpreter per case would only add its start-up."""
     root, src, plan = trained
 
     def grow(*args: str) -> tuple[int, str]:

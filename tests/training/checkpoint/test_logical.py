@@ -3,6 +3,7 @@ checkpoint, and load weights + Adam moments from it under other layouts and opti
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,29 +58,35 @@ def test_write_refuses_to_overwrite(logical_ckpt, tmp_path):
         write_logical(out, params, {"step": 0})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.distributed_optimizer=true"], ["parallel.pp=2"]])
-def test_weights_and_moments_survive_any_layout(logical_ckpt, tmp_path, layout):
-    out, params, moments = logical_ckpt
-    overrides = ["model.activation=swiglu", "model.num_query_groups=2", *layout]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(WORKER),
-        str(out),
-        str(tmp_path / "again"),
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+#: the layouts a logical checkpoint is loaded under (2 processes each) and saved again
+LAYOUTS = {"tp2": ["parallel.tp=2"], "dp2-distopt": ["parallel.distributed_optimizer=true"], "pp2": ["parallel.pp=2"]}
+
+
+@pytest.fixture(scope="module")
+def resaved(logical_ckpt, tmp_path_factory):
+    """``logical_ckpt`` loaded (``init_from``) and saved again under each of ``LAYOUTS`` by 2 gloo
+    processes, all in one torchrun launch; {layout name: the checkpoint saved}."""
+    out = logical_ckpt[0]
+    root = tmp_path_factory.mktemp("resaved")
+    jobs = {
+        str(root / name): ["model.activation=swiglu", "model.num_query_groups=2", *o] for name, o in LAYOUTS.items()
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), str(out)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([*cmd, json.dumps(jobs)], cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    params2, moments2 = read_logical(tmp_path / "again")
+    return {name: root / name for name in LAYOUTS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_weights_and_moments_survive_any_layout(logical_ckpt, resaved, layout):
+    out, params, moments = logical_ckpt
+    params2, moments2 = read_logical(resaved[layout])
     for key, value in params.items():
         torch.testing.assert_close(params2[key], value, rtol=0, atol=0, msg=key)
     for m in ("exp_avg", "exp_avg_sq"):
         assert set(moments2[m]) == set(moments[m])
         for key, value in moments[m].items():
             torch.testing.assert_close(moments2[m][key], value, rtol=0, atol=0, msg=f"{m} {key}")
-    assert checkpoint.read_meta(tmp_path / "again")["adam_step"] == 3
+    assert checkpoint.read_meta(resaved[layout])["adam_step"] == 3

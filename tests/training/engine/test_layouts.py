@@ -1,8 +1,10 @@
-"""Every layout computes the same thing: losses under TP2, PP2, DP2, TP2xPP2 (and the distributed
-optimizer, sequence parallelism) and the interleaved pipeline schedule (PP2 x 2 virtual stages, on
-a 4-layer model) equal the single-process run from the same weights. FLM-101B's 8-process stage
-layouts are compared with one process by the staged run of
-``tests/training/orchestration/test_stages.py``.
+"""Every layout computes the same thing: losses under TP2, DP2, DP2 with the distributed optimizer
+and overlapped grad-reduce / param-gather, and the interleaved pipeline schedule (PP2 x 2 virtual
+stages, on a 4-layer model) equal the single-process run from the same weights. The other layouts
+are compared with one process where their world is already set up (``LAYOUTS`` in tests/helpers.py
+says where): FLM-101B's 8-process stage layouts (TP2 x DP4, TP2 x PP2 x DP2, sequence parallel,
+distributed optimizer) by the staged run of ``tests/training/orchestration/test_stages.py``, PP2 by
+the resume chains of ``test_resume.py``.
 
 The loss logged at step 1 is the forward loss of the first batch on the initial weights; steps
 2..8 follow 7 optimizer steps. Real processes, gloo, the real ``flm train`` command. The runs are

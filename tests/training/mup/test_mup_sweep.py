@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.helpers import REPO, flm
+from training.cli import main as flm_main
 from training.mup.sweep import SweepResult
 
 TINY = REPO / "configs" / "runs" / "tiny.yaml"
@@ -52,7 +53,7 @@ def test_best_lr_per_width_mean_over_seeds_and_failed_cells():
 
 
 @pytest.mark.slow
-def test_sweep_cli_trains_each_proxy_in_its_own_process_and_reports_a_failed_one(tmp_path):
+def test_sweep_cli_trains_each_proxy_in_its_own_process_and_reports_a_failed_one(tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["model.num_layers=1", "model.seq_length=32", "train.micro_batch_size=8", "train.clip_grad=0"]
     args += ["train.warmup_steps=0", "train.min_lr=0", "train.eval_interval=3"]
@@ -68,7 +69,12 @@ def test_sweep_cli_trains_each_proxy_in_its_own_process_and_reports_a_failed_one
     # each proxy is a run of its own: config, metrics, checkpoint
     assert (out / ok["name"] / "config.yaml").is_file() and (out / ok["name"] / "checkpoints").is_dir()
     # a rerun reuses the finished proxy (and retrains only the failed one)
-    again = flm(
-        "mup", "sweep", str(TINY), *args, "--widths", "32", "--lr", "1e-3,1e30", "--steps", "3", "--out", str(out)
+    # (through the CLI's main in this process: the proxies train in processes of their own anyway)
+    flm_main(
+        ["mup", "sweep", str(TINY), *args, "--widths", "32", "--lr", "1e-3,1e30", "--steps", "3", "--out", str(out)]
     )
-    assert "w32-lr0.001-s1234: finished run reused" in again.stderr
+    again = capsys.readouterr().err
+    assert (
+        "w32-lr0.001-s1234: finished run reused" in again
+        and "proxy w32-lr1e+30-s1234 (width 32, lr 1e+30, seed 1234) failed" in again
+    )

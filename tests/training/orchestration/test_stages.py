@@ -1,6 +1,6 @@
-"""Staged growth runs: a 2-stage tiny run with a layout change (DP2 -> TP2) on 2 processes, the
-exactness check at the transition, and kill-and-resume right after the growth and inside the mask
-ramp giving the same losses as the uninterrupted run."""
+"""Staged growth runs: FLM-101B's stage layouts on 8 processes against one process (the growth's
+exactness check, the engine's transition check and its refusal, kill-and-resume right after the
+growth and inside the mask ramp, per-stage checkpoint roots), the stage config rules, the dry run."""
 
 from __future__ import annotations
 
@@ -39,62 +39,19 @@ def last_by_step(run_dir):
     return out
 
 
-@pytest.mark.slow
-def test_two_stage_run_is_exact_at_growth_and_resumes_anywhere(tmp_path):
-    full = write_run(tmp_path, "full")
-    flm("train", str(full), nproc=2)
-    growth = json.loads((tmp_path / "full" / "stage1-g" / "growth.json").read_text())
-    assert growth["preserved"] and growth["exact"] and growth["verify"]["max_abs_dlogit"] <= 1e-10
-    check = json.loads((tmp_path / "full" / "stage1-g" / "transition_check.json").read_text())
-    assert (
-        check["preserved"]
-        and check["rel_dloss"] <= 1e-5
-        and (check["old_layout"], check["new_layout"])
-        == (
-            "TP1 PP1 DP2",
-            "TP2 PP1 DP1",
-        )
-    )
-    ref = last_by_step(tmp_path / "full" / "stage1-g")
-    assert sorted(ref) == list(range(1, 9))
-    assert [ref[s]["mask_value"] for s in (1, 2, 3, 4, 5)] == [0.0, 0.25, 0.5, 0.75, None]
-
-    # the interrupted run keeps its checkpoints elsewhere (checkpoint.dir): each stage under its own root
-    killed, ckpts = write_run(tmp_path, "killed"), f"checkpoint.dir={tmp_path / 'ckpts'}"
-    # killed right after the growth (stage 1 has no checkpoint yet) ...
-    bad = flm("train", str(killed), ckpts, nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:1"})
-    assert bad.returncode != 0 and (tmp_path / "killed" / "stage1-g" / "grown").is_dir()
-    # the engine's check of the transition (same batch, DP2 fp32 vs TP2 fp32): a reference that the
-    # grown model does not reproduce stops the stage before its first step, exit status 1
-    ref_path = tmp_path / "killed" / "stage0-s" / "transition_reference.json"
-    reference = json.loads(ref_path.read_text())
-    ref_path.write_text(json.dumps(dict(reference, loss=reference["loss"] * 1.001)))
-    bad = flm("train", str(killed), ckpts, "--resume", nproc=2, check=False)
-    assert bad.returncode == 1 and "relative difference 9.99e-04 > 1e-05" in bad.stderr, bad.stderr[-2000:]
-    ref_path.write_text(json.dumps(reference))
-    # ... then inside the mask ramp (latest checkpoint: step 2, masks at 0.5) ...
-    bad = flm("train", str(killed), ckpts, "--resume", nproc=2, check=False, env={"FLM_FAULT_AT": "t/g:3"})
-    assert bad.returncode != 0
-    flm("train", str(killed), ckpts, "--resume", nproc=2)
-    assert (tmp_path / "ckpts" / "stage0-s" / "step_0000006").is_dir()
-    assert (tmp_path / "ckpts" / "stage1-g" / "step_0000008").is_dir()
-    assert not list((tmp_path / "killed").glob("stage*/checkpoints"))
-    got = last_by_step(tmp_path / "killed" / "stage1-g")
-    for step in range(1, 9):
-        assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-6), f"stage 1 step {step}"
-        assert got[step]["mask_value"] == ref[step]["mask_value"]
-    s0_ref, s0 = last_by_step(tmp_path / "full" / "stage0-s"), last_by_step(tmp_path / "killed" / "stage0-s")
-    assert [s0[s]["loss"] for s in range(1, 7)] == pytest.approx([s0_ref[s]["loss"] for s in range(1, 7)], rel=1e-6)
-
-
 #: FLM-101B's first two stage layouts (configs/runs/flm101b.yaml: 16B on TP2 x DP, 51B on TP x PP x DP,
 #: sequence parallel and distributed optimizer) on 8 processes, with its untied embeddings;
-#: tiny_staged.yaml's growth is the 16B -> 51B step's kind (hidden, FFN and heads by MSG)
+#: tiny_staged.yaml's growth is the 16B -> 51B step's kind (hidden, FFN and heads by MSG), here grown
+#: in depth too (2 -> 4 layers, interleaved) with a 4-step mask ramp
 FLM = (
     "name=f",
+    "train.warmup_steps=2",
     "checkpoint.keep_last=10",
     "stages.0.model.tie_embeddings=false",
     "stages.1.model.tie_embeddings=false",
+    "stages.1.model.num_layers=4",
+    "stages.1.growth={default_operator: msg, ramp: {steps: 4}, depth: {placement: interleave}}",
+    "stages.1.train={lr: 1.5e-3}",
     "stages.0.tokens=2048",
     "stages.0.parallel={tp: 2, sequence_parallel: true, distributed_optimizer: true}",
     "stages.1.parallel={tp: 2, pp: 2, sequence_parallel: true, distributed_optimizer: true}",
@@ -103,21 +60,48 @@ FLM = (
 
 @pytest.mark.slow
 def test_flm_layouts_grow_verified_resume_after_a_kill_and_match_one_process(tmp_path):
-    """TP2 x DP4 -> TP2 x PP2 x DP2 (SP, distributed optimizer) on 8 gloo processes from the same
-    initial weights as one process: killed inside the grown stage and resumed, the transition checked
-    by the engine across the two layouts, and every step's loss equal to the one-process run's (the
-    layout tests' tolerance). Three launches: the killed run, its resume, the one-process reference."""
+    """The suite's staged growth chain: TP2 x DP4 -> TP2 x PP2 x DP2 (SP, distributed optimizer) on
+    8 gloo processes against one process from the same initial weights, five launches:
+
+    - one process, killed right after the growth (stage 1 has no checkpoint yet): the grown
+      checkpoint is on disk; a resume whose stage-0 transition reference the grown model does not
+      reproduce (the engine's check: same batch, old and new model) stops before stage 1's first
+      step with exit status 1; the resume with the true reference trains to the end, float64-verified
+      growth, masks ramping 0 -> 1 over 4 steps;
+    - 8 processes with ``checkpoint.dir`` (each stage under its own checkpoint root), killed inside
+      the grown stage's mask ramp (latest checkpoint: step 2, masks at 0.5) and resumed: the re-run
+      step is the killed run's bit for bit, the engine checks the transition across the two layouts,
+      and every step's loss and mask value equal the one-process run's (the layout tests' tolerance)."""
     init = str(initial_checkpoint(tmp_path / "init", "model.tie_embeddings=false"))
     one = write_staged_run(
         tmp_path / "one.yaml", tmp_path / "one", *FLM, "stages.0.parallel={}", "stages.1.parallel={}"
     )
-    flm("train", str(one), "--init-from", init)
+    bad = flm("train", str(one), "--init-from", init, check=False, env={"FLM_FAULT_AT": "f/g:1"})
+    assert bad.returncode != 0 and "killing f/g after step 1" in bad.stderr, bad.stderr[-2000:]
+    assert (tmp_path / "one" / "stage1-g" / "grown").is_dir()
+    assert not list((tmp_path / "one" / "stage1-g").glob("checkpoints/step_*"))
+    ref_path = tmp_path / "one" / "stage0-s" / "transition_reference.json"
+    reference = json.loads(ref_path.read_text())
+    ref_path.write_text(json.dumps(dict(reference, loss=reference["loss"] * 1.001)))
+    bad = flm("train", str(one), "--resume", check=False)
+    assert bad.returncode == 1 and "relative difference 9.99e-04 > 1e-05" in bad.stderr, bad.stderr[-2000:]
+    ref_path.write_text(json.dumps(reference))
+    flm("train", str(one), "--resume")
+    growth = json.loads((tmp_path / "one" / "stage1-g" / "growth.json").read_text())
+    assert growth["preserved"] and growth["exact"] and growth["verify"]["max_abs_dlogit"] <= 1e-10
+    ref = last_by_step(tmp_path / "one" / "stage1-g")
+    assert [ref[s]["mask_value"] for s in range(1, 7)] == [0.0, 0.25, 0.5, 0.75, None, None]
+
     run = write_staged_run(tmp_path / "eight.yaml", tmp_path / "eight", *FLM)
-    killed = flm("train", str(run), "--init-from", init, nproc=8, check=False, env={"FLM_FAULT_AT": "f/g:3"})
+    ckpts = f"checkpoint.dir={tmp_path / 'ckpts'}"
+    killed = flm("train", str(run), ckpts, "--init-from", init, nproc=8, check=False, env={"FLM_FAULT_AT": "f/g:3"})
     assert killed.returncode != 0 and "killing f/g after step 3" in killed.stderr, killed.stderr[-2000:]
     before = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "eight" / "stage1-g")}
     assert sorted(before) == [1, 2, 3]
-    flm("train", str(run), "--resume", nproc=8)
+    flm("train", str(run), ckpts, "--resume", nproc=8)
+    assert (tmp_path / "ckpts" / "stage0-s" / "step_0000004").is_dir()
+    assert (tmp_path / "ckpts" / "stage1-g" / "step_0000006").is_dir()
+    assert not list((tmp_path / "eight").glob("stage*/checkpoints"))
 
     check = json.loads((tmp_path / "eight" / "stage1-g" / "transition_check.json").read_text())
     assert check["preserved"] and check["rel_dloss"] <= 1e-5, check
