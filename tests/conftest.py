@@ -11,28 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import training.engine  # noqa: F401  (installs the CPU bridge before any test module imports megatron)
 from tests.helpers import DEEP, LAYOUTS, SHARED_DATA, TINY, TINY_FLAGS, flm, initial_checkpoint
-from training.engine.parallel import teardown
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one worker per core (`make test`): a second intra-op thread per worker only oversubscribes the cores
     torch.set_num_threads(1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def no_idle_process_group():
-    """After each test module, the process groups that its in-process trainers left in this process
-    are destroyed (megatron's groups, then the default one). Each gloo group keeps a
-    ``gloo_tcp_loop`` thread that wakes about 100 times a second for as long as the group lives:
-    a trainer's ~20 groups left in a pytest worker cost it thousands of context switches a second
-    (and seconds of system CPU a minute) for the rest of the session. A module that needs a
-    process group again starts one (``training.engine.parallel.setup_layout``)."""
-    yield
-    if dist.is_available() and dist.is_initialized():
-        teardown()
 
 
 @pytest.fixture
