@@ -58,6 +58,7 @@ from growth_vs_scratch import (  # noqa: E402
     corpus_id,
     crossing,
     curve,
+    prepare_out,
     run_config,
     run_curves,
     run_jobs,
@@ -136,13 +137,7 @@ def main() -> int:
     if args.scratch_steps:
         size.scratch_steps = args.scratch_steps
     out = Path(args.out)
-    if out.exists() and not args.keep:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    size.data = dict(size.data, default_corpus=args.corpus)
-    corpus = corpus_id.prepare(size.data, size.large["vocab_size"])
-    print(corpus_id.describe(corpus), flush=True)
-    corpus_id.claim(out, corpus)
+    corpus = prepare_out(size, out, args.corpus, args.keep)
 
     import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from training.config import ModelConfig

@@ -181,26 +181,14 @@ SIZES = {
             "hidden_size": 96,
             "ffn_hidden_size": 256,
             "num_attention_heads": 3,
-            "vocab_size": 2048,
-            "seq_length": 128,
-            "normalization": "RMSNorm",
-            "activation": "swiglu",
-            "position_embedding": "rope",
-            "tie_embeddings": False,
-            "bias": False,
+            **_LLAMA,
         },
         large={
             "num_layers": 4,
             "hidden_size": 192,
             "ffn_hidden_size": 512,
             "num_attention_heads": 6,
-            "vocab_size": 2048,
-            "seq_length": 128,
-            "normalization": "RMSNorm",
-            "activation": "swiglu",
-            "position_embedding": "rope",
-            "tie_embeddings": False,
-            "bias": False,
+            **_LLAMA,
         },
         train={
             "global_batch_size": 32,
@@ -259,6 +247,20 @@ def growth_section(size: Size, ramp_steps: int, overrides: dict | None = None) -
     section.update(size.growth)
     section.update(overrides or {})
     return section
+
+
+def prepare_out(size: Size, out: Path, corpus: str, keep: bool) -> dict:
+    """Make ``out`` (emptied unless ``keep``), build the size's corpus ``corpus`` (``data.default_corpus``),
+    print its fingerprint and claim ``out`` for it (``corpus_id.claim``: refuses runs of another
+    corpus); returns the corpus record."""
+    if out.exists() and not keep:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size.data = dict(size.data, default_corpus=corpus)
+    record = corpus_id.prepare(size.data, size.large["vocab_size"])
+    print(corpus_id.describe(record), flush=True)
+    corpus_id.claim(out, record)
+    return record
 
 
 def baseline_stages(size: Size, shape: str, flops: float) -> list[dict]:
@@ -642,13 +644,7 @@ def main() -> int:
     out = Path(args.out or REPO / "runs" / f"bench-growth-{args.size}")
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
-    if out.exists() and not args.keep:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    size.data = dict(size.data, default_corpus=args.corpus)
-    corpus = corpus_id.prepare(size.data, size.large["vocab_size"])
-    print(corpus_id.describe(corpus), flush=True)
-    corpus_id.claim(out, corpus)
+    corpus = prepare_out(size, out, args.corpus, args.keep)
 
     import training.engine  # noqa: F401  (installs the CPU bridge before megatron is imported)
     from training.config import ModelConfig
